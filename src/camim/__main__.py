@@ -1,0 +1,5 @@
+import sys
+
+from camim.cli import main
+
+sys.exit(main())

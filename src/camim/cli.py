@@ -1,0 +1,61 @@
+"""The ``camim`` command line. Each command group lives in its own module that defines
+``register(subparsers)``; a group whose optional dependencies are missing is still listed and says what
+to install when called."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from camim import __version__
+from camim.errors import CamimError
+
+# (command module, help) pairs; each module defines register(subparsers).
+COMMAND_MODULES = [
+    "camim.data.cli",
+    "camim.training.cli",
+    "camim.models.cli",
+    "camim.demo",
+    "camim.inference.cli",
+    "camim.captioning.cli",
+    "camim.preprocess.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camim", description="Caption-aware multimodal relation extraction (CAMIM, TMR, HVPNeT) on MNRE."
+    )
+    parser.add_argument("--version", action="version", version=f"camim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("camim"):
+                continue  # command group not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except CamimError as exc:
+        print(f"camim: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("camim: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors raised on bad input. Every message names the file (and line) at fault."""
+
+from __future__ import annotations
+
+
+class CamimError(Exception):
+    """Base class of camim's user-facing errors (the CLI prints them without a traceback)."""
+
+
+class DataError(CamimError):
+    """A data file or record is malformed. ``path`` and ``line`` (1-based) locate the problem."""
+
+    def __init__(self, problem: str, path: str | None = None, line: int | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        self.line = line
+        where = ""
+        if self.path is not None:
+            where = self.path if line is None else f"{self.path}:{line}"
+            where += ": "
+        super().__init__(where + problem)
