@@ -1,0 +1,77 @@
+"""Writers of the canonical JSONL/JSON forms, so released files can be converted and user data written in
+a form every reader accepts. Files are written to a temporary name and renamed, so an interrupted write
+never leaves a half-written file in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from camim.data.types import MNREExample
+
+
+def _atomic_write(path: str | Path, lines: Iterable[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sample_record(example: MNREExample) -> dict:
+    """The canonical JSON record of a sample: ``{"token", "h": {"name", "pos"}, "t", "img_id", "relation"}``."""
+    rec = {
+        "token": list(example.tokens),
+        "h": {"name": example.head.name, "pos": [example.head.start, example.head.end]},
+        "t": {"name": example.tail.name, "pos": [example.tail.start, example.tail.end]},
+        "img_id": example.img_id,
+    }
+    if example.relation is not None:
+        rec["relation"] = example.relation
+    return rec
+
+
+def write_samples_jsonl(examples: Iterable[MNREExample], path: str | Path) -> Path:
+    """Write samples as canonical JSONL (one object per line, in the given order)."""
+    return _atomic_write(path, (json.dumps(sample_record(ex), ensure_ascii=False) + "\n" for ex in examples))
+
+
+def write_captions_jsonl(
+    captions: Mapping[str, str], path: str | Path, model: str | None = None, **fields: object
+) -> Path:
+    """Write ``{img_id: text}`` as caption JSONL ``{"img_id", "text"[, "model"], **fields}``."""
+
+    def lines():
+        for img_id, text in captions.items():
+            rec = {"img_id": img_id, "text": text}
+            if model is not None:
+                rec["model"] = model
+            rec.update(fields)
+            yield json.dumps(rec, ensure_ascii=False) + "\n"
+
+    return _atomic_write(path, lines())
+
+
+def write_index_dict_json(data: Mapping[int, object], path: str | Path) -> Path:
+    """Write an object/box/phrase dictionary keyed by sample index as JSON ``{"0": ..., ...}``; tensors
+    become lists (the JSON equivalent of ``mre_{split}_dict.pth`` / ``mre_dif_{split}_dict.pth``)."""
+
+    def plain(v: object) -> object:
+        if hasattr(v, "tolist"):
+            return v.tolist()
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    obj = {str(int(k)): plain(v) for k, v in sorted(data.items())}
+    return _atomic_write(path, [json.dumps(obj, ensure_ascii=False) + "\n"])
