@@ -1,0 +1,131 @@
+"""The images to caption: those of an MNRE split (``img_org/{split}/<img_id>``) or of a folder.
+
+Missing and unreadable images are not errors: a backend reports them as ``missing``/``corrupt`` results,
+which the run counts and lists, and a later run retries them (nothing is written to the cache for them).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, UnidentifiedImageError
+
+from camim.errors import CamimError, DataError
+
+if TYPE_CHECKING:  # the data layer imports torch: only the split readers below load it
+    from camim.data.layout import DataLayout
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# Formats every OpenAI-compatible server accepts as-is; others are re-encoded as PNG.
+_SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to caption: its id (the key in the cache, e.g. ``x.jpg``) and where it lives."""
+
+    img_id: str
+    path: Path
+
+
+class ImageProblem(Exception):
+    """An image that cannot be captioned: ``kind`` is ``missing`` or ``corrupt``."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def split_image_ids(data_dir: str | Path, split: str, layout: DataLayout | None = None) -> list[str]:
+    """The distinct ``img_id`` of a split's samples, in order of first appearance.
+
+    Reads the split's sample file as the data layer does (``txt/ours_{split}.txt`` Python-literal lines or
+    ``{split}.jsonl``); a malformed line raises ``DataError`` naming file and line.
+    """
+    from camim.data._literal import describe_literal_error, parse_literal
+    from camim.data.layout import DataLayout
+
+    layout = layout or DataLayout()
+    path = layout.samples_path(data_dir, split)
+    is_json = path.suffix == ".jsonl"
+    seen: dict[str, None] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line) if is_json else parse_literal(line)
+            except (ValueError, SyntaxError) as exc:
+                raise DataError(describe_literal_error(exc), path, lineno) from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("img_id"), str) or not obj["img_id"]:
+                raise DataError("sample has no string 'img_id'", path, lineno)
+            seen.setdefault(obj["img_id"], None)
+    return list(seen)
+
+
+def split_items(data_dir: str | Path, split: str, layout: DataLayout | None = None) -> list[ImageItem]:
+    """The images of a split, one item per distinct ``img_id`` (the files need not exist)."""
+    from camim.data.layout import DataLayout
+
+    layout = layout or DataLayout()
+    image_dir = layout.path(data_dir, layout.image_dir, split)
+    return [ImageItem(i, image_dir / i) for i in split_image_ids(data_dir, split, layout)]
+
+
+def folder_items(folder: str | Path) -> list[ImageItem]:
+    """Every image file directly in ``folder`` (by suffix), sorted by name; the id is the file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CamimError(f"{folder}: not a folder of images")
+    return [
+        ImageItem(p.name, p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def load_image(item: ImageItem) -> Image.Image:
+    """The image as RGB; ``ImageProblem`` when the file is missing or not a readable image."""
+    if not item.path.is_file():
+        raise ImageProblem("missing", f"{item.path}: no such image")
+    try:
+        with Image.open(item.path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageProblem("corrupt", f"{item.path}: unreadable image ({exc})") from None
+
+
+def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
+    """The image as a ``data:`` URL for a chat-completions request.
+
+    The file's own bytes are sent when it is a JPEG/PNG/WEBP/GIF no larger than ``max_side``; otherwise it
+    is decoded, downscaled to ``max_side`` (aspect kept) if needed, and re-encoded (JPEG, or PNG with alpha).
+    """
+    if not item.path.is_file():
+        raise ImageProblem("missing", f"{item.path}: no such image")
+    raw = item.path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()  # decode fully: catches truncated files
+            fmt = im.format
+            if fmt in _SENDABLE and (max_side is None or max(im.size) <= max_side):
+                return f"data:{_SENDABLE[fmt]};base64,{base64.b64encode(raw).decode('ascii')}"
+            if max_side is not None and max(im.size) > max_side:
+                im.thumbnail((max_side, max_side))
+            has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            out = io.BytesIO()
+            if has_alpha:
+                im.convert("RGBA").save(out, format="PNG")
+                mime = "image/png"
+            else:
+                im.convert("RGB").save(out, format="JPEG", quality=95)
+                mime = "image/jpeg"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageProblem("corrupt", f"{item.path}: unreadable image ({exc})") from None
+    return f"data:{mime};base64,{base64.b64encode(out.getvalue()).decode('ascii')}"

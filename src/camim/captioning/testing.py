@@ -1,0 +1,211 @@
+"""A local stand-in for an OpenAI-compatible chat-completions server, for tests, benchmarks and dry runs.
+
+It runs no model: the "caption" of an image is derived from a hash of the image bytes it received
+(:func:`expected_caption`), so a client can check that every caption landed on the right image. It records
+every request, tracks how many are in flight, and injects faults: a fixed ``delay``, and per image a list of
+failures answered before success (``429``, ``500``... or ``"hang"``: wait ``hang_seconds`` so the client times
+out). Standalone: ``python -m camim.captioning.testing --port 8000 --delay 0.2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def caption_for_bytes(data: bytes) -> str:
+    """The caption the server gives an image with these bytes."""
+    return f"A picture whose bytes hash to {hashlib.sha1(data).hexdigest()[:12]}."
+
+
+def expected_caption(path: str | Path) -> str:
+    """The caption the server gives the image file at ``path`` when it is sent as is."""
+    return caption_for_bytes(Path(path).read_bytes())
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it; ``status`` is what it answered."""
+
+    model: str
+    image_hash: str | None
+    prompt: str | None
+    max_tokens: int | None
+    temperature: float | None
+    authorization: str | None
+    status: int
+    started: float
+    ended: float = 0.0
+
+
+@dataclass
+class ServerState:
+    delay: float = 0.0
+    faults: list = field(default_factory=list)  # per image, answered before success, in order
+    hang_seconds: float = 5.0
+    retry_after_ms: int | None = None  # sent with 429/503 answers when set
+    models: set[str] | None = None  # answer 404 for other models when set
+    api_key: str | None = None  # answer 401 for other keys when set
+    requests: list[RecordedRequest] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    attempts: dict[str, int] = field(default_factory=dict)  # image hash -> requests so far
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: ServerState  # set on the subclass made per server
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        state = self.state
+        started = time.perf_counter()
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        image_bytes, prompt = None, None
+        for message in body.get("messages", []):
+            content = message.get("content")
+            for part in content if isinstance(content, list) else []:
+                if part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    image_bytes = base64.b64decode(url.split(",", 1)[1])
+                elif part.get("type") == "text":
+                    prompt = part["text"]
+        image_hash = hashlib.sha1(image_bytes).hexdigest() if image_bytes is not None else None
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            attempt = state.attempts.get(image_hash or "", 0)
+            state.attempts[image_hash or ""] = attempt + 1
+        record = RecordedRequest(
+            model=body.get("model"),
+            image_hash=image_hash,
+            prompt=prompt,
+            max_tokens=body.get("max_tokens"),
+            temperature=body.get("temperature"),
+            authorization=self.headers.get("Authorization"),
+            status=200,
+            started=started,
+        )
+        try:
+            fault = state.faults[attempt] if attempt < len(state.faults) else None
+            time.sleep(state.hang_seconds if fault == "hang" else state.delay)
+            if state.api_key is not None and record.authorization != f"Bearer {state.api_key}":
+                record.status = 401
+                self._send(
+                    401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+                )
+            elif state.models is not None and record.model not in state.models:
+                record.status = 404
+                self._send(404, {"error": {"message": f"The model `{record.model}` does not exist."}})
+            elif isinstance(fault, int):
+                record.status = fault
+                headers = {}
+                if state.retry_after_ms is not None and fault in (429, 503):
+                    headers["retry-after-ms"] = str(state.retry_after_ms)
+                self._send(fault, {"error": {"message": f"injected {fault}"}}, headers)
+            elif image_bytes is None:
+                record.status = 400
+                self._send(400, {"error": {"message": "no image in the request"}})
+            else:
+                text = caption_for_bytes(image_bytes)
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{image_hash[:8]}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": record.model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+                    },
+                )
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
+            record.status = -1
+        finally:
+            record.ended = time.perf_counter()
+            with state.lock:
+                state.in_flight -= 1
+                state.requests.append(record)
+
+
+class FakeChatServer:
+    """A chat-completions server on ``127.0.0.1`` (port 0: a free one) in a background thread.
+
+    Use as a context manager; ``base_url`` is what to pass as ``--base-url``.
+    """
+
+    def __init__(self, port: int = 0, **state: object):
+        self.state = ServerState(**state)  # type: ignore[arg-type]
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self.state.lock:
+            return list(self.state.requests)
+
+    def start(self) -> FakeChatServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeChatServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual dry runs
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    server = FakeChatServer(port=args.port, delay=args.delay).start()
+    print(f"serving chat completions at {server.base_url}; Ctrl-C to stop", flush=True)
+    try:
+        server._thread.join()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

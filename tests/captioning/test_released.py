@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from camim.captioning.cache import read_cache
+from camim.captioning.released import export_released, import_released, read_released_json, source_of
+from camim.errors import CamimError, DataError
+
+ROWS = [
+    {"img_id": "a.jpg", "text": 'A man\'s "quoted" hat, café'},
+    {"img_id": "b.png", "text": "\nstarts with a newline"},
+    {"img_id": "c.jpg", "text": ""},
+]
+
+
+def _txt(path: Path, rows=ROWS, newline: str = "\n") -> Path:
+    path.write_bytes("".join(repr(r) + newline for r in rows).encode("utf-8"))
+    return path
+
+
+def test_source_names_from_file_names_and_aliases(tmp_path: Path):
+    assert source_of("caption/BLIP_train.txt") == "blip2"
+    assert source_of("x/caption_val.json") == "caption"
+    assert source_of("minicpm_test.txt") == "minicpm"
+    assert source_of("whatever.txt", source="qwenvl") == "caption"
+    with pytest.raises(CamimError, match="pass --source"):
+        source_of("mine.txt")
+    with pytest.raises(CamimError, match="unknown caption source"):
+        source_of("mine.txt", source="gpt")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_txt_import_export_is_byte_identical(tmp_path: Path, newline: str):
+    src = _txt(tmp_path / "cogvlm_val.txt", newline=newline)
+    out = tmp_path / "c.jsonl"
+    report = import_released([src], out)
+    assert (report.read, report.written) == (3, 3)
+    records = read_cache(out).records
+    assert [r.model for r in records] == ["cogvlm"] * 3
+    assert records[0].settings["mllm"].startswith("CogVLM2") and records[0].prompt is None
+    assert records[1].text == ROWS[1]["text"]
+    assert import_released([src], out).written == 0  # importing twice changes nothing
+    assert export_released(out, tmp_path / "back.txt") == 3
+    assert (tmp_path / "back.txt").read_bytes() == src.read_bytes()
+    export_released(out, tmp_path / "lf.txt", newline="\n")
+    assert (tmp_path / "lf.txt").read_bytes() == src.read_bytes().replace(b"\r\n", b"\n")
+
+
+def test_json_form_takes_extensions_from_its_txt_twin(tmp_path: Path):
+    as_json = {Path(r["img_id"]).stem: r["text"] for r in ROWS}
+    (tmp_path / "llavanext_test.json").write_text(json.dumps(as_json))
+    alone = read_released_json(tmp_path / "llavanext_test.json")
+    assert [r.img_id for r in alone] == ["a.jpg", "b.jpg", "c.jpg"]  # no twin: --image-ext
+    _txt(tmp_path / "llavanext_test.txt", newline="\r\n")
+    out = tmp_path / "c.jsonl"
+    import_released([tmp_path / "llavanext_test.json"], out)
+    assert [r.img_id for r in read_cache(out).records] == ["a.jpg", "b.png", "c.jpg"]
+    export_released(out, tmp_path / "back.json")
+    assert (tmp_path / "back.json").read_bytes() == (tmp_path / "llavanext_test.json").read_bytes()
+    export_released(out, tmp_path / "back.txt")
+    assert (tmp_path / "back.txt").read_bytes() == (tmp_path / "llavanext_test.txt").read_bytes()
+
+
+def test_bad_released_files_name_file_and_line(tmp_path: Path):
+    bad = tmp_path / "minicpm_train.txt"
+    bad.write_text("{'img_id': 'a.jpg', 'text': 'ok'}\n{'img_id': 'b.jpg', 'text': oops}\n")
+    with pytest.raises(DataError, match=r"minicpm_train\.txt:2: "):
+        import_released([bad], tmp_path / "c.jsonl")
+    bad.write_text("{'img_id': 'a.jpg', 'text': 'ok'}\n{'img_id': 'b.jpg'}\n")
+    with pytest.raises(DataError, match=r"minicpm_train\.txt:2: expected"):
+        import_released([bad], tmp_path / "c.jsonl")
+    bad_json = tmp_path / "minicpm_val.json"
+    bad_json.write_text('{"a": "x",\n "b": 3}')
+    with pytest.raises(DataError, match="minicpm_val.json"):
+        import_released([bad_json], tmp_path / "c.jsonl")
+    bad_json.write_text('{"a": "x",\n "b" "y"}')
+    with pytest.raises(DataError, match=r"minicpm_val\.json:2: not JSON"):
+        import_released([bad_json], tmp_path / "c.jsonl")
+
+
+def test_export_needs_a_model_when_several_are_present(tmp_path: Path):
+    out = tmp_path / "c.jsonl"
+    import_released([_txt(tmp_path / "BLIP_val.txt"), _txt(tmp_path / "instruct_val.txt")], out)
+    with pytest.raises(CamimError, match="several models"):
+        export_released(out, tmp_path / "x.txt")
+    with pytest.raises(CamimError, match="no captions of model 'gpt'"):
+        export_released(out, tmp_path / "x.txt", model="gpt")
+    assert export_released(out, tmp_path / "x.txt", model="blip2") == 3
+    with pytest.raises(CamimError, match=".txt and .json"):
+        export_released(out, tmp_path / "x.csv", model="blip2")
+
+
+SETS = {
+    "BLIP": "blip2",
+    "instruct": "instruct",
+    "llavanext": "llavanext",
+    "caption": "caption",
+    "cogvlm": "cogvlm",
+    "minicpm": "minicpm",
+}
+
+
+@pytest.mark.integration
+def test_released_sets_round_trip_byte_for_byte(mnre_dir: Path, tmp_path: Path):
+    """All six released sets of the val split (.txt, and .json where released) -> JSONL -> released form."""
+    caption_dir = mnre_dir / "caption"
+    files = sorted(caption_dir.glob("*_val.txt")) + sorted(caption_dir.glob("*_val.json"))
+    assert len(files) == 9
+    out = tmp_path / "val.jsonl"
+    report = import_released(files, out)
+    assert report.written == 6 * 932  # the .json twins add nothing new
+    contents = read_cache(out)
+    assert not contents.bad_lines and len(contents.records) == 6 * 932
+    for prefix, model in SETS.items():
+        for suffix in (".txt", ".json"):
+            original = caption_dir / f"{prefix}_val{suffix}"
+            if original.exists():
+                back = tmp_path / original.name
+                assert export_released(out, back, model=model) == 932
+                assert back.read_bytes() == original.read_bytes(), original.name
+
+
+@pytest.mark.integration
+def test_the_data_layer_reads_imported_captions_like_the_released_file(mnre_dir: Path, tmp_path: Path):
+    """Contract 1: a JSONL written here gives MNREDataset the same captions as the released .txt."""
+    from camim.data import MNREDataset
+
+    data = tmp_path / "data"
+    (data / "caption").mkdir(parents=True)
+    (data / "txt").symlink_to(mnre_dir / "txt")
+    (data / "ours_rel2id.json").symlink_to(mnre_dir / "ours_rel2id.json")
+    caption_dir = mnre_dir / "caption"
+    import_released(
+        [caption_dir / "minicpm_val.txt", caption_dir / "BLIP_val.txt"], data / "caption" / "mine_val.jsonl"
+    )
+    ours = MNREDataset(data, "val", caption_source="mine", caption_model="minicpm")
+    released = MNREDataset(mnre_dir, "val", caption_source="minicpm")
+    assert len(ours) == len(released) == 1624
+    assert [ours[i].caption for i in range(len(ours))] == [released[i].caption for i in range(len(released))]
+    blip = MNREDataset(data, "val", caption_source="mine", caption_model="blip2")
+    assert (
+        blip[0].caption == MNREDataset(mnre_dir, "val", caption_source="blip2")[0].caption != ours[0].caption
+    )
