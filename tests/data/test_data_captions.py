@@ -111,3 +111,17 @@ def test_missing_caption_raises_or_counts_empty(tiny_mnre):
 def test_empty_caption_is_not_missing(tiny_mnre):
     ds = MNREDataset(tiny_mnre, "test", caption_source="blip2")
     assert ds[0].caption == "" and ds.report.get("missing_caption", 0) == 0
+
+
+def test_jsonl_unfinished_last_line_is_ignored_and_reported(tmp_path):
+    from camim.data.captions import read_captions
+
+    path = tmp_path / "cap.jsonl"
+    path.write_text('{"img_id": "a.jpg", "text": "one"}\n{"img_id": "b.jpg", "te', encoding="utf-8")
+    caps = read_captions(path)
+    assert caps.texts == {"a.jpg": "one"}
+    assert len(caps.problems) == 1 and "unfinished last line" in str(caps.problems[0])
+    # a broken line that is complete (ends with a newline) is still an error naming the line
+    path.write_text('{"img_id": "a.jpg", "text": "one"}\n{"img_id": "b.jpg", "te\n', encoding="utf-8")
+    with pytest.raises(DataError, match=":2"):
+        read_captions(path)

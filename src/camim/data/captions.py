@@ -92,6 +92,11 @@ def read_captions(
             img_id, text, line_model = _entry(parse_record(line, json_lines), json_lines)
         except _Problem as exc:
             err = DataError(str(exc), path, lineno)
+            if json_lines and not line.endswith("\n"):
+                # A captioner killed mid-write can leave an unfinished last line (the cache never does,
+                # but a copy or another tool might): ignore it and report it, as the cache reader does.
+                problems.append(DataError(f"unfinished last line ignored ({exc})", path, lineno))
+                continue
             if on_error == "raise":
                 raise err from None
             problems.append(err)
