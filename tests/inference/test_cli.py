@@ -1,0 +1,169 @@
+"""``camim predict``: the JSONL file form (bad lines, order, resume) and the single-example form."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from camim.errors import CamimError
+from camim.inference import cli
+
+from .conftest import draw
+
+POST_TOKENS = (
+    "RT @cnnsport : Tennis star Rafael Nadal gets engaged to girlfriend of 14 years , Mery Perello".split()
+)
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="camim")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture
+def input_file(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    draw(1).save(images / "a.jpg")
+    (tmp_path / "corrupt.jpg").write_bytes(b"not an image")
+    lines = [
+        {"token": POST_TOKENS, "h": {"name": "Rafael Nadal", "pos": [5, 7]}, "t": {"name": "Mery Perello", "pos": [15, 17]},
+         "img_id": "a.jpg", "relation": "/per/per/couple"},
+        "{'token': ['a'], 'h': {'pos': [0, 1]}}",  # a Python literal, not JSON
+        {"token": ["jack", "plays", "titans"], "h": {"name": "jack", "pos": [0, 1]}, "t": {"pos": [2, 9]}, "img_id": "a.jpg"},
+        "",
+        {"text": "the festival was held in london", "h": {"pos": [4, 12]}, "t": {"pos": [25, 31]}, "caption": "a crowd"},
+        {"token": ["jack", "plays", "titans"], "h": {"pos": [0, 1]}, "t": {"pos": [2, 3]}, "image": "corrupt.jpg"},
+        {"token": ["mery", "married", "nadal"], "h": {"pos": [0, 1]}, "t": {"pos": [2, 3]}, "img_id": "missing.jpg"},
+        {"token": ["mery", "married", "nadal"], "h": {"pos": [0, 1]}, "t": {"pos": [2, 3]}},
+    ]  # fmt: skip
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n", encoding="utf-8"
+    )
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_predict_file_reports_bad_lines_and_writes_the_rest(
+    bert_run, bert_predictor, input_file, tmp_path, capsys
+):
+    out = tmp_path / "out.jsonl"
+    argv = ["predict", "--model", str(bert_run.path), "--input", str(input_file), "--output", str(out)]
+    argv += ["--image-dir", str(tmp_path / "images"), "--batch-size", "2"]
+    assert run(argv) == 1  # some lines failed
+    err = capsys.readouterr().err
+    records = read_jsonl(out)
+    assert [r["line"] for r in records] == [1, 2, 3, 5, 6, 7, 8]  # every non-blank line, in order
+    by_line = {r["line"]: r for r in records}
+    assert f"{input_file}:2: invalid JSON" in by_line[2]["error"]
+    assert f"{input_file}:3: tail: token span [2, 9) is outside the post's 3 tokens" in by_line[3]["error"]
+    assert f"{input_file}:6:" in by_line[6]["error"] and "not a readable image" in by_line[6]["error"]
+    assert f"{input_file}:7: image" in by_line[7]["error"] and "missing.jpg not found" in by_line[7]["error"]
+    for n in (2, 3, 6, 7):
+        assert by_line[n]["error"] in err
+    assert "3 prediction(s), 4 failed line(s)" in err
+
+    expected = bert_predictor.predict(POST_TOKENS, (5, 7), (15, 17))
+    assert by_line[1]["relation"] == expected.relation
+    assert by_line[1]["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert by_line[1]["gold"] == "/per/per/couple"
+    assert by_line[5]["head"] == {"name": "festival", "pos": [1, 2]}  # with "text", pos counts characters
+    assert by_line[5]["tail"] == {"name": "london", "pos": [5, 6]}
+    assert by_line[5]["caption"] == "a crowd"
+    assert (
+        by_line[8]["relation"]
+        == bert_predictor.predict(["mery", "married", "nadal"], (0, 1), (2, 3)).relation
+    )
+
+
+def same_records(a, b):
+    ra, rb = read_jsonl(a), read_jsonl(b)
+    assert [r["line"] for r in ra] == [r["line"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert (
+            x.keys() == y.keys()
+            and x.get("error") == y.get("error")
+            and x.get("relation") == y.get("relation")
+        )
+        if "probability" in x:
+            assert x["probability"] == pytest.approx(y["probability"], abs=1e-5)
+
+
+def test_predict_file_resumes_after_interruption(bert_run, input_file, tmp_path):
+    argv = ["predict", "--model", str(bert_run.path), "--input", str(input_file)]
+    argv += ["--image-dir", str(tmp_path / "images")]
+    full = tmp_path / "full.jsonl"
+    run([*argv, "--output", str(full)])
+    complete = full.read_text(encoding="utf-8")
+
+    partial = tmp_path / "partial.jsonl"
+    lines = complete.splitlines(keepends=True)
+    partial.write_text("".join(lines[:3]) + lines[3][:17], encoding="utf-8")  # killed mid-write of line 4
+    run([*argv, "--output", str(partial)])
+    same_records(partial, full)  # batches differ after resuming: probabilities agree to float precision
+    assert partial.read_text(encoding="utf-8").splitlines()[:3] == complete.splitlines()[:3]
+
+    run([*argv, "--output", str(partial), "--overwrite"])
+    assert partial.read_text(encoding="utf-8") == complete
+
+    (tmp_path / "foreign.jsonl").write_text("hello\n")
+    with pytest.raises(CamimError, match="foreign.jsonl:1: not a camim predictions line"):
+        run([*argv, "--output", str(tmp_path / "foreign.jsonl")])
+
+
+def test_predict_single_form(bert_run, bert_predictor, tmp_path, capsys):
+    image = tmp_path / "p.png"
+    draw(2).save(image)
+    text = " ".join(POST_TOKENS)
+    argv = [
+        "predict",
+        "--model",
+        str(bert_run.path),
+        "--text",
+        text,
+        "--head",
+        "Rafael Nadal",
+        "--tail",
+        "15:17",
+    ]
+    assert run([*argv, "--image", str(image), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = bert_predictor.predict(text, "Rafael Nadal", (15, 17))
+    assert result["relation"] == expected.relation
+    assert result["tail"] == {"name": "Mery Perello", "pos": [15, 17]}
+    assert run(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"{expected.relation}\t{expected.probability:.4f}"
+    with pytest.raises(CamimError, match="head: mention 'Federer' does not occur"):
+        run(
+            ["predict", "--model", str(bert_run.path), "--text", text, "--head", "Federer", "--tail", "15:17"]
+        )
+    with pytest.raises(CamimError, match="give --input"):
+        run(["predict", "--model", str(bert_run.path)])
+
+
+@pytest.mark.integration
+def test_predict_on_released_mnre_txt(mnre_dir, bert_run, tmp_path, capsys):
+    """MNRE's own txt/ours_test.txt (Python literals, real tweets) goes through `camim predict` unchanged."""
+    import ast
+
+    source = mnre_dir / "txt" / "ours_test.txt"
+    out = tmp_path / "mnre.jsonl"
+    argv = ["predict", "--model", str(bert_run.path), "--input", str(source), "--output", str(out)]
+    assert run([*argv, "--limit", "25"]) == 0
+    records = read_jsonl(out)
+    lines = source.read_text(encoding="utf-8").splitlines()[:25]
+    assert [r["line"] for r in records] == list(range(1, 26))
+    for rec, line in zip(records, lines):
+        sample = ast.literal_eval(line)
+        assert rec["head"]["pos"] == sample["h"]["pos"] and rec["tail"]["pos"] == sample["t"]["pos"]
+        assert rec["gold"] == sample["relation"]
+    assert "25 prediction(s), 0 failed" in capsys.readouterr().err
