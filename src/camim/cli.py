@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "camim.inference.cli",
     "camim.captioning.cli",
     "camim.preprocess.cli",
+    "camim.speed.cli",
 ]
 
 

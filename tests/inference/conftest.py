@@ -49,15 +49,6 @@ def _train_wordpiece(folder: Path) -> Path:
     return folder / "vocab.txt"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than oversubscribed two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_text_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) with random weights and a WordPiece vocab trained on a small corpus."""

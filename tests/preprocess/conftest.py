@@ -57,17 +57,6 @@ def write_data_dir(root: Path, split: str = "train", generated: bool = False) ->
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~40x faster than oversubscribed ones."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     return write_data_dir(tmp_path / "data", generated=True)

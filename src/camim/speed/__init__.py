@@ -1,0 +1,50 @@
+"""Speed: decoded-image cache, frozen-visual feature cache and the fast training step (docs/speed.md).
+
+- :mod:`camim.speed.image_cache` -- each image decoded and resized once into a memory-mapped uint8 array;
+- :mod:`camim.speed.loading` -- dataset wrapper and collates reading that cache (bit-identical batches);
+- :mod:`camim.speed.features` -- frozen-visual mode: backbone features cached as safetensors shards;
+- :mod:`camim.speed.fast` -- bf16, SDPA, multi-tensor/fused AdamW, channels-last, torch.compile / CUDA
+  graphs, and the documented skip-padded-crops mode.
+"""
+
+from __future__ import annotations
+
+from camim.speed.fast import (
+    FastStep,
+    FastStepConfig,
+    FastVisionBackbone,
+    ForeachReleasedAdamW,
+    apply_fast_mode,
+    build_fast_optimizer,
+)
+from camim.speed.features import (
+    CachedFeatureBackbone,
+    FeatureStore,
+    build_feature_store,
+    feature_kind_for,
+    restore_backbone,
+    use_cached_features,
+)
+from camim.speed.image_cache import ImageCache, ImageCacheSpec, open_or_build
+from camim.speed.loading import CachedCollate, CachedImageDataset, FeatureRowsCollate
+
+__all__ = [
+    "CachedCollate",
+    "CachedFeatureBackbone",
+    "CachedImageDataset",
+    "FastStep",
+    "FastStepConfig",
+    "FastVisionBackbone",
+    "FeatureRowsCollate",
+    "FeatureStore",
+    "ForeachReleasedAdamW",
+    "ImageCache",
+    "ImageCacheSpec",
+    "apply_fast_mode",
+    "build_fast_optimizer",
+    "build_feature_store",
+    "feature_kind_for",
+    "open_or_build",
+    "restore_backbone",
+    "use_cached_features",
+]

@@ -1,0 +1,276 @@
+"""Frozen-visual mode: the vision backbone's features computed once per cached image and reused.
+
+When the visual backbone is not fine-tuned (frozen, BatchNorm on its running statistics), its output for an
+image never changes, so it is computed once per row of an :class:`ImageCache` and stored as safetensors
+shards under ``root/<kind>-<fingerprint>/``. The fingerprint hashes the backbone id *and weights*, the
+image-cache preprocessing (:meth:`ImageCacheSpec.digest`), the feature kind and dtype, so a store is reused
+across epochs and runs exactly when it is valid, and a different backbone or preprocessing gets a new one.
+
+Feature kinds (what each extractor consumes from ``model.resnet``):
+
+- ``"tokens"`` (TMR): ``patch_tokens`` = the last stage map as (N, h*w, C) tokens;
+- ``"pyramid"`` (HVPNeT): ``stages`` = each of the 4 stage maps average-pooled to 2x2 with kernel = stride =
+  floor(H/2), exactly HVPNeT's ``pyramid`` pooling (which then pools them again with kernel 1, an identity).
+
+:class:`CachedFeatureBackbone` stands in for ``model.resnet``: it keeps the backbone's parameters (so state
+dicts, ``save_pretrained`` and checkpoints are unchanged) but maps row ids, as put in the batch by
+:class:`camim.speed.loading.FeatureRowsCollate`, to stored features. The build is resumable: each shard is
+written atomically and skipped when already present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from camim.errors import CamimError, DataError
+from camim.models.encoders import VisionBackbone
+from camim.speed.image_cache import ImageCache
+
+FEATURE_KINDS = ("tokens", "pyramid")
+
+
+def feature_kind_for(model: nn.Module) -> str:
+    """The feature kind an extractor consumes: "pyramid" for HVPNeT, "tokens" for TMR."""
+    return "pyramid" if getattr(model, "model_name", "") == "hvpnet" else "tokens"
+
+
+def backbone_fingerprint(backbone: VisionBackbone) -> str:
+    """sha256 of the backbone's id and every tensor of its state dict (weights and BN statistics)."""
+    h = hashlib.sha256()
+    name = getattr(backbone.config, "name_or_path", None) or type(backbone.model).__name__
+    h.update(str(name).encode())
+    for key, t in sorted(backbone.model.state_dict().items()):
+        h.update(key.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def compute_features(backbone: VisionBackbone, pixels: torch.Tensor, kind: str) -> list[torch.Tensor]:
+    """Features of ``pixels`` (N, 3, H, W): [(N, hw, C)] for "tokens", 4 x (N, C_i, 2, 2) for "pyramid"."""
+    if kind == "tokens":
+        return [backbone.patch_tokens(pixels)]
+    if kind != "pyramid":
+        raise CamimError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    pooled = []
+    for fmap in backbone.stages(pixels)[-4:]:
+        if min(fmap.shape[-2:]) < 2:
+            raise CamimError(
+                f"image size {pixels.shape[-1]} gives a {tuple(fmap.shape[-2:])} map; need >= 2x2"
+            )
+        k = fmap.shape[-1] // 2
+        pooled.append(F.avg_pool2d(fmap, kernel_size=k, stride=k)[..., :2, :2])  # HVPNeT's pyramid pooling
+    return pooled
+
+
+@dataclass
+class FeatureStore:
+    """Features of every image-cache row plus one last row for an all-zero image (``zero_row``)."""
+
+    kind: str
+    tensors: list[torch.Tensor]
+    directory: Path | None = None
+    computed_images: int = 0  # images run through the backbone when this store was built/loaded
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def zero_row(self) -> int:
+        return self.tensors[0].shape[0] - 1
+
+    def __len__(self) -> int:
+        return self.tensors[0].shape[0]
+
+
+def _shard_rows(path: Path) -> int | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("rows", -1))
+    except Exception:  # noqa: BLE001 - a torn or foreign file is simply recomputed
+        return None
+
+
+def _write_shard(path: Path, tensors: list[torch.Tensor], rows: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(
+        {f"f{i}": t.contiguous() for i, t in enumerate(tensors)}, str(tmp), metadata={"rows": str(rows)}
+    )
+    os.replace(tmp, path)
+
+
+def _load_shard(path: Path, n: int) -> list[torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        out = [f.get_tensor(f"f{i}") for i in range(n)]
+    return out
+
+
+@torch.no_grad()
+def build_feature_store(
+    backbone: VisionBackbone,
+    cache: ImageCache,
+    root: str | Path,
+    kind: str = "tokens",
+    batch_size: int = 64,
+    shard_rows: int = 4096,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    stop_after_shards: int | None = None,
+) -> FeatureStore:
+    """Compute (or load) the features of every row of ``cache`` with the frozen ``backbone``.
+
+    The backbone runs in eval mode under ``no_grad`` (BN running statistics); ``device`` defaults to the
+    backbone's. Existing shards with the right row count are loaded, not recomputed; ``stop_after_shards``
+    stops after that many new shards (used to test resumption)."""
+    if kind not in FEATURE_KINDS:
+        raise CamimError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    if len(cache) == 0:
+        raise CamimError(f"{cache.directory}: the image cache is empty")
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "backbone": backbone_fingerprint(backbone),
+                "preprocessing": cache.spec.digest(),
+                "kind": kind,
+                "dtype": str(dtype),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:20]
+    directory = Path(root) / f"{kind}-{fingerprint}"
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": kind, "fingerprint": fingerprint, "image_cache": str(cache.directory), "rows": len(cache)}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    computed, new_shards = 0, 0
+    n_out = 1 if kind == "tokens" else 4
+    parts: list[list[torch.Tensor]] = []
+    try:
+        for start in range(0, len(cache), shard_rows):
+            stop = min(start + shard_rows, len(cache))
+            path = directory / f"shard-{start // shard_rows:05d}.safetensors"
+            if _shard_rows(path) == stop - start:
+                parts.append(_load_shard(path, n_out))
+                continue
+            if stop_after_shards is not None and new_shards >= stop_after_shards:
+                raise CamimError(f"stopped after {new_shards} new shards (stop_after_shards)")
+            chunks: list[list[torch.Tensor]] = []
+            for b in range(start, stop, batch_size):
+                ids = list(range(b, min(b + batch_size, stop)))
+                feats = compute_features(backbone, cache.pixels(ids).to(device), kind)
+                chunks.append([f.to(dtype).cpu() for f in feats])
+                computed += len(ids)
+            shard = [torch.cat([c[i] for c in chunks]) for i in range(n_out)]
+            _write_shard(path, shard, stop - start)
+            new_shards += 1
+            parts.append(shard)
+        zero_path = directory / "zero.safetensors"
+        if _shard_rows(zero_path) == 1:
+            zero = _load_shard(zero_path, n_out)
+        else:
+            s = cache.spec.image_size
+            zero = [
+                f.to(dtype).cpu()
+                for f in compute_features(backbone, torch.zeros(1, 3, s, s, device=device), kind)
+            ]
+            _write_shard(zero_path, zero, 1)
+            computed += 1
+    finally:
+        backbone.train(was_training)
+    tensors = [torch.cat([p[i] for p in parts] + [zero[i]]) for i in range(n_out)]
+    return FeatureStore(kind, tensors, directory, computed, meta)
+
+
+class CachedFeatureBackbone(VisionBackbone):
+    """Stands in for ``model.resnet`` in frozen-visual mode: row ids in, stored features out.
+
+    It keeps the frozen backbone as ``self.model`` (same state-dict keys, so saving/loading is unchanged)
+    and holds the features as non-persistent buffers (moved by ``.to(device)``, never saved)."""
+
+    def __init__(self, backbone: VisionBackbone, store: FeatureStore):
+        nn.Module.__init__(self)
+        self.model = backbone.model
+        self.is_timm, self.config, self.channels = backbone.is_timm, backbone.config, list(backbone.channels)
+        self.kind = store.kind
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for i, t in enumerate(store.tensors):
+            self.register_buffer(f"features_{i}", t, persistent=False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> CachedFeatureBackbone:
+        super().train(mode)
+        self.model.eval()  # frozen: BN stays on its running statistics
+        return self
+
+    def _lookup(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        if rows.dtype != torch.long or rows.dim() != 2 or rows.shape[1] != 1:
+            raise CamimError(
+                f"frozen-visual mode expects cache row ids of shape (N, 1), got {tuple(rows.shape)} "
+                f"{rows.dtype}; load batches with FeatureRowsCollate"
+            )
+        ids = rows[:, 0]
+        n = self.features_0.shape[0]
+        # checked on CPU only: on CUDA the gather asserts by itself, and a host sync would break graph capture
+        if ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+            raise DataError(f"row id out of range for a feature store of {n} rows")
+        out = []
+        for i in range(1 if self.kind == "tokens" else 4):
+            f = getattr(self, f"features_{i}")[ids]
+            out.append(f if f.dtype == torch.float32 else f.float())
+        return out
+
+    def stages(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        if self.kind != "pyramid":
+            raise CamimError("this feature store holds patch tokens; build it with kind='pyramid' for HVPNeT")
+        return self._lookup(rows)
+
+    def patch_tokens(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.kind != "tokens":
+            raise CamimError(
+                "this feature store holds pooled stage maps; build it with kind='tokens' for TMR"
+            )
+        return self._lookup(rows)[0]
+
+
+def use_cached_features(model: nn.Module, store: FeatureStore) -> nn.Module:
+    """Switch ``model`` to frozen-visual mode in place: ``model.resnet`` reads ``store``; returns ``model``.
+
+    Feed it batches from :class:`camim.speed.loading.FeatureRowsCollate`."""
+    backbone = getattr(model, "resnet", None)
+    if not isinstance(backbone, VisionBackbone):
+        raise CamimError(
+            "this model has no vision backbone (model.resnet); frozen-visual mode does not apply"
+        )
+    if store.kind != feature_kind_for(model):
+        raise CamimError(f"{getattr(model, 'model_name', '?')} needs {feature_kind_for(model)!r} features")
+    if isinstance(backbone, CachedFeatureBackbone):
+        backbone = restore_backbone(model).resnet
+    model.resnet = CachedFeatureBackbone(backbone, store).to(next(backbone.parameters()).device)
+    return model
+
+
+def restore_backbone(model: nn.Module) -> nn.Module:
+    """Undo :func:`use_cached_features` (the backbone stays frozen; unfreeze it yourself to fine-tune)."""
+    cached = model.resnet
+    if isinstance(cached, CachedFeatureBackbone):
+        bb = VisionBackbone.__new__(VisionBackbone)
+        nn.Module.__init__(bb)
+        bb.model, bb.is_timm, bb.config, bb.channels = (
+            cached.model,
+            cached.is_timm,
+            cached.config,
+            cached.channels,
+        )
+        model.resnet = bb
+    return model

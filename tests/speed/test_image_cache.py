@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tests.models.conftest import tiny_config
+from tests.speed.conftest import ALL, TEXT, dataset
+
+from camim.errors import CamimError, DataError
+from camim.models import FidelityConfig, build_model
+from camim.speed.image_cache import ImageCache, ImageCacheSpec
+from camim.speed.loading import CachedCollate, CachedImageDataset
+
+
+def assert_same_batch(a, b):
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        assert (x is None) == (y is None), f.name
+        if x is not None:
+            assert x.dtype == y.dtype and torch.equal(x, y), f.name
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"fidelity": dataclasses.asdict(FidelityConfig.clean())}, {"name": "hvpnet"}],
+    ids=["tmr-released-bgr", "tmr-clean", "hvpnet"],
+)
+def test_cached_batches_equal_processor_batches_bit_for_bit(world, text_dir, vision_dir, tmp_path, overrides):
+    full = dataset(world)
+    model = build_model(tiny_config(text_dir, vision_dir, **overrides), list(full.labels.names))
+    spec = ImageCacheSpec.for_model(model.config)
+    assert spec.full_image_geometry == ("stretch" if not overrides else "crop")
+    cache = ImageCache.build(full, tmp_path / "cache", spec)
+    assert cache.complete and cache.verify() == []
+    cached = CachedImageDataset(dataset(world, TEXT), cache)
+    collate = CachedCollate(model.processor)
+    idx = [0, 3, 4, 7]
+    expected = model.processor([full[i] for i in idx])
+    got = collate([cached[i] for i in idx])
+    assert_same_batch(got, expected)
+    deferred = CachedCollate(model.processor, uint8=True)([cached[i] for i in idx])
+    assert deferred.image.dtype == torch.uint8 and deferred.objects.dtype == torch.uint8
+    assert_same_batch(CachedCollate(model.processor).finish(deferred), expected)
+    assert got.objects_mask.sum() < got.objects_mask.numel()  # the world has zero-padded crops
+    loader = torch.utils.data.DataLoader(cached, batch_size=5, collate_fn=collate, num_workers=1)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[1].image.shape[0] == 5
+
+
+def test_rows_are_deduplicated_and_kinds_recorded(world, tmp_path):
+    ds = dataset(world)
+    cache = ImageCache.build(ds, tmp_path / "c", ImageCacheSpec(32, "stretch"))
+    refs = 0
+    for p in range(len(ds)):
+        rec = cache.sample(p)
+        refs += 2 + len(rec["objects"]) + len(rec["generated_objects"])
+        assert cache.kinds[rec["image"]] == "full" and all(cache.kinds[r] == "crop" for r in rec["objects"])
+    assert len(cache) <= refs
+    assert cache.rows([0]).shape == (1, 32, 32, 3) and cache.rows([0]).dtype.name == "uint8"
+
+
+def test_interrupted_build_resumes_to_the_same_cache(world, tmp_path):
+    ds = dataset(world)
+    spec = ImageCacheSpec(32, "crop")
+    once = ImageCache.build(ds, tmp_path / "once", spec)
+    part = ImageCache.build(ds, tmp_path / "resumed", spec, stop_after=3, commit_every=2)
+    assert not part.complete and len(part.index["samples"]) == 3
+    with open(part.data_path, "ab") as fh:  # a torn write after the last commit is dropped on resume
+        fh.write(b"\x07" * 100)
+    resumed = ImageCache.build(ds, tmp_path / "resumed", spec)
+    assert resumed.complete and resumed.verify() == []
+    assert resumed.index["samples"] == once.index["samples"]
+    assert once.data_path.read_bytes() == resumed.data_path.read_bytes()
+
+
+def test_integrity_errors(world, tmp_path):
+    ds = dataset(world)
+    cache = ImageCache.build(ds, tmp_path / "c", ImageCacheSpec(32, "stretch"))
+    data = bytearray(cache.data_path.read_bytes())
+    data[5] ^= 0xFF
+    cache.data_path.write_bytes(bytes(data))
+    problems = ImageCache(tmp_path / "c").verify()
+    assert len(problems) == 1 and "row 0" in problems[0]
+    cache.data_path.write_bytes(bytes(data[:-10]))
+    with pytest.raises(DataError, match="truncated"):
+        ImageCache(tmp_path / "c")
+    with pytest.raises(CamimError, match="use another folder"):
+        ImageCache.build(ds, tmp_path / "c", ImageCacheSpec(48, "stretch"))
+    (tmp_path / "c" / "index.json").write_text("{not json")
+    with pytest.raises(DataError, match="index.json:1"):
+        ImageCache(tmp_path / "c")
+
+
+def test_stale_cache_and_missing_images(world, tmp_path):
+    ds = dataset(world)
+    cache = ImageCache.build(ds, tmp_path / "c", ImageCacheSpec(32, "stretch"))
+    cache.index["samples"]["1"]["img_id"] = "other.jpg"
+    with pytest.raises(DataError, match="stale"):
+        CachedImageDataset(dataset(world, TEXT), cache)[1]
+    with pytest.raises(CamimError, match="still decodes"):
+        CachedImageDataset(ds, cache)
+    img = sorted((world / "img_org" / "train").iterdir())[0]
+    moved = img.with_suffix(".bak")
+    img.rename(moved)
+    try:
+        fallback = dataset_with_fallback(world)
+        c2 = ImageCache.build(fallback, tmp_path / "c2", ImageCacheSpec(32, "stretch"))
+        assert c2.report["missing_image"] >= 1
+        assert sum(c2.sample(p)["image"] is None for p in range(len(fallback))) == c2.report["missing_image"]
+    finally:
+        moved.rename(img)
+
+
+def dataset_with_fallback(world):
+    from camim.data import MNREDataset
+
+    return MNREDataset(world, "train", modalities=ALL, on_missing="fallback")
+
+
+def test_cache_images_command(world, tmp_path, capsys):
+    import argparse
+
+    from camim.speed.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "cache"
+    args = parser.parse_args(["cache-images", str(world), "--output", str(out), "--splits", "train", "val"])
+    assert args.func(args) == 0
+    assert ImageCache(out / "train").complete and ImageCache(out / "val").complete
+    args = parser.parse_args(
+        ["cache-images", str(world), "--output", str(out), "--splits", "val", "--verify-only"]
+    )
+    assert args.func(args) == 0 and "intact" in capsys.readouterr().out
+    data = out / "val" / "pixels.u8"
+    data.write_bytes(bytes(b ^ 1 for b in data.read_bytes()))
+    with pytest.raises(CamimError, match="corrupt rows"):
+        args.func(args)
