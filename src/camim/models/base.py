@@ -1,0 +1,132 @@
+"""The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / loading.
+
+A saved model folder holds ``config.json`` (the :class:`ModelConfig` plus ``labels``), ``model.safetensors``,
+the tokenizer files, and ``encoders/<name>/config.json`` for each Hugging Face backbone, so that
+:func:`camim.models.load_model` rebuilds every module offline and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_model
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from camim.models.batch import MREBatch, MREOutput
+from camim.models.config import ModelConfig
+from camim.models.encoders import VisionBackbone, load_text_encoder, load_tokenizer
+from camim.models.mutual_information import info_nce
+from camim.models.processing import MREProcessor
+
+FORMAT = "camim-model/1"
+
+
+class MREModel(nn.Module):
+    """Common machinery; subclasses define ``_build``, ``required_modalities`` and ``encode``."""
+
+    model_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        labels: list[str],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        encoder_configs: dict[str, PretrainedConfig] | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.labels = list(labels)
+        self.num_labels = len(self.labels)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.text_encoder)
+        self._encoder_configs = encoder_configs or {}
+        self.processor = MREProcessor(config, self.tokenizer, self.processor_needs())
+        self._build()
+        self._encoder_configs = {}
+
+    # ------------------------------------------------------------ building
+    def _build(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _text_encoder(self, key: str, source: str | None = None) -> nn.Module:
+        """A text encoder for ``key`` ("bert" / "bert2"); vocabulary resized to the tokenizer (markers)."""
+        if key in self._encoder_configs:
+            return load_text_encoder(self._encoder_configs[key])
+        enc = load_text_encoder(source or self.config.text_encoder, self.config.text_encoder_pretrained)
+        if enc.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            enc.resize_token_embeddings(len(self.tokenizer))  # new marker rows (e.g. HVPNeT's <s>) are random
+        return enc
+
+    def _vision_encoder(self, key: str = "vision") -> VisionBackbone:
+        if key in self._encoder_configs:
+            return VisionBackbone(self._encoder_configs[key])
+        return VisionBackbone(self.config.vision_encoder, self.config.vision_encoder_pretrained)
+
+    def hf_encoders(self) -> dict[str, nn.Module]:
+        """The Hugging Face backbones by key, whose configs ``save_pretrained`` stores."""
+        out = {}
+        for key, module in self.named_children():
+            if isinstance(module, VisionBackbone):
+                if module.config is not None:
+                    out[key] = module.model
+            elif hasattr(module, "config") and isinstance(module.config, PretrainedConfig):
+                out[key] = module
+        return out
+
+    # --------------------------------------------------------------- API
+    @property
+    def required_modalities(self) -> set[str]:
+        """The dataset modalities this model needs (names of ``MNREDataset(modalities=...)``)."""
+        raise NotImplementedError
+
+    def processor_needs(self) -> set[str]:
+        """What the processor encodes: the required modalities plus those with a counted fallback."""
+        return set(self.required_modalities)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, batch: MREBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """-> (logits, named features, mi_loss or None)."""
+        raise NotImplementedError
+
+    def forward(self, batch: MREBatch) -> MREOutput:
+        """Logits (B, C); with labels, ``loss = ce_loss + mi_alpha * mi_loss`` (Eq. 23)."""
+        logits, features, mi_loss = self.encode(batch)
+        out = MREOutput(logits=logits, mi_loss=mi_loss, features=features)
+        if batch.labels is not None:
+            out.ce_loss = F.cross_entropy(logits, batch.labels)  # Eq. (19)
+            out.loss = (
+                out.ce_loss if mi_loss is None else out.ce_loss + self.config.mi_alpha * mi_loss
+            )  # Eq. (23)
+        return out
+
+    def mutual_information(self, pair: dict[str, torch.Tensor]) -> torch.Tensor:
+        """InfoNCE (Eq. 20-22) on the configured pair; ``pair`` maps "O", "G", "F", "T" to (B, d) features."""
+        first, second = {
+            "O&G": ("O", "G"),
+            "(O+G)&F": ("O+G", "F"),
+            "T&F": ("T", "F"),
+            "(O+G)&T": ("O+G", "T"),
+        }[self.config.mi_pair]
+        if "O+G" in (first, second):
+            pair = {**pair, "O+G": torch.cat([pair["O"], pair["G"]], dim=-1)}
+        return info_nce(pair[first], pair[second], self.config.mi_temperature, self.config.mi_symmetric)
+
+    # --------------------------------------------------------- save/load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json (+labels), model.safetensors, the tokenizer and encoders/<key>/config.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        data = {"format": FORMAT, **self.config.to_dict(), "labels": self.labels}
+        (directory / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        for key, module in self.hf_encoders().items():
+            module.config.save_pretrained(directory / "encoders" / key)
+        self.tokenizer.save_pretrained(directory)
+        save_model(self, str(directory / "model.safetensors"))
+        return directory

@@ -1,0 +1,224 @@
+"""Loading the released CAMIM / TMR checkpoints (reference §9) into our modules, and the inverse mapping.
+
+The released file is ``torch.save({'state_dict': SoftmaxNN.state_dict()})``: ``sentence_encoder.bert.*``,
+``sentence_encoder.bert2.*``, ``sentence_encoder.model_resnet50.*`` (timm naming), ``sentence_encoder.
+linear_pic`` ... ``fc``. We open it with ``torch.load(weights_only=True)`` (no unpickling of code), map every
+key, and refuse a partial load: any checkpoint key we cannot place, or any model key the checkpoint lacks,
+is an error. Keys of layers the released forward never uses (``linear``, ``linear_weights``, ``linear_x``,
+both BERT poolers, the ResNet ``fc``) and the BERT ``position_ids`` buffer are ignored *by name* and listed in
+the report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from camim.errors import CamimError
+from camim.models.config import ModelConfig
+
+# MNRE's ours_rel2id.json order (reference §4.1), used when a 23-row classifier comes without labels.
+MNRE_LABELS = [
+    "None", "/per/per/parent", "/per/per/siblings", "/per/per/couple", "/per/per/neighbor", "/per/per/peer",
+    "/per/per/charges", "/per/per/alumi", "/per/per/alternate_names", "/per/org/member_of",
+    "/per/loc/place_of_residence", "/per/loc/place_of_birth", "/org/org/alternate_names", "/org/org/subsidiary",
+    "/org/loc/locate_at", "/loc/loc/contain", "/per/misc/present_in", "/per/misc/awarded", "/per/misc/race",
+    "/per/misc/religion", "/per/misc/nationality", "/misc/misc/part_of", "/misc/loc/held_on",
+]  # fmt: skip
+
+SE = "sentence_encoder."
+# released name (after sentence_encoder.) -> our module path
+_DIRECT = {
+    "linear_pic": "linear_pic",
+    "encoder_conv_sentence": "cam.encoder_conv_sentence",
+    "encoder_conv_word": "cam.encoder_conv_word",
+    "encoder_conv_back": "cam.encoder_conv_back",
+    "attention": "cam.attention",
+    "linear_q_fine": "fusion.linear_q_fine",
+    "linear_k_fine": "fusion.linear_k_fine",
+    "linear_v_fine": "fusion.linear_v_fine",
+    "linear_q_coarse": "fusion.linear_q_coarse",
+    "linear_k_coarse": "fusion.linear_k_coarse",
+    "linear_v_coarse": "fusion.linear_v_coarse",
+    "linear_extend_pic": "fusion.linear_extend_pic",
+    "linear_phrases": "linear_phrases",
+    "linear_final": "classifier.linear_final",
+    "bert": "bert",
+    "bert2": "bert2",
+}
+_UNUSED = re.compile(
+    r"^(sentence_encoder\.(linear|linear_weights|linear_x)\.|linear\.|sentence_encoder\.bert2?\.pooler\."
+    r"|sentence_encoder\.model_resnet50\.fc\.)"
+)
+_POSITION_IDS = re.compile(r"^sentence_encoder\.bert2?\.embeddings\.position_ids$")
+
+
+def timm_to_hf_resnet(key: str) -> str | None:
+    """timm ResNet key -> transformers ResNetModel key (None if it has no counterpart)."""
+    if m := re.fullmatch(r"(conv1|bn1)\.(.+)", key):
+        part = "convolution" if m[1] == "conv1" else "normalization"
+        return f"embedder.embedder.{part}.{m[2]}"
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)(\d)\.(.+)", key):
+        part = "convolution" if m[3] == "conv" else "normalization"
+        return f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[4]) - 1}.{part}.{m[5]}"
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.(0|1)\.(.+)", key):
+        part = "convolution" if m[3] == "0" else "normalization"
+        return f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut.{part}.{m[4]}"
+    return None
+
+
+def hf_to_timm_resnet(key: str) -> str:
+    """transformers ResNetModel key -> timm ResNet key (inverse of :func:`timm_to_hf_resnet`)."""
+    if m := re.fullmatch(r"embedder\.embedder\.(convolution|normalization)\.(.+)", key):
+        return f"{'conv1' if m[1] == 'convolution' else 'bn1'}.{m[2]}"
+    if m := re.fullmatch(
+        r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.(convolution|normalization)\.(.+)", key
+    ):
+        kind = "conv" if m[4] == "convolution" else "bn"
+        return f"layer{int(m[1]) + 1}.{m[2]}.{kind}{int(m[3]) + 1}.{m[5]}"
+    if m := re.fullmatch(
+        r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.(convolution|normalization)\.(.+)", key
+    ):
+        return f"layer{int(m[1]) + 1}.{m[2]}.downsample.{'0' if m[3] == 'convolution' else '1'}.{m[4]}"
+    raise CamimError(f"no timm name for ResNet key {key!r}")
+
+
+def _released_to_ours(key: str, timm_backbone: bool) -> str | None:
+    if key.startswith("fc."):
+        return "classifier." + key
+    if not key.startswith(SE):
+        return None
+    rest = key[len(SE) :]
+    if rest.startswith("model_resnet50."):
+        sub = rest[len("model_resnet50.") :]
+        mapped = sub if timm_backbone else timm_to_hf_resnet(sub)
+        return None if mapped is None else "resnet.model." + mapped
+    head, _, tail = rest.partition(".")
+    if head in _DIRECT:
+        return f"{_DIRECT[head]}.{tail}"
+    return None
+
+
+def to_reference_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Our TMR / CAMIM state dict in the released layout (for export and the round-trip test)."""
+    if getattr(model, "model_name", "") != "tmr" or model.config.visual_mode != "images":
+        raise CamimError("only TMR-based models in visual_mode='images' have a released checkpoint layout")
+    inverse = {v: k for k, v in _DIRECT.items()}
+    out = {}
+    timm_backbone = model.resnet.is_timm
+    for key, tensor in model.state_dict().items():
+        if key.startswith("classifier.fc."):
+            out[key[len("classifier.") :]] = tensor
+            continue
+        if key.startswith("resnet.model."):
+            sub = key[len("resnet.model.") :]
+            out[SE + "model_resnet50." + (sub if timm_backbone else hf_to_timm_resnet(sub))] = tensor
+            continue
+        for ours, released in sorted(inverse.items(), key=lambda kv: -len(kv[0])):
+            if key.startswith(ours + "."):
+                out[SE + released + key[len(ours) :]] = tensor
+                break
+        else:
+            raise CamimError(f"no released name for parameter {key!r}")
+    return out
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: how many tensors matched, which were ignored (and why)."""
+
+    matched: int = 0
+    ignored: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"matched {self.matched} tensors; ignored {len(self.ignored)}"]
+        lines += [f"  ignored {k}: {why}" for k, why in sorted(self.ignored.items())]
+        return "\n".join(lines)
+
+
+def read_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Open a released checkpoint safely (``weights_only=True``) and return its flat state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CamimError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle errors of many kinds
+        raise CamimError(f"{path}: cannot read as a weights-only torch checkpoint: {exc}") from exc
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CamimError(f"{path}: expected {{'state_dict': {{name: tensor}}}} or a flat state dict")
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def infer_config(state: dict[str, torch.Tensor], base: ModelConfig | dict | None = None) -> ModelConfig:
+    """CAMIM (bert2 + CAM present) or TMR (no bert2) from the keys; MI has no weights, so CAMIM implies mi."""
+    cfg = ModelConfig.from_dict(base or {})
+    camim = any(k.startswith(SE + "bert2.") for k in state)
+    if not any(k.startswith(SE + "model_resnet50.") for k in state):
+        raise CamimError("not a released CAMIM/TMR checkpoint: no sentence_encoder.model_resnet50.* keys")
+    return replace(
+        cfg,
+        name="tmr",
+        visual_mode="images",
+        cam="both" if camim else "none",
+        mi=camim if base is None else cfg.mi,
+        text_encoder_pretrained=False,
+        vision_encoder_pretrained=False,
+    )
+
+
+def load_reference_checkpoint(
+    path: str | Path, config: ModelConfig | dict | None = None, labels: list[str] | None = None
+):
+    """Build the matching TMR/CAMIM model and load a released checkpoint into it -> (model, report).
+
+    ``config`` supplies the encoder sources (their configs; weights come from the checkpoint) and any
+    switches; ``labels`` default to MNRE's 23 when the classifier has 23 rows. Refuses partial loads.
+    """
+    from camim.models import build_model
+
+    state = read_reference_state_dict(path)
+    cfg = infer_config(state, config)
+    if labels is None:
+        n = state["fc.weight"].shape[0] if "fc.weight" in state else None
+        if n != len(MNRE_LABELS):
+            raise CamimError(f"{path}: classifier has {n} rows; pass the label names explicitly")
+        labels = MNRE_LABELS
+    model = build_model(cfg, labels)
+    report = ConversionReport()
+    ours: dict[str, torch.Tensor] = {}
+    unplaced = []
+    for key, tensor in state.items():
+        if _UNUSED.match(key):
+            report.ignored[key] = "layer unused by the released forward"
+            continue
+        if _POSITION_IDS.match(key):
+            report.ignored[key] = "constant position-ids buffer (non-persistent in transformers 5)"
+            continue
+        mapped = _released_to_ours(key, model.resnet.is_timm)
+        if mapped is None:
+            unplaced.append(key)
+        else:
+            ours[mapped] = tensor
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ours))
+    unplaced += sorted(set(ours) - set(expected))
+    bad_shape = [k for k in ours if k in expected and ours[k].shape != expected[k].shape]
+    problems = []
+    if unplaced:
+        problems.append(f"{len(unplaced)} checkpoint keys have no place in the model: {unplaced[:8]}")
+    if missing:
+        problems.append(f"{len(missing)} model tensors are absent from the checkpoint: {missing[:8]}")
+    if bad_shape:
+        shapes = [f"{k} {tuple(ours[k].shape)} vs {tuple(expected[k].shape)}" for k in bad_shape[:5]]
+        problems.append(f"{len(bad_shape)} shape mismatches (check the encoder configs): {shapes}")
+    if problems:
+        raise CamimError(f"{path}: refusing a partial load: " + "; ".join(problems))
+    model.load_state_dict(ours, strict=True)
+    report.matched = len(ours)
+    model.eval()
+    return model, report

@@ -1,0 +1,124 @@
+"""Typed configuration of every extractor (text-only BERT, TMR, HVPNeT; with or without CAM and MI).
+
+``ModelConfig`` holds the sizes and switches; ``FidelityConfig`` holds one named option per quirk of the
+released code (default = released behaviour, the "paper" reading; ``FidelityConfig.clean()`` gives the
+cleaner reading). Both round-trip through plain dicts (``config.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from camim.errors import CamimError
+
+MODEL_NAMES = ("bert", "tmr", "hvpnet")
+CAM_LEVELS = ("none", "word", "sentence", "both")
+MI_PAIRS = ("O&G", "(O+G)&F", "T&F", "(O+G)&T")
+VISUAL_MODES = ("images", "text-caption")
+
+
+@dataclass
+class FidelityConfig:
+    """One switch per quirk of the released code. ``True`` reproduces the released code (reference §7).
+
+    - ``unmasked_attention``: CAM, fusion and MI-side attentions attend to padding (released); ``False``
+      masks padded keys and drops padded query positions from every sum.
+    - ``pad_inclusive_mean``: C_S / T_S are means over all 40 positions, pads included (released);
+      ``False`` averages real tokens only.
+    - ``phrase_case_sensitive``: phrase ids are a case-sensitive vocabulary lookup of whitespace words,
+      no word pieces (released, ~80% [UNK]); ``False`` runs the tokenizer (lower-cased word pieces).
+    - ``phrase_unmasked``: the phrase encoder sees an all-ones mask (what transformers 4.11.3 computed from
+      the released all-zero mask); ``False`` masks the phrase padding.
+    - ``full_image_bgr_unnormalised``: full images are cv2-like BGR, 0-255 floats, stretched to the image
+      size, not normalised (released TMR/CAMIM); ``False`` uses the crop pipeline (RGB, Resize, CenterCrop,
+      ImageNet normalisation) for full images too. Object crops always use the crop pipeline.
+    - ``sum_pooling``: the full-image (and text-caption) CAM and fusion outputs are summed over positions
+      before tanh (released, reference §1.3/§1.5); ``False`` averages over the real positions, which keeps
+      tanh out of saturation when the streams are long token sequences (the offline text-caption mode).
+    """
+
+    unmasked_attention: bool = True
+    pad_inclusive_mean: bool = True
+    phrase_case_sensitive: bool = True
+    phrase_unmasked: bool = True
+    full_image_bgr_unnormalised: bool = True
+    sum_pooling: bool = True
+
+    @classmethod
+    def clean(cls) -> FidelityConfig:
+        """The paper's cleaner reading: masks everywhere, real-token means, tokenised phrases, normalised RGB."""
+        return cls(False, False, False, False, False, False)
+
+
+@dataclass
+class ModelConfig:
+    """Every size and switch of one extractor. ``name`` picks the extractor; CAM/MI apply to tmr and hvpnet."""
+
+    name: str = "tmr"
+    cam: str = "both"  # none | word | sentence | both  (Fig. 4b)
+    mi: bool = True
+    mi_alpha: float = 0.1  # Eq. (23)
+    mi_pair: str = "O&G"  # O&G | (O+G)&F | T&F | (O+G)&T  (Fig. 4a)
+    mi_temperature: float = 1.0  # released: 1
+    mi_symmetric: bool = False  # released: one direction, anchored on the second member (G)
+    text_encoder: str = "bert-base-uncased"
+    text_encoder_pretrained: bool = True
+    caption_encoder: str | None = None  # bert2; None = same source as text_encoder (separate weights)
+    vision_encoder: str = "microsoft/resnet-50"
+    vision_encoder_pretrained: bool = True
+    visual_mode: str = "images"  # images | text-caption (offline: text + captions, no images; docs/models.md)
+    max_length: int = 128
+    caption_max_length: int = 40
+    text_window: int = 40  # T_S / T_W come from the first `text_window` marked tokens (released bert2 input)
+    phrase_max_length: int = 6
+    max_objects: int = 3
+    image_size: int = 224
+    dropout: float = 0.5  # before linear_final and before fc (released)
+    cam_dropout: float = 0.3  # CAM projections and merge layer (released)
+    hvpnet_prompt_len: int = 4
+    hvpnet_prefix_hidden: int = 800
+    missing_scores: str = "error"  # error | uniform (strong = weak = 0.5, counted)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fidelity, dict):
+            self.fidelity = FidelityConfig(**self.fidelity)
+        if self.name not in MODEL_NAMES:
+            raise CamimError(f"model name must be one of {MODEL_NAMES}, got {self.name!r}")
+        if self.cam not in CAM_LEVELS:
+            raise CamimError(f"cam must be one of {CAM_LEVELS}, got {self.cam!r}")
+        if self.mi_pair not in MI_PAIRS:
+            raise CamimError(f"mi_pair must be one of {MI_PAIRS}, got {self.mi_pair!r}")
+        if self.visual_mode not in VISUAL_MODES:
+            raise CamimError(f"visual_mode must be one of {VISUAL_MODES}, got {self.visual_mode!r}")
+        if self.missing_scores not in ("error", "uniform"):
+            raise CamimError(f"missing_scores must be 'error' or 'uniform', got {self.missing_scores!r}")
+        if self.mi_temperature <= 0:
+            raise CamimError(f"mi_temperature must be > 0, got {self.mi_temperature}")
+        if self.text_window > self.max_length:
+            raise CamimError(f"text_window ({self.text_window}) exceeds max_length ({self.max_length})")
+        if self.name == "hvpnet" and self.visual_mode != "images":
+            raise CamimError("hvpnet builds its prefix from images; visual_mode must be 'images'")
+
+    @property
+    def uses_cam(self) -> bool:
+        return self.name != "bert" and self.cam != "none"
+
+    @property
+    def uses_mi(self) -> bool:
+        return self.name != "bert" and self.mi
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | ModelConfig) -> ModelConfig:
+        """Build from a dict (unknown keys are an error naming them)."""
+        if isinstance(data, ModelConfig):
+            return data
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"labels", "format"})
+        if unknown:
+            raise CamimError(f"unknown model config keys: {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,106 @@
+"""Tiny backbones saved to temp folders, and examples with drawn images, for the model tests."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from camim.data.types import Entity, MNREExample, Scores
+
+WORDS = (
+    "the latest ark horror lc deluxe expansion circle undone has been released a photo of man woman "
+    "with at in on and is was to his her new york city team player plays for visit from dog red blue"
+).split()
+LABELS = ["None", "/per/per/peer", "/per/org/member_of", "/misc/misc/part_of"]
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with a WordPiece vocab whose first rows mimic bert-base-uncased."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(6)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += sorted(set(WORDS)) + ["##ham", "##g", ":", "##s"]
+    vocab += list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=160,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vision_dir(tmp_path_factory) -> Path:
+    """A tiny transformers ResNet (4 stages, 8..64 channels)."""
+    from transformers import ResNetConfig, ResNetModel
+
+    folder = tmp_path_factory.mktemp("tiny_resnet")
+    cfg = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic"
+    )
+    ResNetModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def draw(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    img = Image.new("RGB", size, (seed * 37 % 255, seed * 91 % 255, seed * 53 % 255))
+    d = ImageDraw.Draw(img)
+    d.rectangle([seed % 10, 3, 20 + seed % 15, 30], fill=(200, 30 * (seed % 5), 90))
+    d.ellipse([25, 5 + seed % 7, 44, 35], fill=(10, 220, seed * 11 % 255))
+    return img
+
+
+def make_examples(n: int = 4, images: bool = True, seed: int = 0) -> list[MNREExample]:
+    out = []
+    for i in range(n):
+        k = i + seed
+        tokens = ["the", "man", "plays", "for", "new", "york", "team", "with", "his", "dog"][: 7 + k % 4]
+        head = Entity("man", 1, 2)
+        tail = Entity("new york", 4, 6) if k % 2 == 0 else Entity("team", 6, 7)
+        if k % 3 == 2:
+            head, tail = tail, head
+        ex = MNREExample(
+            index=i,
+            tokens=tokens,
+            head=head,
+            tail=tail,
+            img_id=f"img{k}.jpg",
+            relation=LABELS[k % len(LABELS)],
+            label=k % len(LABELS),
+            caption=" ".join(
+                ["a", "photo", "of", "a", "man", "with", "a", "dog", "in", "the", "city"][: 4 + k % 8]
+            ),
+            scores=Scores(0.9 - 0.1 * (k % 3), 0.1 + 0.1 * (k % 3), 0.8, 0.2),
+            phrase="Man New York person",
+        )
+        if images:
+            ex.image = draw(k)
+            ex.objects = [draw(k + 10), draw(k + 20)][: 1 + k % 3]
+            ex.generated_image = draw(k + 30, (40, 40))
+            ex.generated_objects = [draw(k + 40)]
+        out.append(ex)
+    return out
+
+
+def tiny_config(text_dir: Path, vision_dir: Path, **overrides) -> dict:
+    cfg = {
+        "name": "tmr",
+        "text_encoder": str(text_dir),
+        "vision_encoder": str(vision_dir),
+        "max_length": 32,
+        "caption_max_length": 12,
+        "text_window": 12,
+        "image_size": 32,
+    }
+    cfg.update(overrides)
+    return cfg

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tests.models.conftest import LABELS, make_examples, tiny_config
+
+from camim.errors import CamimError
+from camim.models import build_model, load_model
+
+
+def test_bert_shapes_loss_and_save_load(text_dir, vision_dir, tmp_path):
+    model = build_model(tiny_config(text_dir, vision_dir, name="bert"), LABELS).eval()
+    assert model.required_modalities == set()
+    batch = model.processor(make_examples(3))
+    out = model(batch)
+    assert out.logits.shape == (3, len(LABELS)) and out.logits.dtype == torch.float32
+    assert out.loss is not None and out.mi_loss is None and torch.equal(out.loss, out.ce_loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad()
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["labels"] == LABELS and saved["name"] == "bert"
+    assert not list((tmp_path / "m").glob("*.bin")) and not list((tmp_path / "m").glob("*.pt"))
+    loaded = load_model(tmp_path / "m")
+    batch2 = loaded.processor(make_examples(3))
+    assert torch.equal(batch.input_ids, batch2.input_ids)
+    torch.testing.assert_close(loaded(batch2).logits, out.logits, rtol=0, atol=0)
+
+
+def test_build_model_rejects_bad_config(text_dir):
+    with pytest.raises(CamimError, match="model name"):
+        build_model({"name": "gpt", "text_encoder": str(text_dir)}, LABELS)
+    with pytest.raises(CamimError, match="unknown model config keys"):
+        build_model({"name": "bert", "text_encoder": str(text_dir), "colour": 1}, LABELS)
+    with pytest.raises(CamimError, match="cannot load the tokenizer"):
+        build_model({"name": "bert", "text_encoder": str(text_dir / "nope")}, LABELS)
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(CamimError, match="not a camim model folder"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{bad")
+    with pytest.raises(CamimError, match="config.json:1"):
+        load_model(tmp_path)
