@@ -9,7 +9,7 @@ import math
 import pytest
 
 from camim.cli import main
-from camim.demo import DemoConfig, demo_overrides, has_mean_pooling_option, run_demo
+from camim.demo import DEMO_OVERRIDES, DemoConfig, run_demo
 from camim.synthetic import WorldConfig
 
 WORLD = WorldConfig(seed=5, train=600, val=100, test=200)
@@ -17,15 +17,8 @@ MARGIN = 20.0  # accuracy points; the world allows up to 100 - ceiling (about 39
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    not has_mean_pooling_option(),
-    reason="models: the released sum-then-tanh pooling saturates in text-caption mode (no fidelity.sum_pooling "
-    "option yet), so the caption path barely learns; see docs/demo.md",
-    raises=AssertionError,
-    strict=True,
-)
 def test_caption_aware_model_beats_text_only_by_the_worlds_margin(tmp_path):
-    cfg = DemoConfig(output=tmp_path / "demo", world=WORLD, overrides=demo_overrides(), quiet=True)
+    cfg = DemoConfig(output=tmp_path / "demo", world=WORLD, overrides=list(DEMO_OVERRIDES), quiet=True)
     r = run_demo(cfg)
     ceiling = r.text_only_accuracy_ceiling  # percent, recorded by the generator for this test split
     sigma = 100 * math.sqrt(0.25 / WORLD.test)  # binomial noise bound of one split's accuracy
