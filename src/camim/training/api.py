@@ -1,0 +1,285 @@
+"""Python API of training and evaluation: :func:`train_run` and :func:`evaluate_run`.
+
+``train_run`` writes, into its output folder (Contract 3): ``config.yaml`` (the full resolved config),
+``checkpoints/`` (Lightning: ``best-*.ckpt`` on dev micro-F1 and ``last.ckpt``), ``logs/metrics.csv``,
+``metrics.json``, ``predictions.jsonl``, ``model/`` (``save_pretrained``: safetensors + config + labels +
+tokenizer, loadable without camim.training) and ``report.md`` with PNG plots. Calling it again on a folder
+that holds ``checkpoints/last.ckpt`` resumes that run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from camim.errors import CamimError
+from camim.training.config import RunConfig, config_from_dict, load_config
+from camim.training.datamodule import MNREDataModule
+from camim.training.module import MRELightningModule
+
+log = logging.getLogger(__name__)
+_RUN_DEFAULT = object()  # evaluate_run: take the caption source from the run's config.yaml
+
+
+@dataclass
+class RunResult:
+    """What :func:`train_run` produced: ``metrics`` as in ``metrics.json``; the run and model folders."""
+
+    metrics: dict
+    output_dir: Path
+    model_dir: Path
+
+
+def _resolve(config: RunConfig | str | Path | dict, overrides) -> RunConfig:
+    if isinstance(config, RunConfig):
+        if overrides:
+            from camim.training.config import apply_overrides
+
+            return config_from_dict(apply_overrides(config.to_dict(), overrides))
+        return config
+    if isinstance(config, dict):
+        from camim.training.config import apply_overrides
+
+        return config_from_dict(apply_overrides(config, overrides))
+    return load_config(config, overrides)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings(
+        "ignore", message=".*callbacks used to create the checkpoint need to be provided.*"
+    )
+
+
+def _trainer(cfg: RunConfig, out: Path, callbacks: list, logger: Any = False) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        default_root_dir=str(out),
+        max_epochs=cfg.optim.epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        gradient_clip_val=cfg.optim.max_grad_norm,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        logger=logger,
+    )
+
+
+def _labels(data_dir: str):
+    from camim.data import default_labels
+
+    return default_labels(data_dir)
+
+
+def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
+    lines = []
+    for r in sorted(records, key=lambda r: (r["index"] is None, r["index"])):
+        idx = r["index"]
+        ex = ds.examples[idx] if idx is not None and 0 <= idx < len(ds.examples) else None
+        lines.append(
+            json.dumps(
+                {
+                    "id": idx,
+                    "img_id": ex.img_id if ex is not None else None,
+                    "gold": names[r["gold"]] if r["gold"] is not None else None,
+                    "predicted": names[r["pred"]],
+                    "probabilities": {n: round(float(p), 6) for n, p in zip(names, r["probs"].tolist())},
+                }
+            )
+        )
+    return lines
+
+
+def _check_same_run(out: Path, cfg: RunConfig) -> None:
+    """Refuse to resume a folder that holds a different run (its config.yaml differs)."""
+    old = out / "config.yaml"
+    if not (out / "checkpoints" / "last.ckpt").is_file() or not old.is_file():
+        return
+    previous = yaml.safe_load(old.read_text(encoding="utf-8"))
+    current = cfg.to_dict()
+    for d in (previous, current):
+        d.get("trainer", {}).pop("progress_bar", None)
+    if previous != current:
+        raise CamimError(
+            f"{out}: holds a different run (config.yaml differs from this config); "
+            "use a new --output folder or delete the old one"
+        )
+
+
+def train_run(
+    config: RunConfig | str | Path | dict,
+    data_dir: str | Path | None,
+    output_dir: str | Path,
+    overrides: list[str] | dict | None = None,
+    callbacks: list | None = None,
+) -> RunResult:
+    """Train with Lightning, select the best dev micro-F1 checkpoint, test it once, write the run folder.
+
+    ``config`` is a preset name, a YAML path, a mapping or a :class:`RunConfig`; ``overrides`` are dotted
+    ``key=value`` strings; ``callbacks`` are extra Lightning callbacks for the fit. Resumes automatically
+    from ``output_dir/checkpoints/last.ckpt``.
+    """
+    from camim.models import build_model
+
+    _quiet_lightning()
+    cfg = _resolve(config, overrides)
+    if data_dir is not None:
+        cfg.data.data_dir = str(data_dir)
+    if not cfg.data.data_dir:
+        raise CamimError("no data folder: pass --data-dir (or set data.data_dir)")
+    data_dir = cfg.data.data_dir
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if cfg.offline.enabled:
+        from camim.training.offline import build_offline_encoder
+
+        folder = Path(cfg.offline.encoder_dir) if cfg.offline.encoder_dir else out / "offline_encoder"
+        build_offline_encoder(cfg.offline, data_dir, folder, limit=cfg.data.train_limit)
+        for key in cfg.offline.model_keys:
+            cfg.model[key] = str(folder.resolve())
+    _check_same_run(out, cfg)
+    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+
+    L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
+    labels = _labels(data_dir)
+    model = build_model(cfg.model, labels=labels.names)
+    module = MRELightningModule(model, cfg, labels.negative_id)
+    dm = MNREDataModule(cfg, data_dir, labels, model.required_modalities, model.processor)
+
+    ckpt_dir = out / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best-epoch{epoch}",
+        monitor="val/f1",
+        mode="max",  # strict improvement, as the released trainer (`>`)
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    # logs/version_<k>/ per (re)start; the report joins them
+    logger = CSVLogger(save_dir=str(out), name="logs")
+    trainer = _trainer(cfg, out, [checkpoint, *(callbacks or [])], logger)
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+
+    best = checkpoint.best_model_path or (str(last) if last.is_file() else None)
+    eval_trainer = _trainer(cfg, out, [], False)
+    eval_trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+    val = dict(module.eval_result)
+    eval_trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    test = dict(module.eval_result)
+
+    metrics = {
+        "val": val,
+        "test": test,
+        "best_checkpoint": Path(best).name if best else None,
+        "best_epoch": _epoch_of(best),
+        "global_step": int(trainer.global_step),
+        "data_report": {k: v for k, v in dm.data_report().items() if v},
+        "processor_report": dict(getattr(model.processor, "report", {}) or {}),
+    }
+    model_dir = out / "model"
+    if eval_trainer.is_global_zero:
+        model.save_pretrained(model_dir)
+        test_ds = dm.dataset("test")
+        lines = _prediction_lines(module.test_records, list(model.labels), test_ds)
+        _write_atomic(out / "predictions.jsonl", "\n".join(lines) + "\n")
+        _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # marks the run finished
+        from camim.training.report import write_run_report
+
+        write_run_report(out, cfg.to_dict(), metrics, list(model.labels))
+    return RunResult(metrics=metrics, output_dir=out, model_dir=model_dir)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _epoch_of(ckpt: str | None) -> int | None:
+    """The 1-based epoch of a ``best-epoch<k>.ckpt`` name (k is Lightning's 0-based epoch)."""
+    m = re.search(r"best-epoch(\d+)", Path(ckpt).name) if ckpt else None
+    return int(m.group(1)) + 1 if m else None
+
+
+def _run_config_for(model_dir: Path) -> tuple[Path, RunConfig | None]:
+    """Accept a run folder or its ``model/`` folder; return the model folder and the run config if any."""
+    if (model_dir / "model" / "config.json").is_file():
+        model_dir = model_dir / "model"
+    run_cfg = model_dir.parent / "config.yaml"
+    cfg = None
+    if run_cfg.is_file():
+        cfg = config_from_dict(yaml.safe_load(run_cfg.read_text(encoding="utf-8")))
+    return model_dir, cfg
+
+
+def evaluate_run(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "test",
+    caption_source: str | None | object = _RUN_DEFAULT,
+    batch_size: int = 32,
+    limit: int | None = None,
+) -> dict:
+    """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
+    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
+
+    ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
+    (else ``minicpm``).
+    """
+    from camim.data import LabelSet
+    from camim.models import load_model
+
+    _quiet_lightning()
+    if split not in ("train", "val", "test"):
+        raise CamimError(f"split must be train, val or test, got {split!r}")
+    model_path, run_cfg = _run_config_for(Path(model_dir))
+    model = load_model(model_path)
+    cfg = RunConfig(model={"name": model.config.name})
+    if run_cfg is not None:
+        cfg.data = run_cfg.data
+    if caption_source is not _RUN_DEFAULT:
+        cfg.data.caption_source = caption_source
+    elif run_cfg is None:
+        cfg.data.caption_source = "minicpm"
+    cfg.data.eval_limit = limit
+    cfg.optim.eval_batch_size = batch_size
+    cfg.trainer.progress_bar = False
+    labels = LabelSet.from_names(model.labels)
+    module = MRELightningModule(model, cfg, labels.negative_id)
+    dm = MNREDataModule(
+        cfg, str(data_dir), labels, model.required_modalities, model.processor, test_split=split
+    )
+    trainer = _trainer(cfg, Path(model_path), [], False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    result = dict(module.eval_result)
+    result["labels"] = list(model.labels)
+    result["num_samples"] = sum(sum(row) for row in result["confusion"])
+    result["split"] = split
+    return result

@@ -1,0 +1,99 @@
+"""``camim train``, ``camim evaluate`` and ``camim experiment``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (dotted key, YAML value), e.g. --set optim.lr=3e-5; repeatable",
+    )
+
+
+def register(subparsers) -> None:
+    """Add the ``train``, ``evaluate`` and ``experiment`` commands."""
+    from camim.training.config import list_presets
+
+    presets = ", ".join(list_presets())
+    p = subparsers.add_parser("train", help="train a model with Lightning and evaluate it on test")
+    p.add_argument("--config", required=True, help=f"a preset ({presets}) or a YAML file")
+    p.add_argument("--data-dir", required=True, help="MNRE-style data folder")
+    p.add_argument("--output", required=True, help="run folder (resumes from its checkpoints/last.ckpt)")
+    _add_set(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="re-score a saved model on one split")
+    p.add_argument("--model", required=True, help="a run folder or its model/ folder")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--caption-source", default=None, help="default: the run's config.yaml (else minicpm)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "experiment",
+        help="multi-seed runs (mean ± std) of a preset, or the paper's grids: table1, table2, fig4",
+        description="`camim experiment --preset P --seeds 1 2 3` or `camim experiment table1|table2|fig4`.",
+    )
+    p.add_argument("grid", nargs="?", choices=["table1", "table2", "fig4"], help="a grid of the paper")
+    p.add_argument("--preset", help="one preset (or YAML) to run over seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's seed")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--output", required=True, help="experiment folder (one run folder per row and seed)")
+    _add_set(p)
+    p.set_defaults(func=cmd_experiment)
+
+
+def _fmt_scores(s: dict) -> str:
+    return "  ".join(f"{k} {s[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1") if k in s)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from camim.training.api import train_run
+
+    result = train_run(args.config, args.data_dir, args.output, overrides=args.overrides)
+    print(f"val   {_fmt_scores(result.metrics['val'])}")
+    print(f"test  {_fmt_scores(result.metrics['test'])}")
+    print(f"wrote {result.output_dir} (model: {result.model_dir}, report: {result.output_dir / 'report.md'})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from camim.training.api import evaluate_run
+
+    kw = {} if args.caption_source is None else {"caption_source": args.caption_source}
+    res = evaluate_run(args.model, args.data_dir, split=args.split, batch_size=args.batch_size, **kw)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{args.split} ({res['num_samples']} samples)  {_fmt_scores(res)}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from camim.errors import CamimError
+    from camim.training.experiment import run_grid, run_seeds
+
+    if bool(args.grid) == bool(args.preset):
+        raise CamimError("give either a grid (table1, table2, fig4) or --preset, not both")
+    out = Path(args.output)
+    if args.preset:
+        summary = run_seeds(args.preset, args.data_dir, out, args.seeds, args.overrides)
+        agg = summary["test"]
+        print(f"{args.preset} over seeds {summary['seeds']} (test):")
+        print("  " + "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in agg.items()))
+        print(f"wrote {out / 'summary.md'}")
+    else:
+        path = run_grid(args.grid, args.data_dir, out, args.seeds, args.overrides)
+        print(path.read_text(encoding="utf-8"))
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,138 @@
+"""``MRELightningModule``: what one training/evaluation step computes for any camim extractor.
+
+The loop, devices, precision, DDP and checkpointing are Lightning's. The loss is the model's own
+``MREOutput.loss`` (CE + alpha * InfoNCE, Eq. 23). Validation (model selection on dev micro-F1) starts at
+``optim.eval_begin_epoch``; before it, ``val/f1`` is logged as -1 so that no checkpoint of those epochs can
+be selected (the HVPNeT setting evaluates from epoch 8). The first batch of each epoch reseeds the global RNGs
+from (seed, epoch) so that dropout after an end-of-epoch resume equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import seed_everything
+
+from camim.models.batch import MREBatch
+from camim.training.config import RunConfig
+from camim.training.metrics import MREMetrics
+from camim.training.optim import build_optimizer, build_scheduler, warmup_steps_for
+
+NOT_EVALUATED = -1.0  # val/f1 logged for epochs before eval_begin_epoch
+
+
+class MRELightningModule(L.LightningModule):
+    """Wraps an extractor (``camim.models``) with its optimiser, schedule and MNRE metrics."""
+
+    def __init__(self, model: torch.nn.Module, cfg: RunConfig, negative_id: int | None):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        names = list(model.labels)
+        self.val_metrics = MREMetrics(len(names), negative_id, names)
+        self.test_metrics = MREMetrics(len(names), negative_id, names)
+        self.test_records: list[dict] = []
+        self.eval_result: dict[str, Any] = {}
+        self._skip_val = False
+
+    def forward(self, batch: MREBatch):
+        return self.model(batch)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, MREBatch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    # ------------------------------------------------------------------ train
+    def on_train_batch_start(self, batch: MREBatch, batch_idx: int) -> None:
+        if batch_idx == 0:  # after the epoch's DataLoader iterator exists, on every path (fresh or resumed)
+            seed_everything(self.cfg.optim.seed * 1000 + self.current_epoch, workers=True, verbose=False)
+
+    def training_step(self, batch: MREBatch, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch)
+        bs = len(batch)
+        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/ce_loss", out.ce_loss, on_step=True, on_epoch=True, batch_size=bs)
+        if out.mi_loss is not None:
+            self.log("train/mi_loss", out.mi_loss, on_step=True, on_epoch=True, batch_size=bs)
+        self.log(
+            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs
+        )
+        return out.loss
+
+    # ------------------------------------------------------------- validate
+    def on_validation_epoch_start(self) -> None:
+        fitting = self.trainer.state.fn == "fit"
+        self._skip_val = fitting and self.current_epoch + 1 < self.cfg.optim.eval_begin_epoch
+        self.val_metrics.reset()
+
+    def validation_step(self, batch: MREBatch, batch_idx: int) -> None:
+        if self._skip_val:
+            return
+        out = self.model(batch)
+        self.val_metrics.update(out.logits, batch.labels)
+        self.log("val/loss", out.loss, on_epoch=True, batch_size=len(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._skip_val:
+            self.log("val/f1", NOT_EVALUATED, prog_bar=True)
+            return
+        scores = self.val_metrics.compute()
+        for k, v in scores.items():
+            self.log(f"val/{k}", v, prog_bar=k == "f1")
+        if self.trainer.state.fn != "fit":
+            self.eval_result = {
+                **scores,
+                "per_relation": self.val_metrics.per_relation(),
+                "confusion": self.val_metrics.confusion_matrix().tolist(),
+            }
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+        self.test_records = []
+
+    def test_step(self, batch: MREBatch, batch_idx: int) -> None:
+        out = self.model(batch)
+        self.test_metrics.update(out.logits, batch.labels)
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu()
+        preds = probs.argmax(-1).tolist()
+        labels = batch.labels.tolist() if batch.labels is not None else [None] * len(preds)
+        index = batch.index.tolist() if batch.index is not None else [None] * len(preds)
+        for i in range(len(preds)):
+            self.test_records.append(
+                {"index": index[i], "gold": labels[i], "pred": preds[i], "probs": probs[i]}
+            )
+
+    def on_test_epoch_end(self) -> None:
+        scores = self.test_metrics.compute()
+        for k, v in scores.items():
+            self.log(f"test/{k}", v)
+        records = self.test_records
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        self.test_records = records
+        self.eval_result = {
+            **scores,
+            "per_relation": self.test_metrics.per_relation(),
+            "confusion": self.test_metrics.confusion_matrix().tolist(),
+        }
+
+    # ------------------------------------------------------------- optimise
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        optimizer = build_optimizer(
+            self.model,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            adam_eps=o.adam_eps,
+            betas=tuple(o.adam_betas),
+            adam_bias_correction=o.adam_bias_correction,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, total, warmup_steps_for(total, o.warmup_steps, o.warmup_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,143 @@
+"""Offline encoders: a WordPiece vocabulary built (with ``tokenizers``' BERT normaliser and pre-tokeniser) from
+the training split's text and captions, plus a compact BERT config with random weights, written to one folder that the model config
+points to (``text_encoder``). Used by the ``offline-*`` presets on machines without pretrained weights.
+
+Numbers from these encoders are not comparable with the paper's (no pretraining, no images).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from camim.data import MNREDataset
+from camim.training.config import OfflineConfig
+
+# [PAD] first and the OpenNRE markers at ids 1..4 as in bert-base-uncased; HVPNeT's markers as well.
+SPECIAL_TOKENS = [
+    "[PAD]",
+    *[f"[unused{i}]" for i in range(10)],
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "<s>",
+    "</s>",
+    "<o>",
+    "</o>",
+]
+
+
+def vocabulary_corpus(
+    data_dir: str | Path, caption_source: str | None, limit: int | None = None
+) -> list[str]:
+    """The training split's sentences followed by its (unique) captions."""
+    ds = MNREDataset(
+        data_dir,
+        split="train",
+        caption_source=caption_source,
+        modalities=("caption",) if caption_source else (),
+        on_missing="fallback",
+    )
+    n = len(ds) if limit is None else min(limit, len(ds))
+    texts, captions = [], {}
+    for i in range(n):
+        ex = ds[i]
+        texts.append(ex.text)
+        if ex.caption:
+            captions.setdefault(ex.img_id, ex.caption)
+    return texts + list(captions.values())
+
+
+def wordpiece_vocabulary(
+    corpus: list[str], vocab_size: int, min_frequency: int, lowercase: bool
+) -> list[str]:
+    """A WordPiece vocabulary of at most ``vocab_size`` entries, a deterministic function of the corpus.
+
+    Text is normalised and pre-tokenised by ``tokenizers``' BERT components (the pipeline the tokenizer
+    applies at run time). The vocabulary is the special tokens, every character as a word-initial piece and
+    as a ``##`` continuation, then the most frequent word-initial prefixes (whole words included) and
+    ``##`` suffixes of the corpus words (count >= ``min_frequency``; ties broken by length, then
+    alphabetically). ``tokenizers``' own ``WordPieceTrainer`` breaks frequency ties in hash order, so two
+    trainings on the same corpus give different vocabularies (different ids, and near the size limit
+    different tokens), which would make two runs with the same seed differ.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in corpus:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    pieces: Counter[str] = Counter()
+    for w, n in words.items():
+        for k in range(2, len(w) + 1):
+            pieces[w[:k]] += n  # word-initial prefixes, the whole word included
+        for k in range(1, len(w) - 1):
+            pieces["##" + w[k:]] += n  # continuation suffixes of length >= 2
+    vocab = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
+    seen = set(vocab)
+    ranked = sorted(
+        (p for p, n in pieces.items() if n >= min_frequency and p not in seen),
+        key=lambda p: (-pieces[p], -len(p), p),
+    )
+    return vocab + ranked[: max(0, vocab_size - len(vocab))]
+
+
+def _signature(cfg: OfflineConfig, data_dir: str | Path, limit: int | None) -> dict:
+    return {
+        "offline": {k: v for k, v in vars(cfg).items() if k != "encoder_dir"},
+        "data": str(data_dir),
+        "limit": limit,
+    }
+
+
+def build_offline_encoder(
+    cfg: OfflineConfig, data_dir: str | Path, folder: str | Path, limit: int | None = None
+) -> Path:
+    """Write ``vocab.txt`` + tokenizer files + a ``BertConfig`` to ``folder`` (reused when already built with
+    the same settings; written to a temporary folder first and renamed, so an interruption leaves nothing
+    half-written)."""
+    from transformers import AutoTokenizer, BertConfig
+
+    folder = Path(folder)
+    signature = _signature(cfg, data_dir, limit)
+    stamp = folder / "camim_offline.json"
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
+        return folder
+    corpus = vocabulary_corpus(data_dir, cfg.vocab_caption_source, limit)
+    vocab = wordpiece_vocabulary(corpus, cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".offline_encoder.", dir=folder.parent))
+    try:
+        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        (tmp / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": cfg.lowercase}), encoding="utf-8"
+        )
+        tok = AutoTokenizer.from_pretrained(str(tmp))
+        if len(tok) != len(vocab):
+            raise RuntimeError(f"tokenizer reloaded with {len(tok)} tokens, expected {len(vocab)}")
+        tok.save_pretrained(str(tmp))
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            hidden_dropout_prob=cfg.hidden_dropout_prob,
+            attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        ).save_pretrained(str(tmp))
+        (tmp / "camim_offline.json").write_text(json.dumps(signature), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,140 @@
+"""Optimiser and learning-rate schedule of the paper (§4.2) and the released trainers (reference §2, §7.7).
+
+- AdamW, weight decay 0.01 on every parameter except biases and LayerNorm weights (no-decay by name, as the
+  released code: names containing ``bias``, ``LayerNorm.bias`` or ``LayerNorm.weight``; parameters of any
+  ``nn.LayerNorm`` module are also kept out of decay, which matters only for encoders that name them
+  differently). BatchNorm weights *are* decayed, as released.
+- ``adam_bias_correction=False`` reproduces ``transformers.AdamW(correct_bias=False)`` of the released TMR /
+  CAMIM trainer (that class was removed in transformers 5, so :class:`ReleasedAdamW` ports its update rule);
+  ``True`` is the clean reading and uses ``torch.optim.AdamW``.
+- Linear warmup then linear decay to 0 (``transformers.get_linear_schedule_with_warmup``); warmup is either a
+  ratio of the total steps (paper: 10%) or a fixed number of steps (released: 300).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed parameters and (biases, LayerNorm) with weight decay 0.
+
+    Only parameters with ``requires_grad`` are included.
+    """
+    layer_norm_params = {
+        id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if any(nd in name for nd in NO_DECAY_NAMES) or id(p) in layer_norm_params:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class ReleasedAdamW(torch.optim.Optimizer):
+    """AdamW as in ``transformers.AdamW`` 4.x (used by the released TMR/CAMIM trainer).
+
+    With ``correct_bias=False`` (the released setting) the first-step update is ``lr * m / (sqrt(v) + eps)``
+    without Adam's bias correction, i.e. about ``lr * sqrt(1 - beta2) / (1 - beta1) ≈ 3.16 lr`` per unit-sign
+    gradient on step 1. Decoupled weight decay is applied after the Adam step: ``p -= lr * wd * p``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+    ):
+        if lr < 0.0 or eps < 0.0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid AdamW settings: lr={lr}, eps={eps}, betas={betas}")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "correct_bias": correct_bias,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.is_sparse:
+                    raise RuntimeError("ReleasedAdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                state["step"] += 1
+                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                denom = exp_avg_sq.sqrt().add_(group["eps"])
+                step_size = group["lr"]
+                if group["correct_bias"]:
+                    step_size = (
+                        step_size * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+                    )
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+                if group["weight_decay"] > 0.0:
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+        return loss
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.01,
+    adam_eps: float = 1e-6,
+    betas: tuple[float, float] = (0.9, 0.999),
+    adam_bias_correction: bool = False,
+) -> torch.optim.Optimizer:
+    """AdamW over :func:`parameter_groups`; ``adam_bias_correction=False`` is the released quirk."""
+    groups = parameter_groups(model, weight_decay)
+    if adam_bias_correction:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=adam_eps)
+    return ReleasedAdamW(groups, lr=lr, betas=betas, eps=adam_eps, correct_bias=False)
+
+
+def warmup_steps_for(total_steps: int, warmup_steps: int | None, warmup_ratio: float | None) -> int:
+    """Number of warmup steps: a fixed count (released: 300) or ``ratio * total`` (paper: 10%)."""
+    if warmup_steps is not None and warmup_ratio is not None:
+        raise ValueError("set either warmup_steps or warmup_ratio, not both")
+    if warmup_steps is not None:
+        return int(warmup_steps)
+    if warmup_ratio is not None:
+        return int(warmup_ratio * total_steps)
+    return 0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """Linear warmup from 0 to the peak LR over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )

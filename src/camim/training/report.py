@@ -1,0 +1,230 @@
+"""Run reports: training curves, confusion matrix and per-relation F1 as PNGs (matplotlib, Agg), and
+``report.md`` tying them to the metrics; plus the markdown/plot helpers of ``camim experiment``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SCORE_KEYS = ("accuracy", "precision", "recall", "f1")
+
+
+def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a Lightning ``CSVLogger`` metrics file, numeric cells parsed, empty cells dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            parsed = {}
+            for k, v in row.items():
+                if v not in ("", None):
+                    try:
+                        parsed[k] = float(v)
+                    except ValueError:
+                        continue
+            rows.append(parsed)
+    return rows
+
+
+def read_run_logs(logs_dir: str | Path) -> list[dict[str, float]]:
+    """Join ``logs/version_*/metrics.csv`` of a run that was resumed: each restart's rows replace the
+    earlier rows from its first step on (steps after the resumed checkpoint were recomputed)."""
+    versions = sorted(
+        Path(logs_dir).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    rows: list[dict[str, float]] = []
+    for path in versions:
+        new = read_metrics_csv(path)
+        steps = [r["step"] for r in new if "step" in r]
+        if steps:
+            first = min(steps)
+            rows = [r for r in rows if r.get("step", -1) < first]
+        rows += new
+    return rows
+
+
+def plot_curves(rows: list[dict[str, float]], out: str | Path) -> Path | None:
+    """Training loss per step and validation F1 per epoch (epochs before eval_begin_epoch are left out)."""
+    steps = [(r["step"], r["train/loss_step"]) for r in rows if "train/loss_step" in r and "step" in r]
+    mi = [(r["step"], r["train/mi_loss_step"]) for r in rows if "train/mi_loss_step" in r and "step" in r]
+    val = [(r["epoch"] + 1, r["val/f1"]) for r in rows if r.get("val/f1", -1.0) >= 0 and "epoch" in r]
+    if not steps and not val:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if steps:
+        axes[0].plot(*zip(*steps), label="loss (CE + alpha MI)")
+    if mi:
+        axes[0].plot(*zip(*mi), label="MI (InfoNCE)", alpha=0.7)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("training loss")
+    axes[0].legend()
+    if val:
+        axes[1].plot(*zip(*val), marker="o")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("dev micro-F1 (%)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], out: str | Path) -> Path:
+    """Row-normalised confusion matrix (rows gold, columns predicted)."""
+    n = len(names)
+    norm = []
+    for row in confusion:
+        s = sum(row)
+        norm.append([v / s if s else 0.0 for v in row])
+    size = max(4.0, 0.35 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    short = [s.rsplit("/", 1)[-1] for s in names]
+    ax.set_xticks(range(n), short, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), short, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    fig.colorbar(im, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_per_relation(per_relation: dict[str, dict[str, float]], out: str | Path) -> Path:
+    """Horizontal bars of per-relation F1 (support in the label)."""
+    names = list(per_relation)
+    f1 = [per_relation[k]["f1"] for k in names]
+    labels = [f"{k} ({per_relation[k]['support']})" for k in names]
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.28 * len(names) + 1)))
+    ax.barh(range(len(names)), f1)
+    ax.set_yticks(range(len(names)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("F1 (%)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def write_run_report(
+    output_dir: str | Path, config_dict: dict, metrics: dict, label_names: Sequence[str]
+) -> Path:
+    """Write the PNG plots and ``report.md`` of one run folder."""
+    out = Path(output_dir)
+    curves = plot_curves(read_run_logs(out / "logs"), out / "curves.png")
+    test = metrics.get("test", {})
+    lines = [f"# Run report: {config_dict.get('name', '')}", ""]
+    if config_dict.get("description"):
+        lines += [config_dict["description"], ""]
+    o = config_dict.get("optim", {})
+    lines += [
+        f"Model `{config_dict.get('model', {}).get('name')}`; captions `{config_dict.get('data', {}).get('caption_source')}`;"
+        f" batch {o.get('batch_size')}, lr {o.get('lr')}, {o.get('epochs')} epochs, seed {o.get('seed')}."
+        " Full settings: `config.yaml`.",
+        "",
+        "| split | accuracy | precision | recall | micro-F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("val", "test"):
+        s = metrics.get(split)
+        if s:
+            lines.append(f"| {split} | " + " | ".join(_fmt(s.get(k)) for k in SCORE_KEYS) + " |")
+    lines += ["", "Micro P/R/F1 exclude the negative label; accuracy counts every sample (percent).", ""]
+    if metrics.get("best_checkpoint"):
+        lines += [
+            f"Selected checkpoint (best dev micro-F1): epoch {metrics.get('best_epoch')} of"
+            f" {o.get('epochs')} (`checkpoints/{metrics['best_checkpoint']}`, Lightning's 0-based epoch name).",
+            "",
+        ]
+    if curves:
+        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
+    if test.get("confusion"):
+        plot_confusion(test["confusion"], label_names, out / "confusion.png")
+        lines += ["## Test confusion matrix (row-normalised)", "", "![confusion matrix](confusion.png)", ""]
+    if test.get("per_relation"):
+        plot_per_relation(test["per_relation"], out / "per_relation_f1.png")
+        lines += ["## Test per-relation scores", "", "![per-relation F1](per_relation_f1.png)", ""]
+        lines += ["| relation | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+        for name, s in test["per_relation"].items():
+            lines.append(
+                f"| {name} | {s['support']} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} |"
+            )
+        lines.append("")
+    if metrics.get("data_report"):
+        lines += ["## Data fallbacks and skips", "", "```", str(metrics["data_report"]), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    if n == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def aggregate(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``{seed: test scores}`` -> ``{metric: {"mean", "std", "n"}}`` over the seeds."""
+    out = {}
+    for k in SCORE_KEYS:
+        vals = [s[k] for s in per_seed.values() if s.get(k) is not None]
+        m, sd = mean_std(vals)
+        out[k] = {"mean": m, "std": sd, "n": len(vals)}
+    return out
+
+
+def comparison_table(
+    rows: list[tuple[str, dict | None, dict | None]], keys: Sequence[str] = SCORE_KEYS
+) -> str:
+    """Markdown table: label, our mean ± std per metric, the paper's number beside it."""
+    head = "| row | " + " | ".join(f"{k} (ours) | {k} (paper)" for k in keys) + " |"
+    sep = "|---|" + "---|---|" * len(keys)
+    lines = [head, sep]
+    for label, ours, paper in rows:
+        cells = []
+        for k in keys:
+            o = (ours or {}).get(k)
+            cells.append("-" if not o else f"{o['mean']:.2f} ± {o['std']:.2f}")
+            cells.append(_fmt((paper or {}).get(k)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_bars(
+    labels: Sequence[str], ours: Sequence[dict | None], paper: Sequence[float | None], title: str, out
+) -> Path:
+    """Figure-4-style bars of test F1: ours (mean ± std) beside the paper's value."""
+    x = range(len(labels))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 1), 3.4))
+    width = 0.38
+    means = [o["mean"] if o else 0.0 for o in ours]
+    stds = [o["std"] if o else 0.0 for o in ours]
+    ax.bar([i - width / 2 for i in x], means, width, yerr=stds, label="ours", capsize=3)
+    ax.bar([i + width / 2 for i in x], [p if p is not None else 0.0 for p in paper], width, label="paper")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("test micro-F1 (%)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

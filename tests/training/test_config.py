@@ -1,0 +1,174 @@
+"""Run configs: presets, overrides, validation, grids, and that every preset builds (tiny encoders)."""
+
+from __future__ import annotations
+
+import pytest
+
+from camim.errors import CamimError
+from camim.training.config import (
+    RunConfig,
+    config_from_dict,
+    list_presets,
+    load_config,
+    load_grids,
+    load_paper_results,
+    parse_override,
+)
+from camim.training.datamodule import EpochSeededSampler, bootstrap_indices
+from camim.training.experiment import grid_rows
+
+TABLE1 = [
+    "bert",
+    "hvpnet",
+    "hvpnet-mi",
+    "hvpnet-cam",
+    "hvpnet-cam-mi",
+    "tmr",
+    "tmr-mi",
+    "tmr-cam",
+    "tmr-cam-mi",
+]
+
+
+def test_every_table1_row_and_offline_presets_exist():
+    assert set(TABLE1) | {"offline-bert", "offline-tmr-cam-mi"} <= set(list_presets())
+
+
+def test_paper_settings():
+    tmr = load_config("tmr-cam-mi")
+    assert (tmr.optim.batch_size, tmr.optim.lr, tmr.optim.epochs, tmr.optim.warmup_steps) == (
+        16,
+        2e-5,
+        8,
+        300,
+    )
+    assert tmr.optim.adam_bias_correction is False and tmr.optim.bootstrap_train is True
+    assert tmr.model == {**tmr.model, "name": "tmr", "cam": "both", "mi": True, "mi_alpha": 0.1}
+    assert tmr.data.caption_source == "minicpm"
+    hv = load_config("hvpnet-cam-mi")
+    assert (hv.optim.batch_size, hv.optim.lr, hv.optim.epochs, hv.optim.eval_begin_epoch) == (32, 3e-5, 30, 8)
+    assert hv.optim.warmup_ratio == 0.1 and hv.optim.warmup_steps is None
+    assert load_config("tmr").model["cam"] == "none" and load_config("tmr").model["mi"] is False
+    assert load_config("hvpnet-mi").model["mi"] is True and load_config("hvpnet-mi").model["cam"] == "none"
+
+
+def test_overrides_are_typed_and_dotted():
+    assert parse_override("optim.lr=3e-5") == (["optim", "lr"], 3e-5)
+    assert parse_override("model.mi=false") == (["model", "mi"], False)
+    assert parse_override("data.caption_source=null") == (["data", "caption_source"], None)
+    cfg = load_config(
+        "tmr-cam-mi", ["optim.lr=1e-5", "model.mi_pair=(O+G)&F", "trainer.devices=2", "model.mi_alpha=0.3"]
+    )
+    assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)
+    assert cfg.model["mi_pair"] == "(O+G)&F" and cfg.model["mi_alpha"] == 0.3 and cfg.trainer.devices == 2
+    # paper reading of the warmup: 10% instead of 300 fixed steps
+    cfg = load_config("tmr", ["optim.warmup_steps=null", "optim.warmup_ratio=0.1"])
+    assert cfg.optim.warmup_steps is None and cfg.optim.warmup_ratio == 0.1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lrr=1"], "unknown key"),
+        (["optim.warmup_ratio=0.1"], "either optim.warmup_steps or optim.warmup_ratio"),
+        (["optim.eval_begin_epoch=9"], "after the last epoch"),
+        (["optim.lr=abc"], "expected a number"),
+        (["data.on_missing=ignore"], "on_missing"),
+        (["bogus=1"], "unknown top-level"),
+        (["noequals"], "key=value"),
+    ],
+)
+def test_bad_configs_are_clear_errors(overrides, message):
+    with pytest.raises(CamimError, match=message):
+        load_config("tmr", overrides)
+
+
+def test_yaml_file_with_base_and_bad_yaml(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("base: tmr-cam-mi\nname: mine\noptim:\n  epochs: 2\n")
+    cfg = load_config(good)
+    assert cfg.name == "mine" and cfg.optim.epochs == 2 and cfg.model["cam"] == "both"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noptim: [1,\n")
+    with pytest.raises(CamimError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(bad)
+    with pytest.raises(CamimError, match="unknown preset"):
+        load_config("no-such-preset")
+
+
+def test_config_round_trips_through_yaml():
+    import yaml
+
+    cfg = load_config("hvpnet-cam-mi", ["optim.seed=3"])
+    again = config_from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert isinstance(again, RunConfig) and again == cfg
+
+
+def test_grids_have_paper_numbers():
+    paper = load_paper_results()
+    assert set(paper["table1"]) == set(TABLE1)
+    assert [r["label"] for r in grid_rows("table1")] == TABLE1
+    t2 = grid_rows("table2")
+    assert len(t2) == 12 and all(r["paper"]["f1"] > 80 for r in t2)
+    assert load_config(t2[0]["preset"], t2[0]["overrides"]).data.caption_source == "blip2"
+    f4 = grid_rows("fig4")
+    assert len(f4) == 4 + 3 + 4
+    for r in f4:  # every override applies and validates
+        load_config(r["preset"], r["overrides"])
+    alpha = [r for r in f4 if r["label"] == "alpha:0.3"][0]
+    assert load_config(alpha["preset"], alpha["overrides"]).model["mi_alpha"] == 0.3
+    assert set(load_grids()) == {"table1", "table2", "fig4"}
+
+
+def test_bootstrap_matches_released_draw():
+    idx = bootstrap_indices(12247, 666)
+    assert len(idx) == 12247
+    assert len(set(idx)) == 7793  # reference §7.3: python random seeded 666, nothing drawn first
+
+
+def test_epoch_seeded_sampler_is_a_permutation_fixed_by_seed_and_epoch():
+    s = EpochSeededSampler(10, seed=1)
+    it = iter(s)  # drawn lazily: set_epoch after iter() still applies
+    s.set_epoch(3)
+    e3 = list(it)
+    assert sorted(e3) == list(range(10))
+    assert e3 == list(EpochSeededSampler(10, seed=1, epoch=3))
+    assert e3 != list(EpochSeededSampler(10, seed=1, epoch=4))
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(tiny_mnre, tmp_path_factory):
+    """A tiny offline BERT folder (own vocabulary) and a tiny transformers ResNet folder."""
+    from transformers import ResNetConfig, ResNetModel
+
+    from camim.training.offline import build_offline_encoder
+
+    from .conftest import TINY
+
+    root = tmp_path_factory.mktemp("enc")
+    cfg = load_config("offline-bert", TINY)
+    text = build_offline_encoder(cfg.offline, tiny_mnre, root / "bert")
+    vision = root / "resnet"
+    rc = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 16], depths=[1, 1, 1, 1], layer_type="basic")
+    ResNetModel(rc).save_pretrained(vision)
+    return text, vision
+
+
+@pytest.mark.parametrize("preset", sorted(set(TABLE1) | {"offline-bert", "offline-tmr-cam-mi"}))
+def test_every_preset_builds_with_tiny_overrides(preset, tiny_encoders):
+    from camim.models import build_model
+
+    text, vision = tiny_encoders
+    tiny = [
+        f"model.text_encoder={text}",
+        "model.text_encoder_pretrained=false",
+        f"model.vision_encoder={vision}",
+        "model.vision_encoder_pretrained=false",
+    ]
+    cfg = load_config(preset, tiny)
+    model = build_model(cfg.model, labels=["None", "a", "b"])
+    assert model.config.name == cfg.model["name"]
+    assert model.config.uses_cam == (cfg.model.get("cam", "none") != "none" and cfg.model["name"] != "bert")
+    assert model.config.uses_mi == bool(cfg.model.get("mi")) and model.num_labels == 3
+    if cfg.data.caption_source is None:
+        assert "caption" not in model.required_modalities

@@ -1,0 +1,143 @@
+"""End-to-end training on tiny data written by the tests (offline presets with tiny encoders)."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from camim.cli import main
+from camim.data import MNREDataset
+from camim.errors import CamimError
+from camim.training.api import evaluate_run, train_run
+
+from .conftest import TINY
+
+
+class Kill(L.Callback):
+    """Simulates a crash once ``global_step`` reaches ``at`` (mid-epoch)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.at:
+            raise RuntimeError("simulated kill")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_mnre, tmp_path_factory):
+    """offline-bert, tiny, 2 epochs x 6 steps, uninterrupted."""
+    out = tmp_path_factory.mktemp("ref")
+    return train_run("offline-bert", tiny_mnre, out, overrides=TINY)
+
+
+def test_run_folder_contents(reference_run, tiny_mnre):
+    out = reference_run.output_dir
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "predictions.jsonl",
+        "report.md",
+        "curves.png",
+        "confusion.png",
+        "per_relation_f1.png",
+        "model/model.safetensors",
+        "model/config.json",
+        "checkpoints/last.ckpt",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "precision", "recall", "f1", "per_relation", "confusion"}
+    assert 0.0 <= metrics["test"]["f1"] <= 100.0
+    assert sum(map(sum, metrics["test"]["confusion"])) == 16
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == list(range(16))
+    gold = [ex.relation for ex in MNREDataset(tiny_mnre, "test", caption_source=None, modalities=())]
+    assert [r["gold"] for r in lines] == gold
+    for r in lines:
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["predicted"] == max(r["probabilities"], key=r["probabilities"].get)
+    # accuracy in metrics.json agrees with the predictions file
+    acc = 100 * sum(r["gold"] == r["predicted"] for r in lines) / len(lines)
+    assert metrics["test"]["accuracy"] == pytest.approx(acc)
+    assert "![confusion matrix](confusion.png)" in (out / "report.md").read_text()
+
+
+def test_training_lowers_the_loss(reference_run):
+    rows = (reference_run.output_dir / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("train/loss_epoch")
+    epoch_losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert len(epoch_losses) == 2
+    assert epoch_losses[1] < epoch_losses[0]
+
+
+def test_saved_model_reloads_with_same_predictions(reference_run, tiny_mnre):
+    from camim.models import load_model
+
+    model = load_model(reference_run.model_dir)
+    ds = MNREDataset(tiny_mnre, "test", caption_source=None, modalities=model.required_modalities)
+    with torch.no_grad():
+        probs = torch.softmax(model(model.processor([ds[i] for i in range(len(ds))])).logits, -1)
+    lines = [json.loads(x) for x in (reference_run.output_dir / "predictions.jsonl").read_text().splitlines()]
+    expected = torch.tensor([[r["probabilities"][n] for n in model.labels] for r in lines])
+    assert torch.allclose(probs, expected, atol=1e-5)
+    # evaluate_run re-scores the saved model to the same metrics
+    res = evaluate_run(reference_run.output_dir, tiny_mnre, split="test")
+    assert res["f1"] == pytest.approx(reference_run.metrics["test"]["f1"])
+    assert res["confusion"] == reference_run.metrics["test"]["confusion"]
+    val = evaluate_run(reference_run.model_dir, tiny_mnre, split="val")
+    assert val["f1"] == pytest.approx(reference_run.metrics["val"]["f1"]) and val["split"] == "val"
+
+
+def test_resume_after_kill_gives_identical_weights_and_metrics(reference_run, tiny_mnre, tmp_path):
+    out = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_run("offline-bert", tiny_mnre, out, overrides=TINY, callbacks=[Kill(at=8)])  # mid epoch 2
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "metrics.json").exists()
+    resumed = train_run("offline-bert", tiny_mnre, out, overrides=TINY)
+    assert resumed.metrics["global_step"] == reference_run.metrics["global_step"] == 12
+    a = load_file(reference_run.model_dir / "model.safetensors")
+    b = load_file(resumed.model_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # same seed, same data: identical metrics (the resumed run is a second run with the reference's seed)
+    assert resumed.metrics["test"] == reference_run.metrics["test"]
+    assert resumed.metrics["val"] == reference_run.metrics["val"]
+    # the curves of the resumed run join both logs: every step once, and the same losses as the reference
+    from camim.training.report import read_run_logs
+
+    joined = {r["step"]: r["train/loss_step"] for r in read_run_logs(out / "logs") if "train/loss_step" in r}
+    ref = {
+        r["step"]: r["train/loss_step"]
+        for r in read_run_logs(reference_run.output_dir / "logs")
+        if "train/loss_step" in r
+    }
+    assert sorted(joined) == list(range(12)) and joined == pytest.approx(ref)
+
+
+def test_other_run_in_folder_is_refused(reference_run, tiny_mnre):
+    with pytest.raises(CamimError, match="different run"):
+        train_run("offline-bert", tiny_mnre, reference_run.output_dir, overrides=[*TINY, "optim.lr=1e-3"])
+
+
+def test_cli_evaluate_json(reference_run, tiny_mnre, capsys):
+    rc = main(["evaluate", "--model", str(reference_run.model_dir), "--data-dir", str(tiny_mnre), "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["f1"] == pytest.approx(reference_run.metrics["test"]["f1"])
+    assert res["num_samples"] == 16
+
+
+def test_cli_train_error_is_one_line(tiny_mnre, tmp_path, capsys):
+    rc = main(
+        ["train", "--config", "no-such-preset", "--data-dir", str(tiny_mnre), "--output", str(tmp_path)]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "unknown preset" in err and "Traceback" not in err
