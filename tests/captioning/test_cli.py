@@ -36,7 +36,8 @@ def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, deadline: float 
 def test_a_run_killed_halfway_resumes_with_no_duplicates_and_nothing_lost(tmp_path: Path, sig: int, capsys):
     items = draw_images(tmp_path / "images", 40)
     out = tmp_path / "captions.jsonl"
-    with FakeChatServer(delay=0.1) as server:
+    # 0.3 s a request: 40 images at concurrency 4 take ~3 s, so the signal lands mid-run even on a busy machine
+    with FakeChatServer(delay=0.3) as server:
         args = ["--images", str(tmp_path / "images"), "--base-url", server.base_url, "--model", "m"]
         args += ["--output", str(out), "--concurrency", "4", "--no-progress"]
         env = {**os.environ, "OPENAI_API_KEY": ""}
