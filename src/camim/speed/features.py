@@ -3,8 +3,9 @@
 When the visual backbone is not fine-tuned (frozen, BatchNorm on its running statistics), its output for an
 image never changes, so it is computed once per row of an :class:`ImageCache` and stored as safetensors
 shards under ``root/<kind>-<fingerprint>/``. The fingerprint hashes the backbone id *and weights*, the
-image-cache preprocessing (:meth:`ImageCacheSpec.digest`), the feature kind and dtype, so a store is reused
-across epochs and runs exactly when it is valid, and a different backbone or preprocessing gets a new one.
+image-cache preprocessing (:meth:`ImageCacheSpec.digest`), the cache's rows (their kinds and CRC32s: which
+images the row ids stand for), the feature kind and dtype, so a store is reused across epochs and runs exactly
+when it is valid, and a different backbone, preprocessing or image cache (another split) gets a new one.
 
 Feature kinds (what each extractor consumes from ``model.resnet``):
 
@@ -56,6 +57,13 @@ def backbone_fingerprint(backbone: VisionBackbone) -> str:
     return h.hexdigest()
 
 
+def cache_rows_digest(cache: ImageCache) -> str:
+    """sha256 of an image cache's row kinds and CRC32s: which images its row ids stand for, in order (two
+    caches of the same size, e.g. two splits, must not share a feature store)."""
+    text = json.dumps({"kinds": cache.kinds, "crc": cache.index["crc"]}, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def compute_features(backbone: VisionBackbone, pixels: torch.Tensor, kind: str) -> list[torch.Tensor]:
     """Features of ``pixels`` (N, 3, H, W): [(N, hw, C)] for "tokens", 4 x (N, C_i, 2, 2) for "pyramid"."""
     if kind == "tokens":
@@ -100,7 +108,7 @@ def _shard_rows(path: Path) -> int | None:
 
 
 def _write_shard(path: Path, tensors: list[torch.Tensor], rows: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: DDP ranks may race
     save_file(
         {f"f{i}": t.contiguous() for i, t in enumerate(tensors)}, str(tmp), metadata={"rows": str(rows)}
     )
@@ -139,6 +147,7 @@ def build_feature_store(
             {
                 "backbone": backbone_fingerprint(backbone),
                 "preprocessing": cache.spec.digest(),
+                "rows": cache_rows_digest(cache),
                 "kind": kind,
                 "dtype": str(dtype),
             },
@@ -189,6 +198,34 @@ def build_feature_store(
         backbone.train(was_training)
     tensors = [torch.cat([p[i] for p in parts] + [zero[i]]) for i in range(n_out)]
     return FeatureStore(kind, tensors, directory, computed, meta)
+
+
+def combine_stores(stores: list[FeatureStore]) -> tuple[FeatureStore, list[int]]:
+    """One store holding the rows of several (e.g. one per split) and a single all-zero row (the last).
+
+    Returns it and each input store's row offset (pass it to ``FeatureRowsCollate(row_offset=...)``)."""
+    if not stores:
+        raise CamimError("no feature store to combine")
+    kinds = {s.kind for s in stores}
+    if len(kinds) != 1:
+        raise CamimError(f"cannot combine feature stores of different kinds: {sorted(kinds)}")
+    offsets, start = [], 0
+    for s in stores:
+        offsets.append(start)
+        start += s.zero_row
+    n_out = len(stores[0].tensors)
+    tensors = [
+        torch.cat([s.tensors[i][: s.zero_row] for s in stores] + [stores[0].tensors[i][-1:]])
+        for i in range(n_out)
+    ]
+    combined = FeatureStore(
+        stores[0].kind,
+        tensors,
+        None,
+        sum(s.computed_images for s in stores),
+        {"parts": [s.meta for s in stores]},
+    )
+    return combined, offsets
 
 
 class CachedFeatureBackbone(VisionBackbone):

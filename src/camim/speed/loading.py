@@ -176,11 +176,13 @@ class FeatureRowsCollate(_CollateBase):
     """items -> :class:`MREBatch` whose image fields hold cache row ids (frozen-visual mode).
 
     ``image`` / ``generated_image``: (B, 1) int64; ``objects`` / ``generated_objects``: (B, m, 1) int64 with
-    ``zero_row`` (the feature store's row of an all-zero image) where the released code zero-pads."""
+    ``zero_row`` (the feature store's row of an all-zero image) where the released code zero-pads.
+    ``row_offset`` is added to every real row id (a split's place in a combined store, see
+    :func:`camim.speed.features.combine_stores`)."""
 
-    def __init__(self, processor: Any, zero_row: int):
+    def __init__(self, processor: Any, zero_row: int, row_offset: int = 0):
         super().__init__(processor)
-        self.zero_row = zero_row
+        self.zero_row, self.row_offset = zero_row, row_offset
 
     def __call__(self, items: list[CachedItem]) -> MREBatch:
         self._check_cached(items)
@@ -189,7 +191,8 @@ class FeatureRowsCollate(_CollateBase):
         for name in ("image", "generated_image"):
             if name in needs:
                 self._require(items, name)
-                setattr(batch, name, torch.tensor([[it.rows[name]] for it in items], dtype=torch.long))
+                rows = [[it.rows[name] + self.row_offset] for it in items]
+                setattr(batch, name, torch.tensor(rows, dtype=torch.long))
         for name in ("objects", "generated_objects"):
             if name not in needs:
                 continue
@@ -199,7 +202,7 @@ class FeatureRowsCollate(_CollateBase):
                 rows = (it.rows[name] or [])[:m]
                 if len(rows) < m:
                     self.report["zero_padded_object_crops"] += m - len(rows)
-                ids[i, : len(rows), 0] = torch.tensor(rows, dtype=torch.long)
+                ids[i, : len(rows), 0] = torch.tensor(rows, dtype=torch.long) + self.row_offset
                 mask[i, : len(rows)] = 1
             setattr(batch, name, ids)
             setattr(batch, f"{name}_mask", mask)

@@ -119,7 +119,7 @@ def _check_same_run(out: Path, cfg: RunConfig) -> None:
     old = out / "config.yaml"
     if not (out / "checkpoints" / "last.ckpt").is_file() or not old.is_file():
         return
-    previous = yaml.safe_load(old.read_text(encoding="utf-8"))
+    previous = config_from_dict(yaml.safe_load(old.read_text(encoding="utf-8"))).to_dict()
     current = cfg.to_dict()
     for d in (previous, current):
         d.get("trainer", {}).pop("progress_bar", None)

@@ -35,6 +35,9 @@ class DataConfig:
     num_workers: int = 0
     train_limit: int | None = None  # use only the first N samples of each split (smoke runs, tests)
     eval_limit: int | None = None
+    # decoded-image cache (camim.speed): one memmap folder per split, <image_cache_dir>/<split>, built on first
+    # use and reused after; batches are bit-identical to decoding the images each step (docs/speed.md)
+    image_cache_dir: str | None = None
 
 
 @dataclass
@@ -97,6 +100,28 @@ class OfflineConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Speed switches (``camim.speed``, docs/speed.md); all off by default (the released step).
+
+    ``fast``: SDPA attention, channels-last backbone, multi-tensor AdamW and bf16 autocast, each automatic
+    (``None``: on for CUDA only), plus ``torch.compile`` (``compile``; "auto" = reduce-overhead on CUDA, none on
+    CPU) and the documented ``skip_padded_crops`` mode. ``frozen_visual``: the vision backbone is frozen (BN on
+    running statistics) and its features are computed once per cached image into safetensors shards under
+    ``feature_cache_dir`` (default ``<data.image_cache_dir>/features``), reused across epochs and runs; needs
+    ``data.image_cache_dir``. This is a different regime from the released one (which fine-tunes ResNet)."""
+
+    fast: bool = False
+    bf16: bool | None = None
+    fused_optimizer: bool | None = None
+    channels_last: bool | None = None
+    compile: str = "auto"
+    skip_padded_crops: bool = False
+    frozen_visual: bool = False
+    feature_cache_dir: str | None = None
+    feature_batch_size: int = 64
+
+
+@dataclass
 class RunConfig:
     """A complete, resolved training run."""
 
@@ -108,6 +133,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -118,7 +144,13 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig, "offline": OfflineConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+    "offline": OfflineConfig,
+    "speed": SpeedConfig,
+}
 
 
 def list_presets() -> list[str]:
@@ -288,6 +320,21 @@ def validate_config(cfg: RunConfig) -> None:
         raise CamimError(f"data.on_error must be 'raise' or 'skip', got {cfg.data.on_error!r}")
     if cfg.data.on_missing not in ("raise", "fallback"):
         raise CamimError(f"data.on_missing must be 'raise' or 'fallback', got {cfg.data.on_missing!r}")
+    sp = cfg.speed
+    if sp.frozen_visual and not cfg.data.image_cache_dir:
+        raise CamimError(
+            "speed.frozen_visual needs data.image_cache_dir (features are computed per cached image)"
+        )
+    if sp.feature_cache_dir and not sp.frozen_visual:
+        raise CamimError("speed.feature_cache_dir is set but speed.frozen_visual is false")
+    if not sp.fast and (sp.skip_padded_crops or sp.bf16 or sp.fused_optimizer or sp.channels_last):
+        raise CamimError("speed.bf16/fused_optimizer/channels_last/skip_padded_crops need speed.fast: true")
+    from camim.speed.fast import COMPILE_MODES
+
+    if sp.compile not in COMPILE_MODES:
+        raise CamimError(f"speed.compile must be one of {', '.join(COMPILE_MODES)}, got {sp.compile!r}")
+    if sp.feature_batch_size < 1:
+        raise CamimError(f"speed.feature_batch_size must be >= 1, got {sp.feature_batch_size}")
 
 
 def load_config(preset_or_yaml: str | Path, overrides: list[str] | dict | None = None) -> RunConfig:

@@ -7,19 +7,28 @@ an end-of-epoch checkpoint sees exactly the batches an uninterrupted run sees. U
 ``bootstrap_train`` reproduces the released TMR/CAMIM loader (reference §2, §7.3): the training split is
 redrawn *with replacement* at ratio 1.0 (``random.choices``), keeping about 63% unique samples; the clean
 reading (HVPNeT, and ``bootstrap_train: false``) uses every training sample once per epoch.
+
+Speed (docs/speed.md, off by default): with ``data.image_cache_dir`` each split's images are decoded once into
+``<image_cache_dir>/<split>`` (``camim.speed`` memmap cache, built on first use, reused after) and batches are
+made by ``CachedCollate`` (bit-identical to the processor's); with ``speed.frozen_visual`` the loaders carry
+cache row ids (``FeatureRowsCollate``) that the model's ``CachedFeatureBackbone`` maps to stored features.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from camim.data import LabelSet, MNREDataset
+from camim.errors import CamimError
 from camim.training.config import RunConfig
+
+IMAGE_MODALITIES = ("image", "objects", "generated_image", "generated_objects")  # = camim.speed's
 
 
 def bootstrap_indices(n: int, seed: int) -> list[int]:
@@ -72,22 +81,112 @@ class MNREDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         self.test_split = test_split  # the split the test loop scores (evaluate_run may pick val or train)
         self.datasets: dict[str, MNREDataset] = {}
+        self.image_caches: dict = {}  # split -> camim.speed.ImageCache (data.image_cache_dir)
+        self.feature_offsets: dict[str, int] | None = None  # split -> row offset (speed.frozen_visual)
+        self.zero_row: int | None = None
+        self.cached_images = bool(cfg.data.image_cache_dir) and bool(
+            set(self.modalities) & set(IMAGE_MODALITIES)
+        )
+
+    def _mnre(self, split: str, modalities: tuple[str, ...]) -> MNREDataset:
+        d = self.cfg.data
+        return MNREDataset(
+            self.data_dir,
+            split=split,
+            labels=self.labels,
+            caption_source=d.caption_source,
+            modalities=modalities,
+            max_objects=d.max_objects,
+            on_error=d.on_error,
+            on_missing=d.on_missing,
+        )
 
     def dataset(self, split: str) -> MNREDataset:
-        """The (cached) :class:`MNREDataset` of one split."""
+        """The (cached) :class:`MNREDataset` of one split (without image modalities when they are cached)."""
         if split not in self.datasets:
-            d = self.cfg.data
-            self.datasets[split] = MNREDataset(
-                self.data_dir,
-                split=split,
-                labels=self.labels,
-                caption_source=d.caption_source,
-                modalities=self.modalities,
-                max_objects=d.max_objects,
-                on_error=d.on_error,
-                on_missing=d.on_missing,
-            )
+            mods = self.modalities
+            if self.cached_images:
+                mods = tuple(m for m in mods if m not in IMAGE_MODALITIES)
+            self.datasets[split] = self._mnre(split, mods)
         return self.datasets[split]
+
+    def image_cache(self, split: str):
+        """The decoded-image cache of one split, built (or completed) on first use (``data.image_cache_dir``)."""
+        if split not in self.image_caches:
+            from camim.speed.image_cache import ImageCacheSpec, open_or_build
+
+            if not self.cached_images:
+                raise CamimError("data.image_cache_dir is not set (or this model loads no image)")
+            spec = ImageCacheSpec.for_model(self.collate_fn.config)
+            images = self._mnre(split, tuple(m for m in self.modalities if m in IMAGE_MODALITIES))
+            folder = Path(self.cfg.data.image_cache_dir) / split
+            self.image_caches[split] = open_or_build(
+                images, folder, spec, num_workers=self.cfg.data.num_workers
+            )
+        return self.image_caches[split]
+
+    def attach_feature_store(self, backbone: torch.nn.Module, kind: str, device: torch.device | None = None):
+        """Frozen-visual mode: the features of every image of the train/val/test caches, computed once with the
+        frozen ``backbone`` (or loaded from ``speed.feature_cache_dir``), as one combined store; the loaders
+        then carry its row ids. Returns the store (for ``camim.speed.use_cached_features``)."""
+        from camim.speed.features import build_feature_store, combine_stores
+
+        sp = self.cfg.speed
+        root = Path(sp.feature_cache_dir or Path(self.cfg.data.image_cache_dir) / "features")
+        splits = list(dict.fromkeys(("train", "val", self.test_split)))
+        stores = [
+            build_feature_store(
+                backbone,
+                self.image_cache(s),
+                root,
+                kind=kind,
+                batch_size=sp.feature_batch_size,
+                device=device,
+            )
+            for s in splits
+        ]
+        store, offsets = combine_stores(stores)
+        self.feature_offsets = dict(zip(splits, offsets))
+        self.zero_row = store.zero_row
+        return store
+
+    def _split_dataset(self, split: str) -> Dataset:
+        """What a split's loader reads: the dataset, or it joined with its image cache."""
+        ds = self.dataset(split)
+        if not self.cached_images:
+            return ds
+        from camim.speed.loading import CachedImageDataset
+
+        return CachedImageDataset(ds, self.image_cache(split), read_pixels=self.feature_offsets is None)
+
+    def _collate(self, split: str) -> Callable:
+        if not self.cached_images:
+            return self.collate_fn
+        from camim.speed.loading import CachedCollate, FeatureRowsCollate
+
+        if self.feature_offsets is None:
+            return CachedCollate(self.collate_fn)
+        if split not in self.feature_offsets:
+            raise CamimError(f"frozen-visual mode: no features were computed for the {split!r} split")
+        return FeatureRowsCollate(self.collate_fn, self.zero_row, self.feature_offsets[split])
+
+    def cache_splits(self, stage: str | None) -> list[str]:
+        """The splits whose image caches a stage reads (frozen-visual fits also need the test split's)."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": [self.test_split]}.get(
+            stage or "", []
+        )
+        if stage == "fit" and self.cfg.speed.frozen_visual:
+            wanted.append(self.test_split)
+        return list(dict.fromkeys(wanted))
+
+    def prepare_data(self) -> None:
+        """Build the image caches a run needs (Lightning runs this in one process per node, before setup, so
+        DDP ranks never write a cache concurrently; they open the finished folders)."""
+        if not self.cached_images:
+            return
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        for split in self.cache_splits(fn.value if fn is not None else "fit"):
+            self.image_cache(split)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": (self.test_split,)}.get(
@@ -97,23 +196,27 @@ class MNREDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def data_report(self) -> dict[str, dict]:
-        """Counted fallbacks and skipped lines of every loaded split (``MNREDataset.report``)."""
-        return {split: dict(ds.report) for split, ds in self.datasets.items()}
+        """Counted fallbacks and skipped lines of every loaded split (``MNREDataset.report``), with the image
+        cache's counted absences (``missing_image`` ...) when images come from the cache."""
+        out = {split: dict(ds.report) for split, ds in self.datasets.items()}
+        for split, cache in self.image_caches.items():
+            out.setdefault(split, {}).update(cache.report)
+        return out
 
     def train_dataset(self) -> Dataset:
-        ds: Dataset = _limit(self.dataset("train"), self.cfg.data.train_limit)
+        ds: Dataset = _limit(self._split_dataset("train"), self.cfg.data.train_limit)
         if self.cfg.optim.bootstrap_train:
             ds = Subset(ds, bootstrap_indices(len(ds), self.cfg.optim.seed))
         return ds
 
-    def _loader(self, ds: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, split: str, sampler: Sampler | None = None) -> DataLoader:
         workers = self.cfg.data.num_workers
         return DataLoader(
             ds,
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False if sampler is not None else None,
-            collate_fn=self.collate_fn,
+            collate_fn=self._collate(split),
             num_workers=workers,
             persistent_workers=workers > 0,
         )
@@ -128,18 +231,18 @@ class MNREDataModule(L.LightningDataModule):
                 ds,
                 batch_size=self.cfg.optim.batch_size,
                 shuffle=True,
-                collate_fn=self.collate_fn,
+                collate_fn=self._collate("train"),
                 num_workers=workers,
                 persistent_workers=workers > 0,
             )
         epoch = trainer.current_epoch if trainer is not None else 0
         return self._loader(
-            ds, self.cfg.optim.batch_size, EpochSeededSampler(len(ds), self.cfg.optim.seed, epoch)
+            ds, self.cfg.optim.batch_size, "train", EpochSeededSampler(len(ds), self.cfg.optim.seed, epoch)
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
         bs = self.cfg.optim.eval_batch_size or self.cfg.optim.batch_size
-        return self._loader(_limit(self.dataset(split), self.cfg.data.eval_limit), bs)
+        return self._loader(_limit(self._split_dataset(split), self.cfg.data.eval_limit), bs, split)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

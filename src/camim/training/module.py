@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.seed import seed_everything
 
+from camim.errors import CamimError
 from camim.models.batch import MREBatch
 from camim.training.config import RunConfig
 from camim.training.metrics import MREMetrics
@@ -36,8 +37,52 @@ class MRELightningModule(L.LightningModule):
         self.test_records: list[dict] = []
         self.eval_result: dict[str, Any] = {}
         self._skip_val = False
+        self._fast = None  # camim.speed.FastStep (speed.fast): autocast + compiled forward
+        self.feature_store = None  # camim.speed.FeatureStore (speed.frozen_visual)
+
+    # ----------------------------------------------------------------- speed
+    def fast_config(self):
+        """The :class:`camim.speed.FastStepConfig` of ``cfg.speed`` (only meaningful with ``speed.fast``)."""
+        from camim.speed.fast import FastStepConfig
+
+        sp = self.cfg.speed
+        return FastStepConfig(
+            bf16=sp.bf16,
+            fused_optimizer=sp.fused_optimizer,
+            channels_last=sp.channels_last,
+            compile=sp.compile,
+            skip_padded_crops=sp.skip_padded_crops,
+        )
+
+    def setup(self, stage: str) -> None:
+        sp = self.cfg.speed
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        if sp.frozen_visual and self.feature_store is None:
+            from camim.speed.features import feature_kind_for, use_cached_features
+
+            dm = self.trainer.datamodule
+            backbone = getattr(self.model, "resnet", None)
+            if backbone is None or dm is None or not hasattr(dm, "attach_feature_store"):
+                raise CamimError(
+                    "speed.frozen_visual: this model has no vision backbone (model.resnet), or the run has "
+                    "no MNREDataModule"
+                )
+            self.feature_store = dm.attach_feature_store(backbone, feature_kind_for(self.model), device)
+            use_cached_features(self.model, self.feature_store)
+        if sp.fast and self._fast is None:
+            from camim.speed.fast import FastStep, apply_fast_mode
+
+            cfg = self.fast_config()
+            # apply_fast_mode moves the model; Lightning moves it again (no-op) right after setup
+            apply_fast_mode(self.model, cfg, device)
+            fast = FastStep(self.model, None, cfg, device)
+            if fast.cfg.bf16 and self.cfg.trainer.precision not in ("32-true", "32", 32):
+                fast.cfg.bf16 = False  # the trainer's precision plugin already autocasts
+            self._fast = fast
 
     def forward(self, batch: MREBatch):
+        if self._fast is not None:
+            return self._fast.forward(batch)  # autocast (bf16 on CUDA) + compiled module
         return self.model(batch)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -51,7 +96,7 @@ class MRELightningModule(L.LightningModule):
             seed_everything(self.cfg.optim.seed * 1000 + self.current_epoch, workers=True, verbose=False)
 
     def training_step(self, batch: MREBatch, batch_idx: int) -> torch.Tensor:
-        out = self.model(batch)
+        out = self(batch)
         bs = len(batch)
         self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train/ce_loss", out.ce_loss, on_step=True, on_epoch=True, batch_size=bs)
@@ -71,7 +116,7 @@ class MRELightningModule(L.LightningModule):
     def validation_step(self, batch: MREBatch, batch_idx: int) -> None:
         if self._skip_val:
             return
-        out = self.model(batch)
+        out = self(batch)
         self.val_metrics.update(out.logits, batch.labels)
         self.log("val/loss", out.loss, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
@@ -95,7 +140,7 @@ class MRELightningModule(L.LightningModule):
         self.test_records = []
 
     def test_step(self, batch: MREBatch, batch_idx: int) -> None:
-        out = self.model(batch)
+        out = self(batch)
         self.test_metrics.update(out.logits, batch.labels)
         probs = torch.softmax(out.logits.float(), dim=-1).cpu()
         preds = probs.argmax(-1).tolist()
@@ -125,14 +170,27 @@ class MRELightningModule(L.LightningModule):
     # ------------------------------------------------------------- optimise
     def configure_optimizers(self):
         o = self.cfg.optim
-        optimizer = build_optimizer(
-            self.model,
-            lr=o.lr,
-            weight_decay=o.weight_decay,
-            adam_eps=o.adam_eps,
-            betas=tuple(o.adam_betas),
-            adam_bias_correction=o.adam_bias_correction,
-        )
+        if self._fast is not None:
+            from camim.speed.fast import build_fast_optimizer
+
+            optimizer = build_fast_optimizer(
+                self.model,
+                lr=o.lr,
+                weight_decay=o.weight_decay,
+                adam_eps=o.adam_eps,
+                adam_bias_correction=o.adam_bias_correction,
+                fused=self._fast.cfg.fused_optimizer,
+                betas=tuple(o.adam_betas),
+            )
+        else:
+            optimizer = build_optimizer(
+                self.model,
+                lr=o.lr,
+                weight_decay=o.weight_decay,
+                adam_eps=o.adam_eps,
+                betas=tuple(o.adam_betas),
+                adam_bias_correction=o.adam_bias_correction,
+            )
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, total, warmup_steps_for(total, o.warmup_steps, o.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,191 @@
+"""The speed package wired into training: ``data.image_cache_dir``, ``speed.frozen_visual``, ``speed.fast``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tests.models.conftest import tiny_config
+
+import camim.speed.features as features_mod
+from camim.data import MNREDataset
+from camim.errors import CamimError
+from camim.models import load_model
+from camim.speed.fast import ForeachReleasedAdamW
+from camim.speed.features import CachedFeatureBackbone
+from camim.speed.image_cache import ImageCache
+from camim.speed.loading import CachedCollate
+from camim.synthetic import WorldConfig, generate_world
+from camim.training.api import train_run
+from camim.training.config import load_config
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_world") / "w"
+    generate_world(root, WorldConfig(train=12, val=6, test=4, image_size=48, generated_size=48))
+    return root
+
+
+def run_config(text_dir: Path, vision_dir: Path) -> dict:
+    return {
+        "name": "speed-test",
+        "model": tiny_config(text_dir, vision_dir, name="tmr", image_size=32),
+        "optim": {"batch_size": 4, "epochs": 2, "lr": 3e-3, "warmup_steps": 2, "seed": 3},
+        "trainer": {"accelerator": "cpu", "progress_bar": False, "log_every_n_steps": 1},
+    }
+
+
+class Capture(L.Callback):
+    """Keeps the module, datamodule and optimiser of a fit, and counts images through the vision backbone's
+    network per training epoch."""
+
+    def __init__(self):
+        self.images_per_epoch: list[int] = []
+        self.module = self.datamodule = self.optimizer = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self.module, self.datamodule, self.optimizer = pl_module, trainer.datamodule, trainer.optimizers[0]
+        pl_module.model.resnet.model.register_forward_hook(self._count)
+
+    def _count(self, module, args, out):
+        if self.images_per_epoch:
+            self.images_per_epoch[-1] += args[0].shape[0]
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.images_per_epoch.append(0)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.images_per_epoch.append(0)  # validation after the epoch counts apart from training
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return load_file(str(run.model_dir / "model.safetensors"))
+
+
+def scores(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1")}
+
+
+def test_config_records_speed_options_and_validates(tmp_path):
+    cfg = load_config("tmr", ["data.image_cache_dir=/c", "speed.frozen_visual=true", "speed.fast=true"])
+    d = yaml.safe_load(cfg.to_yaml())
+    assert d["data"]["image_cache_dir"] == "/c"
+    assert d["speed"]["frozen_visual"] is True and d["speed"]["fast"] is True
+    plain = load_config("tmr").to_dict()
+    assert plain["data"]["image_cache_dir"] is None
+    assert not plain["speed"]["fast"] and not plain["speed"]["frozen_visual"]
+    with pytest.raises(CamimError, match="needs data.image_cache_dir"):
+        load_config("tmr", ["speed.frozen_visual=true"])
+    with pytest.raises(CamimError, match="need speed.fast"):
+        load_config("tmr", ["speed.skip_padded_crops=true"])
+    with pytest.raises(CamimError, match="speed.compile"):
+        load_config("tmr", ["speed.fast=true", "speed.compile=fastest"])
+    with pytest.raises(CamimError, match="unknown key"):
+        load_config("tmr", ["speed.turbo=true"])
+
+
+def test_image_cache_run_equals_the_decoding_run(world, text_dir, vision_dir, tmp_path, monkeypatch):
+    cfg = run_config(text_dir, vision_dir)
+    plain = train_run(cfg, world, tmp_path / "plain")
+    cache_dir = tmp_path / "images"
+    cb = Capture()
+    cached = train_run(
+        cfg, world, tmp_path / "cached", overrides=[f"data.image_cache_dir={cache_dir}"], callbacks=[cb]
+    )
+    assert isinstance(cb.datamodule.train_dataloader().collate_fn, CachedCollate)
+    assert not set(cb.datamodule.dataset("train").modalities) & {
+        "image",
+        "objects",
+    }  # nothing decoded per step
+    for split in ("train", "val", "test"):
+        assert ImageCache(cache_dir / split).complete
+    assert scores(cached.metrics["val"]) == scores(plain.metrics["val"])
+    assert scores(cached.metrics["test"]) == scores(plain.metrics["test"])
+    assert cached.metrics["global_step"] == plain.metrics["global_step"] > 0
+    a, b = weights(plain), weights(cached)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical batches
+    recorded = yaml.safe_load((tmp_path / "cached" / "config.yaml").read_text())
+    assert recorded["data"]["image_cache_dir"] == str(cache_dir)
+    assert (tmp_path / "cached" / "predictions.jsonl").read_text() == (
+        tmp_path / "plain" / "predictions.jsonl"
+    ).read_text()
+
+
+def test_frozen_visual_computes_features_once_across_epochs_and_runs(
+    world, text_dir, vision_dir, tmp_path, monkeypatch
+):
+    computed = []
+    real = features_mod.compute_features
+    monkeypatch.setattr(
+        features_mod,
+        "compute_features",
+        lambda backbone, pixels, kind: computed.append(pixels.shape[0]) or real(backbone, pixels, kind),
+    )
+    cfg = run_config(text_dir, vision_dir)
+    sets = [
+        f"data.image_cache_dir={tmp_path / 'images'}",
+        "speed.frozen_visual=true",
+        f"speed.feature_cache_dir={tmp_path / 'features'}",
+    ]
+    first_cb = Capture()
+    first = train_run(cfg, world, tmp_path / "run1", overrides=sets, callbacks=[first_cb])
+    caches = [ImageCache(tmp_path / "images" / s) for s in ("train", "val", "test")]
+    assert sum(computed) == sum(
+        len(c) + 1 for c in caches
+    )  # every cached image once (+ one zero image/split)
+    assert first_cb.images_per_epoch and sum(first_cb.images_per_epoch) == 0  # no backbone call in any epoch
+    assert len(first_cb.images_per_epoch) >= 4  # two epochs ran
+    module = first_cb.module
+    assert isinstance(module.model.resnet, CachedFeatureBackbone)
+    assert not any(p.requires_grad for p in module.model.resnet.parameters())
+    frozen_ids = {id(p) for p in module.model.resnet.parameters()}
+    assert not any(id(p) in frozen_ids for g in first_cb.optimizer.param_groups for p in g["params"])
+
+    # logits of the frozen-visual path == the same weights with the frozen backbone run on the images
+    model = module.model.eval()
+    dm = first_cb.datamodule
+    with torch.no_grad():
+        fast = torch.cat([model(b).logits for b in dm.val_dataloader()])
+        assert dm.val_dataloader().dataset.read_pixels is False
+        plain_model = load_model(first.model_dir).eval()
+        examples = MNREDataset(world, "val", modalities=plain_model.required_modalities)
+        plain = plain_model(plain_model.processor([examples[i] for i in range(len(examples))])).logits
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+    # a second run reuses the image caches and the feature shards: no decoding, no backbone call
+    computed.clear()
+    monkeypatch.setattr(ImageCache, "build", classmethod(lambda *a, **k: pytest.fail("image cache rebuilt")))
+    second_cb = Capture()
+    second = train_run(cfg, world, tmp_path / "run2", overrides=sets, callbacks=[second_cb])
+    assert computed == [] and sum(second_cb.images_per_epoch) == 0
+    assert scores(second.metrics["val"]) == scores(first.metrics["val"])
+    a, b = weights(first), weights(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fast_mode_runs_on_cpu_and_matches_the_plain_run(world, text_dir, vision_dir, tmp_path):
+    cfg = run_config(text_dir, vision_dir)
+    cfg["optim"]["epochs"] = 1
+    plain = train_run(cfg, world, tmp_path / "plain")
+    cb = Capture()
+    fast = train_run(
+        cfg,
+        world,
+        tmp_path / "fast",
+        overrides=["speed.fast=true", "speed.fused_optimizer=true"],
+        callbacks=[cb],
+    )
+    assert isinstance(cb.optimizer, ForeachReleasedAdamW)
+    assert cb.module._fast is not None and not cb.module._fast.cfg.bf16  # bf16 only on CUDA
+    assert cb.module._fast.cfg.compile == "none"
+    assert fast.metrics["global_step"] == plain.metrics["global_step"] > 0
+    a, b = weights(plain), weights(fast)
+    assert a.keys() == b.keys()  # apply_fast_mode keeps the state-dict keys
+    for k in a:  # SDPA vs eager attention and multi-tensor AdamW: the same run up to fp32 noise
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
+    assert yaml.safe_load((tmp_path / "fast" / "config.yaml").read_text())["speed"]["fast"] is True
