@@ -49,9 +49,8 @@ def ensure_tokens(tokenizer: PreTrainedTokenizerBase, tokens: tuple[str, ...]) -
     return len(missing)
 
 
-def crop_pixels(img: Image.Image, size: int) -> torch.Tensor:
-    """Object-crop pipeline (and the clean full-image one): RGB, Resize(size*256/224), CenterCrop(size),
-    ToTensor, ImageNet Normalize -> (3, size, size) float32."""
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The crop pipeline's geometry: RGB, Resize(size*256/224) of the short side, CenterCrop(size)."""
     img = img.convert("RGB")
     short = round(size * 256 / 224)
     w, h = img.size
@@ -61,7 +60,13 @@ def crop_pixels(img: Image.Image, size: int) -> torch.Tensor:
         nw, nh = max(1, round(w * short / h)), short
     img = img.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    return img.crop((left, top, left + size, top + size))
+
+
+def crop_pixels(img: Image.Image, size: int) -> torch.Tensor:
+    """Object-crop pipeline (and the clean full-image one): :func:`resize_center_crop`, ToTensor, ImageNet
+    Normalize -> (3, size, size) float32."""
+    img = resize_center_crop(img, size)
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from camim.errors import CamimError, DataError
+from camim.models.processing import resize_center_crop
 
 FORMAT = "camim-image-cache/1"
 IMAGE_MODALITIES = ("image", "objects", "generated_image", "generated_objects")
@@ -84,17 +85,8 @@ def stretch_uint8(img: Image.Image, size: int) -> np.ndarray:
 
 
 def crop_uint8(img: Image.Image, size: int) -> np.ndarray:
-    """Crop-pipeline geometry: Resize(size*256/224) of the short side, CenterCrop(size) -> (S, S, 3) uint8."""
-    img = img.convert("RGB")
-    short = round(size * 256 / 224)
-    w, h = img.size
-    if w <= h:
-        nw, nh = short, max(1, round(h * short / w))
-    else:
-        nw, nh = max(1, round(w * short / h)), short
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    """Crop-pipeline geometry (the models' :func:`resize_center_crop`) -> (S, S, 3) uint8."""
+    return np.asarray(resize_center_crop(img, size), dtype=np.uint8)
 
 
 def to_pixels(rows: np.ndarray | torch.Tensor, kind: str) -> torch.Tensor:
