@@ -41,7 +41,14 @@ def test_a_run_killed_halfway_resumes_with_no_duplicates_and_nothing_lost(tmp_pa
         args = ["--images", str(tmp_path / "images"), "--base-url", server.base_url, "--model", "m"]
         args += ["--output", str(out), "--concurrency", "4", "--no-progress"]
         env = {**os.environ, "OPENAI_API_KEY": ""}
-        proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            _cli(*args),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # a terminal's Ctrl-C: undo an inherited SIG_IGN (a shell's background jobs ignore SIGINT)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         _wait_for_lines(out, 8, proc)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
