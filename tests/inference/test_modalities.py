@@ -154,3 +154,32 @@ def test_helpers_fill_generated_image_and_objects(tmr_dir):
     assert calls[0] == ("generate", POST) and [c[0] for c in calls[1:]] == ["find", "find"]
     assert not {"generated_image", "objects", "generated_objects"} & set(p.absent_modalities)
     assert any("2 object crop(s) found by finder" in n for n in p.notes)
+
+
+def test_object_finder_is_queried_with_the_mentions_and_scores_are_estimated(tmr_dir):
+    from camim.data.types import Scores
+    from camim.models import load_model
+
+    queries_seen, score_calls = [], []
+
+    def finder(image, queries):
+        queries_seen.append(list(queries))
+        return [draw(11)]
+
+    def estimator(image, text, generated_image):
+        score_calls.append((image.size, text, generated_image is not None))
+        return Scores(weak_ori=0.2, strong_ori=0.8, weak_dif=0.9, strong_dif=0.1)
+
+    model = load_model(tmr_dir)
+    model.config.missing_scores = "error"  # so the estimated scores are what lets the post through
+    predictor = Predictor(model, object_finder=finder, score_estimator=estimator, missing_scores=None)
+    p = predictor.predict(POST, "jack", "titans", image=draw(1, (64, 48)), caption="x")
+    assert queries_seen and all(q == ["jack", "titans"] for q in queries_seen)
+    assert score_calls == [((64, 48), POST, True)]
+    assert "scores" not in p.absent_modalities
+    assert any("correlation scores estimated by estimator" in n for n in p.notes)
+    # the estimated scores are what the model receives
+    prepared = predictor.prepare(
+        {"text": POST, "head": "jack", "tail": "titans", "image": draw(1), "caption": "x"}
+    )
+    assert prepared.example.scores.strong_ori == 0.8

@@ -8,13 +8,16 @@
 
 Modalities the model needs but the caller did not give (``model.required_modalities``) are filled by the
 pluggable helpers when configured -- ``captioner(image) -> str`` (e.g. ``camim.captioning``),
-``object_finder(image) -> list[image]`` (object crops), ``image_generator(text) -> image`` (TMR's translation
-image) -- and otherwise left ``None``, so the model runs in its documented mode without them. Each result says
+``object_finder(image[, queries]) -> list[image]`` (object crops; queried with the head and tail mentions when
+it takes a second argument, as ``camim.preprocess.ObjectDetector`` does), ``image_generator(text) -> image``
+(TMR's translation image), ``score_estimator(image, text, generated_image) -> Scores`` (TMR correlation scores,
+e.g. ``functools.partial(camim.preprocess.estimate_scores, estimator=...)``) -- and otherwise left ``None``, so the model runs in its documented mode without them. Each result says
 which modalities were absent and what was done instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,13 +27,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from camim.data.types import Entity, MNREExample
+from camim.data.types import Entity, MNREExample, Scores
 from camim.errors import CamimError
 from camim.inference.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, open_image
 from camim.inference.text import SpanError, resolve_entity, tokenize
 
 Captioner = Callable[[Image.Image], str]
-ObjectFinder = Callable[[Image.Image], list[Image.Image]]
+ObjectFinder = Callable[..., list[Image.Image]]  # (image) or (image, queries)
+ScoreEstimator = Callable[[Image.Image | None, str, Image.Image | None], Scores]
 ImageGenerator = Callable[[str], Image.Image]
 
 ImageLike = Image.Image | bytes | str | Path
@@ -103,6 +107,7 @@ class Predictor:
         captioner: Captioner | None = None,
         object_finder: ObjectFinder | None = None,
         image_generator: ImageGenerator | None = None,
+        score_estimator: ScoreEstimator | None = None,
         device: str | torch.device = "cpu",
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -114,6 +119,7 @@ class Predictor:
         self.captioner = captioner
         self.object_finder = object_finder
         self.image_generator = image_generator
+        self.score_estimator = score_estimator
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self.required_modalities: set[str] = set(getattr(model, "required_modalities", set()) or set())
@@ -257,7 +263,7 @@ class Predictor:
             generated_image = self._image(self.image_generator(" ".join(tokens)), "generated_image")
             notes.append(f"generated image made by {_name(self.image_generator)}")
         if objects is None and "objects" in need and self.object_finder is not None and image is not None:
-            objects = [self._image(o, "objects") for o in self.object_finder(image)]
+            objects = [self._image(o, "objects") for o in self._find_objects(image, head, tail, tokens)]
             notes.append(f"{len(objects)} object crop(s) found by {_name(self.object_finder)}")
         if generated_image is None and "generated_image" in need and image is not None:
             generated_image = image
@@ -268,7 +274,8 @@ class Predictor:
         generated_objects = None
         if "generated_objects" in need and self.object_finder is not None and generated_image is not None:
             generated_objects = [
-                self._image(o, "generated_objects") for o in self.object_finder(generated_image)
+                self._image(o, "generated_objects")
+                for o in self._find_objects(generated_image, head, tail, tokens)
             ]
             notes.append(
                 f"{len(generated_objects)} generated-image object(s) found by {_name(self.object_finder)}"
@@ -278,8 +285,13 @@ class Predictor:
             raise CamimError(f"this {self._model_name()} model needs the image: give the post's image")
         if "generated_image" in need and generated_image is None:
             raise CamimError(f"this {self._model_name()} model needs the generated image: give an image")
+        scores = None
+        if "scores" in need and self.score_estimator is not None and (image or generated_image) is not None:
+            scores = self.score_estimator(image, " ".join(tokens), generated_image)
+            notes.append(f"correlation scores estimated by {_name(self.score_estimator)}")
         if (
             "scores" in need
+            and scores is None
             and getattr(getattr(self.model, "config", None), "missing_scores", "uniform") != "uniform"
         ):
             raise CamimError(
@@ -294,6 +306,7 @@ class Predictor:
             tail=tail,
             img_id=str(item.get("img_id") or "input"),
             caption=caption,
+            scores=scores,
             image=image,
             objects=objects,
             generated_image=generated_image,
@@ -305,6 +318,20 @@ class Predictor:
                 absent.append(modality)
                 notes.append(f"{modality}: not given; {self._fallback(modality)}")
         return PreparedInput(example, caption_source, absent, notes)
+
+    def _find_objects(self, image: Image.Image, head: Entity, tail: Entity, tokens: list[str]) -> list:
+        """Object crops from ``object_finder``, queried with the two mentions when it takes queries."""
+        try:
+            params = inspect.signature(self.object_finder).parameters.values()
+        except (TypeError, ValueError):  # builtins without a signature: call with the image alone
+            params = ()
+        takes_queries = sum(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+        ) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+        if not takes_queries:
+            return list(self.object_finder(image))
+        queries = [" ".join(tokens[e.start : e.end]) for e in (head, tail)]
+        return list(self.object_finder(image, queries))
 
     def _forward(self, examples: list[MNREExample]) -> torch.Tensor:
         with self._lock, torch.inference_mode():
