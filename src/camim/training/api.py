@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -39,6 +40,7 @@ class RunResult:
     metrics: dict
     output_dir: Path
     model_dir: Path
+    primary: bool = True  # False on the non-zero DDP ranks, which write nothing and have no metrics
 
 
 def _resolve(config: RunConfig | str | Path | dict, overrides) -> RunConfig:
@@ -68,15 +70,23 @@ def _quiet_lightning() -> None:
     )
 
 
-def _trainer(cfg: RunConfig, out: Path, callbacks: list, logger: Any = False) -> L.Trainer:
+def _trainer(
+    cfg: RunConfig, out: Path, callbacks: list, logger: Any = False, device: torch.device | None = None
+) -> L.Trainer:
+    """The run's ``lightning.Trainer``; ``device`` pins it to that one device (single-process strategy)."""
     t = cfg.trainer
+    accelerator, devices, strategy = t.accelerator, t.devices, t.strategy
+    if device is not None:
+        accelerator = "cpu" if device.type == "cpu" else t.accelerator
+        devices = 1 if device.index is None else [device.index]
+        strategy = "auto"
     return L.Trainer(
         default_root_dir=str(out),
         max_epochs=cfg.optim.epochs,
         max_steps=t.max_steps,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
         precision=t.precision,
         deterministic=t.deterministic,
         gradient_clip_val=cfg.optim.max_grad_norm,
@@ -188,7 +198,20 @@ def train_run(
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
 
     best = checkpoint.best_model_path or (str(last) if last.is_file() else None)
-    eval_trainer = _trainer(cfg, out, [], False)
+    if trainer.world_size > 1:
+        # DDP: the final validation and test run once, on rank 0 and one device, so that metrics.json and
+        # predictions.jsonl hold every sample exactly once (DistributedSampler pads a split to a multiple
+        # of the world size, repeating samples). The other ranks are done once the group is torn down.
+        best = trainer.strategy.broadcast(best)
+        primary, root = trainer.is_global_zero, trainer.strategy.root_device
+        trainer.strategy.barrier("camim-fit-done")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if not primary:
+            return RunResult(metrics={}, output_dir=out, model_dir=out / "model", primary=False)
+        eval_trainer = _trainer(cfg, out, [], False, device=root)
+    else:
+        eval_trainer = _trainer(cfg, out, [], False)
     eval_trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
     val = dict(module.eval_result)
     eval_trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)

@@ -61,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from camim.training.api import train_run
 
     result = train_run(args.config, args.data_dir, args.output, overrides=args.overrides)
+    if not result.primary:  # a non-zero DDP rank: rank 0 reports
+        return 0
     print(f"val   {_fmt_scores(result.metrics['val'])}")
     print(f"test  {_fmt_scores(result.metrics['test'])}")
     print(f"wrote {result.output_dir} (model: {result.model_dir}, report: {result.output_dir / 'report.md'})")
@@ -88,12 +90,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.preset:
         summary = run_seeds(args.preset, args.data_dir, out, args.seeds, args.overrides)
+        if not summary:  # a non-zero DDP rank: rank 0 reports
+            return 0
         agg = summary["test"]
         print(f"{args.preset} over seeds {summary['seeds']} (test):")
         print("  " + "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in agg.items()))
         print(f"wrote {out / 'summary.md'}")
     else:
         path = run_grid(args.grid, args.data_dir, out, args.seeds, args.overrides)
+        if path is None:
+            return 0
         print(path.read_text(encoding="utf-8"))
         print(f"wrote {path}")
     return 0

@@ -29,7 +29,9 @@ def run_seeds(
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Train ``preset`` once per seed; returns and writes ``summary.json``/``summary.md`` (test mean ± std)."""
+    """Train ``preset`` once per seed; returns and writes ``summary.json``/``summary.md`` (test mean ± std).
+
+    On a non-zero DDP rank it only trains and returns ``{}``; rank 0 scores and writes."""
     from camim.training.api import train_run
 
     overrides = list(overrides or [])
@@ -38,16 +40,21 @@ def run_seeds(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[int, dict] = {}
+    primary = True
     for seed in seeds:
         run_dir = out / f"seed{seed}"
         done = run_dir / "metrics.json"
         if done.is_file():
             metrics = json.loads(done.read_text(encoding="utf-8"))
         else:
-            metrics = train_run(
-                preset, data_dir, run_dir, overrides=[*overrides, f"optim.seed={seed}"]
-            ).metrics
+            result = train_run(preset, data_dir, run_dir, overrides=[*overrides, f"optim.seed={seed}"])
+            if not result.primary:  # a non-zero DDP rank: it trains every seed, rank 0 scores and writes
+                primary = False
+                continue
+            metrics = result.metrics
         per_seed[seed] = {k: metrics["test"][k] for k in SCORE_KEYS}
+    if not primary:
+        return {}
     summary = {
         "preset": str(preset),
         "overrides": overrides,
@@ -125,8 +132,10 @@ def run_grid(
     output_dir: str | Path,
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
-) -> Path:
-    """Run every row of ``grid`` over ``seeds``; write ``<grid>.md`` (ours beside the paper) and plots."""
+) -> Path | None:
+    """Run every row of ``grid`` over ``seeds``; write ``<grid>.md`` (ours beside the paper) and plots.
+
+    Returns the table's path (None on a non-zero DDP rank, which only trains)."""
     out = Path(output_dir)
     rows = grid_rows(grid)
     results = []
@@ -134,7 +143,10 @@ def run_grid(
         summary = run_seeds(
             row["preset"], data_dir, out / _slug(row["label"]), seeds, [*row["overrides"], *(overrides or [])]
         )
-        results.append((row, summary["test"]))
+        if summary:  # empty on the non-zero DDP ranks
+            results.append((row, summary["test"]))
+    if len(results) < len(rows):
+        return None
     keys = ("f1",) if grid == "fig4" else SCORE_KEYS
     md = [f"# {grid}: ours (mean ± std over seeds) beside the paper", ""]
     if overrides:
