@@ -89,3 +89,6 @@ def test_bad_input_is_rejected():
         m.update(torch.tensor([0, 1]), torch.tensor([0, 5]))
     with pytest.raises(ValueError):
         m.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="predicted label"):
+        m.update(torch.tensor([0, 3]), torch.tensor([0, 1]))
+    assert int(m.confusion.sum()) == 0  # nothing half-counted

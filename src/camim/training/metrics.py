@@ -107,6 +107,8 @@ class MREMetrics(Metric):
             raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ")
         if target.numel() and (target.min() < 0 or target.max() >= self.num_labels):
             raise ValueError(f"gold label outside 0..{self.num_labels - 1}")
+        if preds.numel() and (preds.min() < 0 or preds.max() >= self.num_labels):
+            raise ValueError(f"predicted label outside 0..{self.num_labels - 1}")
         idx = target * self.num_labels + preds
         self.confusion += torch.bincount(idx, minlength=self.num_labels**2).reshape(self.num_labels, -1)
 
