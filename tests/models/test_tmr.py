@@ -82,6 +82,30 @@ def test_padding_invariance_with_masks_and_not_with_reference(text_dir, vision_d
     assert not torch.allclose(logits(ref, 24, 16), logits(ref, 40, 30), atol=1e-4)
 
 
+@pytest.mark.parametrize("name,mode", [("tmr", "images"), ("tmr", "text-caption"), ("bert", "text-caption")])
+def test_pad_to_longest_same_logits_shorter_batches(text_dir, vision_dir, name, mode):
+    clean = dataclasses.asdict(FidelityConfig.clean())
+    exs = make_examples(3, images=mode == "images")
+    out = {}
+    for longest in (False, True):
+        torch.manual_seed(0)
+        cfg = tiny_config(text_dir, vision_dir, name=name, visual_mode=mode, fidelity=clean)
+        model = build_model({**cfg, "pad_to_longest": longest}, LABELS).eval()
+        batch = model.processor(exs)
+        out[longest] = (batch, model(batch).logits)
+    fixed, short = out[False][0], out[True][0]
+    assert fixed.input_ids.shape[1] == 32 and short.input_ids.shape[1] == int(fixed.attention_mask.sum(1).max())
+    if name == "tmr":
+        assert short.caption_input_ids.shape[1] == int(fixed.caption_attention_mask.sum(1).max()) < 12
+        assert short.phrase_input_ids.shape[1] <= fixed.phrase_input_ids.shape[1]
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-5)
+
+
+def test_pad_to_longest_refuses_padding_sensitive_quirks(text_dir, vision_dir):
+    with pytest.raises(CamimError, match="pad_to_longest needs masked attention.*unmasked_attention"):
+        build_model({**tiny_config(text_dir, vision_dir), "pad_to_longest": True}, LABELS)
+
+
 def test_missing_modalities_raise_clear_errors(text_dir, vision_dir):
     model = build_model(tiny_config(text_dir, vision_dir), LABELS)
     with pytest.raises(CamimError, match="needs the 'image' modality"):

@@ -72,6 +72,9 @@ class ModelConfig:
     caption_max_length: int = 40
     text_window: int = 40  # T_S / T_W come from the first `text_window` marked tokens (released bert2 input)
     phrase_max_length: int = 6
+    # released: every batch padded to the max lengths above. True: text, captions and phrases are padded to
+    # the batch's longest row (same results with masked attention and pad-free means, less compute)
+    pad_to_longest: bool = False
     max_objects: int = 3
     image_size: int = 224
     dropout: float = 0.5  # before linear_final and before fc (released)
@@ -98,6 +101,15 @@ class ModelConfig:
             raise CamimError(f"mi_temperature must be > 0, got {self.mi_temperature}")
         if self.text_window > self.max_length:
             raise CamimError(f"text_window ({self.text_window}) exceeds max_length ({self.max_length})")
+        if self.pad_to_longest:
+            f = self.fidelity
+            quirks = [n for n in ("unmasked_attention", "pad_inclusive_mean", "phrase_unmasked") if getattr(f, n)]
+            if quirks:
+                raise CamimError(
+                    f"pad_to_longest needs masked attention and pad-free means, but fidelity {', '.join(quirks)} "
+                    "is on (with it the number of pads changes the result); set it false or keep "
+                    "pad_to_longest false"
+                )
         if self.name == "hvpnet" and self.visual_mode != "images":
             raise CamimError("hvpnet builds its prefix from images; visual_mode must be 'images'")
 

@@ -145,6 +145,8 @@ class MREProcessor:
         return ids, positions[0], positions[1]
 
     def _pad(self, rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.pad_to_longest:  # the batch's longest row, at most ``length`` (config docstring)
+            length = min(length, max(1, *(len(r) for r in rows)))
         ids = torch.zeros(len(rows), length, dtype=torch.long)  # released: zero-padding ([PAD] = 0)
         mask = torch.zeros(len(rows), length, dtype=torch.long)
         pad_id = self.tokenizer.pad_token_id or 0
