@@ -61,24 +61,30 @@ def test_metric_state_is_summed_across_two_processes():
         assert scores == pytest.approx(single.compute())
 
 
-def test_cli_train_with_ddp_on_two_cpu_processes(tmp_path):
+def test_cli_experiment_with_ddp_on_two_cpu_processes(tmp_path):
+    """Two seeds under DDP: each fit sets the process group up again after the previous run tore it down."""
     data = write_tiny_mnre(tmp_path / "data", n_train=48, n_eval=15)  # 15: DistributedSampler would pad
-    out = tmp_path / "run"
+    out = tmp_path / "exp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    cmd = [sys.executable, "-m", "camim", "train", "--config", "offline-bert", "--data-dir", str(data)]
-    cmd += ["--output", str(out)]
+    cmd = [sys.executable, "-m", "camim", "experiment", "--preset", "offline-bert", "--seeds", "1", "2"]
+    cmd += ["--data-dir", str(data), "--output", str(out)]
     for item in [*TINY, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]:
         cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("test  accuracy") == 1, proc.stdout  # rank 0 reports, once
+    assert proc.stdout.count("offline-bert over seeds [1, 2]") == 1, proc.stdout  # rank 0 reports, once
 
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["global_step"] == 2 * 3  # 2 epochs x (48 samples / 2 ranks / batch 8): both ranks trained
-    for split in ("val", "test"):
-        assert sum(map(sum, metrics[split]["confusion"])) == 15, split  # no sample repeated or lost
-    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in lines] == list(range(15))
-    again = evaluate_run(out / "model", data)  # one process, the saved safetensors model
-    assert again["f1"] == pytest.approx(metrics["test"]["f1"])
-    assert again["confusion"] == metrics["test"]["confusion"]
+    f1s = []
+    for seed in (1, 2):
+        run = out / f"seed{seed}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["global_step"] == 2 * 3  # 2 epochs x (48 samples / 2 ranks / batch 8)
+        for split in ("val", "test"):
+            assert sum(map(sum, metrics[split]["confusion"])) == 15, (seed, split)  # none repeated or lost
+        lines = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in lines] == list(range(15))
+        again = evaluate_run(run / "model", data)  # one process, the saved safetensors model
+        assert again["confusion"] == metrics["test"]["confusion"]
+        f1s.append(metrics["test"]["f1"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["f1"]["mean"] == pytest.approx(sum(f1s) / 2)
