@@ -94,7 +94,9 @@ def test_pad_to_longest_same_logits_shorter_batches(text_dir, vision_dir, name, 
         batch = model.processor(exs)
         out[longest] = (batch, model(batch).logits)
     fixed, short = out[False][0], out[True][0]
-    assert fixed.input_ids.shape[1] == 32 and short.input_ids.shape[1] == int(fixed.attention_mask.sum(1).max())
+    assert fixed.input_ids.shape[1] == 32 and short.input_ids.shape[1] == int(
+        fixed.attention_mask.sum(1).max()
+    )
     if name == "tmr":
         assert short.caption_input_ids.shape[1] == int(fixed.caption_attention_mask.sum(1).max()) < 12
         assert short.phrase_input_ids.shape[1] <= fixed.phrase_input_ids.shape[1]

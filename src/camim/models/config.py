@@ -103,7 +103,9 @@ class ModelConfig:
             raise CamimError(f"text_window ({self.text_window}) exceeds max_length ({self.max_length})")
         if self.pad_to_longest:
             f = self.fidelity
-            quirks = [n for n in ("unmasked_attention", "pad_inclusive_mean", "phrase_unmasked") if getattr(f, n)]
+            quirks = [
+                n for n in ("unmasked_attention", "pad_inclusive_mean", "phrase_unmasked") if getattr(f, n)
+            ]
             if quirks:
                 raise CamimError(
                     f"pad_to_longest needs masked attention and pad-free means, but fidelity {', '.join(quirks)} "
