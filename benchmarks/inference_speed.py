@@ -1,7 +1,7 @@
 """Inference speed of an offline-preset-sized checkpoint on CPU: single-sample latency and batched throughput.
 
 Builds the offline presets' compact encoder from config (WordPiece vocabulary 8000 trained by ``tokenizers``
-on MNRE train text + MiniCPM captions, BERT 4 x 256, max length 64; random weights -- speed does not depend
+on MNRE train text + MiniCPM captions, BERT 4 x 128, the preset's model config; random weights -- speed does not depend
 on training), saves the model and loads it through ``Predictor.from_pretrained``. Posts are MNRE test samples
 (``../shared/data/mnre``; synthetic posts when absent).
 
@@ -32,25 +32,14 @@ MNRE = ROOT.parent / "shared" / "data" / "mnre"
 TARGET_P50_MS = 50.0
 TARGET_THROUGHPUT = 200.0
 
-MODEL_CONFIGS = {
-    "offline-bert": {"name": "bert", "cam": "none", "mi": False, "max_length": 64},
-    "offline-tmr-cam-mi": {
-        "name": "tmr",
-        "cam": "both",
-        "mi": True,
-        "visual_mode": "text-caption",
-        "caption_max_length": 40,
-        "missing_scores": "uniform",
-        "max_length": 64,
-    },
-}
-CLEAN = {
-    "unmasked_attention": False,
-    "pad_inclusive_mean": False,
-    "phrase_case_sensitive": False,
-    "phrase_unmasked": False,
-    "full_image_bgr_unnormalised": False,
-}
+PRESETS = ("offline-bert", "offline-tmr-cam-mi")
+
+
+def preset_model_config(preset: str) -> dict:
+    """The preset's model config (sizes, fidelity, pad_to_longest) as a dict, exactly as training uses it."""
+    from camim.training.config import load_config
+
+    return dict(load_config(preset).model)
 
 
 def load_examples(n: int):
@@ -92,7 +81,8 @@ def build_encoder(folder: Path) -> Path:
     wp.save_model(str(enc))
     tok = AutoTokenizer.from_pretrained(str(enc))
     tok.save_pretrained(str(enc))
-    BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+    # OfflineConfig's sizes
+    BertConfig(vocab_size=8000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                max_position_embeddings=80).save_pretrained(str(enc))  # fmt: skip
     return enc
 
@@ -117,7 +107,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default="offline-tmr-cam-mi")
+    ap.add_argument("--preset", choices=PRESETS, default="offline-tmr-cam-mi")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--n", type=int, default=100, help="single-sample requests timed")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -131,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     examples, labels, source = load_examples(max(args.n, args.batched))
     with tempfile.TemporaryDirectory() as tmp:
         enc = build_encoder(Path(tmp))
-        cfg = {
-            **MODEL_CONFIGS[args.preset],
-            "text_encoder": str(enc),
-            "text_encoder_pretrained": False,
-            "fidelity": CLEAN,
-        }
+        cfg = {**preset_model_config(args.preset), "text_encoder": str(enc), "text_encoder_pretrained": False}
         model = build_model(cfg, labels=labels)
         model.save_pretrained(Path(tmp) / "run" / "model")
         predictor = Predictor.from_pretrained(Path(tmp) / "run")
