@@ -23,7 +23,6 @@ Results of the fp32 fast path equal the plain path's up to numerical noise (test
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,17 +146,9 @@ class ForeachReleasedAdamW(ReleasedAdamW):
                 raise RuntimeError("ForeachReleasedAdamW does not support sparse gradients")
             exp_avgs, exp_avg_sqs, step_sizes = [], [], []
             for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
+                state, size = self._advance(p, group)  # the same state and step size as ReleasedAdamW
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
-                size = group["lr"]
-                if group["correct_bias"]:
-                    size = size * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
                 step_sizes.append(-size)
             torch._foreach_mul_(exp_avgs, beta1)
             torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)

@@ -70,6 +70,20 @@ class ReleasedAdamW(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
+    def _advance(self, p: torch.Tensor, group: dict) -> tuple[dict, float]:
+        """Counts one step for ``p`` (creating its moments on the first) -> (its state, this step's size)."""
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        step_size = group["lr"]
+        if group["correct_bias"]:
+            beta1, beta2 = group["betas"]
+            step_size = step_size * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+        return state, step_size
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         loss = None
@@ -84,21 +98,11 @@ class ReleasedAdamW(torch.optim.Optimizer):
                 grad = p.grad
                 if grad.is_sparse:
                     raise RuntimeError("ReleasedAdamW does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state, step_size = self._advance(p, group)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
                 exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
                 denom = exp_avg_sq.sqrt().add_(group["eps"])
-                step_size = group["lr"]
-                if group["correct_bias"]:
-                    step_size = (
-                        step_size * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-                    )
                 p.addcdiv_(exp_avg, denom, value=-step_size)
                 if group["weight_decay"] > 0.0:
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
