@@ -105,10 +105,9 @@ class MREMetrics(Metric):
         target = target.reshape(-1).long()
         if preds.shape != target.shape:
             raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ")
-        if target.numel() and (target.min() < 0 or target.max() >= self.num_labels):
-            raise ValueError(f"gold label outside 0..{self.num_labels - 1}")
-        if preds.numel() and (preds.min() < 0 or preds.max() >= self.num_labels):
-            raise ValueError(f"predicted label outside 0..{self.num_labels - 1}")
+        for ids, what in ((target, "gold"), (preds, "predicted")):
+            if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_labels):
+                raise ValueError(f"{what} label outside 0..{self.num_labels - 1}")
         idx = target * self.num_labels + preds
         self.confusion += torch.bincount(idx, minlength=self.num_labels**2).reshape(self.num_labels, -1)
 
