@@ -1,8 +1,8 @@
 """Inference speed of an offline-preset-sized checkpoint on CPU: single-sample latency and batched throughput.
 
-Builds the offline presets' compact encoder from config (WordPiece vocabulary 8000 trained by ``tokenizers``
-on MNRE train text + MiniCPM captions, BERT 4 x 128, the preset's model config; random weights -- speed does not depend
-on training), saves the model and loads it through ``Predictor.from_pretrained``. Posts are MNRE test samples
+Builds the preset's compact encoder from its config (WordPiece vocabulary trained by ``tokenizers`` on MNRE
+train text + MiniCPM captions, the preset's offline sizes and model config; random weights -- speed does not
+depend on training), saves the model and loads it through ``Predictor.from_pretrained``. Posts are MNRE test samples
 (``../shared/data/mnre``; synthetic posts when absent).
 
 Measured side by side in one process:
@@ -35,11 +35,12 @@ TARGET_THROUGHPUT = 200.0
 PRESETS = ("offline-bert", "offline-tmr-cam-mi")
 
 
-def preset_model_config(preset: str) -> dict:
-    """The preset's model config (sizes, fidelity, pad_to_longest) as a dict, exactly as training uses it."""
+def preset_config(preset: str):
+    """The preset's resolved run config: its model part (sizes, fidelity, pad_to_longest) and its offline
+    encoder sizes, exactly as training uses them."""
     from camim.training.config import load_config
 
-    return dict(load_config(preset).model)
+    return load_config(preset)
 
 
 def load_examples(n: int):
@@ -61,15 +62,15 @@ def load_examples(n: int):
     return out, ["None", *[f"/rel/{k}" for k in range(22)]], "synthetic"
 
 
-def build_encoder(folder: Path) -> Path:
-    """The offline presets' encoder (vocabulary + compact BertConfig), from camim.training when available."""
+def build_encoder(folder: Path, offline) -> Path:
+    """The preset's offline encoder (vocabulary + compact BertConfig with ``offline``'s sizes), built by
+    camim.training from MNRE when available, else a toy vocabulary with the same sizes."""
     if (MNRE / "ours_rel2id.json").exists():
-        from camim.training.config import OfflineConfig
         from camim.training.offline import build_offline_encoder
 
-        return build_offline_encoder(OfflineConfig(), MNRE, folder / "encoder", limit=3000)
+        return build_offline_encoder(offline, MNRE, folder / "encoder", limit=3000)
     from tokenizers import BertWordPieceTokenizer
-    from transformers import AutoTokenizer, BertConfig
+    from transformers import BertConfig, BertTokenizerFast
 
     enc = folder / "encoder"
     enc.mkdir(parents=True)
@@ -79,11 +80,16 @@ def build_encoder(folder: Path) -> Path:
         ["rt the new team player plays for city festival held in london"] * 10, special_tokens=specials
     )
     wp.save_model(str(enc))
-    tok = AutoTokenizer.from_pretrained(str(enc))
+    tok = BertTokenizerFast(vocab_file=str(enc / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(str(enc))
-    # OfflineConfig's sizes
-    BertConfig(vocab_size=8000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-               max_position_embeddings=80).save_pretrained(str(enc))  # fmt: skip
+    BertConfig(
+        vocab_size=offline.vocab_size,
+        hidden_size=offline.hidden_size,
+        num_hidden_layers=offline.num_hidden_layers,
+        num_attention_heads=offline.num_attention_heads,
+        intermediate_size=offline.intermediate_size,
+        max_position_embeddings=offline.max_position_embeddings,
+    ).save_pretrained(str(enc))
     return enc
 
 
@@ -120,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
     examples, labels, source = load_examples(max(args.n, args.batched))
     with tempfile.TemporaryDirectory() as tmp:
-        enc = build_encoder(Path(tmp))
-        cfg = {**preset_model_config(args.preset), "text_encoder": str(enc), "text_encoder_pretrained": False}
+        run_cfg = preset_config(args.preset)
+        enc = build_encoder(Path(tmp), run_cfg.offline)
+        cfg = {**run_cfg.model, "text_encoder": str(enc), "text_encoder_pretrained": False}
         model = build_model(cfg, labels=labels)
         model.save_pretrained(Path(tmp) / "run" / "model")
         predictor = Predictor.from_pretrained(Path(tmp) / "run")
