@@ -285,6 +285,8 @@ Total time: {r.seconds:.0f} s.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``camim demo`` to the ``camim`` command line."""
+    from camim.training.cli import add_set_argument
+
     p = subparsers.add_parser(
         "demo",
         help="train text-only vs caption-aware models on the embedded synthetic world (offline, CPU minutes)",
@@ -304,14 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-size", type=int, default=WorldConfig.val)
     p.add_argument("--test-size", type=int, default=WorldConfig.test)
     p.add_argument("--epochs", type=int, default=None, help="training epochs of both models (default: 4)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config override for both runs (repeatable), e.g. --set optim.lr=5e-4",
-    )
+    add_set_argument(p, "extra config override for both runs (repeatable), e.g. --set optim.lr=5e-4")
     p.add_argument(
         "--threads",
         type=int,

@@ -6,16 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+SET_HELP = "override a config value (dotted key, YAML value), e.g. --set optim.lr=3e-5; repeatable"
 
-def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (dotted key, YAML value), e.g. --set optim.lr=3e-5; repeatable",
-    )
+
+def add_set_argument(p: argparse.ArgumentParser, help: str = SET_HELP) -> None:
+    """The repeatable ``--set KEY=VALUE`` config override (into ``args.overrides``) of every run command."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def register(subparsers) -> None:
@@ -27,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help=f"a preset ({presets}) or a YAML file")
     p.add_argument("--data-dir", required=True, help="MNRE-style data folder")
     p.add_argument("--output", required=True, help="run folder (resumes from its checkpoints/last.ckpt)")
-    _add_set(p)
+    add_set_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="re-score a saved model on one split")
@@ -49,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's seed")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--output", required=True, help="experiment folder (one run folder per row and seed)")
-    _add_set(p)
+    add_set_argument(p)
     p.set_defaults(func=cmd_experiment)
 
 
