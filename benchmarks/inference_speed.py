@@ -80,7 +80,9 @@ def build_encoder(folder: Path, offline) -> Path:
         ["rt the new team player plays for city festival held in london"] * 10, special_tokens=specials
     )
     wp.save_model(str(enc))
-    tok = BertTokenizerFast(vocab_file=str(enc / "vocab.txt"), do_lower_case=True)
+    words = (enc / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    # transformers 5 takes the vocabulary as `vocab` (a dict); the 4.x `vocab_file=` keyword is ignored there
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
     tok.save_pretrained(str(enc))
     BertConfig(
         vocab_size=offline.vocab_size,
