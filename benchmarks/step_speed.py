@@ -32,7 +32,8 @@ import torch
 
 from camim.models import build_model
 from camim.models.batch import MREBatch
-from camim.speed.fast import FastStep, FastStepConfig, apply_fast_mode, build_fast_optimizer
+from camim.optim import build_fast_optimizer
+from camim.speed.fast import FastStep, FastStepConfig, apply_fast_mode
 from camim.speed.features import FeatureStore, compute_features, use_cached_features
 
 LABELS = ["None"] + [f"/rel/{i}" for i in range(22)]  # 23 relations like MNRE

@@ -8,15 +8,8 @@ from tests.models.conftest import tiny_config
 from tests.speed.conftest import dataset
 
 from camim.models import build_model
-from camim.speed.fast import (
-    FastStep,
-    FastStepConfig,
-    FastVisionBackbone,
-    ForeachReleasedAdamW,
-    apply_fast_mode,
-    build_fast_optimizer,
-)
-from camim.training.optim import ReleasedAdamW
+from camim.optim import ForeachReleasedAdamW, ReleasedAdamW, build_fast_optimizer
+from camim.speed.fast import FastStep, FastStepConfig, FastVisionBackbone, apply_fast_mode
 
 FAST_CPU = FastStepConfig(bf16=False, sdpa=True, fused_optimizer=True, channels_last=True, compile="none")
 

@@ -15,7 +15,7 @@ import camim.speed.features as features_mod
 from camim.data import MNREDataset
 from camim.errors import CamimError
 from camim.models import load_model
-from camim.speed.fast import ForeachReleasedAdamW
+from camim.optim import ForeachReleasedAdamW
 from camim.speed.features import CachedFeatureBackbone
 from camim.speed.image_cache import ImageCache
 from camim.speed.loading import CachedCollate

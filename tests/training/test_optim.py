@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from camim.training.optim import (
+from camim.optim import (
     ReleasedAdamW,
     build_optimizer,
     build_scheduler,

@@ -13,9 +13,7 @@ from camim.speed.fast import (
     FastStep,
     FastStepConfig,
     FastVisionBackbone,
-    ForeachReleasedAdamW,
     apply_fast_mode,
-    build_fast_optimizer,
 )
 from camim.speed.features import (
     CachedFeatureBackbone,
@@ -38,11 +36,9 @@ __all__ = [
     "FastVisionBackbone",
     "FeatureRowsCollate",
     "FeatureStore",
-    "ForeachReleasedAdamW",
     "ImageCache",
     "ImageCacheSpec",
     "apply_fast_mode",
-    "build_fast_optimizer",
     "build_feature_store",
     "combine_stores",
     "feature_kind_for",

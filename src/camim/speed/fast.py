@@ -32,7 +32,6 @@ from torch import nn
 from camim.errors import CamimError
 from camim.models.batch import MREBatch, MREOutput
 from camim.models.encoders import VisionBackbone
-from camim.training.optim import ReleasedAdamW, parameter_groups
 
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
 
@@ -123,65 +122,6 @@ def apply_fast_mode(model: nn.Module, cfg: FastStepConfig, device: torch.device 
     if type(backbone) is VisionBackbone and (cfg.channels_last or cfg.skip_padded_crops):
         model.resnet = FastVisionBackbone(backbone, cfg.channels_last, cfg.skip_padded_crops)
     return model
-
-
-class ForeachReleasedAdamW(ReleasedAdamW):
-    """:class:`ReleasedAdamW` (``transformers.AdamW`` 4.x) with multi-tensor ``torch._foreach_*`` updates.
-
-    Same update rule, op for op, in a handful of kernel launches per group instead of ~10 per parameter."""
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("ForeachReleasedAdamW does not support sparse gradients")
-            exp_avgs, exp_avg_sqs, step_sizes = [], [], []
-            for p in params:
-                state, size = self._advance(p, group)  # the same state and step size as ReleasedAdamW
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                step_sizes.append(-size)
-            torch._foreach_mul_(exp_avgs, beta1)
-            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            denoms = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denoms, group["eps"])
-            torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
-            if group["weight_decay"] > 0.0:
-                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
-        return loss
-
-
-def build_fast_optimizer(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 0.01,
-    adam_eps: float = 1e-6,
-    adam_bias_correction: bool = False,
-    fused: bool = True,
-    betas: tuple[float, float] = (0.9, 0.999),
-) -> torch.optim.Optimizer:
-    """AdamW over :func:`camim.training.optim.parameter_groups` (same groups as the trainer).
-
-    Released quirk (no bias correction): :class:`ForeachReleasedAdamW` when ``fused`` else
-    :class:`ReleasedAdamW`; with bias correction: ``torch.optim.AdamW`` (``fused=True`` on CUDA)."""
-    groups = parameter_groups(model, weight_decay)
-    if not adam_bias_correction:
-        cls = ForeachReleasedAdamW if fused else ReleasedAdamW
-        return cls(groups, lr=lr, betas=betas, eps=adam_eps, weight_decay=weight_decay, correct_bias=False)
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    kwargs = {"fused": True} if fused and on_cuda else {"foreach": fused}
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=adam_eps, **kwargs)
 
 
 class FastStep:

@@ -17,9 +17,9 @@ from lightning.fabric.utilities.seed import seed_everything
 
 from camim.errors import CamimError
 from camim.models.batch import MREBatch
+from camim.optim import build_fast_optimizer, build_optimizer, build_scheduler, warmup_steps_for
 from camim.training.config import RunConfig
 from camim.training.metrics import MREMetrics
-from camim.training.optim import build_optimizer, build_scheduler, warmup_steps_for
 
 NOT_EVALUATED = -1.0  # val/f1 logged for epochs before eval_begin_epoch
 
@@ -171,8 +171,6 @@ class MRELightningModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         if self._fast is not None:
-            from camim.speed.fast import build_fast_optimizer
-
             optimizer = build_fast_optimizer(
                 self.model,
                 lr=o.lr,
