@@ -80,7 +80,9 @@ def layer_violations(root: Path) -> list[str]:
         module = module_name(path, root)
         unit = unit_of(module)
         if unit == "camim" and module != "camim":
-            problems.append(f"{path}: {module} is in no layer; add its package to LAYERS in tests/test_layers.py")
+            problems.append(
+                f"{path}: {module} is in no layer; add its package to LAYERS in tests/test_layers.py"
+            )
             continue
         for line, target in imported_modules(path, root):
             target_unit = unit_of(target)
