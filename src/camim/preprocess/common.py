@@ -3,10 +3,10 @@ selection and the per-run report.
 
 Progress log: one append-only JSONL file per step and split (``{data_dir}/progress/{step}_{split}.jsonl``).
 Each finished item is one line ``{"key": ..., "settings": <hash>, ...result}`` written with a single
-``os.write`` on an ``O_APPEND`` descriptor (:class:`camim.io.JsonlLog`), so an interrupted run loses at most the item in flight. A line
-cut short by a crash, or any other undecodable line, is ignored and counted, and its item is redone. A rerun
-treats an item as done when the log holds a line for its key made with the same settings (model,
-thresholds, ...), so changing a setting redoes the work.
+``os.write`` on an ``O_APPEND`` descriptor (:class:`camim.io.JsonlLog`), so an interrupted run loses at most
+the item in flight. A line cut short by a crash, or any other undecodable line, is ignored and counted, and
+its item is redone. A rerun treats an item as done when the log holds a line for its key made with the same
+settings (model, thresholds, ...), so changing a setting redoes the work.
 """
 
 from __future__ import annotations
