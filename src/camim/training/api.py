@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from camim.errors import CamimError
+from camim.io import atomic_write_text
 from camim.training.config import RunConfig, config_from_dict, load_config
 from camim.training.datamodule import MNREDataModule
 from camim.training.module import MRELightningModule
@@ -231,18 +231,14 @@ def train_run(
         model.save_pretrained(model_dir)
         test_ds = dm.dataset("test")
         lines = _prediction_lines(module.test_records, list(model.labels), test_ds)
-        _write_atomic(out / "predictions.jsonl", "\n".join(lines) + "\n")
-        _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # marks the run finished
+        atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+        atomic_write_text(
+            out / "metrics.json", json.dumps(metrics, indent=2) + "\n"
+        )  # marks the run finished
         from camim.training.report import write_run_report
 
         write_run_report(out, cfg.to_dict(), metrics, list(model.labels))
     return RunResult(metrics=metrics, output_dir=out, model_dir=model_dir)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _epoch_of(ckpt: str | None) -> int | None:

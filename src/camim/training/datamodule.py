@@ -24,11 +24,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from camim.data import LabelSet, MNREDataset
+from camim.data import IMAGE_MODALITIES, LabelSet, MNREDataset
 from camim.errors import CamimError
 from camim.training.config import RunConfig
-
-IMAGE_MODALITIES = ("image", "objects", "generated_image", "generated_objects")  # = camim.speed's
 
 
 def bootstrap_indices(n: int, seed: int) -> list[int]:
