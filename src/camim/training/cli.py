@@ -24,6 +24,12 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", required=True, help="MNRE-style data folder")
     p.add_argument("--output", required=True, help="run folder (resumes from its checkpoints/last.ckpt)")
     add_set_argument(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run the output folder holds (another config, or a finished run whose checkpoints "
+        "are gone) and train afresh",
+    )
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="re-score a saved model on one split")
@@ -56,7 +62,9 @@ def _fmt_scores(s: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from camim.training.api import train_run
 
-    result = train_run(args.config, args.data_dir, args.output, overrides=args.overrides)
+    result = train_run(
+        args.config, args.data_dir, args.output, overrides=args.overrides, overwrite=args.overwrite
+    )
     if not result.primary:  # a non-zero DDP rank: rank 0 reports
         return 0
     print(f"val   {_fmt_scores(result.metrics['val'])}")

@@ -3,8 +3,9 @@
 ``run_seeds`` trains one preset per seed into ``<out>/seed<k>/`` and aggregates test scores (mean ± sample
 std). ``run_grid`` runs every row of a grid (``camim/configs/grids.yaml``) that way and writes a markdown
 table of our numbers beside the paper's (``camim/configs/paper_results.yaml``) plus figure-style plots.
-Finished runs (a ``metrics.json`` present) are reused, so an interrupted grid continues where it stopped;
-an unfinished run resumes from its ``last.ckpt``.
+A finished run (a ``metrics.json`` present) is reused when its resolved config (its ``config.yaml``) equals
+the one requested, so an interrupted grid continues where it stopped; a finished run with another config is
+refused, naming the keys that differ; an unfinished run resumes from its ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def run_seeds(
     """Train ``preset`` once per seed; returns and writes ``summary.json``/``summary.md`` (test mean ± std).
 
     On a non-zero DDP rank it only trains and returns ``{}``; rank 0 scores and writes."""
-    from camim.training.api import train_run
+    from camim.training.api import different_run_message, resolve_run_config, run_differences, train_run
 
     overrides = list(overrides or [])
     if not seeds:
@@ -43,11 +44,18 @@ def run_seeds(
     primary = True
     for seed in seeds:
         run_dir = out / f"seed{seed}"
+        run_overrides = [*overrides, f"optim.seed={seed}"]
         done = run_dir / "metrics.json"
         if done.is_file():
+            diffs = run_differences(run_dir, resolve_run_config(preset, run_overrides, data_dir, run_dir))
+            if diffs:
+                raise CamimError(
+                    different_run_message(run_dir, diffs)
+                    + " from this experiment's; use a new --output folder"
+                )
             metrics = json.loads(done.read_text(encoding="utf-8"))
         else:
-            result = train_run(preset, data_dir, run_dir, overrides=[*overrides, f"optim.seed={seed}"])
+            result = train_run(preset, data_dir, run_dir, overrides=run_overrides)
             if not result.primary:  # a non-zero DDP rank: it trains every seed, rank 0 scores and writes
                 primary = False
                 continue
