@@ -34,7 +34,7 @@ def test_comparison_table_puts_paper_beside_ours():
 def test_grid_writes_table_and_plots_with_paper_numbers(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run_seeds(preset, data_dir, out, seeds, overrides):
+    def fake_run_seeds(preset, data_dir, out, seeds, overrides, overwrite=False):
         calls.append((preset, tuple(overrides)))
         f1 = 10.0 + len(calls)
         return {
@@ -111,3 +111,6 @@ def test_experiment_reuses_a_finished_run_only_with_an_equal_config(tiny_mnre, t
     err = capsys.readouterr().err
     assert "holds a different run" in err and "differs in model.dropout, optim.lr" in err
     assert metrics.stat().st_mtime_ns == stamp
+    monkeypatch.undo()  # --overwrite trains that seed again with the new settings
+    assert main([*args, "--set", "optim.lr=1e-3", "--overwrite"]) == 0
+    assert metrics.stat().st_mtime_ns > stamp and "lr: 0.001" in (out / "seed5" / "config.yaml").read_text()

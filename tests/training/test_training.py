@@ -204,7 +204,7 @@ def test_finished_run_without_checkpoints_is_not_retrained_unless_overwrite(tiny
     args = ["train", "--config", "offline-bert", "--data-dir", str(tiny_mnre), "--output", str(out)]
     for item in small:
         args += ["--set", item]
-    assert main(args) == 1 and "pass --overwrite" in capsys.readouterr().err
+    assert main(args) == 1 and "or --overwrite to replace that run" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "metrics.json").stat().st_mtime_ns > before[Path("metrics.json")]

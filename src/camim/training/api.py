@@ -186,24 +186,25 @@ def different_run_message(out: Path, diffs: list[str]) -> str:
     return f"{out}: holds a different run (its config.yaml differs in {shown})"
 
 
-def _check_run_folder(out: Path, cfg: RunConfig, overwrite: bool) -> None:
-    """Refuse, before anything is written, to mix this run with the one ``out`` holds (resumable:
-    ``checkpoints/last.ckpt``; finished: ``metrics.json``): one with another config, or a finished run whose
-    checkpoints are gone (training again would replace its results) -- unless ``overwrite``."""
+def _conflict(out: Path, cfg: RunConfig) -> str | None:
+    """Why training ``cfg`` into ``out`` would mix two runs, or None: ``out`` holds a run (resumable:
+    ``checkpoints/last.ckpt``; finished: ``metrics.json``) with another config, or a finished run whose
+    checkpoints are gone (training again would replace its results). Reads only."""
     finished = (out / "metrics.json").is_file()
     resumable = (out / "checkpoints" / "last.ckpt").is_file()
-    if overwrite or not (finished or resumable):
-        return
+    if not (finished or resumable):
+        return None
+    if not (out / "config.yaml").is_file():
+        return f"{out}: holds a run without config.yaml"
     diffs = run_differences(out, cfg)
     if diffs:
-        raise CamimError(
-            different_run_message(out, diffs) + "; use a new --output folder or pass --overwrite"
-        )
+        return different_run_message(out, diffs)
     if finished and not resumable:
-        raise CamimError(
+        return (
             f"{out}: holds a finished run whose checkpoints/ are gone; training again would replace its "
-            "metrics.json, predictions.jsonl and model/; pass --overwrite to do so"
+            "metrics.json, predictions.jsonl and model/"
         )
+    return None
 
 
 def _clear_run_outputs(out: Path) -> None:
@@ -234,7 +235,8 @@ def train_run(
     ``config`` is a preset name, a YAML path, a mapping or a :class:`RunConfig`; ``overrides`` are dotted
     ``key=value`` strings; ``callbacks`` are extra Lightning callbacks for the fit. Resumes automatically
     from ``output_dir/checkpoints/last.ckpt``. A folder holding another run, or a finished run whose
-    checkpoints are gone, is refused unless ``overwrite`` (which removes that run's outputs and starts afresh).
+    checkpoints are gone, is refused; with ``overwrite`` that run's outputs are removed and training starts
+    afresh (a folder that would not be refused is resumed as usual).
     """
     from camim.models import build_model
 
@@ -243,10 +245,12 @@ def train_run(
     data_dir = cfg.data.data_dir
     out = Path(output_dir)
     labels = _labels(data_dir)
-    _check_run_folder(out, cfg, overwrite)
+    conflict = _conflict(out, cfg)
+    if conflict and not overwrite:
+        raise CamimError(f"{conflict}; use a new --output folder, or --overwrite to replace that run")
     # nothing was written so far; from here on the run folder is ours
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
+    if conflict:
         _clear_run_outputs(out)
     if cfg.offline.enabled:
         from camim.training.offline import build_offline_encoder

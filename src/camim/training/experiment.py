@@ -29,15 +29,19 @@ def run_seeds(
     output_dir: str | Path,
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train ``preset`` once per seed; returns and writes ``summary.json``/``summary.md`` (test mean ± std).
 
-    On a non-zero DDP rank it only trains and returns ``{}``; rank 0 scores and writes."""
+    A finished run with the same resolved config is reused; one with another config is refused, or with
+    ``overwrite`` trained again in its place. On a non-zero DDP rank it only trains and returns ``{}``; rank 0
+    scores and writes."""
     from camim.training.api import different_run_message, resolve_run_config, run_differences, train_run
 
     overrides = list(overrides or [])
+    base = load_config(preset, overrides)  # a bad setting stops here, before any folder is made
     if not seeds:
-        seeds = [load_config(preset, overrides).optim.seed]
+        seeds = [base.optim.seed]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[int, dict] = {}
@@ -46,16 +50,18 @@ def run_seeds(
         run_dir = out / f"seed{seed}"
         run_overrides = [*overrides, f"optim.seed={seed}"]
         done = run_dir / "metrics.json"
+        diffs = []  # a finished run is reused only when its resolved config equals this one
         if done.is_file():
             diffs = run_differences(run_dir, resolve_run_config(preset, run_overrides, data_dir, run_dir))
-            if diffs:
+            if diffs and not overwrite:
                 raise CamimError(
                     different_run_message(run_dir, diffs)
-                    + " from this experiment's; use a new --output folder"
+                    + "; use a new --output folder, or --overwrite to train it again with these settings"
                 )
+        if done.is_file() and not diffs:
             metrics = json.loads(done.read_text(encoding="utf-8"))
         else:
-            result = train_run(preset, data_dir, run_dir, overrides=run_overrides)
+            result = train_run(preset, data_dir, run_dir, overrides=run_overrides, overwrite=overwrite)
             if not result.primary:  # a non-zero DDP rank: it trains every seed, rank 0 scores and writes
                 primary = False
                 continue
@@ -140,6 +146,7 @@ def run_grid(
     output_dir: str | Path,
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
+    overwrite: bool = False,
 ) -> Path | None:
     """Run every row of ``grid`` over ``seeds``; write ``<grid>.md`` (ours beside the paper) and plots.
 
@@ -149,7 +156,12 @@ def run_grid(
     results = []
     for row in rows:
         summary = run_seeds(
-            row["preset"], data_dir, out / _slug(row["label"]), seeds, [*row["overrides"], *(overrides or [])]
+            row["preset"],
+            data_dir,
+            out / _slug(row["label"]),
+            seeds,
+            [*row["overrides"], *(overrides or [])],
+            overwrite=overwrite,
         )
         if summary:  # empty on the non-zero DDP ranks
             results.append((row, summary["test"]))
