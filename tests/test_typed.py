@@ -105,6 +105,7 @@ def test_dataclass_from_mapping_names_dotted_keys():
     with pytest.raises(CamimError, match=r"^sec\.table\.a: expected an integer, got 'x'"):
         from_mapping(Outer, {"table": {"a": "x"}}, "sec")
     assert from_mapping(Outer, {"anything": {"free": [1]}}).anything == {"free": [1]}
+    assert from_mapping(Outer, {"inner": None}).inner == Inner()  # an empty YAML section: its defaults
 
 
 def test_to_plain_round_trips_and_differing_keys_are_dotted():

@@ -19,7 +19,7 @@ declared type             accepted values
 ``Literal[...]``          one of the listed values (same type: ``1`` is not ``True``)
 ``X | None``              ``null`` or an ``X``; other unions take the first member that accepts the value
 dataclass                 a mapping (or an instance) parsed field by field; unknown keys are refused,
-                          missing keys take the field's default
+                          missing keys take the field's default (``null``: all defaults)
 ``Any``                   anything, unchanged
 ========================  ===========================================================================
 
@@ -170,6 +170,8 @@ def _parse(value: Any, tp: Any, key: str) -> Any:
         kt, vt = args if args else (Any, Any)
         return {parse(k, kt, key): parse(v, vt, _join(key, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty YAML section (``optim:``): its defaults
+            value = {}
         if isinstance(value, tp):
             value = to_plain(value)
         if not isinstance(value, Mapping):
