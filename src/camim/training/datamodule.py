@@ -94,7 +94,7 @@ class MNREDataModule(L.LightningDataModule):
             labels=self.labels,
             caption_source=d.caption_source,
             modalities=modalities,
-            max_objects=d.max_objects,
+            max_objects=self.cfg.model.max_objects,  # the model's setting (its processor pads to it)
             on_error=d.on_error,
             on_missing=d.on_missing,
         )
