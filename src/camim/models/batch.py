@@ -32,11 +32,18 @@ class MREBatch:
     scores: torch.Tensor | None = None  # (B, 4) [weak_ori, strong_ori, weak_dif, strong_dif]
     index: torch.Tensor | None = None  # (B,) sample indices, for predictions files
 
-    def to(self, device: torch.device | str) -> MREBatch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MREBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> MREBatch:
+        """Page-locked copies (``DataLoader(pin_memory=True)`` calls this), for asynchronous GPU transfers."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn) -> MREBatch:
         kwargs = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            kwargs[f.name] = v.to(device) if isinstance(v, torch.Tensor) else v
+            kwargs[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
         return MREBatch(**kwargs)
 
     def __len__(self) -> int:

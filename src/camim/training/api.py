@@ -309,6 +309,8 @@ def train_run(
         "data_report": {k: v for k, v in dm.data_report().items() if v},
         "processor_report": dict(getattr(model.processor, "report", {}) or {}),
     }
+    if module.speed is not None:  # graph captures, eager fallbacks, compiled regions (camim.speed)
+        metrics["speed"] = module.speed.report()
     model_dir = out / "model"
     if eval_trainer.is_global_zero:
         model.save_pretrained(model_dir)

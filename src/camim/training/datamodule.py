@@ -82,6 +82,10 @@ class MNREDataModule(L.LightningDataModule):
         self.image_caches: dict = {}  # split -> camim.speed.ImageCache (data.image_cache_dir)
         self.feature_offsets: dict[str, int] | None = None  # split -> row offset (speed.frozen_visual)
         self.zero_row: int | None = None
+        # page-locked batches for asynchronous host-to-GPU copies (speed.fast on a CUDA machine)
+        self.pin_memory = (
+            bool(cfg.speed.fast) and torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
+        )
         self.cached_images = bool(cfg.data.image_cache_dir) and bool(
             set(self.modalities) & set(IMAGE_MODALITIES)
         )
@@ -217,6 +221,7 @@ class MNREDataModule(L.LightningDataModule):
             collate_fn=self._collate(split),
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -232,6 +237,7 @@ class MNREDataModule(L.LightningDataModule):
                 collate_fn=self._collate("train"),
                 num_workers=workers,
                 persistent_workers=workers > 0,
+                pin_memory=self.pin_memory,
             )
         epoch = trainer.current_epoch if trainer is not None else 0
         return self._loader(

@@ -75,7 +75,7 @@ class MRELightningModule(L.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, MREBatch):
-            return batch.to(device)
+            return batch.to(device, non_blocking=batch.input_ids.is_pinned())
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ------------------------------------------------------------------ train

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU check as one command: benchmarks/step_speed.py then benchmarks/gpu_e2e.py, back to back, each with
+# its own time budget (about 8 minutes in all on one H200), from the source tree with PYTHONPATH=src and no
+# install (torch, transformers, lightning and torchmetrics must be present). JSON and logs are written under
+# OUT_DIR as they go, so a run cut short still leaves what it measured.
+#
+#   benchmarks/gpu_check.sh [OUT_DIR] [--small]     # --small: tiny sizes, a few seconds' CPU check
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-gpu-check}"
+small=""
+[ "${2:-}" = "--small" ] && small="--small"
+mkdir -p "$out"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py="${PYTHON:-python3}"
+cd "$root" || exit 1
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$py" -c 'import torch, transformers, lightning, torchmetrics as tm; print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| lightning", lightning.__version__, "| torchmetrics", tm.__version__)'
+} 2>&1 | tee "$out/env.txt"
+
+if [ -n "$small" ]; then
+    step_args=(--small --batch-sizes 4 --steps 2 --warmup 1 --rounds 1 --variants released fast frozen)
+    e2e_args=(--small --train 32 --eval 8 --batch-size 8 --workers 0 --warm-batches 2 --repeat-fast 1 --presets tmr-cam-mi)
+    step_budget=60; e2e_budget=120
+else
+    step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 110
+               --variants released fast fast-graphs frozen frozen-graphs fast-regional-graphs frozen-regional-graphs fast-skip)
+    e2e_args=(--train 640 --eval 64 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2 --run-timeout-s 150)
+    step_budget=200; e2e_budget=230
+fi
+
+echo "== step_speed (budget ${step_budget} s)"
+timeout $((step_budget + 90)) "$py" benchmarks/step_speed.py "${step_args[@]}" --budget-s "$step_budget" \
+    --compile-cache "$out/../compile-cache" --json "$out/step_speed.json" 2>&1 | tee "$out/step_speed.log"
+echo "step_speed exit ${PIPESTATUS[0]}"
+
+echo "== gpu_e2e (budget ${e2e_budget} s)"
+timeout $((e2e_budget + 150)) "$py" benchmarks/gpu_e2e.py "${e2e_args[@]}" --budget-s "$e2e_budget" \
+    --json "$out/gpu_e2e.json" 2>&1 | tee "$out/gpu_e2e.log"
+echo "gpu_e2e exit ${PIPESTATUS[0]}"

@@ -1,0 +1,234 @@
+"""`camim train` end to end on one GPU: plain (the released step) vs ``speed.fast``, one epoch each.
+
+A synthetic world with drawn images in MNRE's layout (``camim.synthetic``), random-init encoders of the
+paper's sizes saved as folders (no hub): a ``BertConfig()`` (bert-base) with a WordPiece vocabulary built from
+the world's training text and captions (``camim.training.offline.wordpiece_vocabulary``), and a
+``ResNetConfig()`` (ResNet-50). For each preset (``tmr-cam-mi``, ``hvpnet-cam-mi``) and mode, one epoch of
+``camim train`` runs in a fresh process (so start-up, model loading, compile and graph capture count) through
+the Python API with a timing callback, and one line per run is printed (flushed):
+
+- ``wall s``: the whole run (build, fit, final validation and test, writing the run folder);
+- ``epoch s``: the training epoch (first batch to last, synchronised);
+- ``warm-up s``: the first ``--warm-batches`` training batches (compile, graph capture, cuDNN autotuning);
+- ``samples/s``: training samples per second after those batches (the steady state).
+
+``fast`` runs twice by default (``--repeat-fast 2``) with the same compile cache folder, so the second run
+shows the warm-up with inductor's caches filled. ``--json PATH`` is rewritten after every run and
+``--budget-s`` skips runs that no longer fit. ``--small`` uses tiny encoders and images (CPU check).
+
+    python benchmarks/gpu_e2e.py [--presets tmr-cam-mi hvpnet-cam-mi] [--train 960] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULT_PREFIX = "GPU_E2E_RESULT "
+
+
+def write_encoders(world: Path, folder: Path, small: bool) -> tuple[Path, Path]:
+    """bert-base (or tiny) with a WordPiece vocabulary of the world's text, and ResNet-50 (or tiny)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast, ResNetConfig, ResNetModel
+
+    from camim.training.offline import vocabulary_corpus, wordpiece_vocabulary
+
+    text, vision = folder / "bert", folder / "resnet"
+    vocab = wordpiece_vocabulary(vocabulary_corpus(world, "minicpm"), 30522, 1, True)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(text)
+    if small:
+        bert = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=128)  # fmt: skip
+        resnet = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                              layer_type="basic")  # fmt: skip
+    else:
+        bert, resnet = BertConfig(vocab_size=len(vocab)), ResNetConfig()
+    BertModel(bert, add_pooling_layer=False).save_pretrained(text)
+    ResNetModel(resnet).save_pretrained(vision)
+    return text, vision
+
+
+def overrides_for(preset: str, text: Path, vision: Path, args, fast: bool, out: Path) -> list[str]:
+    o = [
+        f"model.text_encoder={text}",
+        f"model.vision_encoder={vision}",
+        "model.text_encoder_pretrained=true",
+        "model.vision_encoder_pretrained=true",
+        "data.caption_source=minicpm",
+        f"data.num_workers={args.workers}",
+        "optim.epochs=1",
+        "optim.eval_begin_epoch=1",
+        f"optim.batch_size={args.batch_size}",
+        "trainer.progress_bar=false",
+        f"trainer.deterministic={args.deterministic}",
+    ]
+    if args.small:
+        o += ["model.image_size=64"]
+    if fast:
+        o += [
+            "speed.fast=true",
+            f"speed.compile={args.compile}",
+            f"speed.compile_cache_dir={out / 'compile-cache'}",
+        ]
+    return o
+
+
+def one_run(args) -> None:
+    """Child process: one `camim train` run with a timing callback; prints one RESULT line."""
+    import lightning as L
+    import torch
+
+    from camim.training.api import train_run
+
+    class Timer(L.Callback):
+        def __init__(self, warm: int):
+            self.warm, self.t = warm, {}
+            self.samples = 0
+
+        def _now(self) -> float:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.t["start"] = self._now()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx + 1 == self.warm:
+                self.t["warm"] = self._now()
+            elif batch_idx + 1 > self.warm:
+                self.samples += len(batch)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.t["end"] = self._now()
+
+    t0 = time.perf_counter()
+    timer = Timer(args.warm_batches)
+    out = Path(args.out)
+    result = train_run(args.preset, args.world, out / "run", overrides=args.overrides, callbacks=[timer])
+    wall = time.perf_counter() - t0
+    t = timer.t
+    row = {
+        "wall_s": round(wall, 1),
+        "epoch_s": round(t["end"] - t["start"], 2),
+        "warmup_s": round(t["warm"] - t["start"], 2) if "warm" in t else None,
+        "samples_per_s": round(timer.samples / (t["end"] - t["warm"]), 1) if "warm" in t else None,
+        "test_f1": (result.metrics.get("test") or {}).get("f1"),
+    }
+    speed = result.metrics.get("speed")
+    if speed:
+        row["speed"] = speed
+    print(RESULT_PREFIX + json.dumps(row), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["tmr-cam-mi", "hvpnet-cam-mi"])
+    ap.add_argument("--train", type=int, default=960, help="training samples in the synthetic world")
+    ap.add_argument("--eval", type=int, default=64, help="val and test samples")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=8, help="DataLoader workers (both modes)")
+    ap.add_argument("--warm-batches", type=int, default=5)
+    ap.add_argument("--repeat-fast", type=int, default=2, help="fast runs per preset (cache warm on the 2nd)")
+    ap.add_argument("--compile", default="auto", help="speed.compile of the fast runs")
+    ap.add_argument("--deterministic", default="false", help="trainer.deterministic of every run")
+    ap.add_argument("--small", action="store_true", help="tiny encoders and images (CPU check)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--budget-s", type=float, default=None)
+    ap.add_argument("--run-timeout-s", type=float, default=None, help="stop one run after this long")
+    ap.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
+    # child mode
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    ap.add_argument("--world", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        one_run(args)
+        return
+
+    import torch
+
+    from camim.synthetic import WorldConfig, generate_world
+
+    t_start = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory() if args.work_dir is None else None
+    work = Path(tmp.name) if tmp else args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    world = work / "world"
+    size = 64 if args.small else 160
+    if not (world / "ours_rel2id.json").exists():
+        generate_world(world, WorldConfig(train=args.train, val=args.eval, test=args.eval, image_size=size,
+                                          generated_size=size))  # fmt: skip
+    text, vision = write_encoders(world, work / "encoders", args.small)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    results: dict = {"env": {"device": device, "torch": torch.__version__, "train": args.train,
+                             "batch_size": args.batch_size, "small": args.small,
+                             "setup_s": round(time.perf_counter() - t_start, 1)}, "runs": []}  # fmt: skip
+    print(f"device {device}; world {args.train} train / {args.eval} val / {args.eval} test samples; "
+          f"batch {args.batch_size}; {'tiny' if args.small else 'bert-base + ResNet-50'} encoders; "
+          f"setup {results['env']['setup_s']} s", flush=True)  # fmt: skip
+    print(f"{'preset':<16}{'mode':<8}{'wall s':>8}{'epoch s':>9}{'warm-up s':>11}{'samples/s':>11}{'vs plain':>10}",
+          flush=True)  # fmt: skip
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # plain and fast for every preset first; the repeated fast runs (compile caches warm) come last
+    plan = [(p, m, 0 if m == "plain" else 1) for p in args.presets for m in ("plain", "fast")]
+    plan += [(p, "fast", k) for k in range(2, args.repeat_fast + 1) for p in args.presets]
+    plain_rates: dict[str, float] = {}
+    for preset, mode, k in plan:
+        label = mode if k <= 1 else f"fast#{k}"
+        row = {"preset": preset, "mode": label}
+        used = time.perf_counter() - t_start
+        if args.budget_s is not None and used > args.budget_s:
+            print(f"{preset:<16}{label:<8}  skipped: {used:.0f} s used of {args.budget_s:.0f} s", flush=True)
+            row["skipped"] = "budget"
+            results["runs"].append(row)
+            save()
+            continue
+        out = work / f"{preset}-{mode}-{k}"
+        cmd = [sys.executable, __file__, "--child", "--preset", preset, "--world", str(world), "--out", str(out),
+               "--warm-batches", str(args.warm_batches), "--overrides",
+               *overrides_for(preset, text, vision, args, mode == "fast", work)]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.run_timeout_s)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)}"[:400])
+            row.update(json.loads(lines[-1][len(RESULT_PREFIX) :]))
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            row["error"] = f"{type(exc).__name__}: {exc}"[:400]
+            print(f"{preset:<16}{label:<8}  failed: {row['error']}", flush=True)
+        else:
+            rate = row["samples_per_s"]
+            if mode == "plain":
+                plain_rates[preset] = rate
+            plain_rate = plain_rates.get(preset)
+            row["vs_plain"] = round(rate / plain_rate, 2) if rate and plain_rate else None
+            vs = f"{row['vs_plain']:>9.2f}x" if row["vs_plain"] else f"{'-':>10}"
+            print(f"{preset:<16}{label:<8}{row['wall_s']:>8.1f}{row['epoch_s']:>9.1f}{row['warmup_s']:>11.1f}"
+                  f"{rate:>11.1f}{vs}", flush=True)  # fmt: skip
+        results["runs"].append(row)
+        save()
+    results["total_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+    print(f"total {results['total_s']} s", flush=True)
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
