@@ -87,6 +87,10 @@ class MREModel(nn.Module):
         """What the processor encodes: the required modalities plus those with a counted fallback."""
         return set(self.required_modalities)
 
+    def output_layer(self) -> nn.Linear:
+        """The classifier Linear that gives the logits (``classifier.fc``; HVPNeT: ``classifier``)."""
+        return self.classifier.fc
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

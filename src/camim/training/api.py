@@ -21,13 +21,13 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from camim.errors import CamimError
 from camim.training.config import RunConfig, config_from_dict, load_config
 from camim.training.datamodule import MNREDataModule
 from camim.training.module import MRELightningModule
+from camim.training.selection import DevCheckpoint
 
 log = logging.getLogger(__name__)
 _RUN_DEFAULT = object()  # evaluate_run: take the caption source from the run's config.yaml
@@ -182,12 +182,11 @@ def train_run(
     dm = MNREDataModule(cfg, data_dir, labels, model.required_modalities, model.processor)
 
     ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(
+    checkpoint = DevCheckpoint(
         dirpath=str(ckpt_dir),
         filename="best-epoch{epoch}",
         monitor="val/f1",
-        mode="max",  # strict improvement, as the released trainer (`>`)
-        save_top_k=1,
+        ties=cfg.optim.selection_tie,  # "first": strict improvement (released TMR `>`); "last": HVPNeT `>=`
         save_last=True,
         auto_insert_metric_name=False,
     )
