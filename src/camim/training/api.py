@@ -105,23 +105,26 @@ def _labels(data_dir: str):
     return default_labels(data_dir)
 
 
-def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
-    lines = []
+def _prediction_records(records: list[dict], names: list[str], ds) -> list[dict]:
+    """``predictions.jsonl`` rows: id (index in the split file), img_id, gold, predicted, probabilities."""
+    rows = []
     for r in sorted(records, key=lambda r: (r["index"] is None, r["index"])):
         idx = r["index"]
         ex = ds.examples[idx] if idx is not None and 0 <= idx < len(ds.examples) else None
-        lines.append(
-            json.dumps(
-                {
-                    "id": idx,
-                    "img_id": ex.img_id if ex is not None else None,
-                    "gold": names[r["gold"]] if r["gold"] is not None else None,
-                    "predicted": names[r["pred"]],
-                    "probabilities": {n: round(float(p), 6) for n, p in zip(names, r["probs"].tolist())},
-                }
-            )
+        rows.append(
+            {
+                "id": idx,
+                "img_id": ex.img_id if ex is not None else None,
+                "gold": names[r["gold"]] if r["gold"] is not None else None,
+                "predicted": names[r["pred"]],
+                "probabilities": {n: round(float(p), 6) for n, p in zip(names, r["probs"].tolist())},
+            }
         )
-    return lines
+    return rows
+
+
+def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
+    return [json.dumps(row) for row in _prediction_records(records, names, ds)]
 
 
 def _check_same_run(out: Path, cfg: RunConfig) -> None:
@@ -261,20 +264,8 @@ def _run_config_for(model_dir: Path) -> tuple[Path, RunConfig | None]:
     return model_dir, cfg
 
 
-def evaluate_run(
-    model_dir: str | Path,
-    data_dir: str | Path,
-    split: str = "test",
-    caption_source: str | None | object = _RUN_DEFAULT,
-    batch_size: int = 32,
-    limit: int | None = None,
-) -> dict:
-    """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
-    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
-
-    ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
-    (else ``minicpm``).
-    """
+def _test_split(model_dir, data_dir, split: str, caption_source, batch_size: int, limit: int | None):
+    """Run a saved model's test loop on one split -> (its MRELightningModule after the loop, datamodule, model)."""
     from camim.data import LabelSet
     from camim.models import load_model
 
@@ -300,8 +291,39 @@ def evaluate_run(
     )
     trainer = _trainer(cfg, Path(model_path), [], False)
     trainer.test(module, datamodule=dm, verbose=False)
+    return module, dm, model
+
+
+def evaluate_run(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "test",
+    caption_source: str | None | object = _RUN_DEFAULT,
+    batch_size: int = 32,
+    limit: int | None = None,
+) -> dict:
+    """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
+    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
+
+    ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
+    (else ``minicpm``).
+    """
+    module, _, model = _test_split(model_dir, data_dir, split, caption_source, batch_size, limit)
     result = dict(module.eval_result)
     result["labels"] = list(model.labels)
     result["num_samples"] = sum(sum(row) for row in result["confusion"])
     result["split"] = split
     return result
+
+
+def predict_split(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "test",
+    caption_source: str | None | object = _RUN_DEFAULT,
+    batch_size: int = 32,
+    limit: int | None = None,
+) -> list[dict]:
+    """Per-sample predictions of a saved model on one split, as the rows of ``predictions.jsonl``."""
+    module, dm, model = _test_split(model_dir, data_dir, split, caption_source, batch_size, limit)
+    return _prediction_records(module.test_records, list(model.labels), dm.dataset(split))
