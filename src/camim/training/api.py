@@ -317,13 +317,9 @@ def evaluate_run(
 
 
 def predict_split(
-    model_dir: str | Path,
-    data_dir: str | Path,
-    split: str = "test",
-    caption_source: str | None | object = _RUN_DEFAULT,
-    batch_size: int = 32,
-    limit: int | None = None,
+    model_dir: str | Path, data_dir: str | Path, split: str = "test", limit: int | None = None
 ) -> list[dict]:
-    """Per-sample predictions of a saved model on one split, as the rows of ``predictions.jsonl``."""
-    module, dm, model = _test_split(model_dir, data_dir, split, caption_source, batch_size, limit)
+    """Per-sample predictions of a saved run on one split (its own caption source and data settings), as the
+    rows of ``predictions.jsonl``."""
+    module, dm, model = _test_split(model_dir, data_dir, split, _RUN_DEFAULT, 32, limit)
     return _prediction_records(module.test_records, list(model.labels), dm.dataset(split))
