@@ -156,7 +156,7 @@ def test_warmup_by_ratio_unrounded():
 @pytest.mark.parametrize(
     "override,message",
     [
-        (["optim.selection_tie=middle"], "optim.selection_tie must be 'first' or 'last'"),
+        (["optim.selection_tie=middle"], "optim.selection_tie: expected one of 'first', 'last'"),
         (["optim.warmup_unrounded=true"], "warmup_unrounded applies to optim.warmup_ratio"),
     ],
 )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camim.errors import CamimError
+from camim.io import atomic_write_bytes, atomic_write_text, iter_lines, open_image
 
 FILTERS = ("all", "disagree", "caption-right", "all-wrong")
 THUMBNAIL = 128  # longest side of a thumbnail, pixels
@@ -54,9 +55,7 @@ class CaseRun:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in iter_lines(path):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
@@ -169,13 +168,10 @@ def _image_path(data_dir: Path | None, split: str, img_id: str | None) -> Path |
 
 
 def _thumbnail_jpeg(path: Path) -> bytes | None:
-    """A small JPEG of the image (safe opener; an unreadable image gives None)."""
-    from camim.data.images import load_image
-    from camim.errors import DataError
-
+    """A small JPEG of the image (the shared safe opener; an unreadable image gives None)."""
     try:
-        img = load_image(path)
-    except DataError:
+        img = open_image(path)
+    except CamimError:
         return None
     img.thumbnail((THUMBNAIL, THUMBNAIL))
     buf = io.BytesIO()
@@ -308,7 +304,7 @@ def write_markdown(path: Path, runs, cases, counts, header: list[str], thumbs: d
             mark = "✓" if p["correct"] else "✗"
             cells.append(f"{mark} {_md_cell(p['relation'])} ({p['probability']:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 HTML_STYLE = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}
@@ -345,7 +341,7 @@ def write_html(path: Path, runs, cases, counts, header: list[str], images: dict[
             row.append(f"<span class='{cls}'>{mark} {e(p['relation'])} ({p['probability']:.2f})</span>")
         parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
     parts.append("</table></body></html>")
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts) + "\n")
 
 
 def run_cases(
@@ -360,8 +356,6 @@ def run_cases(
 
     ``which`` is one of :data:`FILTERS`; ``limit`` caps the rows of the markdown and HTML tables (the JSONL has
     every selected row). Returns ``{"runs", "notes", "counts", "selected", "total", "files"}``."""
-    from camim.training.api import _write_atomic
-
     if split not in ("train", "val", "test"):
         raise CamimError(f"split must be train, val or test, got {split!r}")
     if which not in FILTERS:
@@ -404,9 +398,9 @@ def run_cases(
     if images:
         (out / "thumbs").mkdir(exist_ok=True)
         for i, jpeg in images.items():
-            (out / "thumbs" / f"{i}.jpg").write_bytes(jpeg)
+            atomic_write_bytes(out / "thumbs" / f"{i}.jpg", jpeg)
             thumbs[i] = f"thumbs/{i}.jpg"
-    _write_atomic(out / "cases.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in selected))
+    atomic_write_text(out / "cases.jsonl", (json.dumps(c, ensure_ascii=False) + "\n" for c in selected))
     write_markdown(out / "cases.md", runs, shown, counts, header, thumbs)
     write_html(out / "cases.html", runs, shown, counts, header, images)
     return {

@@ -15,7 +15,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.seed import seed_everything
 
-from camim.errors import CamimError
 from camim.models.batch import MREBatch
 from camim.optim import build_fast_optimizer, build_optimizer, build_scheduler, left_out, warmup_steps_for
 from camim.training.config import RunConfig
@@ -37,23 +36,9 @@ class MRELightningModule(L.LightningModule):
         self.test_records: list[dict] = []
         self.eval_result: dict[str, Any] = {}
         self._skip_val = False
-        self._fast = None  # camim.speed.FastStep (speed.fast): autocast + compiled forward
-        self.feature_store = None  # camim.speed.FeatureStore (speed.frozen_visual)
+        self.speed = None  # camim.speed.training.TrainingSpeed (speed.fast / speed.frozen_visual)
 
     # ----------------------------------------------------------------- speed
-    def fast_config(self):
-        """The :class:`camim.speed.FastStepConfig` of ``cfg.speed`` (only meaningful with ``speed.fast``)."""
-        from camim.speed.fast import FastStepConfig
-
-        sp = self.cfg.speed
-        return FastStepConfig(
-            bf16=sp.bf16,
-            fused_optimizer=sp.fused_optimizer,
-            channels_last=sp.channels_last,
-            compile=sp.compile,
-            skip_padded_crops=sp.skip_padded_crops,
-        )
-
     def setup(self, stage: str) -> None:
         if stage == "fit":
             # left out of the optimiser: they keep their values; without requires_grad no other gradient
@@ -62,34 +47,37 @@ class MRELightningModule(L.LightningModule):
             for p in self.left_out_parameters():
                 p.requires_grad_(False)
         sp = self.cfg.speed
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        if sp.frozen_visual and self.feature_store is None:
-            from camim.speed.features import feature_kind_for, use_cached_features
+        if (sp.fast or sp.frozen_visual) and self.speed is None:
+            from camim.speed.training import TrainingSpeed  # the one entry point of camim.speed
 
-            dm = self.trainer.datamodule
-            backbone = getattr(self.model, "resnet", None)
-            if backbone is None or dm is None or not hasattr(dm, "attach_feature_store"):
-                raise CamimError(
-                    "speed.frozen_visual: this model has no vision backbone (model.resnet), or the run has "
-                    "no MNREDataModule"
-                )
-            self.feature_store = dm.attach_feature_store(backbone, feature_kind_for(self.model), device)
-            use_cached_features(self.model, self.feature_store)
-        if sp.fast and self._fast is None:
-            from camim.speed.fast import FastStep, apply_fast_mode
-
-            cfg = self.fast_config()
-            # apply_fast_mode moves the model; Lightning moves it again (no-op) right after setup
-            apply_fast_mode(self.model, cfg, device)
-            fast = FastStep(self.model, None, cfg, device)
-            if fast.cfg.bf16 and self.cfg.trainer.precision not in ("32-true", "32", 32):
-                fast.cfg.bf16 = False  # the trainer's precision plugin already autocasts
-            self._fast = fast
+            trainer = self._trainer
+            dm = trainer.datamodule if trainer is not None else None
+            self.speed = TrainingSpeed(
+                sp,
+                self.model,
+                trainer.strategy.root_device if trainer is not None else torch.device("cpu"),
+                feature_store=getattr(dm, "attach_feature_store", None),
+                trainer_autocasts=self.cfg.trainer.precision not in ("32-true", "32", 32),
+                world_size=trainer.world_size if trainer is not None else 1,
+            )
 
     def forward(self, batch: MREBatch):
-        if self._fast is not None:
-            return self._fast.forward(batch)  # autocast (bf16 on CUDA) + compiled module
+        if self.speed is not None:
+            return self.speed.forward(self.model, batch)
         return self.model(batch)
+
+    def _owns_backward(self) -> bool:
+        return self.speed is not None and self.speed.owns_backward
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._owns_backward():
+            return  # the speed step already ran backward (replayed from its CUDA graph)
+        super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        if self._owns_backward():
+            return  # each replay writes fresh gradients into the graph's buffers (never accumulates)
+        super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, MREBatch):
@@ -102,7 +90,7 @@ class MRELightningModule(L.LightningModule):
             seed_everything(self.cfg.optim.seed * 1000 + self.current_epoch, workers=True, verbose=False)
 
     def training_step(self, batch: MREBatch, batch_idx: int) -> torch.Tensor:
-        out = self(batch)
+        out = self.speed.forward_backward(batch) if self._owns_backward() else self(batch)
         bs = len(batch)
         self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train/ce_loss", out.ce_loss, on_step=True, on_epoch=True, batch_size=bs)
@@ -161,12 +149,6 @@ class MRELightningModule(L.LightningModule):
         scores = self.test_metrics.compute()
         for k, v in scores.items():
             self.log(f"test/{k}", v)
-        records = self.test_records
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        self.test_records = records
         self.eval_result = {
             **scores,
             "per_relation": self.test_metrics.per_relation(),
@@ -191,8 +173,8 @@ class MRELightningModule(L.LightningModule):
             "no_decay_split": o.no_decay_split,
             "exclude": self.left_out_parameters(),
         }
-        if self._fast is not None:
-            return build_fast_optimizer(self.model, fused=self._fast.cfg.fused_optimizer, **common)
+        if self.speed is not None and self.speed.step is not None:
+            return build_fast_optimizer(self.model, fused=self.speed.fused_optimizer, **common)
         return build_optimizer(self.model, **common)
 
     def configure_optimizers(self):
