@@ -9,6 +9,10 @@
   ``True`` is the clean reading and uses ``torch.optim.AdamW``.
 - Linear warmup then linear decay to 0 (``transformers.get_linear_schedule_with_warmup``); warmup is either a
   ratio of the total steps (paper: 10%) or a fixed number of steps (released: 300).
+- The released HVPNeT trainer (reference §5.1) is reproduced by three group options: ``no_decay_split=False``
+  (weight decay on every parameter, biases and LayerNorm included: its two groups ``bert`` and
+  ``encoder_conv``/``gates`` share one lr and one weight decay, so they act as one group) and ``exclude``
+  (parameters left out of the optimiser: its classifier Linear and its ResNet, see :func:`left_out`).
 """
 
 from __future__ import annotations
@@ -22,19 +26,37 @@ from torch import nn
 NO_DECAY_NAMES = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def left_out(model: nn.Module, train_classifier: bool = True, train_vision_backbone: bool = True) -> list:
+    """The parameters a run keeps out of its optimiser (released HVPNeT: the classifier Linear and the ResNet).
+
+    The classifier Linear is ``model.output_layer()`` (the layer giving the logits); the vision backbone is
+    ``model.resnet``. Both stay at their initial values; BatchNorm statistics still update in train mode."""
+    out = []
+    if not train_classifier:
+        out += list(model.output_layer().parameters())
+    backbone = getattr(model, "resnet", None)
+    if not train_vision_backbone and backbone is not None:
+        out += list(backbone.parameters())
+    return out
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, no_decay_split: bool = True, exclude: Iterable = ()
+) -> list[dict]:
     """Two AdamW groups: decayed parameters and (biases, LayerNorm) with weight decay 0.
 
-    Only parameters with ``requires_grad`` are included.
+    Only parameters with ``requires_grad`` and not in ``exclude`` are included. ``no_decay_split=False``
+    (released HVPNeT) puts every parameter in one group with ``weight_decay``.
     """
     layer_norm_params = {
         id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)
     }
+    skip = {id(p) for p in exclude}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in skip:
             continue
-        if any(nd in name for nd in NO_DECAY_NAMES) or id(p) in layer_norm_params:
+        if no_decay_split and (any(nd in name for nd in NO_DECAY_NAMES) or id(p) in layer_norm_params):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -116,26 +138,31 @@ def build_optimizer(
     adam_eps: float = 1e-6,
     betas: tuple[float, float] = (0.9, 0.999),
     adam_bias_correction: bool = False,
+    no_decay_split: bool = True,
+    exclude: Iterable = (),
 ) -> torch.optim.Optimizer:
     """AdamW over :func:`parameter_groups`; ``adam_bias_correction=False`` is the released quirk."""
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, weight_decay, no_decay_split, exclude)
     if adam_bias_correction:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=adam_eps)
     return ReleasedAdamW(groups, lr=lr, betas=betas, eps=adam_eps, correct_bias=False)
 
 
-def warmup_steps_for(total_steps: int, warmup_steps: int | None, warmup_ratio: float | None) -> int:
-    """Number of warmup steps: a fixed count (released: 300) or ``ratio * total`` (paper: 10%)."""
+def warmup_steps_for(
+    total_steps: int, warmup_steps: int | None, warmup_ratio: float | None, unrounded: bool = False
+) -> float:
+    """Number of warmup steps: a fixed count (released: 300) or ``ratio * total`` (paper: 10%), rounded down;
+    ``unrounded=True`` keeps ``ratio * total`` as a float, as the released HVPNeT trainer passes it."""
     if warmup_steps is not None and warmup_ratio is not None:
         raise ValueError("set either warmup_steps or warmup_ratio, not both")
     if warmup_steps is not None:
         return int(warmup_steps)
     if warmup_ratio is not None:
-        return int(warmup_ratio * total_steps)
+        return warmup_ratio * total_steps if unrounded else int(warmup_ratio * total_steps)
     return 0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: float):
     """Linear warmup from 0 to the peak LR over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -189,12 +216,14 @@ def build_fast_optimizer(
     adam_bias_correction: bool = False,
     fused: bool = True,
     betas: tuple[float, float] = (0.9, 0.999),
+    no_decay_split: bool = True,
+    exclude: Iterable = (),
 ) -> torch.optim.Optimizer:
     """AdamW over :func:`parameter_groups` (same groups as the trainer), for the fast step.
 
     Released quirk (no bias correction): :class:`ForeachReleasedAdamW` when ``fused`` else
     :class:`ReleasedAdamW`; with bias correction: ``torch.optim.AdamW`` (``fused=True`` on CUDA)."""
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, weight_decay, no_decay_split, exclude)
     if not adam_bias_correction:
         cls = ForeachReleasedAdamW if fused else ReleasedAdamW
         return cls(groups, lr=lr, betas=betas, eps=adam_eps, weight_decay=weight_decay, correct_bias=False)

@@ -52,6 +52,27 @@ def vision_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def base_dirs(tmp_path_factory) -> dict:
+    """Model-config keys for bert-base-uncased / ResNet-50 shapes (``BertConfig()``, ``ResNetConfig()``, a
+    30,522-entry vocabulary with bert-base's special rows), random weights: build on ``torch.device("meta")``
+    unless the test needs values."""
+    from transformers import BertConfig, BertTokenizerFast, ResNetConfig
+
+    text, vision = tmp_path_factory.mktemp("bert_base"), tmp_path_factory.mktemp("resnet50")
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += [f"w{i}" for i in range(30522 - len(vocab))]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(text)
+    BertConfig().save_pretrained(text)
+    ResNetConfig().save_pretrained(vision)
+    return {
+        "text_encoder": str(text),
+        "vision_encoder": str(vision),
+        "text_encoder_pretrained": False,
+        "vision_encoder_pretrained": False,
+    }
+
+
 def draw(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
     img = Image.new("RGB", size, (seed * 37 % 255, seed * 91 % 255, seed * 53 % 255))
     d = ImageDraw.Draw(img)

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.models.conftest import text_dir, vision_dir  # noqa: F401 - fixtures re-exported
 
 RELATIONS = ["None", "/per/per/couple", "/per/org/member_of", "/per/loc/place_of_residence"]
 CUES = {

@@ -61,8 +61,11 @@ class MREModel(nn.Module):
         if key in self._encoder_configs:
             return load_text_encoder(self._encoder_configs[key])
         enc = load_text_encoder(source or self.config.text_encoder, self.config.text_encoder_pretrained)
-        if enc.get_input_embeddings().num_embeddings < len(self.tokenizer):
-            enc.resize_token_embeddings(len(self.tokenizer))  # new marker rows (e.g. HVPNeT's <s>) are random
+        embeddings = enc.get_input_embeddings()
+        if embeddings.num_embeddings < len(self.tokenizer):
+            # new marker rows (e.g. HVPNeT's <s>) are random; a meta-device build (a shape skeleton, as
+            # load_reference_checkpoint makes) has no values to take their mean from
+            enc.resize_token_embeddings(len(self.tokenizer), mean_resizing=not embeddings.weight.is_meta)
         return enc
 
     def _vision_encoder(self, key: str = "vision") -> VisionBackbone:
@@ -90,6 +93,10 @@ class MREModel(nn.Module):
     def processor_needs(self) -> set[str]:
         """What the processor encodes: the required modalities plus those with a counted fallback."""
         return set(self.required_modalities)
+
+    def output_layer(self) -> nn.Linear:
+        """The classifier Linear that gives the logits (``classifier.fc``; HVPNeT: ``classifier``)."""
+        return self.classifier.fc
 
     @property
     def device(self) -> torch.device:

@@ -1,12 +1,20 @@
-"""Loading the released CAMIM / TMR checkpoints (reference §9) into our modules, and the inverse mapping.
+"""Loading the released CAMIM / TMR / HVPNeT checkpoints into our modules, and the CAMIM/TMR inverse mapping.
 
-The released file is ``torch.save({'state_dict': SoftmaxNN.state_dict()})``: ``sentence_encoder.bert.*``,
-``sentence_encoder.bert2.*``, ``sentence_encoder.model_resnet50.*`` (timm naming), ``sentence_encoder.
-linear_pic`` ... ``fc``. We open it with ``torch.load(weights_only=True)`` (no unpickling of code), map every
-key, and refuse a partial load: any checkpoint key we cannot place, or any model key the checkpoint lacks,
-is an error. Keys of layers the released forward never uses (``linear``, ``linear_weights``, ``linear_x``,
-both BERT poolers, the ResNet ``fc``) and the BERT ``position_ids`` buffer are ignored *by name* and listed in
-the report.
+Released layouts (tests/models/fixtures/released_*.tsv list them tensor by tensor):
+
+- CAMIM / TMR (reference §9): ``torch.save({'state_dict': SoftmaxNN.state_dict()})``: ``sentence_encoder.
+  bert.*``, ``sentence_encoder.bert2.*`` (CAMIM only), ``sentence_encoder.model_resnet50.*`` (timm naming),
+  ``sentence_encoder.linear_pic`` ... ``fc``.
+- HVPNeT (``HMNeTREModel``, reference §5.1): ``torch.save(model.state_dict())``: ``bert.*``,
+  ``image_model.resnet.*`` (torchvision naming, the same as timm's for ResNet-50), ``encoder_conv.*``,
+  ``gates.*``, ``classifier.*``.
+
+We open the file with ``torch.load(weights_only=True)`` (no unpickling of code), map every key, and refuse a
+partial load: any checkpoint key we cannot place, any model key the checkpoint lacks, or a shape mismatch is
+an error naming the keys, raised before the model's weights are even allocated (the check runs against a
+meta-device skeleton). Keys of layers the released forward never uses (``linear``, ``linear_weights``,
+``linear_x``, the BERT poolers, the ResNet ``fc``) and the BERT ``position_ids`` buffers are ignored *by
+name* and listed in the report.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ _UNUSED = re.compile(
     r"|sentence_encoder\.model_resnet50\.fc\.)"
 )
 _POSITION_IDS = re.compile(r"^sentence_encoder\.bert2?\.embeddings\.position_ids$")
+HVPNET_RESNET = "image_model.resnet."
+_HVPNET_UNUSED = re.compile(r"^(bert\.pooler\.|image_model\.resnet\.fc\.)")
+_HVPNET_POSITION_IDS = re.compile(r"^bert\.embeddings\.position_ids$")
 
 
 def timm_to_hf_resnet(key: str) -> str | None:
@@ -86,6 +97,17 @@ def hf_to_timm_resnet(key: str) -> str:
     raise CamimError(f"no timm name for ResNet key {key!r}")
 
 
+def _hvpnet_to_ours(key: str, timm_backbone: bool) -> str | None:
+    """HMNeTREModel key -> our HVPNeT key (None if it has no place)."""
+    if key.startswith(HVPNET_RESNET):
+        sub = key[len(HVPNET_RESNET) :]
+        mapped = sub if timm_backbone else timm_to_hf_resnet(sub)
+        return None if mapped is None else "resnet.model." + mapped
+    if key.split(".", 1)[0] in ("bert", "encoder_conv", "gates", "classifier"):
+        return key
+    return None
+
+
 def _released_to_ours(key: str, timm_backbone: bool) -> str | None:
     if key.startswith("fc."):
         return "classifier." + key
@@ -102,27 +124,39 @@ def _released_to_ours(key: str, timm_backbone: bool) -> str | None:
     return None
 
 
+def released_name(key: str, layout: str, timm_backbone: bool) -> str | None:
+    """Our state-dict key -> its name in the released ``layout`` ("camim"/"tmr" or "hvpnet"); None if none."""
+    if key.startswith("resnet.model."):
+        sub = key[len("resnet.model.") :]
+        timm_key = sub if timm_backbone else hf_to_timm_resnet(sub)
+        return (HVPNET_RESNET if layout == "hvpnet" else SE + "model_resnet50.") + timm_key
+    if layout == "hvpnet":
+        return key if key.split(".", 1)[0] in ("bert", "encoder_conv", "gates", "classifier") else None
+    if key.startswith("classifier.fc."):
+        return key[len("classifier.") :]
+    for ours, released in sorted(((v, k) for k, v in _DIRECT.items()), key=lambda kv: -len(kv[0])):
+        if key.startswith(ours + "."):
+            return SE + released + key[len(ours) :]
+    return None
+
+
 def to_reference_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our TMR / CAMIM state dict in the released layout (for export and the round-trip test)."""
-    if getattr(model, "model_name", "") != "tmr" or model.config.visual_mode != "images":
-        raise CamimError("only TMR-based models in visual_mode='images' have a released checkpoint layout")
-    inverse = {v: k for k, v in _DIRECT.items()}
+    """Our TMR / CAMIM / HVPNeT (no CAM, no MI) state dict in the released layout (export, round-trip tests)."""
+    name = getattr(model, "model_name", "")
+    if name == "hvpnet" and not (model.config.uses_cam or model.config.uses_mi):
+        layout = "hvpnet"
+    elif name == "tmr" and model.config.visual_mode == "images":
+        layout = "camim"
+    else:
+        raise CamimError(
+            "only TMR-based models in visual_mode='images' and plain HVPNeT have a released checkpoint layout"
+        )
     out = {}
-    timm_backbone = model.resnet.is_timm
     for key, tensor in model.state_dict().items():
-        if key.startswith("classifier.fc."):
-            out[key[len("classifier.") :]] = tensor
-            continue
-        if key.startswith("resnet.model."):
-            sub = key[len("resnet.model.") :]
-            out[SE + "model_resnet50." + (sub if timm_backbone else hf_to_timm_resnet(sub))] = tensor
-            continue
-        for ours, released in sorted(inverse.items(), key=lambda kv: -len(kv[0])):
-            if key.startswith(ours + "."):
-                out[SE + released + key[len(ours) :]] = tensor
-                break
-        else:
+        released = released_name(key, layout, model.resnet.is_timm)
+        if released is None:
             raise CamimError(f"no released name for parameter {key!r}")
+        out[released] = tensor
     return out
 
 
@@ -154,58 +188,97 @@ def read_reference_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def released_layout(state: dict[str, torch.Tensor]) -> str:
+    """Which released model saved ``state``: "camim" (TMR + CAM), "tmr" or "hvpnet"."""
+    if any(k.startswith(SE + "model_resnet50.") for k in state):
+        return "camim" if any(k.startswith(SE + "bert2.") for k in state) else "tmr"
+    if any(k.startswith(HVPNET_RESNET) for k in state) and any(k.startswith("gates.") for k in state):
+        return "hvpnet"
+    raise CamimError(
+        "not a released CAMIM/TMR or HVPNeT checkpoint: no sentence_encoder.model_resnet50.* keys "
+        "(CAMIM/TMR) and no image_model.resnet.* + gates.* keys (HVPNeT's HMNeTREModel)"
+    )
+
+
 def infer_config(state: dict[str, torch.Tensor], base: ModelConfig | dict | None = None) -> ModelConfig:
-    """CAMIM (bert2 + CAM present) or TMR (no bert2) from the keys; MI has no weights, so CAMIM implies mi."""
+    """The model config of a released state dict: CAMIM (bert2 + CAM present), TMR (no bert2) or HVPNeT.
+
+    MI has no weights in CAMIM/TMR, so CAMIM implies mi unless ``base`` says otherwise; the released HVPNeT
+    has no MI layers (ours add some), so it is always mi=False. ``base`` supplies the encoder sources."""
     cfg = ModelConfig.from_dict(base or {})
-    camim = any(k.startswith(SE + "bert2.") for k in state)
-    if not any(k.startswith(SE + "model_resnet50.") for k in state):
-        raise CamimError("not a released CAMIM/TMR checkpoint: no sentence_encoder.model_resnet50.* keys")
+    layout = released_layout(state)
+    common = {"visual_mode": "images", "text_encoder_pretrained": False, "vision_encoder_pretrained": False}
+    if layout == "hvpnet":
+        hidden = state["bert.embeddings.word_embeddings.weight"].shape[1]
+        return replace(
+            cfg,
+            name="hvpnet",
+            cam="none",
+            mi=False,
+            hvpnet_prefix_hidden=state["encoder_conv.0.weight"].shape[0],
+            hvpnet_prompt_len=state["gates.0.weight"].shape[1] // (2 * hidden),
+            **common,
+        )
+    camim = layout == "camim"
     return replace(
-        cfg,
-        name="tmr",
-        visual_mode="images",
-        cam="both" if camim else "none",
-        mi=camim if base is None else cfg.mi,
-        text_encoder_pretrained=False,
-        vision_encoder_pretrained=False,
+        cfg, name="tmr", cam="both" if camim else "none", mi=camim if base is None else cfg.mi, **common
     )
 
 
 def load_reference_checkpoint(
     path: str | Path, config: ModelConfig | dict | None = None, labels: list[str] | None = None
 ):
-    """Build the matching TMR/CAMIM model and load a released checkpoint into it -> (model, report).
+    """Build the matching TMR / CAMIM / HVPNeT model and load a released checkpoint into it -> (model, report).
 
     ``config`` supplies the encoder sources (their configs; weights come from the checkpoint) and any
     switches; ``labels`` default to MNRE's 23 when the classifier has 23 rows. Refuses partial loads.
     """
+    return load_reference_state_dict(read_reference_state_dict(path), config, labels, source=str(path))
+
+
+def load_reference_state_dict(
+    state: dict[str, torch.Tensor],
+    config: ModelConfig | dict | None = None,
+    labels: list[str] | None = None,
+    source: str = "state dict",
+):
+    """:func:`load_reference_checkpoint` for a state dict already in memory (``source`` names it in errors)."""
     from camim.models import build_model
 
-    state = read_reference_state_dict(path)
     cfg = infer_config(state, config)
+    hvpnet = cfg.name == "hvpnet"
     if labels is None:
-        n = state["fc.weight"].shape[0] if "fc.weight" in state else None
+        fc = "classifier.weight" if hvpnet else "fc.weight"
+        n = state[fc].shape[0] if fc in state else None
         if n != len(MNRE_LABELS):
-            raise CamimError(f"{path}: classifier has {n} rows; pass the label names explicitly")
+            raise CamimError(f"{source}: classifier has {n} rows; pass the label names explicitly")
         labels = MNRE_LABELS
-    model = build_model(cfg, labels)
+    with torch.device("meta"):  # the expected names and shapes, without allocating or initialising weights
+        skeleton = build_model(cfg, labels)
+    unused, position_ids = (_HVPNET_UNUSED, _HVPNET_POSITION_IDS) if hvpnet else (_UNUSED, _POSITION_IDS)
+    to_ours = _hvpnet_to_ours if hvpnet else _released_to_ours
     report = ConversionReport()
     ours: dict[str, torch.Tensor] = {}
+    source_key: dict[str, str] = {}  # our key -> the checkpoint's
     unplaced = []
     for key, tensor in state.items():
-        if _UNUSED.match(key):
+        if unused.match(key):
             report.ignored[key] = "layer unused by the released forward"
             continue
-        if _POSITION_IDS.match(key):
+        if position_ids.match(key):
             report.ignored[key] = "constant position-ids buffer (non-persistent in transformers 5)"
             continue
-        mapped = _released_to_ours(key, model.resnet.is_timm)
+        mapped = to_ours(key, skeleton.resnet.is_timm)
         if mapped is None:
             unplaced.append(key)
         else:
-            ours[mapped] = tensor
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(ours))
+            ours[mapped], source_key[mapped] = tensor, key
+    expected = skeleton.state_dict()
+    layout = "hvpnet" if hvpnet else "camim"
+    missing = [
+        f"{released_name(k, layout, skeleton.resnet.is_timm)} (model tensor {k})"
+        for k in sorted(set(expected) - set(ours))
+    ]
     unplaced += sorted(set(ours) - set(expected))
     bad_shape = [k for k in ours if k in expected and ours[k].shape != expected[k].shape]
     problems = []
@@ -214,10 +287,13 @@ def load_reference_checkpoint(
     if missing:
         problems.append(f"{len(missing)} model tensors are absent from the checkpoint: {missing[:8]}")
     if bad_shape:
-        shapes = [f"{k} {tuple(ours[k].shape)} vs {tuple(expected[k].shape)}" for k in bad_shape[:5]]
+        shapes = [
+            f"{source_key[k]} {tuple(ours[k].shape)} vs {tuple(expected[k].shape)}" for k in bad_shape[:5]
+        ]
         problems.append(f"{len(bad_shape)} shape mismatches (check the encoder configs): {shapes}")
     if problems:
-        raise CamimError(f"{path}: refusing a partial load: " + "; ".join(problems))
+        raise CamimError(f"{source}: refusing a partial load: " + "; ".join(problems))
+    model = build_model(cfg, labels)
     model.load_state_dict(ours, strict=True)
     report.matched = len(ours)
     model.eval()

@@ -1,4 +1,4 @@
-"""``camim convert``: a released CAMIM/TMR checkpoint -> a camim model folder (safetensors)."""
+"""``camim convert``: a released CAMIM / TMR / HVPNeT checkpoint -> a camim model folder (safetensors)."""
 
 from __future__ import annotations
 
@@ -36,11 +36,12 @@ def convert(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a released CAMIM/TMR checkpoint into a camim model folder",
-        description="Map the released checkpoint layout (sentence_encoder.bert.*, ..., fc) onto camim's "
-        "modules, opened with torch.load(weights_only=True); unmatched keys are an error.",
+        help="convert a released CAMIM/TMR or HVPNeT checkpoint into a camim model folder",
+        description="Map the released checkpoint layout (CAMIM/TMR: sentence_encoder.bert.*, ..., fc; HVPNeT's "
+        "HMNeTREModel: bert.*, image_model.resnet.*, encoder_conv.*, gates.*, classifier.*) onto camim's "
+        "modules, opened with torch.load(weights_only=True); unmatched, missing or mis-shaped keys are an error.",
     )
-    p.add_argument("checkpoint", help="released .pth/.pt file ({'state_dict': ...})")
+    p.add_argument("checkpoint", help="released .pth/.pt file ({'state_dict': ...} or a flat state dict)")
     p.add_argument(
         "--output", required=True, help="folder to write (config.json, model.safetensors, tokenizer)"
     )
@@ -52,6 +53,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--labels", help="rel2id JSON (default: MNRE's 23 labels)")
     p.add_argument(
-        "--no-mi", action="store_true", help="do not add the InfoNCE loss when fine-tuning further"
+        "--no-mi",
+        action="store_true",
+        help="do not add the InfoNCE loss when fine-tuning a CAMIM/TMR model further (HVPNeT: always off)",
     )
     p.set_defaults(func=convert)

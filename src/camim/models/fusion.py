@@ -1,14 +1,17 @@
-"""The fusion module (§3.3, Eq. 15-17) as released: TMR's fusion attentions, correlation gating and the
-shared final projection (reference §1.5).
+"""The fusion module (§3.3, Eq. 15-17) as released: TMR's fusion attentions, the pooled residual terms,
+correlation gating and the shared final projection (reference §1.5).
 
-    O_final-part  = Σ_q tanh(att(linear_q_fine(O_F), linear_k_fine(H_text), linear_v_fine(H_text)))  # Eq. (15)
-    G_final-part  = the same with G_F                                                              # Eq. (16)
-    objects       = Σ_m tanh(att(linear_q_coarse(o_m), linear_k_coarse(H_phr), linear_v_coarse(H_phr)))
-    ori_final     = strong_ori (fine + pooled) + weak_ori (objects + pooled objects)
+    fine          = Σ_q tanh(att(linear_q_fine(O_F), linear_k_fine(H_text), linear_v_fine(H_text)))  # Eq. (15)
+                    (G_F likewise, Eq. 16)
+    full path     = fine + P(Σ_q O_F),  P = tanh with CAM, identity for TMR        (full_image_path)
+    coarse        = Σ_m tanh(att(linear_q_coarse(o_m), linear_k_coarse(H_phr), linear_v_coarse(H_phr)))
+    object path   = coarse + tanh(mean_m o_m) with CAM, + Σ_m o_m for TMR          (object_path)
+    ori_final     = strong_ori · full path + weak_ori · object path                (gate)
     O_final       = tanh(linear_extend_pic(ori_final)), G_final likewise (shared layer)
 
 The attention keys are the main text encoder's states H_text (the paper's T_W), unmasked as released;
-``masked=True`` masks padded keys and drops padded query rows from the sums.
+given masks, padded keys are masked and padded query rows dropped from the sums. With ``sum_pooling=False``
+(the clean reading) the full-path sums are divided by the number of real positions.
 """
 
 from __future__ import annotations
@@ -65,6 +68,44 @@ class FusionModule(nn.Module):
         )
         return torch.tanh(att).sum(dim=1)
 
+    def full_image_path(
+        self,
+        X_F: torch.Tensor,
+        mask: torch.Tensor | None,
+        H_text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        sum_pooling: bool = True,
+        tanh_pooled: bool = True,
+    ) -> torch.Tensor:
+        """fine + pooled for one full-image (or text-caption) stream X_F = O_F / G_F (B, L, d) -> (B, d).
+
+        Released: Σ_q tanh(CrossAtt(X_F, H_text)) + tanh(Σ_q X_F) (CAMIM; ``tanh_pooled=False``: plain Σ_q X_F,
+        TMR); ``sum_pooling=False`` divides both sums by the number of real query positions."""
+        fine = self.fine(X_F, mask, H_text, text_mask)  # Eq. (15)/(16)
+        pooled = masked_sum(X_F, mask)
+        if not sum_pooling:  # clean reading: means over real positions, no saturation
+            n = mask.sum(1, keepdim=True).clamp(min=1).to(X_F.dtype) if mask is not None else X_F.shape[1]
+            fine, pooled = fine / n, pooled / n
+        return fine + (torch.tanh(pooled) if tanh_pooled else pooled)
+
+    def object_path(
+        self, o: torch.Tensor, H_phr: torch.Tensor, phr_mask: torch.Tensor | None, cam: bool = True
+    ) -> torch.Tensor:
+        """coarse + pooled for the m object vectors o (B, m, d) -> (B, d).
+
+        Pooled term: tanh(mean_m o_m) with CAM (CAMIM), Σ_m o_m without (TMR)."""
+        pooled = torch.tanh(o.mean(dim=1)) if cam else o.sum(dim=1)
+        return self.coarse(o, H_phr, phr_mask) + pooled
+
     def final(self, x: torch.Tensor) -> torch.Tensor:
         """O_final / G_final = tanh(linear_extend_pic(x)), one layer shared by both sides."""
         return torch.tanh(self.linear_extend_pic(x))
+
+
+def gate(
+    strong: torch.Tensor, full_path: torch.Tensor, weak: torch.Tensor, object_path: torch.Tensor
+) -> torch.Tensor:
+    """The released correlation gating: strong · (full-image path) + weak · (object path) -> (B, d).
+
+    ``strong`` / ``weak`` (B,) are one side's columns of the scores [weak_ori, strong_ori, weak_dif, strong_dif]."""
+    return strong[:, None] * full_path + weak[:, None] * object_path

@@ -19,7 +19,7 @@ and the 4 visual-query positions of its (B, 4+Lc, d) output feed ``encoder_conv`
 prefix tokens), f = tanh(mi_final([h<s> ; h<o>])); InfoNCE(v, f) with f as the anchor ("O&G": O = v, G = f).
 
 Classifier: Linear(2d→C) over [h<s> ; h<o>] (HVPNeT's dropout is defined but not applied; its optimizer
-never updates this layer -- a training-side quirk documented in docs/models.md).
+never updates this layer -- the training option ``optim.train_classifier``, docs/training.md).
 Missing modalities: the main image is required (CamimError); absent object crops are zero images
 (released zero-padding, ``objects_mask`` 0); captions are required only with CAM.
 """
@@ -74,6 +74,9 @@ class HVPNeT(MREModel):
             self.mi_visual = nn.Linear(hidden, hidden)
             self.mi_final = nn.Linear(2 * hidden, hidden)
         self.classifier = nn.Linear(2 * hidden, self.num_labels)
+
+    def output_layer(self) -> nn.Linear:
+        return self.classifier
 
     @property
     def required_modalities(self) -> set[str]:

@@ -1,8 +1,9 @@
 """TMR and TMR + CAM / + MI / + CAM + MI (CAMIM) exactly as released (reference §1, §6).
 
-Images mode (``visual_mode="images"``, the paper's setting). Per step the vision backbone runs on the original
-image, the generated image and their object crops (four calls, as released, so BatchNorm sees the same
-batches). Each stream's 7x7 map gives 49 patch tokens P, projected by ``linear_pic``:
+Images mode (``visual_mode="images"``, the paper's setting; ``_images_forward``). Per step the vision backbone
+runs four times, in the released order: generated image, original image, generated crops, original crops
+(so BatchNorm's running statistics follow the released run). Each stream's 7x7 map gives 49 patch tokens P,
+projected by ``linear_pic``:
 
 - TMR: the full-image stream goes straight to the fusion attention, pooled term Σ_patches; each object is
   summed over its patches first, pooled term Σ_objects.
@@ -12,7 +13,7 @@ batches). Each stream's 7x7 map gives 49 patch tokens P, projected by ``linear_p
 - Fusion (Eq. 15-16), strong/weak gating by the correlation scores, O_final / G_final, classifier over
   [h_head ; h_tail ; phrase ; O_final ; G_final] (Eq. 17-18), InfoNCE (Eq. 20-22), loss (Eq. 23).
 
-Text-caption mode (``visual_mode="text-caption"``; the offline regime: text + captions, no images, objects
+Text-caption mode (``visual_mode="text-caption"``, ``_text_caption_forward``; the offline regime: text + captions, no images, objects
 or scores). The two branches keep their roles with the caption standing in for the image:
 
 - original branch = caption-guided attention over the text: P_O = linear_pic(T_W), guided by (C_S, C_W);
@@ -34,7 +35,7 @@ from camim.models.batch import MREBatch
 from camim.models.caption_aware import CaptionAwareModule
 from camim.models.classifier import RelationClassifier, entity_states
 from camim.models.encoders import mean_pool
-from camim.models.fusion import FusionModule, masked_sum
+from camim.models.fusion import FusionModule, gate, masked_sum
 
 
 class TMR(MREModel):
@@ -114,75 +115,100 @@ class TMR(MREModel):
         s, w, w_mask = guide
         return self.cam(p1, s, w, w_mask, p_mask)  # Eq. (5)-(14)
 
-    def _full_path(self, feats, mask, h_text, text_mask) -> torch.Tensor:
-        """fine + pooled for a full-image (or text-caption) stream -> (B, d)."""
-        fine = self.fusion.fine(feats, mask, h_text, text_mask)  # Eq. (15)/(16)
-        pooled = masked_sum(feats, mask)
-        if not self.config.fidelity.sum_pooling:  # clean reading: means over real positions, no saturation
-            n = mask.sum(1, keepdim=True).clamp(min=1).to(feats.dtype) if mask is not None else feats.shape[1]
-            fine, pooled = fine / n, pooled / n
-        return fine + (torch.tanh(pooled) if self.config.uses_cam else pooled)
+    def _full_path(self, X_F, mask, H_text, text_mask) -> torch.Tensor:
+        """fine + pooled for a full-image (or text-caption) stream -> (B, d) (``FusionModule.full_image_path``)."""
+        return self.fusion.full_image_path(
+            X_F, mask, H_text, text_mask, self.config.fidelity.sum_pooling, tanh_pooled=self.config.uses_cam
+        )
 
-    def _object_path(self, pixels, guide, h_phr, phr_mask) -> torch.Tensor:
-        """coarse + pooled for one side's m object crops (B, m, 3, H, W) -> (B, d)."""
+    def _crop_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """One backbone call on one side's m object crops (B, m, 3, H, W) -> patch tokens (B, m, 49, C)."""
         b, m = pixels.shape[:2]
-        patches = self.resnet.patch_tokens(pixels.flatten(0, 1))  # (B*m, 49, C)
+        return self.resnet.patch_tokens(pixels.flatten(0, 1)).unflatten(0, (b, m))
+
+    def _object_path(self, F_obj, guide, H_phr, phr_mask) -> torch.Tensor:
+        """coarse + pooled for one side's object patch tokens F_obj (B, m, 49, C) -> (B, d)."""
+        b, m = F_obj.shape[:2]
         if self.config.uses_cam:
             s, w, w_mask = guide
             rep = lambda t: None if t is None else t.repeat_interleave(m, dim=0)  # noqa: E731
-            feats, mask = self.cam(self.linear_pic(patches), rep(s), rep(w), rep(w_mask))  # per object
-            o = masked_sum(feats, self._mask(mask)).view(b, m, -1)  # Σ over the 89 tokens of each object
-            pooled = torch.tanh(o.mean(dim=1))
+            feats, mask = self.cam(
+                self.linear_pic(F_obj.flatten(0, 1)), rep(s), rep(w), rep(w_mask)
+            )  # per object
+            o = masked_sum(feats, self._mask(mask)).view(b, m, -1)  # o_m: Σ over the 89 tokens of each object
         else:
-            o = self.linear_pic(patches.sum(dim=1)).view(b, m, -1)  # TMR: Σ patches, then linear_pic
-            pooled = o.sum(dim=1)
-        return self.fusion.coarse(o, h_phr, phr_mask) + pooled
+            o = self.linear_pic(
+                F_obj.sum(dim=2)
+            )  # TMR: Σ over the 49 patches of each object, then linear_pic
+        return self.fusion.object_path(o, H_phr, phr_mask, cam=self.config.uses_cam)
 
     # -------------------------------------------------------------- forward
+    def _images_forward(
+        self, batch: MREBatch, guides: dict | None, H_text, text_mask, H_phr, phr_mask
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's setting (images mode) -> (ori_final, dif_final), the gated inputs of Eq. (15)/(16)'s
+        final projection."""
+        for name in ("image", "generated_image", "objects", "generated_objects", "scores"):
+            if getattr(batch, name) is None:
+                raise CamimError(f"visual_mode='images' needs batch.{name}; it is None")
+        # The four backbone calls in the released order (CAMIM.forward: generated image, original image,
+        # generated crops, original crops). In train mode BatchNorm's running statistics depend on it.
+        F_VT = self.resnet.patch_tokens(batch.generated_image)  # Eq. (2): F_{V_T}, (B, 49, C)
+        F_V = self.resnet.patch_tokens(batch.image)  # Eq. (1): F_V
+        F_OT = self._crop_tokens(batch.generated_objects)  # Eq. (2): F_{O_T}, (B, m, 49, C)
+        F_O = self._crop_tokens(batch.objects)  # Eq. (1): F_O
+        guide_O = (guides["C_S"], guides["C_W"], guides["C_mask"]) if self.config.uses_cam else None
+        guide_G = (guides["T_S"], guides["T_W"], guides["T_mask"]) if self.config.uses_cam else None
+        O_F, O_mask = self._stream(self.linear_pic(F_V), None, guide_O)  # Eq. (5), (7)-(11): O_F
+        G_F, G_mask = self._stream(self.linear_pic(F_VT), None, guide_G)  # Eq. (6), (12)-(14): G_F
+        weak_ori, strong_ori, weak_dif, strong_dif = batch.scores.unbind(dim=1)
+        ori_final = gate(
+            strong_ori,
+            self._full_path(O_F, self._mask(O_mask), H_text, text_mask),
+            weak_ori,
+            self._object_path(F_O, guide_O, H_phr, phr_mask),
+        )
+        dif_final = gate(
+            strong_dif,
+            self._full_path(G_F, self._mask(G_mask), H_text, text_mask),
+            weak_dif,
+            self._object_path(F_OT, guide_G, H_phr, phr_mask),
+        )
+        return ori_final, dif_final
+
+    def _text_caption_forward(self, guides: dict, H_text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The offline regime (module docstring): the text stands in for the original image's tokens and the
+        caption for the generated image's; no objects, no scores (strong = 1) -> (ori_final, dif_final)."""
+        T_W, C_W, T_mask, C_mask = guides["T_W"], guides["C_W"], guides["T_mask"], guides["C_mask"]
+        guide_O = (guides["C_S"], C_W, C_mask) if self.config.uses_cam else None  # caption-guided
+        guide_G = (guides["T_S"], T_W, T_mask) if self.config.uses_cam else None  # text-guided
+        O_F, O_mask = self._stream(self.linear_pic(T_W), T_mask, guide_O)  # O_F (Eq. 11), over the text
+        G_F, G_mask = self._stream(self.linear_pic(C_W), C_mask, guide_G)  # G_F (Eq. 14), over the caption
+        ori_final = self._full_path(O_F, self._mask(O_mask), H_text, text_mask)
+        dif_final = self._full_path(G_F, self._mask(G_mask), H_text, text_mask)
+        return ori_final, dif_final
+
     def encode(self, batch: MREBatch):
         cfg = self.config
-        h_text = self.bert(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        H_text = self.bert(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         text_mask = self._mask(batch.attention_mask)
         if batch.phrase_input_ids is None:
             raise CamimError("this model needs phrase ids (batch.phrase_input_ids is None)")
         phr_mask = batch.phrase_attention_mask
-        h_phr = self.bert(input_ids=batch.phrase_input_ids, attention_mask=phr_mask).last_hidden_state
+        H_phr = self.bert(input_ids=batch.phrase_input_ids, attention_mask=phr_mask).last_hidden_state
         phr_mask = None if cfg.fidelity.phrase_unmasked else phr_mask
-        g = self._guides(batch) if self.needs_bert2 else None
-        guide_o = (g["C_S"], g["C_W"], g["C_mask"]) if cfg.uses_cam else None
-        guide_g = (g["T_S"], g["T_W"], g["T_mask"]) if cfg.uses_cam else None
-
+        guides = self._guides(batch) if self.needs_bert2 else None
         if self.images:
-            for name in ("image", "generated_image", "objects", "generated_objects", "scores"):
-                if getattr(batch, name) is None:
-                    raise CamimError(f"visual_mode='images' needs batch.{name}; it is None")
-            p_o = self.linear_pic(self.resnet.patch_tokens(batch.image))  # MLP(F_V), (B, 49, d)
-            p_g = self.linear_pic(self.resnet.patch_tokens(batch.generated_image))  # MLP(F_T)
-            o_f, o_mask = self._stream(p_o, None, guide_o)  # O_F, Eq. (11)
-            g_f, g_mask = self._stream(p_g, None, guide_g)  # G_F, Eq. (14)
-            o_mask, g_mask = self._mask(o_mask), self._mask(g_mask)
-            weak_ori, strong_ori, weak_dif, strong_dif = batch.scores.unbind(dim=1)
-            ori = strong_ori[:, None] * self._full_path(o_f, o_mask, h_text, text_mask)
-            ori = ori + weak_ori[:, None] * self._object_path(batch.objects, guide_o, h_phr, phr_mask)
-            dif = strong_dif[:, None] * self._full_path(g_f, g_mask, h_text, text_mask)
-            dif = dif + weak_dif[:, None] * self._object_path(
-                batch.generated_objects, guide_g, h_phr, phr_mask
-            )
-        else:  # text-caption mode (module docstring)
-            p_o = self.linear_pic(g["T_W"])  # the text stands in for the original image's tokens
-            p_g = self.linear_pic(g["C_W"])  # the caption stands in for the generated image's tokens
-            o_f, o_mask = self._stream(p_o, g["T_mask"], guide_o)  # caption-guided
-            g_f, g_mask = self._stream(p_g, g["C_mask"], guide_g)  # text-guided
-            o_mask, g_mask = self._mask(o_mask), self._mask(g_mask)
-            ori = self._full_path(o_f, o_mask, h_text, text_mask)
-            dif = self._full_path(g_f, g_mask, h_text, text_mask)
-        o_final = self.fusion.final(ori)  # Eq. (15): O_final
-        g_final = self.fusion.final(dif)  # Eq. (16): G_final
-        t = entity_states(h_text, batch.head_pos, batch.tail_pos)
-        phrase = self.linear_phrases(masked_sum(h_phr, phr_mask))
-        logits, f_final = self.classifier(torch.cat([t, phrase, o_final, g_final], dim=-1))  # Eq. (17)-(18)
-        features = {"O_final": o_final, "G_final": g_final, "F_final": f_final, "T": t}
+            ori_final, dif_final = self._images_forward(batch, guides, H_text, text_mask, H_phr, phr_mask)
+        else:
+            ori_final, dif_final = self._text_caption_forward(guides, H_text, text_mask)
+        O_final = self.fusion.final(ori_final)  # Eq. (15): O_final
+        G_final = self.fusion.final(dif_final)  # Eq. (16): G_final
+        T = entity_states(H_text, batch.head_pos, batch.tail_pos)
+        phrase = self.linear_phrases(masked_sum(H_phr, phr_mask))
+        logits, F_final = self.classifier(torch.cat([T, phrase, O_final, G_final], dim=-1))  # Eq. (17)-(18)
+        features = {"O_final": O_final, "G_final": G_final, "F_final": F_final, "T": T}
         mi = None
         if cfg.uses_mi:
-            mi = self.mutual_information({"O": o_final, "G": g_final, "F": f_final, "T": t})  # Eq. (20)-(22)
+            mi = self.mutual_information({"O": O_final, "G": G_final, "F": F_final, "T": T})  # Eq. (20)-(22)
         return logits, features, mi

@@ -22,7 +22,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from camim.errors import CamimError
@@ -40,6 +39,7 @@ from camim.training.config import (
 )
 from camim.training.datamodule import MNREDataModule
 from camim.training.module import MRELightningModule
+from camim.training.selection import DevCheckpoint
 
 log = logging.getLogger(__name__)
 _RUN_DEFAULT = object()  # evaluate_run: take the caption source from the run's config.yaml
@@ -152,23 +152,26 @@ def _labels(data_dir: str):
     return default_labels(data_dir)
 
 
-def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
-    lines = []
+def _prediction_records(records: list[dict], names: list[str], ds) -> list[dict]:
+    """``predictions.jsonl`` rows: id (index in the split file), img_id, gold, predicted, probabilities."""
+    rows = []
     for r in sorted(records, key=lambda r: (r["index"] is None, r["index"])):
         idx = r["index"]
         ex = ds.examples[idx] if idx is not None and 0 <= idx < len(ds.examples) else None
-        lines.append(
-            json.dumps(
-                {
-                    "id": idx,
-                    "img_id": ex.img_id if ex is not None else None,
-                    "gold": names[r["gold"]] if r["gold"] is not None else None,
-                    "predicted": names[r["pred"]],
-                    "probabilities": {n: round(float(p), 6) for n, p in zip(names, r["probs"].tolist())},
-                }
-            )
+        rows.append(
+            {
+                "id": idx,
+                "img_id": ex.img_id if ex is not None else None,
+                "gold": names[r["gold"]] if r["gold"] is not None else None,
+                "predicted": names[r["pred"]],
+                "probabilities": {n: round(float(p), 6) for n, p in zip(names, r["probs"].tolist())},
+            }
         )
-    return lines
+    return rows
+
+
+def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
+    return [json.dumps(row) for row in _prediction_records(records, names, ds)]
 
 
 def run_differences(out: Path, cfg: RunConfig) -> list[str]:
@@ -265,12 +268,11 @@ def train_run(
     dm = MNREDataModule(cfg, data_dir, labels, model.required_modalities, model.processor)
 
     ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(
+    checkpoint = DevCheckpoint(
         dirpath=str(ckpt_dir),
         filename="best-epoch{epoch}",
         monitor="val/f1",
-        mode="max",  # strict improvement, as the released trainer (`>`)
-        save_top_k=1,
+        ties=cfg.optim.selection_tie,  # "first": strict improvement (released TMR `>`); "last": HVPNeT `>=`
         save_last=True,
         auto_insert_metric_name=False,
     )
@@ -340,20 +342,8 @@ def _run_config_for(model_dir: Path) -> tuple[Path, RunConfig | None]:
     return model_dir, load_run_config(run_cfg) if run_cfg.is_file() else None
 
 
-def evaluate_run(
-    model_dir: str | Path,
-    data_dir: str | Path,
-    split: str = "test",
-    caption_source: str | None | object = _RUN_DEFAULT,
-    batch_size: int = 32,
-    limit: int | None = None,
-) -> dict:
-    """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
-    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
-
-    ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
-    (else ``minicpm``).
-    """
+def _test_split(model_dir, data_dir, split: str, caption_source, batch_size: int, limit: int | None):
+    """Run a saved model's test loop on one split -> (its MRELightningModule after the loop, datamodule, model)."""
     from camim.data import LabelSet
     from camim.models import load_model
 
@@ -378,8 +368,35 @@ def evaluate_run(
     )
     trainer = _trainer(cfg, Path(model_path), [], False)
     trainer.test(module, datamodule=dm, verbose=False)
+    return module, dm, model
+
+
+def evaluate_run(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "test",
+    caption_source: str | None | object = _RUN_DEFAULT,
+    batch_size: int = 32,
+    limit: int | None = None,
+) -> dict:
+    """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
+    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
+
+    ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
+    (else ``minicpm``).
+    """
+    module, _, model = _test_split(model_dir, data_dir, split, caption_source, batch_size, limit)
     result = dict(module.eval_result)
     result["labels"] = list(model.labels)
     result["num_samples"] = sum(sum(row) for row in result["confusion"])
     result["split"] = split
     return result
+
+
+def predict_split(
+    model_dir: str | Path, data_dir: str | Path, split: str = "test", limit: int | None = None
+) -> list[dict]:
+    """Per-sample predictions of a saved run on one split (its own caption source and data settings), as the
+    rows of ``predictions.jsonl``."""
+    module, dm, model = _test_split(model_dir, data_dir, split, _RUN_DEFAULT, 32, limit)
+    return _prediction_records(module.test_records, list(model.labels), dm.dataset(split))

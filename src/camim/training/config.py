@@ -76,6 +76,13 @@ class OptimConfig:
     eval_begin_epoch: int = 1  # validate (and select) from this 1-based epoch on (HVPNeT setting: 8)
     max_grad_norm: float | None = None  # released: no clipping
     seed: int = 666
+    # released HVPNeT trainer (reference §5.1; docs/training.md), each false / "last" in the hvpnet presets:
+    no_decay_split: bool = True  # False: weight decay on every parameter, biases and LayerNorm included
+    train_classifier: bool = True  # False: the classifier Linear stays out of the optimiser (random init)
+    train_vision_backbone: bool = True  # False: the ResNet stays out of the optimiser (BN statistics update)
+    # dev F1 equal to the best: "first" keeps the earlier epoch (released TMR `>`), "last" the later (`>=`)
+    selection_tie: Literal["first", "last"] = "first"
+    warmup_unrounded: bool = False  # True: warmup_ratio * total steps as a float, not rounded down
 
 
 @dataclass
@@ -280,6 +287,8 @@ def validate_config(cfg: RunConfig) -> None:
             raise CamimError(f"optim.{key} must be positive, got {getattr(o, key)}")
     if o.eval_batch_size is not None and o.eval_batch_size <= 0:
         raise CamimError(f"optim.eval_batch_size must be positive, got {o.eval_batch_size}")
+    if o.warmup_unrounded and o.warmup_ratio is None:
+        raise CamimError("optim.warmup_unrounded applies to optim.warmup_ratio, which is null")
     if o.eval_begin_epoch < 1:
         raise CamimError("optim.eval_begin_epoch is 1-based and must be >= 1")
     if o.eval_begin_epoch > o.epochs:

@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.utilities.seed import seed_everything
 
 from camim.models.batch import MREBatch
-from camim.optim import build_fast_optimizer, build_optimizer, build_scheduler, warmup_steps_for
+from camim.optim import build_fast_optimizer, build_optimizer, build_scheduler, left_out, warmup_steps_for
 from camim.training.config import RunConfig
 from camim.training.metrics import MREMetrics
 
@@ -40,6 +40,12 @@ class MRELightningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- speed
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # left out of the optimiser: they keep their values; without requires_grad no other gradient
+            # changes and their backward pass is saved (the released HVPNeT computed and discarded it). Set
+            # before the strategy wraps the model (DDP). BatchNorm statistics still update in train mode.
+            for p in self.left_out_parameters():
+                p.requires_grad_(False)
         sp = self.cfg.speed
         if (sp.fast or sp.frozen_visual) and self.speed is None:
             from camim.speed.training import TrainingSpeed  # the one entry point of camim.speed
@@ -150,27 +156,31 @@ class MRELightningModule(L.LightningModule):
         }
 
     # ------------------------------------------------------------- optimise
+    def left_out_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters kept out of the optimiser (released HVPNeT: classifier Linear, ResNet; docs/training.md)."""
+        o = self.cfg.optim
+        return left_out(self.model, o.train_classifier, o.train_vision_backbone)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW as ``cfg.optim`` says (groups, decay split, parameters left out; docs/training.md)."""
+        o = self.cfg.optim
+        common = {
+            "lr": o.lr,
+            "weight_decay": o.weight_decay,
+            "adam_eps": o.adam_eps,
+            "betas": tuple(o.adam_betas),
+            "adam_bias_correction": o.adam_bias_correction,
+            "no_decay_split": o.no_decay_split,
+            "exclude": self.left_out_parameters(),
+        }
+        if self.speed is not None and self.speed.step is not None:
+            return build_fast_optimizer(self.model, fused=self.speed.fused_optimizer, **common)
+        return build_optimizer(self.model, **common)
+
     def configure_optimizers(self):
         o = self.cfg.optim
-        if self.speed is not None and self.speed.step is not None:
-            optimizer = build_fast_optimizer(
-                self.model,
-                lr=o.lr,
-                weight_decay=o.weight_decay,
-                adam_eps=o.adam_eps,
-                adam_bias_correction=o.adam_bias_correction,
-                fused=self.speed.fused_optimizer,
-                betas=tuple(o.adam_betas),
-            )
-        else:
-            optimizer = build_optimizer(
-                self.model,
-                lr=o.lr,
-                weight_decay=o.weight_decay,
-                adam_eps=o.adam_eps,
-                betas=tuple(o.adam_betas),
-                adam_bias_correction=o.adam_bias_correction,
-            )
+        optimizer = self.build_optimizer()
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, total, warmup_steps_for(total, o.warmup_steps, o.warmup_ratio))
+        warmup = warmup_steps_for(total, o.warmup_steps, o.warmup_ratio, o.warmup_unrounded)
+        scheduler = build_scheduler(optimizer, total, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
