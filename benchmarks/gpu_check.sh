@@ -25,18 +25,18 @@ if [ -n "$small" ]; then
     e2e_args=(--small --train 32 --eval 8 --batch-size 8 --workers 0 --warm-batches 2 --repeat-fast 1 --presets tmr-cam-mi)
     step_budget=60; e2e_budget=120
 else
-    step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 110
+    step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 100
                --variants released fast fast-graphs frozen frozen-graphs fast-regional-graphs frozen-regional-graphs fast-skip)
-    e2e_args=(--train 640 --eval 64 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2 --run-timeout-s 150)
-    step_budget=200; e2e_budget=230
+    e2e_args=(--train 480 --eval 48 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2 --run-timeout-s 120)
+    step_budget=170; e2e_budget=170
 fi
 
 echo "== step_speed (budget ${step_budget} s)"
-timeout $((step_budget + 90)) "$py" benchmarks/step_speed.py "${step_args[@]}" --budget-s "$step_budget" \
-    --compile-cache "$out/../compile-cache" --json "$out/step_speed.json" 2>&1 | tee "$out/step_speed.log"
+timeout $((step_budget + 70)) "$py" benchmarks/step_speed.py "${step_args[@]}" --budget-s "$step_budget" \
+    --compile-cache "${CAMIM_COMPILE_CACHE:-/tmp/camim-compile-cache}" --json "$out/step_speed.json" 2>&1 | tee "$out/step_speed.log"
 echo "step_speed exit ${PIPESTATUS[0]}"
 
 echo "== gpu_e2e (budget ${e2e_budget} s)"
-timeout $((e2e_budget + 150)) "$py" benchmarks/gpu_e2e.py "${e2e_args[@]}" --budget-s "$e2e_budget" \
+timeout $((e2e_budget + 90)) "$py" benchmarks/gpu_e2e.py "${e2e_args[@]}" --budget-s "$e2e_budget" \
     --json "$out/gpu_e2e.json" 2>&1 | tee "$out/gpu_e2e.log"
 echo "gpu_e2e exit ${PIPESTATUS[0]}"
