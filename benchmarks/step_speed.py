@@ -25,7 +25,7 @@ in the output) and ``--variant-timeout-s`` stops one variant that hangs (e.g. in
 
 ``--small`` (the default without CUDA): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
 64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's sizes).
-``--profile N`` adds a torch.profiler look at ``released`` and ``fast`` (N steps each): kernel launches per
+``--profile N`` adds a torch.profiler look at ``--profile-variants`` (default released, fast; N steps each): kernel launches per
 step, GPU-busy vs wall time, and the top operators. Targets on a GPU (issue 14): >= 3.5x at batch 16
 fine-tuned, >= 12x frozen-visual.
 
@@ -217,7 +217,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=None, help="skip variants once this much time is used")
     ap.add_argument("--variant-timeout-s", type=float, default=None, help="stop a variant after this long")
     ap.add_argument("--compile-cache", default=None, help="inductor cache folder (speed.compile_cache_dir)")
-    ap.add_argument("--profile", type=int, default=0, help="profile released and fast for N steps")
+    ap.add_argument("--profile", type=int, default=0, help="profile --profile-variants for N steps")
+    ap.add_argument("--profile-variants", nargs="+", default=["released", "fast"], choices=list(VARIANTS))
     args = ap.parse_args()
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -302,7 +303,7 @@ def main() -> None:
                 if graphs["eager_steps"] and speed_cfg.resolved(device).cuda_graphs:
                     note = f"  (eager steps: {graphs['eager_reasons']})"
                 print(f"{name:<24}{b:>6}{rate:>11.1f}{ratio}{row['warmup_s']:>11.1f}{note}", flush=True)
-                if args.profile and name in ("released", "fast") and b == args.batch_sizes[0]:
+                if args.profile and name in args.profile_variants and b == args.batch_sizes[0]:
                     prof = profile_step(step, run_batch, args.profile, device)
                     results["profile"][name] = prof
                     print(f"  profile {name}: wall {prof['wall_ms_per_step']} ms/step, GPU busy "

@@ -172,9 +172,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 
 
 class ForeachReleasedAdamW(ReleasedAdamW):
-    """:class:`ReleasedAdamW` (``transformers.AdamW`` 4.x) with multi-tensor ``torch._foreach_*`` updates.
+    """:class:`ReleasedAdamW` (``transformers.AdamW`` 4.x, no bias correction) with multi-tensor updates.
 
-    Same update rule, op for op, in a handful of kernel launches per group instead of ~10 per parameter."""
+    Same update rule in a handful of kernel launches per group instead of ~10 per parameter. Two kernels:
+
+    - ``fused=True`` (the default): ``torch._fused_adamw_``, one pass over parameters, gradients and moments
+      per group (CUDA and CPU). It always bias-corrects with its step tensors, so it is handed a step count
+      of 1e9, where ``1 - beta ** step`` is exactly 1 in fp32 and the update is the released
+      ``lr * m / (sqrt(v) + eps)``; weight decay goes to zero there and is applied after the update, as
+      released (``p -= lr * wd * p`` on the updated ``p``), with one ``_foreach_mul_``;
+    - ``fused=False``: ``torch._foreach_*``, the released update op for op.
+
+    Both equal :class:`ReleasedAdamW` to rounding (tests/training/test_optim.py, tests/speed)."""
+
+    _NO_BIAS_CORRECTION_STEP = 1e9  # 1 - 0.9 ** 1e9 == 1 - 0.999 ** 1e9 == 1.0 exactly
+
+    def __init__(self, params: Iterable, *args, fused: bool = True, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.fused = fused
+        if any(g["correct_bias"] for g in self.param_groups):
+            raise ValueError(
+                "ForeachReleasedAdamW ports the released correct_bias=False; use torch.optim.AdamW"
+            )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -190,22 +209,39 @@ class ForeachReleasedAdamW(ReleasedAdamW):
             grads = [p.grad for p in params]
             if any(g.is_sparse for g in grads):
                 raise RuntimeError("ForeachReleasedAdamW does not support sparse gradients")
-            exp_avgs, exp_avg_sqs, step_sizes = [], [], []
+            exp_avgs, exp_avg_sqs = [], []
             for p in params:
-                state, size = self._advance(p, group)  # the same state and step size as ReleasedAdamW
+                state, _ = self._advance(p, group)  # the same state as ReleasedAdamW
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
-                step_sizes.append(-size)
+            lr, wd = group["lr"], group["weight_decay"]
+            if self.fused and len({(p.device, p.dtype) for p in params}) == 1:
+                steps = self._fused_steps(params)
+                torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1,
+                                    beta2=beta2, weight_decay=0.0, eps=group["eps"], amsgrad=False,
+                                    maximize=False)  # fmt: skip
+                if wd > 0.0:
+                    torch._foreach_mul_(params, 1.0 - lr * wd)
+                continue
             torch._foreach_mul_(exp_avgs, beta1)
             torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
             denoms = torch._foreach_sqrt(exp_avg_sqs)
             torch._foreach_add_(denoms, group["eps"])
-            torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
-            if group["weight_decay"] > 0.0:
-                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+            torch._foreach_addcdiv_(params, exp_avgs, denoms, -lr)
+            if wd > 0.0:
+                torch._foreach_add_(params, params, alpha=-lr * wd)
         return loss
+
+    def _fused_steps(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One step tensor per parameter for the fused kernel, fixed at 1e9 (no bias correction)."""
+        key = (params[0].device, len(params))
+        cache = self.__dict__.setdefault("_steps_cache", {})
+        if key not in cache:
+            one = torch.tensor(self._NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=params[0].device)
+            cache[key] = [one] * len(params)
+        return cache[key]
 
 
 def build_fast_optimizer(
@@ -221,7 +257,7 @@ def build_fast_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW over :func:`parameter_groups` (same groups as the trainer), for the fast step.
 
-    Released quirk (no bias correction): :class:`ForeachReleasedAdamW` when ``fused`` else
+    Released quirk (no bias correction): :class:`ForeachReleasedAdamW` (fused kernel) when ``fused`` else
     :class:`ReleasedAdamW`; with bias correction: ``torch.optim.AdamW`` (``fused=True`` on CUDA)."""
     groups = parameter_groups(model, weight_decay, no_decay_split, exclude)
     if not adam_bias_correction:

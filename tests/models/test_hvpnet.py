@@ -133,3 +133,20 @@ def test_prefix_enters_every_layer_as_leading_keys_and_values(text_dir, vision_d
     rows = torch.arange(2)
     expected = model.classifier(torch.cat([x[rows, batch.head_pos], x[rows, batch.tail_pos]], dim=-1))
     torch.testing.assert_close(model(batch).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_visual_prefix_cache_goes_to_the_keyword_the_encoder_takes():
+    """transformers renamed BERT's ``past_key_values`` to ``cache`` (5.2x); an older release swallows an
+    unknown ``cache=`` and would run without the visual prefix (seen on 5.17 as a mask/key size mismatch)."""
+    from torch import nn
+
+    from camim.models.hvpnet import _cache_keyword
+
+    class Old(nn.Module):
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, **kwargs): ...
+
+    class New(nn.Module):
+        def forward(self, input_ids, attention_mask=None, cache=None, **kwargs): ...
+
+    assert _cache_keyword(Old()) == "past_key_values"
+    assert _cache_keyword(New()) == "cache"

@@ -98,8 +98,9 @@ def test_compile_cache_dir_order(tmp_path, monkeypatch):
 def test_speed_config_refuses_inconsistent_switches():
     with pytest.raises(CamimError, match="cuda_graphs needs fixed shapes"):
         SpeedConfig(fast=True, cuda_graphs=True, skip_padded_crops=True)
-    with pytest.raises(CamimError, match="reduce-overhead captures its own CUDA graphs"):
-        SpeedConfig(fast=True, cuda_graphs=True, compile="reduce-overhead")
+    for mode in ("reduce-overhead", "regional", "default"):
+        with pytest.raises(CamimError, match=f"speed.compile={mode} cannot run inside speed.cuda_graphs"):
+            SpeedConfig(fast=True, cuda_graphs=True, compile=mode)
     with pytest.raises(CamimError, match=r"need speed.fast: true \(speed.cuda_graphs is set\)"):
         SpeedConfig(cuda_graphs=True)
     # skipping crops makes shapes vary: graphs are never chosen automatically then, even on CUDA

@@ -118,7 +118,7 @@ def test_auto_switches_are_off_on_cpu_and_on_for_cuda():
             True,
             True,
             True,
-            "regional",
+            "none",
         )
     with pytest.raises(Exception, match="compile must be"):
         SpeedConfig(compile="fast")

@@ -189,3 +189,30 @@ def test_fast_mode_runs_on_cpu_and_matches_the_plain_run(world, text_dir, vision
     for k in a:  # SDPA vs eager attention and multi-tensor AdamW: the same run up to fp32 noise
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
     assert yaml.safe_load((tmp_path / "fast" / "config.yaml").read_text())["speed"]["fast"] is True
+
+
+def test_a_step_that_owns_backward_trains_like_the_plain_run_in_lightning(
+    world, text_dir, vision_dir, tmp_path, monkeypatch
+):
+    """The CUDA-graph path inside Lightning, checked eagerly on CPU: the module's training step runs forward +
+    backward itself, Lightning's backward and zero_grad are skipped, and the run equals the plain one."""
+    from camim.speed.training import TrainingSpeed
+
+    monkeypatch.setattr(TrainingSpeed, "owns_backward", property(lambda self: self.step is not None))
+    cfg = run_config(text_dir, vision_dir)
+    cfg["optim"]["epochs"] = 1
+    plain = train_run(cfg, world, tmp_path / "plain")
+    cb = Capture()
+    fast = train_run(
+        cfg,
+        world,
+        tmp_path / "owned",
+        overrides=["speed.fast=true", "speed.fused_optimizer=true"],
+        callbacks=[cb],
+    )
+    stats = cb.module.speed.step.forward_backward.stats
+    assert stats.eager_steps == fast.metrics["global_step"] == plain.metrics["global_step"] > 0
+    assert fast.metrics["speed"]["graphs"]["eager_steps"] == stats.eager_steps
+    a, b = weights(plain), weights(fast)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from camim.optim import (
+    ForeachReleasedAdamW,
     ReleasedAdamW,
     build_optimizer,
     build_scheduler,
@@ -88,3 +89,27 @@ def test_warmup_then_linear_decay():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "foreach"])
+def test_both_multi_tensor_kernels_make_the_released_update(fused):
+    """The fused kernel is handed step 1e9 (bias corrections exactly 1) and decays after the update; the
+    foreach kernel is the released update op for op. Both equal the per-parameter ReleasedAdamW."""
+    torch.manual_seed(0)
+    params = [torch.randn(7, 5), torch.randn(5), torch.randn(3, 2, 2)]
+    a = [p.clone().requires_grad_() for p in params]
+    b = [p.clone().requires_grad_() for p in params]
+    opt_a = ReleasedAdamW([{"params": a, "weight_decay": 0.01}], lr=1e-2, eps=1e-6, correct_bias=False)
+    opt_b = ForeachReleasedAdamW([{"params": b, "weight_decay": 0.01}], lr=1e-2, eps=1e-6, correct_bias=False,
+                                 fused=fused)  # fmt: skip
+    for step in range(4):
+        grads = [torch.randn_like(p) * (step + 1) for p in params]
+        for p, q, g in zip(a, b, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+    assert not any(torch.equal(p.detach(), p0) for p, p0 in zip(a, params, strict=True))
+    with pytest.raises(ValueError, match="correct_bias=False"):
+        ForeachReleasedAdamW(b, lr=1e-2, correct_bias=True)

@@ -26,6 +26,8 @@ Missing modalities: the main image is required (CamimError); absent object crops
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -159,7 +161,7 @@ class HVPNeT(MREModel):
             attention_mask=mask,
             token_type_ids=batch.token_type_ids,
             position_ids=positions,
-            cache=DynamicCache(ddp_cache_data=past),
+            **{_cache_keyword(self.bert): DynamicCache(ddp_cache_data=past)},
         ).last_hidden_state
         t = entity_states(h_text, batch.head_pos, batch.tail_pos)
         logits = self.classifier(t)
@@ -171,3 +173,10 @@ class HVPNeT(MREModel):
             features.update(O_final=v, G_final=f)
             mi = self.mutual_information({"O": v, "G": f})  # Eq. (20)-(22)
         return logits, features, mi
+
+
+def _cache_keyword(encoder: nn.Module) -> str:
+    """The forward keyword of the key/value cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``
+    (earlier releases, which would swallow an unknown ``cache=`` and run without the visual prefix)."""
+    params = inspect.signature(encoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

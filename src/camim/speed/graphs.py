@@ -23,13 +23,14 @@ What it needs: CUDA, fixed shapes (the released processor pads text, captions, p
 lengths), no host synchronisation in the forward (tests/speed check zero graph breaks, which rules out
 ``.item()`` and data-dependent Python branches), one process (with DDP the gradient all-reduce hooks run
 inside backward; the step then stays eager). A batch with a new signature (e.g. the last, smaller batch of
-an epoch) gets its own graph, up to ``max_graphs``; beyond that, or if a capture fails, the step runs
-eagerly and the reason is counted in :attr:`GraphedForwardBackward.stats`.
+an epoch) gets its own graph, up to ``max_graphs``; beyond that the step runs eagerly and the reason is
+counted in :attr:`GraphedForwardBackward.stats`. A capture that fails stops the run with a one-line error
+naming the batch shape and ``speed.cuda_graphs: false`` (a failed capture can leave CUDA's RNG in its
+capture state, so continuing eagerly in the same process is not safe).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -130,7 +131,6 @@ class GraphedForwardBackward(ForwardBackward):
             raise CamimError("CUDA graphs need a CUDA device; use the eager step on CPU")
         self.warmup, self.max_graphs = warmup, max_graphs
         self.graphs: dict[Signature, _Captured] = {}
-        self.failed: set[Signature] = set()
         self.current: Signature | None = None  # whose gradient buffers param.grad points at
         self.pool = None  # one memory pool shared by all graphs (they never run concurrently)
 
@@ -138,13 +138,9 @@ class GraphedForwardBackward(ForwardBackward):
         sig = batch_signature(batch)
         captured = self.graphs.get(sig)
         if captured is None:
-            if sig in self.failed:
-                return self._eager(batch, "capture failed")
             if len(self.graphs) >= self.max_graphs:
                 return self._eager(batch, "max_graphs reached")
             captured = self._capture(batch, sig)
-            if captured is None:
-                return self._eager(batch, "capture failed")
         for name, buf in captured.inputs.items():
             buf.copy_(getattr(batch, name), non_blocking=True)
         captured.graph.replay()
@@ -160,7 +156,7 @@ class GraphedForwardBackward(ForwardBackward):
         self.current = None
         return super()._eager(batch, reason)
 
-    def _capture(self, batch: MREBatch, sig: Signature) -> _Captured | None:
+    def _capture(self, batch: MREBatch, sig: Signature) -> _Captured:
         t0 = time.perf_counter()
         static = MREBatch(
             **{
@@ -190,16 +186,13 @@ class GraphedForwardBackward(ForwardBackward):
                 out = self._body(static)
             if self.pool is None:
                 self.pool = graph.pool()
-        except Exception as exc:  # noqa: BLE001 - any capture error: this signature runs eagerly
-            self.failed.add(sig)
-            self.stats.eager_reasons[f"capture error: {type(exc).__name__}: {exc}"[:200]] = 0
-            for p in self.params:
-                p.grad = None
-            with contextlib.suppress(Exception), torch.no_grad():
-                for b, s in zip(buffers, saved):
-                    b.copy_(s)
-            torch.cuda.synchronize(self.device)
-            return None
+        except Exception as exc:
+            # A failed capture can leave CUDA's RNG in its capture state, so no eager step may follow in
+            # this process: stop with what failed and the switch that avoids it.
+            raise CamimError(
+                f"CUDA graph capture failed for batch shape {dict((n, s) for n, s, _ in sig)}: "
+                f"{type(exc).__name__}: {exc}; train with speed.cuda_graphs: false"
+            ) from exc
         grads = [p.grad for p in self.params]
         captured = _Captured(
             graph,
