@@ -26,7 +26,7 @@ if [ -n "$small" ]; then
     step_budget=60; e2e_budget=120
 else
     step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 100
-               --variants released fast fast-graphs frozen frozen-graphs fast-regional-graphs frozen-regional-graphs fast-skip)
+               --variants released fast fast-graphs frozen frozen-graphs fast-skip fast-regional)
     e2e_args=(--train 480 --eval 48 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2 --run-timeout-s 120)
     step_budget=170; e2e_budget=170
 fi

@@ -8,13 +8,12 @@ from the same weights (a deep copy) and trains on the same random batch (fixed s
 released                    eager attention, fp32, per-parameter AdamW without bias correction, ResNet
                             fine-tuned over 8B images (BatchNorm in train mode), no compile
 fast                        bf16 autocast, SDPA, channels-last, multi-tensor AdamW (eager)
-fast-graphs                 fast + forward/loss/backward replayed from a CUDA graph (camim.speed.graphs)
+fast-graphs                 fast + forward/loss/backward replayed from a CUDA graph (camim.speed.graphs;
+                            the ``speed.fast`` default on CUDA)
 fast-regional               fast + regional torch.compile (text-encoder layers, CAM's cross-attention)
-fast-regional-graphs        both (the ``speed.fast`` default on CUDA)
 fast-skip                   fast + the documented skip-padded-crops mode (backbone once for all pads)
 frozen                      the backbone frozen, its features read from a feature store built beforehand
 frozen-graphs               frozen + CUDA graph
-frozen-regional-graphs      frozen + regional compile + CUDA graph
 ==========================  ============================================================================
 
 Each variant's line is printed (flushed) the moment it is measured: samples/s of the steady state (best of
@@ -59,11 +58,9 @@ VARIANTS: dict[str, tuple[SpeedConfig, bool]] = {  # name -> (speed switches, fr
     "fast": (SpeedConfig(**_FAST), False),
     "fast-graphs": (SpeedConfig(**{**_FAST, "cuda_graphs": True}), False),
     "fast-regional": (SpeedConfig(**{**_FAST, "compile": "regional"}), False),
-    "fast-regional-graphs": (SpeedConfig(fast=True, cuda_graphs=True, compile="regional"), False),
     "fast-skip": (SpeedConfig(**{**_FAST, "skip_padded_crops": True}), False),
     "frozen": (SpeedConfig(**_FAST), True),
     "frozen-graphs": (SpeedConfig(**{**_FAST, "cuda_graphs": True}), True),
-    "frozen-regional-graphs": (SpeedConfig(fast=True, cuda_graphs=True, compile="regional"), True),
 }
 CPU_VARIANTS = ["released", "fast", "fast-regional", "fast-skip", "frozen"]  # graphs need CUDA
 
