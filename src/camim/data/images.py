@@ -1,6 +1,7 @@
 """Safe image loading: the size is checked from the header before any pixel is decoded, so decompression
 bombs and absurd sizes are rejected cheaply; missing, truncated or undecodable files raise ``DataError``
-naming the file."""
+naming the file. :func:`find_image` resolves an ``img_id`` to its file (the name as given, then with the
+usual image extensions: earlier MNRE releases store bare integer ids such as ``553009``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,37 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from camim.errors import DataError
+
+
+# Extensions tried, in this order, after the name as given (lower case, then upper case).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_candidates(img_id: str) -> list[str]:
+    """The file names tried for ``img_id``: the name as given, then (when it has no image extension) the
+    name with each of :data:`IMAGE_EXTENSIONS`, lower case then upper case."""
+    names = [img_id]
+    if Path(img_id).suffix.lower() not in IMAGE_EXTENSIONS:
+        names += [img_id + e for e in IMAGE_EXTENSIONS] + [img_id + e.upper() for e in IMAGE_EXTENSIONS]
+    return names
+
+
+def find_image(folder: str | Path, img_id: str, present: set[str] | None = None) -> Path | None:
+    """The image file of ``img_id`` in ``folder`` (first existing of :func:`image_candidates`), or ``None``.
+    ``present`` (the names in ``folder``, e.g. from one ``os.listdir``) avoids a file-system call per name."""
+    folder = Path(folder)
+    for name in image_candidates(img_id):
+        if (name in present) if present is not None else (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def resolution(img_id: str, path: Path | None) -> str:
+    """How ``img_id`` was resolved to ``path``: ``"as given"``, the extension added (``"+.jpg"``), or
+    ``"unresolved"``."""
+    if path is None:
+        return "unresolved"
+    return "as given" if path.name == img_id else "+" + path.name[len(img_id) :]
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ def _trainer(
         gradient_clip_val=cfg.optim.max_grad_norm,
         log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=0,
+        limit_val_batches=0 if cfg.optim.select_on == "train_loss" else None,  # no val split to select on
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         callbacks=callbacks,
@@ -99,10 +100,23 @@ def _trainer(
     )
 
 
-def _labels(data_dir: str):
+def _labels(cfg: RunConfig):
     from camim.data import default_labels
 
-    return default_labels(data_dir)
+    return default_labels(cfg.data.data_dir, negative=cfg.data.negative_label, encoding=cfg.data.encoding)
+
+
+def negative_label_info(cfg: RunConfig, labels) -> dict:
+    """``{"name", "origin"}`` of the label excluded from micro P/R/F1 (metrics.json, report.md)."""
+    from camim.data import DataLayout
+    from camim.data.inspection import label_source
+    from camim.data.labels import negative_label_origin
+
+    source = label_source(Path(cfg.data.data_dir), DataLayout())
+    return {
+        "name": labels.negative_name,
+        "origin": negative_label_origin(labels.negative_name, cfg.data.negative_label, source),
+    }
 
 
 def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
@@ -169,27 +183,38 @@ def train_run(
         from camim.training.offline import build_offline_encoder
 
         folder = Path(cfg.offline.encoder_dir) if cfg.offline.encoder_dir else out / "offline_encoder"
-        build_offline_encoder(cfg.offline, data_dir, folder, limit=cfg.data.train_limit)
+        build_offline_encoder(
+            cfg.offline,
+            data_dir,
+            folder,
+            limit=cfg.data.train_limit,
+            require_captions=cfg.data.caption_source is not None,
+            encoding=cfg.data.encoding,
+        )
         for key in cfg.offline.model_keys:
             cfg.model[key] = str(folder.resolve())
     _check_same_run(out, cfg)
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
-    labels = _labels(data_dir)
+    labels = _labels(cfg)
     model = build_model(cfg.model, labels=labels.names)
     module = MRELightningModule(model, cfg, labels.negative_id)
     dm = MNREDataModule(cfg, data_dir, labels, model.required_modalities, model.processor)
 
     ckpt_dir = out / "checkpoints"
+    on_train_loss = cfg.optim.select_on == "train_loss"
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir),
         filename="best-epoch{epoch}",
-        monitor="val/f1",
-        mode="max",  # strict improvement, as the released trainer (`>`)
+        # best dev micro-F1, strict improvement as the released trainer (`>`); or the lowest epoch training
+        # loss when there is no val split (optim.select_on: train_loss)
+        monitor="train/loss_epoch" if on_train_loss else "val/f1",
+        mode="min" if on_train_loss else "max",
         save_top_k=1,
         save_last=True,
         auto_insert_metric_name=False,
+        save_on_train_epoch_end=True if on_train_loss else None,
     )
     # logs/version_<k>/ per (re)start; the report joins them
     logger = CSVLogger(save_dir=str(out), name="logs")
@@ -212,8 +237,10 @@ def train_run(
         eval_trainer = _trainer(cfg, out, [], False, device=root)
     else:
         eval_trainer = _trainer(cfg, out, [], False)
-    eval_trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
-    val = dict(module.eval_result)
+    val = None
+    if not on_train_loss:
+        eval_trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+        val = dict(module.eval_result)
     eval_trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     test = dict(module.eval_result)
 
@@ -222,7 +249,10 @@ def train_run(
         "test": test,
         "best_checkpoint": Path(best).name if best else None,
         "best_epoch": _epoch_of(best),
+        "selected_on": cfg.optim.select_on,
         "global_step": int(trainer.global_step),
+        "negative_label": negative_label_info(cfg, labels),
+        "notes": _run_notes(cfg, out),
         "data_report": {k: v for k, v in dm.data_report().items() if v},
         "processor_report": dict(getattr(model.processor, "report", {}) or {}),
     }
@@ -237,6 +267,23 @@ def train_run(
 
         write_run_report(out, cfg.to_dict(), metrics, list(model.labels))
     return RunResult(metrics=metrics, output_dir=out, model_dir=model_dir)
+
+
+def _run_notes(cfg: RunConfig, out: Path) -> list[str]:
+    """What a reader of metrics.json/report.md must know about how the run was made from this data."""
+    notes = []
+    if cfg.offline.enabled:
+        folder = Path(cfg.offline.encoder_dir) if cfg.offline.encoder_dir else out / "offline_encoder"
+        stamp = folder / "camim_offline.json"
+        built = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else {}
+        if cfg.offline.vocab_caption_source and built.get("vocab_captions", "") is None:
+            notes.append(
+                f"offline vocabulary built from the training text alone (no {cfg.offline.vocab_caption_source!r} "
+                "caption file in the data folder)"
+            )
+    if cfg.optim.select_on == "train_loss":
+        notes.append("checkpoint selected on the lowest epoch training loss (no validation; optim.select_on)")
+    return notes
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -271,12 +318,14 @@ def evaluate_run(
     limit: int | None = None,
 ) -> dict:
     """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
-    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
+    plus ``per_relation``, ``confusion``, ``labels``, ``negative_label`` and ``num_samples``. A missing or
+    empty split is a ``DataError`` naming it and its file.
 
     ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
     (else ``minicpm``).
     """
     from camim.data import LabelSet
+    from camim.data.labels import negative_label_origin
     from camim.models import load_model
 
     _quiet_lightning()
@@ -294,15 +343,18 @@ def evaluate_run(
     cfg.data.eval_limit = limit
     cfg.optim.eval_batch_size = batch_size
     cfg.trainer.progress_bar = False
-    labels = LabelSet.from_names(model.labels)
+    labels = LabelSet.from_names(model.labels, negative=cfg.data.negative_label)
     module = MRELightningModule(model, cfg, labels.negative_id)
     dm = MNREDataModule(
         cfg, str(data_dir), labels, model.required_modalities, model.processor, test_split=split
     )
+    dm.dataset(split)  # a missing or empty split: DataError naming it and its file, before Lightning starts
     trainer = _trainer(cfg, Path(model_path), [], False)
     trainer.test(module, datamodule=dm, verbose=False)
     result = dict(module.eval_result)
     result["labels"] = list(model.labels)
     result["num_samples"] = sum(sum(row) for row in result["confusion"])
     result["split"] = split
+    origin = negative_label_origin(labels.negative_name, cfg.data.negative_label, "the model's labels")
+    result["negative_label"] = {"name": labels.negative_name, "origin": origin}
     return result

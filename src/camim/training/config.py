@@ -31,7 +31,12 @@ class DataConfig:
     caption_source: str | None = "minicpm"  # a released source name, a captions file, or null for none
     max_objects: int = 3
     on_error: str = "raise"  # "raise" | "skip" (bad sample lines)
-    on_missing: str = "raise"  # "raise" | "fallback" (missing captions/scores/images, counted)
+    # "raise" | "fallback": missing captions, scores, phrases, object entries and crops become the documented
+    # fallbacks, counted; the original/generated images a model needs have none (refused before training)
+    on_missing: str = "raise"
+    # the label excluded from micro P/R/F1; null: rel2id's / the samples' "None", "none", "NA", "no_relation" ...
+    negative_label: str | None = None
+    encoding: str = "utf-8"  # of the text files (strict; a UTF-8 BOM is accepted); e.g. latin-1 for legacy files
     num_workers: int = 0
     train_limit: int | None = None  # use only the first N samples of each split (smoke runs, tests)
     eval_limit: int | None = None
@@ -57,6 +62,9 @@ class OptimConfig:
     bootstrap_train: bool = True  # released: train split redrawn WITH replacement (random.choices, ratio 1.0)
     eval_begin_epoch: int = 1  # validate (and select) from this 1-based epoch on (HVPNeT setting: 8)
     max_grad_norm: float | None = None  # released: no clipping
+    # checkpoint selection: "val_f1" (best dev micro-F1, released) or "train_loss" (lowest epoch training loss;
+    # for data without a val split: no validation runs, metrics.json has "val": null)
+    select_on: str = "val_f1"
     seed: int = 666
 
 
@@ -320,6 +328,14 @@ def validate_config(cfg: RunConfig) -> None:
         raise CamimError(f"data.on_error must be 'raise' or 'skip', got {cfg.data.on_error!r}")
     if cfg.data.on_missing not in ("raise", "fallback"):
         raise CamimError(f"data.on_missing must be 'raise' or 'fallback', got {cfg.data.on_missing!r}")
+    if o.select_on not in ("val_f1", "train_loss"):
+        raise CamimError(f"optim.select_on must be 'val_f1' or 'train_loss', got {o.select_on!r}")
+    from camim.data._io import check_encoding
+
+    try:
+        check_encoding(cfg.data.encoding)
+    except CamimError as exc:
+        raise CamimError(f"data.encoding: {exc}") from None
     sp = cfg.speed
     if sp.frozen_visual and not cfg.data.image_cache_dir:
         raise CamimError(
