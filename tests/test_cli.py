@@ -62,11 +62,13 @@ else:  # the console script: `from <module> import <function>; sys.exit(<functio
 
 
 def _console_entry() -> str:
-    import tomllib
+    """The ``camim`` console script's ``module:function`` as declared in pyproject.toml (no tomllib on 3.10)."""
+    import re
     from pathlib import Path
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["scripts"]["camim"]
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    scripts = pyproject.split("[project.scripts]", 1)[1]
+    return re.search(r'^camim\s*=\s*"([^"]+)"', scripts, re.M).group(1)
 
 
 @pytest.mark.parametrize("target", ["argparse", "torch"])

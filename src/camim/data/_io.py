@@ -29,7 +29,9 @@ def check_encoding(encoding: str) -> str:
     except (UnicodeError, LookupError):
         ascii_compatible = False
     if not ascii_compatible:
-        raise CamimError(f"text encoding {encoding!r} is not ASCII-compatible; convert the file to UTF-8 first")
+        raise CamimError(
+            f"text encoding {encoding!r} is not ASCII-compatible; convert the file to UTF-8 first"
+        )
     return name
 
 
@@ -51,7 +53,9 @@ def _decode(raw: bytes, path: Path, codec: str, line: int | None) -> str:
         ) from None
 
 
-def decode_text(raw: bytes, path: str | Path, encoding: str = DEFAULT_ENCODING, line: int | None = None) -> str:
+def decode_text(
+    raw: bytes, path: str | Path, encoding: str = DEFAULT_ENCODING, line: int | None = None
+) -> str:
     """``raw`` (a whole file, or its line ``line``) decoded strictly, a leading UTF-8 byte-order mark dropped;
     ``DataError`` naming the file and the line of the first undecodable byte."""
     return _decode(raw, Path(path), check_encoding(encoding), line)

@@ -67,17 +67,17 @@ def _entry(record: object, json_lines: bool) -> tuple[str, str, object]:
     return img_id, text, record.get("model")
 
 
-def keep_last(entries, conflicts: list | None = None) -> dict:
-    """``{key: value}`` of ``(key, value)`` pairs, the last pair of a key winning (the released readers'
-    rule) and keeping the file position of its last occurrence; keys repeated with a different value are
-    appended to ``conflicts`` (once each)."""
+def keep_last(entries, conflicts: list | None = None, value=None) -> dict:
+    """``{key: item}`` of ``(key, item)`` pairs, the last pair of a key winning (the released readers'
+    rule) and keeping the file position of its last occurrence; keys repeated with a different item (or
+    ``value(item)``) are appended to ``conflicts`` (once each)."""
     out: dict = {}
     conflicting: dict = {}
-    for key, value in entries:
+    for key, item in entries:
         old = out.pop(key, None)
-        if old is not None and old != value:
+        if old is not None and (old != item if value is None else value(old) != value(item)):
             conflicting[key] = None
-        out[key] = value
+        out[key] = item
     if conflicts is not None:
         conflicts.extend(conflicting)
     return out

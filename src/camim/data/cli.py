@@ -115,7 +115,11 @@ def format_summary(result: ScanResult) -> str:
     for name, sp in splits.items():
         forms = ", ".join(f"{v} {k}" for k, v in sp["img_id_forms"].items()) or "-"
         files = sp["image_files"]
-        how = ", ".join(f"{v} {k}" for k, v in files.get("resolved", {}).items()) if files["present"] else "absent"
+        how = (
+            ", ".join(f"{v} {k}" for k, v in files.get("resolved", {}).items())
+            if files["present"]
+            else "absent"
+        )
         lines.append(f"{name:<8}{forms}; {how}")
     lines += ["", "captions: coverage / mean words / empty"]
     lines.append(f"{'source':<11}" + "".join(f"{n:>22}" for n in names) + f"{'all':>22}")

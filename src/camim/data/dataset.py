@@ -18,9 +18,9 @@ from typing import Literal
 
 import torch.utils.data
 
+from camim.data._io import DEFAULT_ENCODING
 from camim.data.auxiliary import ScoreTable, read_box_dict, read_object_dict, read_phrases, read_score_table
 from camim.data.captions import Captions, read_captions
-from camim.data._io import DEFAULT_ENCODING
 from camim.data.images import ImageLimits, crop_box, find_image, image_candidates, load_image
 from camim.data.labels import LabelSet
 from camim.data.layout import SPLITS, DataLayout
@@ -236,9 +236,7 @@ class MNREDataset(torch.utils.data.Dataset):
             k: lay.path(root, getattr(lay, k), split)
             for k in ("weak_ori", "strong_ori", "weak_dif", "strong_dif")
         }
-        table: ScoreTable = read_score_table(
-            paths, on_missing_file=self.on_missing, encoding=self.encoding
-        )
+        table: ScoreTable = read_score_table(paths, on_missing_file=self.on_missing, encoding=self.encoding)
         out = []
         for ex in self.examples:
             scores, complete = table.lookup(ex.img_id)
@@ -267,7 +265,9 @@ class MNREDataset(torch.utils.data.Dataset):
         )
 
     # ---- lazy images -----------------------------------------------------------------------------------
-    def _image(self, folder_template: str, name: str, kind: str, modality: str | None = None) -> object | None:
+    def _image(
+        self, folder_template: str, name: str, kind: str, modality: str | None = None
+    ) -> object | None:
         path = self._image_path(folder_template, name)
         if path is None:
             path = self.layout.path(self.data_dir, folder_template, self.split) / name

@@ -14,7 +14,6 @@ from PIL import Image, UnidentifiedImageError
 
 from camim.errors import DataError
 
-
 # Extensions tried, in this order, after the name as given (lower case, then upper case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 

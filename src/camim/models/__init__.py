@@ -63,14 +63,18 @@ def load_model(directory: str | Path):
             try:
                 encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
             except Exception as exc:  # noqa: BLE001 - a corrupt or foreign config.json: one line naming it
-                raise CamimError(f"{sub / 'config.json'}: cannot read the encoder config: {_first_line(exc)}") from exc
+                raise CamimError(
+                    f"{sub / 'config.json'}: cannot read the encoder config: {_first_line(exc)}"
+                ) from exc
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise CamimError(f"{weights}: not found")
     try:
         tokenizer = load_tokenizer(str(directory))
     except CamimError as exc:
-        raise CamimError(f"{_bad_tokenizer_file(directory)}: cannot load the tokenizer: {_first_line(exc.__cause__ or exc)}") from exc
+        raise CamimError(
+            f"{_bad_tokenizer_file(directory)}: cannot load the tokenizer: {_first_line(exc.__cause__ or exc)}"
+        ) from exc
     model = _model_class(cfg.name)(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
     try:
         load_safetensors(model, str(weights), strict=True)

@@ -36,7 +36,9 @@ class DataConfig:
     on_missing: str = "raise"
     # the label excluded from micro P/R/F1; null: rel2id's / the samples' "None", "none", "NA", "no_relation" ...
     negative_label: str | None = None
-    encoding: str = "utf-8"  # of the text files (strict; a UTF-8 BOM is accepted); e.g. latin-1 for legacy files
+    encoding: str = (
+        "utf-8"  # of the text files (strict; a UTF-8 BOM is accepted); e.g. latin-1 for legacy files
+    )
     num_workers: int = 0
     train_limit: int | None = None  # use only the first N samples of each split (smoke runs, tests)
     eval_limit: int | None = None

@@ -106,8 +106,12 @@ class MNREDataModule(L.LightningDataModule):
         )
         if len(ds) == 0:
             skipped = f" ({len(ds.problems)} malformed line(s) skipped)" if ds.problems else ""
-            hint = " (or set optim.select_on: train_loss to train without validation)" if split == "val" else ""
-            raise DataError(f"the {split!r} split has no samples{skipped}; give it samples{hint}", ds.samples_path)
+            hint = (
+                " (or set optim.select_on: train_loss to train without validation)" if split == "val" else ""
+            )
+            raise DataError(
+                f"the {split!r} split has no samples{skipped}; give it samples{hint}", ds.samples_path
+            )
         return ds
 
     def dataset(self, split: str) -> MNREDataset:

@@ -13,10 +13,10 @@ Numbers from these encoders are not comparable with the paper's (no pretraining,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
-import logging
 from collections import Counter
 from pathlib import Path
 

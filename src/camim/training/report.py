@@ -155,7 +155,9 @@ def write_run_report(
         lines += [f"Note: {note}.", ""]
     if metrics.get("best_checkpoint"):
         criterion = (
-            "lowest epoch training loss" if metrics.get("selected_on") == "train_loss" else "best dev micro-F1"
+            "lowest epoch training loss"
+            if metrics.get("selected_on") == "train_loss"
+            else "best dev micro-F1"
         )
         lines += [
             f"Selected checkpoint ({criterion}): epoch {metrics.get('best_epoch')} of"
