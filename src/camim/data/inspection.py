@@ -15,7 +15,7 @@ from pathlib import Path
 
 from camim.data._io import DEFAULT_ENCODING
 from camim.data.auxiliary import iter_score_lines, read_box_dict, read_object_dict, read_phrases
-from camim.data.captions import Captions, read_captions
+from camim.data.captions import Captions, image_stem, read_captions
 from camim.data.images import IMAGE_EXTENSIONS, ImageLimits, find_image, load_image, resolution
 from camim.data.labels import LabelSet, negative_label_origin
 from camim.data.layout import CAPTION_SOURCES, RELEASED_CAPTION_SOURCES, SPLITS, DataLayout
@@ -246,6 +246,15 @@ class _Scanner:
         any_file = False
         for kind, (strong_t, weak_t) in pairs.items():
             strong_p, weak_p = lay.path(self.root, strong_t, split), lay.path(self.root, weak_t, split)
+            if not strong_p.is_file() and not weak_p.is_file():
+                # a dataset without this modality (earlier releases have no scores): only models that read
+                # TMR correlation scores need them
+                self.warn(
+                    f"{strong_p.parent}: no {kind} score files ({strong_p.name}, {weak_p.name}); models that "
+                    "read TMR scores need them (`camim prepare scores`) or data.on_missing: fallback"
+                )
+                covered_all = set()
+                continue
             lines = {}
             for p in (strong_p, weak_p):
                 if not p.is_file():
@@ -277,7 +286,9 @@ class _Scanner:
                     f"{strong_p}:{a[0]}: strong + weak != 1 on {len(bad)} lines "
                     f"(first: {a[1]!r} {a[2]} + {b[2]} at {weak_p}:{b[0]})"
                 )
-            ids = {a[1] for a in s_lines} & {b[1] for b in w_lines}
+            scored = {a[1] for a in s_lines} & {b[1] for b in w_lines}
+            stems = {image_stem(i) for i in scored}  # bare ids match "x.jpg" lines, as ScoreTable.lookup
+            ids = {ex.img_id for ex in examples if ex.img_id in scored or image_stem(ex.img_id) in stems}
             covered_all &= ids
             n_cov = sum(1 for ex in examples if ex.img_id in ids)
             if n_cov < len(examples):
@@ -299,8 +310,8 @@ class _Scanner:
 
     def _index_dict(self, templates: tuple[str, ...], split: str, reader, what: str, n: int):
         path = self.layout.first_existing(self.root, templates, split)
-        if path is None:
-            self.problem(
+        if path is None:  # a dataset without this modality: only models that read it need the file
+            self.warn(
                 DataError(f"{what} not found (tried {[t.format(split=split) for t in templates]})", self.root)
             )
             return None, None
