@@ -38,7 +38,9 @@ def sample(tokens, img_id, relation="none", h=(0, 1), t=(2, 3)) -> dict:
 def write_split(root: Path, split: str, records: list, literal: bool = True) -> Path:
     path = root / "txt" / f"ours_{split}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((repr(r) if literal else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+    path.write_text(
+        "".join((repr(r) if literal else json.dumps(r)) + "\n" for r in records), encoding="utf-8"
+    )
     return path
 
 
@@ -61,7 +63,9 @@ def older_release(tmp_path: Path) -> Path:
     draw(root / "img_org" / "train" / "553009.jpg")
     draw(root / "img_org" / "train" / "553010.png")
     draw(root / "img_org" / "train" / "553011.tmp.png")
-    (root / "img_org" / "train" / "553011.tmp.png").rename(root / "img_org" / "train" / "553011")  # found as given
+    (root / "img_org" / "train" / "553011.tmp.png").rename(
+        root / "img_org" / "train" / "553011"
+    )  # found as given
     draw(root / "img_org" / "val" / "553012.jpg")
     draw(root / "img_org" / "test" / "553013.JPG")
     return root
@@ -81,17 +85,25 @@ def test_integer_and_bare_img_ids_are_read_and_their_images_resolved(older_relea
     assert MNREDataset(older_release, "test", caption_source=None, modalities=("image",))[0].image is not None
 
     # a truly missing or empty id is still refused, naming file and line
-    for bad, problem in (("", "img_id missing or empty"), ("  ", "img_id missing or empty"), (None, "img_id missing")):
+    for bad, problem in (
+        ("", "img_id missing or empty"),
+        ("  ", "img_id missing or empty"),
+        (None, "img_id missing"),
+    ):
         rec = sample(["a", "b", "c"], bad)
         if bad is None:
             del rec["img_id"]
         path = write_split(tmp_path / "bad", "train", [sample(["a", "b", "c"], 1), rec])
         with pytest.raises(DataError, match=rf"ours_train\.txt:2: {problem}"):
-            MNREDataset(path.parent.parent, "train", labels=LabelSet.from_names(["none"]), caption_source=None)
+            MNREDataset(
+                path.parent.parent, "train", labels=LabelSet.from_names(["none"]), caption_source=None
+            )
     for bad, problem in ((True, "img_id must be a string or an integer, got bool"), (1.5, "got float")):
         path = write_split(tmp_path / "bad2", "train", [sample(["a", "b", "c"], bad)], literal=False)
         with pytest.raises(DataError, match=rf"ours_train\.txt:1: .*{problem}"):
-            MNREDataset(path.parent.parent, "train", labels=LabelSet.from_names(["none"]), caption_source=None)
+            MNREDataset(
+                path.parent.parent, "train", labels=LabelSet.from_names(["none"]), caption_source=None
+            )
 
 
 def test_inspect_says_how_img_ids_were_resolved(older_release, capsys):
@@ -123,7 +135,9 @@ def test_inferred_negative_label_is_explicit_and_overridable(older_release, caps
     over = scan(older_release, negative="/per/per/couple").summary
     assert over["negative"] == "/per/per/couple" and over["negative_origin"] == "set by data.negative_label"
     assert default_labels(older_release, negative="/per/per/couple").negative_name == "/per/per/couple"
-    rc, out, _ = run(capsys, "data", "inspect", str(older_release), "--json", "--negative-label", "/per/per/couple")
+    rc, out, _ = run(
+        capsys, "data", "inspect", str(older_release), "--json", "--negative-label", "/per/per/couple"
+    )
     assert json.loads(out)["negative"] == "/per/per/couple"
     with pytest.raises(DataError, match="negative label 'NA' does not occur"):
         default_labels(older_release, negative="NA")
@@ -154,7 +168,9 @@ def test_validate_decodes_every_image_with_the_training_limits(older_release, ca
     full.write_bytes(full.read_bytes()[:-200])  # truncated: the header still reads, decoding fails
     rc, out, _ = run(capsys, "data", "validate", str(older_release))
     assert rc == 1
-    assert f"problem: {full}: unreadable image (training would stop on it): corrupt or unreadable image" in out
+    assert (
+        f"problem: {full}: unreadable image (training would stop on it): corrupt or unreadable image" in out
+    )
     assert run(capsys, "data", "validate", str(older_release), "--no-images")[0] == 0  # not decoded: clean
     full.unlink()
     draw(full)
@@ -174,7 +190,9 @@ def test_text_is_decoded_strictly_as_utf8_with_bom_and_an_encoding_option(older_
     assert MNREDataset(older_release, "val", caption_source=None)[0].tokens[0] == "Zoë"
     latin = repr(sample(["Café", "wed", "Gus"], 553012, "/per/per/couple")) + "\n"
     path.write_bytes((repr(record) + "\n").encode("utf-8") + latin.encode("latin-1"))
-    with pytest.raises(DataError, match=r"ours_val\.txt:2: not UTF-8 text: undecodable byte 0xe9 at byte 16 of the line"):
+    with pytest.raises(
+        DataError, match=r"ours_val\.txt:2: not UTF-8 text: undecodable byte 0xe9 at byte 16 of the line"
+    ):
         MNREDataset(older_release, "val", caption_source=None)
     rc, out, _ = run(capsys, "data", "validate", str(older_release))
     assert rc == 1 and f"problem: {path}:2: not UTF-8 text: undecodable byte 0xe9" in out
@@ -191,7 +209,9 @@ def test_text_is_decoded_strictly_as_utf8_with_bom_and_an_encoding_option(older_
 
     js = tmp_path / "x.json"
     js.write_bytes(b'{"a": 1,\n "b": "\xff"}')
-    with pytest.raises(DataError, match=r"x\.json:2: not UTF-8 text: undecodable byte 0xff at byte 8 of the line"):
+    with pytest.raises(
+        DataError, match=r"x\.json:2: not UTF-8 text: undecodable byte 0xff at byte 8 of the line"
+    ):
         read_json(js)
     js.write_bytes(b'\xef\xbb\xbf{"a": 1}')
     assert read_json(js) == {"a": 1}
@@ -243,7 +263,9 @@ def test_fallback_never_covers_an_image_the_model_needs(older_release):
             on_missing="fallback",
             no_fallback={"image"},
         )
-    assert str(err.value).startswith(f"{older_release / 'img_org' / 'train'}: 1 of 3 samples have no image file")
+    assert str(err.value).startswith(
+        f"{older_release / 'img_org' / 'train'}: 1 of 3 samples have no image file"
+    )
     assert "first: '553010'" in str(err.value) and "on_missing='fallback' does not apply" in str(err.value)
 
     # the training data module refuses it up front for a model that needs the image (TMR, HVPNeT)

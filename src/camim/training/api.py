@@ -190,6 +190,7 @@ def train_run(
             limit=cfg.data.train_limit,
             require_captions=cfg.data.caption_source is not None,
             encoding=cfg.data.encoding,
+            on_error=cfg.data.on_error,
         )
         for key in cfg.offline.model_keys:
             cfg.model[key] = str(folder.resolve())

@@ -65,8 +65,10 @@ def vocabulary_corpus(
     caption_source: str | Path | None,
     limit: int | None = None,
     encoding: str = DEFAULT_ENCODING,
+    on_error: str = "raise",
 ) -> list[str]:
-    """The training split's sentences followed by its (unique) captions."""
+    """The training split's sentences followed by its (unique) captions (``on_error="skip"``: malformed
+    sample lines left out, as the run's data.on_error does)."""
     ds = MNREDataset(
         data_dir,
         split="train",
@@ -74,6 +76,7 @@ def vocabulary_corpus(
         modalities=("caption",) if caption_source else (),
         on_missing="fallback",
         encoding=encoding,
+        on_error=on_error,
     )
     n = len(ds) if limit is None else min(limit, len(ds))
     texts, captions = [], {}
@@ -138,6 +141,7 @@ def build_offline_encoder(
     limit: int | None = None,
     require_captions: bool = False,
     encoding: str = DEFAULT_ENCODING,
+    on_error: str = "raise",
 ) -> Path:
     """Write ``vocab.txt`` + tokenizer files + a ``BertConfig`` to ``folder`` (reused when already built with
     the same settings; written to a temporary folder first and renamed, so an interruption leaves nothing
@@ -161,7 +165,7 @@ def build_offline_encoder(
     stamp = folder / "camim_offline.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
         return folder
-    corpus = vocabulary_corpus(data_dir, captions, limit, encoding)
+    corpus = vocabulary_corpus(data_dir, captions, limit, encoding, on_error)
     vocab = wordpiece_vocabulary(corpus, cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".offline_encoder.", dir=folder.parent))
