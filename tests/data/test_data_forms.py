@@ -11,10 +11,10 @@ import pytest
 
 from camim.cli import main
 from camim.data import DataLayout, ImageLimits, LabelSet, MNREDataset, default_labels, read_captions
-from camim.data._io import iter_lines, read_json
 from camim.data.images import find_image, resolution
 from camim.data.inspection import scan
 from camim.errors import CamimError, DataError
+from camim.io import iter_lines, read_json
 
 from .conftest import draw
 
@@ -169,7 +169,8 @@ def test_validate_decodes_every_image_with_the_training_limits(older_release, ca
     rc, out, _ = run(capsys, "data", "validate", str(older_release))
     assert rc == 1
     assert (
-        f"problem: {full}: unreadable image (training would stop on it): corrupt or unreadable image" in out
+        f"problem: {full}: unreadable image (training would stop on it): not a readable image (corrupt or "
+        "unreadable: " in out
     )
     assert run(capsys, "data", "validate", str(older_release), "--no-images")[0] == 0  # not decoded: clean
     full.unlink()
@@ -177,8 +178,7 @@ def test_validate_decodes_every_image_with_the_training_limits(older_release, ca
     draw(big, (300, 200))
     result = scan(older_release, limits=ImageLimits(max_pixels=50_000))
     assert [p for p in result.problems] == [
-        f"{big}: unreadable image (training would stop on it): image too large: 300x200 "
-        "(limit 50000 pixels, 20000 per side)"
+        f"{big}: image too large: 300x200 pixels, over the limit of 50000"
     ]
 
 
@@ -269,10 +269,11 @@ def test_fallback_never_covers_an_image_the_model_needs(older_release):
     assert "first: '553010'" in str(err.value) and "on_missing='fallback' does not apply" in str(err.value)
 
     # the training data module refuses it up front for a model that needs the image (TMR, HVPNeT)
+    from camim.models import ModelConfig
     from camim.training.config import RunConfig
     from camim.training.datamodule import MNREDataModule
 
-    cfg = RunConfig(model={"name": "tmr"})
+    cfg = RunConfig(model=ModelConfig(name="tmr"))
     cfg.data.on_missing = "fallback"
     cfg.data.caption_source = None
     labels = default_labels(older_release)

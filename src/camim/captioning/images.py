@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from camim.errors import CamimError, DataError
+from camim.errors import CamimError, DataError, ImageError
+from camim.io import IMAGE_SUFFIXES, checked_image, iter_lines, open_image
 
 if TYPE_CHECKING:  # the data layer imports torch: only the split readers below load it
     from camim.data.layout import DataLayout
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # Formats every OpenAI-compatible server accepts as-is; others are re-encoded as PNG.
 _SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -47,7 +47,6 @@ def split_image_ids(data_dir: str | Path, split: str, layout: DataLayout | None 
     Reads the split's sample file as the data layer does (``txt/ours_{split}.txt`` Python-literal lines or
     ``{split}.jsonl``); a malformed line raises ``DataError`` naming file and line.
     """
-    from camim.data._io import iter_lines
     from camim.data._literal import describe_literal_error, parse_literal
     from camim.data.layout import DataLayout
     from camim.data.samples import _Problem, normalise_img_id
@@ -95,15 +94,12 @@ def folder_items(folder: str | Path) -> list[ImageItem]:
 
 
 def load_image(item: ImageItem) -> Image.Image:
-    """The image as RGB; ``ImageProblem`` when the file is missing or not a readable image."""
-    if not item.path.is_file():
-        raise ImageProblem("missing", f"{item.path}: no such image")
+    """The image as RGB (the safe opener :func:`camim.io.open_image`); ``ImageProblem`` when the file is
+    missing, not a readable image, or over the size limits (counted as ``corrupt``)."""
     try:
-        with Image.open(item.path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem("corrupt", f"{item.path}: unreadable image ({exc})") from None
+        return open_image(item.path)
+    except ImageError as exc:
+        raise ImageProblem("corrupt" if item.path.is_file() else "missing", str(exc)) from None
 
 
 def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
@@ -111,12 +107,13 @@ def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
 
     The file's own bytes are sent when it is a JPEG/PNG/WEBP/GIF no larger than ``max_side``; otherwise it
     is decoded, downscaled to ``max_side`` (aspect kept) if needed, and re-encoded (JPEG, or PNG with alpha).
+    The size is checked from the header before decoding, as :func:`load_image` does.
     """
     if not item.path.is_file():
         raise ImageProblem("missing", f"{item.path}: no such image")
     raw = item.path.read_bytes()
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        with checked_image(raw, name=str(item.path)) as im:
             im.load()  # decode fully: catches truncated files
             fmt = im.format
             if fmt in _SENDABLE and (max_side is None or max(im.size) <= max_side):
@@ -131,6 +128,6 @@ def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
             else:
                 im.convert("RGB").save(out, format="JPEG", quality=95)
                 mime = "image/jpeg"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem("corrupt", f"{item.path}: unreadable image ({exc})") from None
+    except ImageError as exc:
+        raise ImageProblem("corrupt", str(exc)) from None
     return f"data:{mime};base64,{base64.b64encode(out.getvalue()).decode('ascii')}"

@@ -10,17 +10,16 @@ byte-for-byte as released (``repr`` of the dict; ``json.dumps`` with default sep
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from camim.captioning.cache import CaptionCache, CaptionRecord, read_cache, utc_now
-from camim.data._io import DEFAULT_ENCODING, decode_text
 from camim.data._literal import describe_literal_error, parse_literal
 from camim.data.captions import keep_last
 from camim.data.layout import CAPTION_SOURCES
 from camim.errors import CamimError, DataError
+from camim.io import DEFAULT_ENCODING, atomic_write_bytes, decode_text
 
 # Released source name (the model name in the cache) -> the MLLM of the paper's Table 2.
 RELEASED_MLLMS: dict[str, str] = {
@@ -38,9 +37,9 @@ _FILE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<split>train|val|test)$")
 
 @dataclass
 class ImportReport:
-    """Per input file: (lines read, lines written); ``skipped`` were already in the output. ``conflicts``:
-    per input file, the img_ids it gives several different captions (the last one is imported, as the
-    data layer's reader keeps the last)."""
+    """Per input file: (lines read, lines written); the lines read but not written were already in the
+    output. ``conflicts``: per input file, the img_ids it gives several different captions (the last one is
+    imported, as the data layer's reader keeps the last)."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
@@ -182,13 +181,6 @@ def import_released(
     return report
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def export_released(
     input: str | Path, output: str | Path, model: str | None = None, newline: str | None = None
 ) -> int:
@@ -227,5 +219,5 @@ def export_released(
             recorded = {r.settings.get("newline") for r in latest.values()}
             newline = recorded.pop() if len(recorded) == 1 and None not in recorded else "\n"
         data = "".join(repr({"img_id": r.img_id, "text": r.text}) + newline for r in latest.values())
-    _atomic_write(output, data.encode("utf-8"))
+    atomic_write_bytes(output, data.encode("utf-8"))
     return len(latest)

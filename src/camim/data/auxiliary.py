@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camim.data._io import DEFAULT_ENCODING, read_json
 from camim.data.captions import image_stem
-from camim.data.samples import OnError, iter_lines
+from camim.data.samples import OnError
 from camim.data.types import Scores
 from camim.errors import DataError
+from camim.io import DEFAULT_ENCODING, iter_lines, read_json
 
 # The documented fallback for a sample without scores: both paths weighted equally.
 UNIFORM_SCORE = 0.5

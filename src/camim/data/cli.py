@@ -7,7 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-from camim.data._io import DEFAULT_ENCODING, decode_text
 from camim.data.auxiliary import read_box_dict, read_object_dict
 from camim.data.captions import read_captions
 from camim.data.inspection import ScanResult, discover_caption_sources, scan
@@ -15,6 +14,7 @@ from camim.data.layout import CAPTION_SOURCES, SPLITS, DataLayout
 from camim.data.samples import read_samples
 from camim.data.writers import write_captions_jsonl, write_index_dict_json, write_samples_jsonl
 from camim.errors import DataError
+from camim.io import DEFAULT_ENCODING, decode_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -18,25 +18,16 @@ from typing import Literal
 
 import torch.utils.data
 
-from camim.data._io import DEFAULT_ENCODING
 from camim.data.auxiliary import ScoreTable, read_box_dict, read_object_dict, read_phrases, read_score_table
 from camim.data.captions import Captions, read_captions
 from camim.data.images import ImageLimits, crop_box, find_image, image_candidates, load_image
 from camim.data.labels import LabelSet
 from camim.data.layout import SPLITS, DataLayout
 from camim.data.samples import read_relations, read_samples
-from camim.data.types import MNREExample
+from camim.data.types import MODALITIES, MNREExample
 from camim.errors import DataError
+from camim.io import DEFAULT_ENCODING
 
-MODALITIES: tuple[str, ...] = (
-    "caption",
-    "scores",
-    "phrase",
-    "image",
-    "objects",
-    "generated_image",
-    "generated_objects",
-)
 OnMissing = Literal["raise", "fallback"]
 
 

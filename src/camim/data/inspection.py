@@ -13,15 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camim.data._io import DEFAULT_ENCODING
 from camim.data.auxiliary import iter_score_lines, read_box_dict, read_object_dict, read_phrases
 from camim.data.captions import Captions, image_stem, read_captions
-from camim.data.images import IMAGE_EXTENSIONS, ImageLimits, find_image, load_image, resolution
+from camim.data.images import find_image, load_image, resolution
 from camim.data.labels import LabelSet, negative_label_origin
 from camim.data.layout import CAPTION_SOURCES, RELEASED_CAPTION_SOURCES, SPLITS, DataLayout
 from camim.data.samples import read_relations, read_samples
 from camim.data.types import MNREExample
-from camim.errors import DataError
+from camim.errors import DataError, ImageError
+from camim.io import DEFAULT_ENCODING, IMAGE_SUFFIXES, ImageLimits
 
 _PREFIX_TO_SOURCE = {prefix: name for name, prefix in reversed(list(CAPTION_SOURCES.items()))}
 
@@ -83,7 +83,7 @@ def label_source(root: Path, layout: DataLayout) -> str:
 def img_id_form(img_id: str) -> str:
     """``"file name"`` (with an image extension), ``"integer"`` (digits only, as earlier MNRE releases) or
     ``"bare name"``."""
-    if Path(img_id).suffix.lower() in IMAGE_EXTENSIONS:
+    if Path(img_id).suffix.lower() in IMAGE_SUFFIXES:
         return "file name"
     return "integer" if img_id.isdigit() else "bare name"
 
@@ -410,12 +410,17 @@ class _Scanner:
 
     def _decode(self, paths: list[Path]) -> None:
         """Decode every image with the loader training uses (:func:`camim.data.images.load_image`: the same
-        size limits, the whole file read), so truncated or corrupt files are caught here, not mid-training."""
+        size limits, the whole file read), so truncated or corrupt files are caught here, not mid-training;
+        an image over the limits is reported as such."""
         for path in paths:
             try:
                 load_image(path, self.limits)
-            except DataError as err:
-                self.problem(DataError(f"unreadable image (training would stop on it): {err.problem}", path))
+            except ImageError as exc:
+                self.problem(
+                    exc
+                    if exc.too_large
+                    else DataError(f"unreadable image (training would stop on it): {exc.problem}", path)
+                )
 
 
 def scan(

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from camim.data._io import DEFAULT_ENCODING, check_encoding, decode_text
 from camim.data.images import find_image
 from camim.errors import CamimError, DataError
 from camim.inference.predictor import Prediction, Predictor, PreparedInput
+from camim.io import DEFAULT_ENCODING, JsonlLog, check_encoding, decode_text, short_hash
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -215,7 +214,7 @@ def _parse_line(line: str, literal: bool) -> Any:
 
 def line_hash(raw: bytes) -> str:
     """The short hash of one input line (its bytes without the line end) that each output record carries."""
-    return hashlib.sha256(raw.rstrip(b"\r\n")).hexdigest()[:16]
+    return short_hash(raw.rstrip(b"\r\n"), 16)
 
 
 def _input_lines(path: Path) -> list[bytes]:
@@ -228,21 +227,21 @@ def _done_lines(output: Path, input_path: Path, lines: list[bytes]) -> set[int]:
     """Line numbers already in ``output``; a torn last line (interrupted write) is cut off. ``CamimError``
     when a record was made from another line than ``input_path``'s line of that number (``output`` belongs
     to another input file) or carries no input hash."""
+    log = JsonlLog(output, what="predictions file")
+    records = log.read()
+    if log.partial_tail:
+        log.drop_partial_tail()
     done: set[int] = set()
-    raw = output.read_bytes()
-    keep = raw.rfind(b"\n") + 1
-    if keep < len(raw):
-        with output.open("r+b") as fh:
-            fh.truncate(keep)
-    for k, line in enumerate(raw[:keep].decode("utf-8").splitlines(), start=1):
+    bad = min((k for k, _ in log.bad_lines), default=None)  # the first line that is not a record
+    for k, rec in records:
+        if bad is not None and k > bad:
+            break
         try:
-            record = json.loads(line)
-            n = int(record["line"])
+            n = int(rec["line"])  # type: ignore[index]
         except (ValueError, KeyError, TypeError):
-            raise DataError(
-                "not a camim predictions line; use --overwrite to replace the file", output, k
-            ) from None
-        recorded = record.get("input_sha256")
+            bad = k
+            break
+        recorded = rec.get("input_sha256")  # type: ignore[union-attr]
         actual = line_hash(lines[n - 1]) if 1 <= n <= len(lines) else None
         if recorded is None or recorded != actual:
             if recorded is None:
@@ -258,6 +257,8 @@ def _done_lines(output: Path, input_path: Path, lines: list[bytes]) -> set[int]:
                 k,
             )
         done.add(n)
+    if bad is not None:
+        raise DataError("not a camim predictions line; use --overwrite to replace the file", output, bad)
     return done
 
 
@@ -306,7 +307,11 @@ def predict_file(
         done = _done_lines(output_path, input_path, lines)
         if done:
             print(f"camim predict: resuming {output_path}: {len(done)} line(s) already done", file=sys.stderr)
-    out = sys.stdout if output_path is None else output_path.open("w" if overwrite else "a", encoding="utf-8")
+    log = None
+    if output_path is not None:
+        if overwrite:
+            output_path.unlink(missing_ok=True)
+        log = JsonlLog(output_path, what="predictions file").open()
     counts = {"predicted": 0, "failed": 0}
     pending: list[tuple[int, PreparedInput | None, dict[str, Any]]] = []
 
@@ -324,6 +329,7 @@ def predict_file(
                 except CamimError as exc:
                     results.append(exc)
         it = iter(results)
+        records = []
         for n, prep, rec in pending:
             if prep is not None:
                 res = next(it)
@@ -334,8 +340,12 @@ def predict_file(
                 else:
                     rec.update(_record(res, top_k))
                     counts["predicted"] += 1
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        out.flush()
+            records.append(rec)
+        if log is not None:
+            log.append(records)  # one write per batch: an interruption loses at most this batch
+        else:
+            sys.stdout.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+            sys.stdout.flush()
         pending.clear()
 
     try:
@@ -363,8 +373,8 @@ def predict_file(
                 flush()
         flush()
     finally:
-        if out is not sys.stdout:
-            out.close()
+        if log is not None:
+            log.close()
     where = output_path if output_path is not None else "stdout"
     print(
         f"camim predict: {counts['predicted']} prediction(s), {counts['failed']} failed line(s) -> {where}",

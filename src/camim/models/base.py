@@ -1,8 +1,9 @@
-"""The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / loading.
+"""The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / ``from_pretrained``.
 
 A saved model folder holds ``config.json`` (the :class:`ModelConfig` plus ``labels``), ``model.safetensors``,
 the tokenizer files, and ``encoders/<name>/config.json`` for each Hugging Face backbone, so that
-:func:`camim.models.load_model` rebuilds every module offline and loads the weights strictly.
+:meth:`MREModel.from_pretrained` (and :func:`camim.models.load_model`) rebuilds every module offline and
+loads the weights strictly.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from camim.errors import CamimError
+from camim.io import atomic_path, atomic_write_text, read_json
 from camim.models.batch import MREBatch, MREOutput
 from camim.models.config import ModelConfig
 from camim.models.encoders import VisionBackbone, load_text_encoder, load_tokenizer
@@ -124,9 +128,83 @@ class MREModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, **self.config.to_dict(), "labels": self.labels}
-        (directory / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(directory / "config.json", json.dumps(data, indent=2) + "\n")
         for key, module in self.hf_encoders().items():
             module.config.save_pretrained(directory / "encoders" / key)
         self.tokenizer.save_pretrained(directory)
-        save_model(self, str(directory / "model.safetensors"))
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_model(self, str(tmp))
         return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MREModel:
+        """Load a model saved by :meth:`save_pretrained`: same modules, same weights, same logits, offline.
+
+        ``MREModel.from_pretrained`` builds the extractor named in ``config.json``; on a subclass
+        (``TMR.from_pretrained``) a folder holding another extractor is refused. Weights load strictly.
+        """
+        from camim.models import _model_class
+
+        directory = Path(directory)
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise CamimError(f"{cfg_path}: not found (not a camim model folder)")
+        data = read_json(cfg_path)
+        if not isinstance(data, dict) or "labels" not in data:
+            raise CamimError(f"{cfg_path}: no 'labels' entry")
+        cfg = ModelConfig.from_dict(data)
+        model_cls = _model_class(cfg.name)
+        if not issubclass(model_cls, cls):
+            raise CamimError(f"{cfg_path}: holds a {model_cls.__name__} model, not a {cls.__name__}")
+        enc_dir = directory / "encoders"
+        encoder_configs = {}
+        if enc_dir.is_dir():
+            for sub in sorted(enc_dir.iterdir()):
+                try:
+                    encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
+                except Exception as exc:  # noqa: BLE001 - a corrupt or foreign config.json: one line naming it
+                    raise CamimError(
+                        f"{sub / 'config.json'}: cannot read the encoder config: {_first_line(exc)}"
+                    ) from exc
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise CamimError(f"{weights}: not found")
+        try:
+            tokenizer = load_tokenizer(str(directory))
+        except CamimError as exc:
+            raise CamimError(
+                f"{_bad_tokenizer_file(directory)}: cannot load the tokenizer: "
+                f"{_first_line(exc.__cause__ or exc)}"
+            ) from exc
+        model = model_cls(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
+        try:
+            load_safetensors(model, str(weights), strict=True)
+        except RuntimeError as exc:
+            raise CamimError(f"{weights}: weights do not match the model: {_first_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - SafetensorError (truncated/corrupt file), OSError ...
+            raise CamimError(f"{weights}: not a readable safetensors file ({_first_line(exc)})") from exc
+        model.eval()
+        return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def _bad_tokenizer_file(directory: Path) -> Path:
+    """The first tokenizer file of ``directory`` that is not valid UTF-8 / JSON, else the folder itself."""
+    for name in _TOKENIZER_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix == ".json":
+                json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return path
+    return directory

@@ -19,13 +19,13 @@ from typing import Literal
 
 from PIL import Image
 
-from camim.data.images import IMAGE_EXTENSIONS, find_image
+from camim.data.images import find_image
 from camim.data.layout import DataLayout
 from camim.errors import CamimError, DataError
+from camim.io import IMAGE_SUFFIXES, atomic_save_image
 from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
-    atomic_save_image,
     is_valid_image,
     load_split,
     progress_bar,
@@ -187,7 +187,7 @@ def prepare_translations(
     for img_id, tokens in progress_bar(first.items(), len(first), f"translate {split}", progress):
         # a bare or integer img_id (earlier MNRE releases) gets a .png file, which the data layer finds
         out_path = find_image(out_dir, img_id) or out_dir / (
-            img_id if Path(img_id).suffix.lower() in IMAGE_EXTENSIONS else img_id + ".png"
+            img_id if Path(img_id).suffix.lower() in IMAGE_SUFFIXES else img_id + ".png"
         )
         if not overwrite and is_valid_image(out_path):
             report.skipped_done += 1

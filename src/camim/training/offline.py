@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 from camim.data import DataLayout, MNREDataset
-from camim.data._io import DEFAULT_ENCODING
 from camim.errors import DataError
+from camim.io import DEFAULT_ENCODING
 from camim.training.config import OfflineConfig
 
 log = logging.getLogger(__name__)
