@@ -43,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Run one ``camim`` command; 1 on a :class:`CamimError` (one line), 130 on Ctrl-C (also while the command
+    modules are still importing), 141 when stdout's reader went away."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         rc = args.func(args)
     except CamimError as exc:
         print(f"camim: error: {exc}", file=sys.stderr)
@@ -64,4 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from camim.__main__ import run
+
+    sys.exit(run())

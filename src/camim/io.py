@@ -1,5 +1,5 @@
-"""Shared file I/O: text and JSON reading, atomic writes, short hashes, the append-only JSONL log that long
-jobs resume from, and the safe image opener. Everything here raises :class:`camim.errors.CamimError`
+"""Shared file I/O: strict text and JSON reading, atomic writes, short hashes, the append-only JSONL log
+that long jobs resume from, and the safe image opener. Everything here raises :class:`camim.errors.CamimError`
 (mostly :class:`~camim.errors.DataError`) with the file, and the line where there is one, in the message.
 
 This module sits just above ``camim.errors``: it imports nothing else of camim, so every layer can use it.
@@ -7,6 +7,7 @@ This module sits just above ``camim.errors``: it imports nothing else of camim, 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -29,31 +30,86 @@ except ImportError:  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of the non-blank lines of a UTF-8 file; DataError when unreadable."""
-    path = Path(path)
+DEFAULT_ENCODING = "utf-8"
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec name of ``encoding``; ``CamimError`` when unknown or not line-compatible with ASCII (lines
+    are split on the byte ``\\n``, so UTF-16/32 files must be converted first)."""
     try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield lineno, line
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise CamimError(f"unknown text encoding {encoding!r}") from None
+    try:
+        ascii_compatible = "\n{}:'\"".encode(name) == b"\n{}:'\""
+    except (UnicodeError, LookupError):
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise CamimError(
+            f"text encoding {encoding!r} is not ASCII-compatible; convert the file to UTF-8 first"
+        )
+    return name
+
+
+def _decode(raw: bytes, path: Path, codec: str, line: int | None) -> str:
+    if codec == "utf-8" and line in (None, 1) and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode(codec)
     except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path) from None
+        start = raw.rfind(b"\n", 0, exc.start) + 1
+        lineno = (line or 1) + raw.count(b"\n", 0, exc.start)
+        label = "UTF-8" if codec == DEFAULT_ENCODING else codec
+        hint = "; for a legacy file name its encoding with --encoding" if codec == DEFAULT_ENCODING else ""
+        raise DataError(
+            f"not {label} text: undecodable byte 0x{raw[exc.start : exc.start + 1].hex()} at byte "
+            f"{exc.start - start + 1} of the line ({exc.reason}{hint})",
+            path,
+            lineno,
+        ) from None
 
 
-def read_json(path: str | Path) -> object:
-    """The JSON value in ``path``; DataError (with the line of a syntax error) when missing or invalid."""
+def decode_text(
+    raw: bytes, path: str | Path, encoding: str = DEFAULT_ENCODING, line: int | None = None
+) -> str:
+    """``raw`` (a whole file, or its line ``line``) decoded strictly, a leading UTF-8 byte-order mark dropped;
+    ``DataError`` naming the file and the line of the first undecodable byte."""
+    return _decode(raw, Path(path), check_encoding(encoding), line)
+
+
+def iter_lines(path: str | Path, encoding: str = DEFAULT_ENCODING) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of the non-blank lines of a text file, decoded strictly as ``encoding``
+    (UTF-8 with an optional byte-order mark by default); ``DataError`` naming file and line when a line does
+    not decode, or when the file is missing or unreadable."""
     path = Path(path)
+    codec = check_encoding(encoding)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = _decode(raw, path, codec, lineno)
+                if line.strip():
+                    yield lineno, line.replace("\r\n", "\n")
     except FileNotFoundError:
         raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a file", path) from None
+
+
+def read_json(path: str | Path, encoding: str = DEFAULT_ENCODING) -> object:
+    """The JSON value in ``path``; DataError (with the line of a syntax error or of an undecodable byte)
+    when missing or invalid."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a file", path) from None
+    text = _decode(raw, path, check_encoding(encoding), None)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path) from None
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
@@ -106,9 +162,11 @@ def atomic_save_image(image: Image.Image, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ hashing
-def short_hash(text: str, length: int = 12) -> str:
-    """The first ``length`` hex digits of the SHA-256 of ``text`` (UTF-8): a stable key, not a secret."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+def short_hash(text: str | bytes, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``text`` (UTF-8; bytes as they are): a stable key,
+    not a secret."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()[:length]
 
 
 def settings_hash(settings: dict, length: int = 12) -> str:
@@ -250,7 +308,9 @@ class JsonlLog:
 
 
 # ------------------------------------------------------------------------------------------------- images
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # files taken as images
+# Files taken as images, in the order an image id without an extension is tried against them
+# (camim.data.images.find_image: earlier MNRE releases store bare ids such as ``553009``).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 100 * 1024 * 1024  # MNRE photos are a few MB; crops and generated images far less
 

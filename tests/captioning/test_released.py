@@ -144,3 +144,41 @@ def test_the_data_layer_reads_imported_captions_like_the_released_file(mnre_dir:
     assert (
         blip[0].caption == MNREDataset(mnre_dir, "val", caption_source="blip2")[0].caption != ours[0].caption
     )
+
+
+def test_import_keeps_the_last_of_duplicate_captions_and_warns(tmp_path: Path, capsys):
+    """The data layer's rule (the last caption of an image wins) in `camim caption import` too; conflicting
+    duplicates are counted and reported."""
+    from camim.captioning.cli import main
+    from camim.data import read_captions
+
+    rows = [
+        {"img_id": "a.jpg", "text": "first"},
+        {"img_id": "b.jpg", "text": "same"},
+        {"img_id": "a.jpg", "text": "second"},
+        {"img_id": "b.jpg", "text": "same"},
+    ]
+    src = _txt(tmp_path / "minicpm_train.txt", rows)
+    out = tmp_path / "c.jsonl"
+    assert main(["caption", "import", str(src), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"warning: {src}: 1 img_ids have several different captions; the last one is kept (first: 'a.jpg')"
+        in printed
+    )
+    assert "4 captions read, 2 written" in printed
+    imported = {r.img_id: r.text for r in read_cache(out).records}
+    assert imported == {"a.jpg": "second", "b.jpg": "same"} == read_captions(src).texts
+    assert read_captions(out).texts == imported
+    (tmp_path / "latin").mkdir()
+    legacy = tmp_path / "latin" / "minicpm_val.txt"
+    legacy.write_bytes(repr({"img_id": "x.jpg", "text": "café"}).encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=r"minicpm_val\.txt:1: not UTF-8 text"):
+        import_released([legacy], tmp_path / "l.jsonl")
+    assert (
+        main(
+            ["caption", "import", str(legacy), "--output", str(tmp_path / "l.jsonl"), "--encoding", "latin-1"]
+        )
+        == 0
+    )
+    assert read_cache(tmp_path / "l.jsonl").records[0].text == "café"

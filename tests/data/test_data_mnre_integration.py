@@ -3,6 +3,8 @@ once per module through module-scoped fixtures."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from camim.data import MNREDataset, read_box_dict, read_object_dict
@@ -111,3 +113,48 @@ def test_llavanext_newline_normalised_and_object_dicts(mnre_dir):
     assert read_object_dict(mnre_dir / "txt" / "mre_test_dict.pth")[0][0].endswith(".png")
     boxes = read_box_dict(mnre_dir / "txt" / "mre_dif_test_dict.pth")
     assert len(boxes) == 1614 and all(0 <= v <= 768 for v in boxes[0][0])
+
+
+def test_real_val_split_in_an_older_release_form(mnre_dir, tmp_path, capsys):
+    """MNRE's val split rewritten as an earlier release stores it (img_ids without extension, ``none`` as the
+    negative label, no rel2id): read unchanged, captions found by stem, ``none`` excluded from scoring."""
+    from camim.cli import main
+    from camim.data._literal import parse_literal
+
+    old = tmp_path / "old"
+    (old / "txt").mkdir(parents=True)
+    (old / "caption").mkdir()
+    records = []
+    for line in (mnre_dir / "txt" / "ours_val.txt").read_text(encoding="utf-8").splitlines():
+        rec = parse_literal(line)
+        rec["img_id"] = rec["img_id"].rsplit(".", 1)[0]
+        rec["relation"] = "none" if rec["relation"] == "None" else rec["relation"]
+        records.append(rec)
+    (old / "txt" / "ours_val.txt").write_text("".join(repr(r) + "\n" for r in records), encoding="utf-8")
+    (old / "caption" / "minicpm_val.txt").write_bytes((mnre_dir / "caption" / "minicpm_val.txt").read_bytes())
+
+    ds = MNREDataset(old, "val", caption_source="minicpm")
+    real = MNREDataset(mnre_dir, "val", caption_source="minicpm")
+    assert len(ds) == 1624 and ds.labels.negative_name == "none" and ds.labels.names[0] == "none"
+    assert [ds[i].caption for i in range(0, 1624, 101)] == [real[i].caption for i in range(0, 1624, 101)]
+    assert main(["data", "inspect", str(old), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["negative"] == "none" and s["negative_origin"].startswith("inferred by name from the samples")
+    assert s["splits"]["val"]["img_id_forms"] == {"bare name": 931}
+    assert s["splits"]["val"]["negative_share"] == pytest.approx(1000 / 1624, abs=1e-5)
+    assert s["splits"]["val"]["captions"]["minicpm"]["coverage"] == 1.0
+
+
+def test_released_caption_sets_read_and_import_alike(mnre_dir, tmp_path):
+    """One duplicate rule everywhere: importing a released set and reading it give the same captions, and
+    the released sets have no conflicting duplicates."""
+    from camim.captioning.cache import read_cache
+    from camim.captioning.released import import_released
+    from camim.data import read_captions
+
+    source = mnre_dir / "caption" / "cogvlm_val.txt"
+    read = read_captions(source)
+    report = import_released([source], tmp_path / "c.jsonl")
+    assert report.conflicts == {} and read.conflicts == []
+    imported = read_cache(tmp_path / "c.jsonl").latest("cogvlm")
+    assert {k: " ".join(r.text.split()) for k, r in imported.items()} == read.texts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 
 import pytest
 
@@ -117,6 +119,121 @@ def test_predict_file_resumes_after_interruption(bert_run, input_file, tmp_path)
     (tmp_path / "foreign.jsonl").write_text("hello\n")
     with pytest.raises(CamimError, match="foreign.jsonl:1: not a camim predictions line"):
         run([*argv, "--output", str(tmp_path / "foreign.jsonl")])
+
+
+def test_predict_refuses_an_output_that_is_the_input(bert_run, input_file, tmp_path):
+    before = input_file.read_bytes()
+    argv = ["predict", "--model", str(bert_run.path), "--input", str(input_file), "--overwrite"]
+    for same in (
+        input_file,
+        tmp_path / "." / input_file.name,
+        tmp_path / "link.jsonl",
+        tmp_path / "hard.jsonl",
+    ):
+        if same.name == "link.jsonl":
+            same.symlink_to(input_file)
+        elif same.name == "hard.jsonl":
+            os.link(input_file, same)
+        with pytest.raises(CamimError, match="--output is the --input file"):
+            run([*argv, "--output", str(same)])
+        assert input_file.read_bytes() == before  # nothing emptied
+
+
+def test_predict_refuses_to_resume_an_output_made_for_another_input(bert_run, input_file, tmp_path):
+    argv = ["predict", "--model", str(bert_run.path), "--image-dir", str(tmp_path / "images")]
+    out = tmp_path / "out.jsonl"
+    run([*argv, "--input", str(input_file), "--output", str(out), "--limit", "3"])
+    records = read_jsonl(out)
+    assert all(len(r["input_sha256"]) == 16 for r in records)
+    other = tmp_path / "other.jsonl"
+    lines = input_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    other.write_text(lines[2] + lines[1] + lines[0] + "".join(lines[3:]), encoding="utf-8")  # same size
+    assert other.stat().st_size == input_file.stat().st_size
+    written = out.read_bytes()
+    with pytest.raises(
+        CamimError, match=r"out\.jsonl:1: this output belongs to another input file .*other\.jsonl:1"
+    ):
+        run([*argv, "--input", str(other), "--output", str(out)])
+    assert out.read_bytes() == written  # untouched
+    short = tmp_path / "short.jsonl"
+    short.write_text(lines[0], encoding="utf-8")
+    with pytest.raises(CamimError, match="is for line 2, but .*short.jsonl has only 1 lines"):
+        run([*argv, "--input", str(short), "--output", str(out)])
+    # the same input (appended to) resumes; --overwrite starts afresh for the other one
+    with input_file.open("a", encoding="utf-8") as fh:
+        fh.write(lines[0])
+    assert run([*argv, "--input", str(input_file), "--output", str(out)]) == 1
+    assert [r["line"] for r in read_jsonl(out)] == [1, 2, 3, 5, 6, 7, 8, 9]
+    run([*argv, "--input", str(other), "--output", str(out), "--overwrite"])
+    assert (
+        read_jsonl(out)[0]["line"] == 1 and read_jsonl(out)[0]["input_sha256"] != records[0]["input_sha256"]
+    )
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps({"line": 1, "relation": "None"}) + "\n")
+    with pytest.raises(CamimError, match="has no hash of its input line"):
+        run([*argv, "--input", str(input_file), "--output", str(legacy)])
+
+
+def test_predict_decodes_its_input_strictly_with_an_encoding_option(bert_run, tmp_path, capsys):
+    post = {"token": ["café", "married", "nadal"], "h": {"pos": [0, 1]}, "t": {"pos": [2, 3]}}
+    path = tmp_path / "latin.jsonl"
+    ok = json.dumps({**post, "token": ["jack", "plays", "titans"]}) + "\n"
+    path.write_bytes(ok.encode() + (json.dumps(post, ensure_ascii=False) + "\n").encode("latin-1"))
+    out = tmp_path / "out.jsonl"
+    argv = ["predict", "--model", str(bert_run.path), "--input", str(path), "--output", str(out)]
+    with pytest.raises(
+        CamimError, match=r"latin\.jsonl:2: not UTF-8 text: undecodable byte 0xe9 .*--encoding"
+    ):
+        run(argv)
+    assert not out.exists()  # refused before anything was written (no U+FFFD predictions)
+    assert run([*argv, "--encoding", "latin-1"]) == 0
+    assert [r["head"]["name"] for r in read_jsonl(out)] == ["jack", "café"]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + ok.encode())
+    assert (
+        run(
+            [
+                "predict",
+                "--model",
+                str(bert_run.path),
+                "--input",
+                str(bom),
+                "--output",
+                str(tmp_path / "b.jsonl"),
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize("broken", ["model.safetensors", "tokenizer.json", "encoders"])
+def test_a_corrupt_model_file_is_a_one_line_error_naming_it(bert_run, tmp_path, capsys, broken):
+    from camim.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(bert_run.path, run_dir)
+    model = run_dir / "model"
+    if broken == "model.safetensors":
+        target = model / broken
+        target.write_bytes(target.read_bytes()[:100])  # truncated download
+    elif broken == "tokenizer.json":
+        target = model / broken
+        target.write_text('{"version": "1.0", "truncation"', encoding="utf-8")
+    else:
+        target = next((model / "encoders").iterdir()) / "config.json"
+        target.write_bytes(b"\x00\x01not json")
+    argv = ["--text", "jack plays titans", "--head", "jack", "--tail", "titans"]
+    assert main(["predict", "--model", str(run_dir), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"camim: error: {target}: ") and err.count("\n") == 1 and "Traceback" not in err
+    data = tmp_path / "data"
+    (data / "txt").mkdir(parents=True)
+    (data / "txt" / "ours_test.txt").write_text(repr({**json.loads(json.dumps({"token": ["a", "b", "c"]})), "h": {"name": "a", "pos": [0, 1]}, "t": {"name": "c", "pos": [2, 3]}, "img_id": 1, "relation": "None"}) + "\n")  # fmt: skip
+    assert (
+        main(["evaluate", "--model", str(run_dir), "--data-dir", str(data), "--caption-source", "none"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"camim: error: {target}: ") and err.count("\n") == 1
 
 
 def test_predict_single_form(bert_run, bert_predictor, tmp_path, capsys):

@@ -137,6 +137,26 @@ def test_missing_scores_default_is_uniform_at_inference(tmr_dir):
     assert "scores" in p.absent_modalities and any("uniform correlation scores" in n for n in p.notes)
 
 
+def test_predictor_leaves_the_loaded_models_missing_scores_as_loaded(tmr_dir):
+    from camim.models import load_model
+
+    model = load_model(tmr_dir)
+    model.config.missing_scores = "error"  # as trained with real correlation scores
+    before = model.processor.report.copy()
+    predictor = Predictor(model)  # answers posts without scores with uniform ones ...
+    p = predictor.predict(POST, "jack", "titans", image=draw(1), caption="x")
+    assert any("uniform correlation scores" in n for n in p.notes)
+    assert model.config.missing_scores == "error"  # ... without changing the model
+    assert model.processor.config.missing_scores == "error" and model.processor.report == before
+    assert predictor.processor.report["missing_scores_uniform"] == 1
+    with pytest.raises(CamimError, match="needs the 'scores' modality"):  # the model still refuses alone
+        model.processor(
+            [predictor.prepare({"text": POST, "head": "jack", "tail": "titans", "image": draw(1)}).example]
+        )
+    same = Predictor(model, missing_scores=None)
+    assert same.processor is model.processor and same.missing_scores == "error"
+
+
 def test_helpers_fill_generated_image_and_objects(tmr_dir):
     calls = []
 

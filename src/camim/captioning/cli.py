@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     imp.add_argument(
         "--image-ext", default=".jpg", help="extension for .json keys without a .txt beside them"
     )
+    imp.add_argument(
+        "--encoding", default="utf-8", help="text encoding of the files (default UTF-8, strict; BOM accepted)"
+    )
     imp.set_defaults(func=run_import)
     exp = sub.add_parser("export", help="caption JSONL -> the released .txt or .json form")
     exp.add_argument("input", help="caption JSONL file")
@@ -156,7 +159,10 @@ def run_import(args: argparse.Namespace) -> int:
     """``camim caption import``."""
     from camim.captioning.released import import_released
 
-    print(import_released(args.files, args.output, source=args.source, image_ext=args.image_ext).summary())
+    report = import_released(
+        args.files, args.output, source=args.source, image_ext=args.image_ext, encoding=args.encoding
+    )
+    print(report.summary())
     return 0
 
 

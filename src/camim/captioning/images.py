@@ -49,6 +49,7 @@ def split_image_ids(data_dir: str | Path, split: str, layout: DataLayout | None 
     """
     from camim.data._literal import describe_literal_error, parse_literal
     from camim.data.layout import DataLayout
+    from camim.data.samples import _Problem, normalise_img_id
 
     layout = layout or DataLayout()
     path = layout.samples_path(data_dir, split)
@@ -59,19 +60,25 @@ def split_image_ids(data_dir: str | Path, split: str, layout: DataLayout | None 
             obj = json.loads(line) if is_json else parse_literal(line)
         except (ValueError, SyntaxError) as exc:
             raise DataError(describe_literal_error(exc), path, lineno) from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("img_id"), str) or not obj["img_id"]:
+        if not isinstance(obj, dict):
             raise DataError("sample has no string 'img_id'", path, lineno)
-        seen.setdefault(obj["img_id"], None)
+        try:  # file names, bare names and the integer ids of earlier MNRE releases
+            seen.setdefault(normalise_img_id(obj.get("img_id")), None)
+        except _Problem as exc:
+            raise DataError(f"sample has no usable 'img_id': {exc}", path, lineno) from None
     return list(seen)
 
 
 def split_items(data_dir: str | Path, split: str, layout: DataLayout | None = None) -> list[ImageItem]:
-    """The images of a split, one item per distinct ``img_id`` (the files need not exist)."""
+    """The images of a split, one item per distinct ``img_id`` (the files need not exist); a bare or integer
+    id names the file found with the usual extensions (``camim.data.images.find_image``)."""
+    from camim.data.images import find_image
     from camim.data.layout import DataLayout
 
     layout = layout or DataLayout()
     image_dir = layout.path(data_dir, layout.image_dir, split)
-    return [ImageItem(i, image_dir / i) for i in split_image_ids(data_dir, split, layout)]
+    ids = split_image_ids(data_dir, split, layout)
+    return [ImageItem(i, find_image(image_dir, i) or image_dir / i) for i in ids]
 
 
 def folder_items(folder: str | Path) -> list[ImageItem]:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from camim.captioning.cache import CaptionCache, CaptionRecord, read_cache, utc_now
 from camim.data._literal import describe_literal_error, parse_literal
+from camim.data.captions import keep_last
 from camim.data.layout import CAPTION_SOURCES
 from camim.errors import CamimError, DataError
-from camim.io import atomic_write_bytes
+from camim.io import DEFAULT_ENCODING, atomic_write_bytes, decode_text
 
 # Released source name (the model name in the cache) -> the MLLM of the paper's Table 2.
 RELEASED_MLLMS: dict[str, str] = {
@@ -37,9 +38,11 @@ _FILE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<split>train|val|test)$")
 @dataclass
 class ImportReport:
     """Per input file: (lines read, lines written); the lines read but not written were already in the
-    output."""
+    output. ``conflicts``: per input file, the img_ids it gives several different captions (the last one is
+    imported, as the data layer's reader keeps the last)."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def read(self) -> int:
@@ -54,6 +57,11 @@ class ImportReport:
         lines.append(
             f"total: {self.read} read, {self.written} written, {self.read - self.written} already present"
         )
+        for name, ids in self.conflicts.items():
+            lines.append(
+                f"warning: {name}: {len(ids)} img_ids have several different captions; the last one is kept "
+                f"(first: {ids[0]!r})"
+            )
         return "\n".join(lines)
 
 
@@ -87,15 +95,14 @@ def _record(img_id: str, text: str, source: str, path: Path, fmt: str, newline: 
     return CaptionRecord(img_id=img_id, text=text, model=source, settings=settings, created=utc_now())
 
 
-def read_released_txt(path: str | Path, source: str | None = None) -> list[CaptionRecord]:
-    """Read a released ``.txt`` caption file; ``DataError`` naming file and line on a malformed line."""
+def read_released_txt(
+    path: str | Path, source: str | None = None, encoding: str = DEFAULT_ENCODING
+) -> list[CaptionRecord]:
+    """Read a released ``.txt`` caption file (every line, repeated img_ids included); ``DataError`` naming
+    file and line on a malformed line or an undecodable byte."""
     path = Path(path)
     source = source_of(path, source)
-    data = path.read_bytes()
-    try:
-        content = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 ({exc.reason} at byte {exc.start})", path) from None
+    content = decode_text(path.read_bytes(), path, encoding)
     newline = "\r\n" if "\r\n" in content else "\n"
     records = []
     for lineno, line in enumerate(content.split("\n"), 1):
@@ -117,25 +124,23 @@ def read_released_txt(path: str | Path, source: str | None = None) -> list[Capti
 
 
 def read_released_json(
-    path: str | Path, source: str | None = None, image_ext: str = ".jpg"
+    path: str | Path, source: str | None = None, image_ext: str = ".jpg", encoding: str = DEFAULT_ENCODING
 ) -> list[CaptionRecord]:
     """Read a released ``.json`` caption file. Its keys lack the file extension: it is taken from the
     ``.txt`` file beside it when there is one, else ``image_ext``."""
     path = Path(path)
     source = source_of(path, source)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(decode_text(path.read_bytes(), path, encoding))
     except json.JSONDecodeError as exc:
         raise DataError(f"not JSON: {exc.msg}", path, exc.lineno) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 ({exc.reason} at byte {exc.start})", path) from None
     if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
         raise DataError("expected one JSON object {image name without extension: caption}", path)
     sibling = path.with_suffix(".txt")
     ids: dict[str, str] = {}
     newline = None  # the .txt twin's line end, kept so that exporting to .txt reproduces it
     if sibling.is_file():
-        twin = read_released_txt(sibling, source)
+        twin = read_released_txt(sibling, source, encoding)
         ids = {Path(r.img_id).stem: r.img_id for r in twin}
         newline = twin[0].settings["newline"] if twin else None
     return [
@@ -145,10 +150,16 @@ def read_released_json(
 
 
 def import_released(
-    paths: list[str | Path], output: str | Path, source: str | None = None, image_ext: str = ".jpg"
+    paths: list[str | Path],
+    output: str | Path,
+    source: str | None = None,
+    image_ext: str = ".jpg",
+    encoding: str = DEFAULT_ENCODING,
 ) -> ImportReport:
     """Append released caption files (``.txt`` or ``.json``) to the JSONL ``output``; captions already there
-    (same img_id, model, prompt hash) are skipped, so importing twice changes nothing."""
+    (same img_id, model, prompt hash) are skipped, so importing twice changes nothing. Of the lines of one
+    file that caption the same image, the last is imported (the data layer's rule); those with different
+    texts are counted in ``ImportReport.conflicts``."""
     report = ImportReport()
     # .txt before .json: of two forms of one set, the .txt (full img_ids) is the one kept.
     ordered = sorted(map(Path, paths), key=lambda p: p.suffix != ".txt")
@@ -157,12 +168,16 @@ def import_released(
             if not p.is_file():
                 raise CamimError(f"{p}: no such caption file")
             if p.suffix == ".json":
-                records = read_released_json(p, source, image_ext)
+                records = read_released_json(p, source, image_ext, encoding)
             elif p.suffix == ".txt":
-                records = read_released_txt(p, source)
+                records = read_released_txt(p, source, encoding)
             else:
                 raise CamimError(f"{p}: expected a released .txt or .json caption file")
-            report.files[str(p)] = (len(records), cache.extend(records))
+            conflicts: list[str] = []
+            last = keep_last(((r.key, r) for r in records), conflicts, value=lambda r: r.text)
+            if conflicts:
+                report.conflicts[str(p)] = [key[0] for key in conflicts]
+            report.files[str(p)] = (len(records), cache.extend(last.values()))
     return report
 
 

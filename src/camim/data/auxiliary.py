@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from camim.data.captions import image_stem
 from camim.data.samples import OnError
 from camim.data.types import Scores
 from camim.errors import DataError
-from camim.io import iter_lines, read_json
+from camim.io import DEFAULT_ENCODING, iter_lines, read_json
 
 # The documented fallback for a sample without scores: both paths weighted equally.
 UNIFORM_SCORE = 0.5
@@ -34,11 +35,14 @@ def _fail(err: DataError, on_error: OnError, problems: list[DataError]) -> None:
 
 
 def iter_score_lines(
-    path: str | Path, on_error: OnError = "raise", problems: list[DataError] | None = None
+    path: str | Path,
+    on_error: OnError = "raise",
+    problems: list[DataError] | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> Iterator[tuple[int, str, float]]:
     """(line number, img_id, score) of each valid ``img_id<TAB>float`` line; scores must lie in [0, 1]."""
     problems = [] if problems is None else problems
-    for lineno, line in iter_lines(path):
+    for lineno, line in iter_lines(path, encoding):
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0] or parts[0] != parts[0].strip():
             parts = line.split()
@@ -57,10 +61,13 @@ def iter_score_lines(
 
 
 def read_score_file(
-    path: str | Path, on_error: OnError = "raise", problems: list[DataError] | None = None
+    path: str | Path,
+    on_error: OnError = "raise",
+    problems: list[DataError] | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> dict[str, float]:
     """``{img_id: score}`` from ``img_id<TAB>float`` lines, the last line for an img_id winning."""
-    return {img_id: value for _, img_id, value in iter_score_lines(path, on_error, problems)}
+    return {img_id: value for _, img_id, value in iter_score_lines(path, on_error, problems, encoding)}
 
 
 @dataclass
@@ -73,15 +80,26 @@ class ScoreTable:
     strong_dif: dict[str, float]
     problems: list[DataError] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        dicts = (self.weak_ori, self.strong_ori, self.weak_dif, self.strong_dif)
+        self._by_stem = [{image_stem(k): v for k, v in d.items()} for d in dicts]
+
     def lookup(self, img_id: str) -> tuple[Scores, bool]:
-        """``(scores, complete)``; absent values are the uniform fallback 0.5 and ``complete`` is False."""
-        values = [d.get(img_id) for d in (self.weak_ori, self.strong_ori, self.weak_dif, self.strong_dif)]
+        """``(scores, complete)``; absent values are the uniform fallback 0.5 and ``complete`` is False.
+        An ``img_id`` is looked up as given, then without extension (bare and integer ids of earlier
+        releases), as captions are."""
+        dicts = (self.weak_ori, self.strong_ori, self.weak_dif, self.strong_dif)
+        stem = image_stem(img_id)
+        values = [d[img_id] if img_id in d else s.get(stem) for d, s in zip(dicts, self._by_stem)]
         complete = all(v is not None for v in values)
         return Scores(*(UNIFORM_SCORE if v is None else v for v in values)), complete
 
 
 def read_score_table(
-    paths: dict[str, Path], on_missing_file: str = "raise", on_error: OnError = "raise"
+    paths: dict[str, Path],
+    on_missing_file: str = "raise",
+    on_error: OnError = "raise",
+    encoding: str = DEFAULT_ENCODING,
 ) -> ScoreTable:
     """Read the four files named by ``paths`` (keys weak_ori, strong_ori, weak_dif, strong_dif).
 
@@ -94,7 +112,7 @@ def read_score_table(
         if not path.is_file() and on_missing_file == "fallback":
             tables[key] = {}
             continue
-        tables[key] = read_score_file(path, on_error, problems)
+        tables[key] = read_score_file(path, on_error, problems, encoding)
     return ScoreTable(**tables, problems=problems)
 
 
@@ -114,10 +132,10 @@ def _load_torch_dict(path: Path) -> dict:
     return data
 
 
-def _load_dict(path: str | Path) -> tuple[dict, Path]:
+def _load_dict(path: str | Path, encoding: str = DEFAULT_ENCODING) -> tuple[dict, Path]:
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = read_json(path)
+        data = read_json(path, encoding)
     else:
         data = _load_torch_dict(path)
     if not isinstance(data, dict):
@@ -133,9 +151,9 @@ def _index(key: object, path: Path) -> int:
     raise DataError(f"key {key!r} is not a sample index", path)
 
 
-def read_object_dict(path: str | Path) -> dict[int, list[str]]:
+def read_object_dict(path: str | Path, encoding: str = DEFAULT_ENCODING) -> dict[int, list[str]]:
     """``{sample_index: [crop file names]}`` from ``mre_{split}_dict.pth`` or its JSON equivalent."""
-    data, path = _load_dict(path)
+    data, path = _load_dict(path, encoding)
     out: dict[int, list[str]] = {}
     for key, names in data.items():
         idx = _index(key, path)
@@ -154,10 +172,10 @@ def _box(value: object) -> Box | None:
     return None
 
 
-def read_box_dict(path: str | Path) -> dict[int, list[Box]]:
+def read_box_dict(path: str | Path, encoding: str = DEFAULT_ENCODING) -> dict[int, list[Box]]:
     """``{sample_index: [(x1, y1, x2, y2)]}`` boxes on the generated image, from ``mre_dif_{split}_dict.pth``
     or its JSON equivalent."""
-    data, path = _load_dict(path)
+    data, path = _load_dict(path, encoding)
     out: dict[int, list[Box]] = {}
     for key, boxes in data.items():
         idx = _index(key, path)
@@ -170,9 +188,9 @@ def read_box_dict(path: str | Path) -> dict[int, list[Box]]:
     return out
 
 
-def read_phrases(path: str | Path) -> dict[int, str]:
+def read_phrases(path: str | Path, encoding: str = DEFAULT_ENCODING) -> dict[int, str]:
     """``{sample_index: phrase}`` from ``phrase_text_{split}.json``."""
-    data, path = _load_dict(path)
+    data, path = _load_dict(path, encoding)
     out: dict[int, str] = {}
     for key, text in data.items():
         idx = _index(key, path)

@@ -5,7 +5,9 @@ Formats (all keyed by image):
 - ``.json``: one object ``{"x": "..."}`` keyed by the image name without extension;
 - ``.jsonl``: one ``{"img_id": "x.jpg", "text": "...", "model": ..., ...}`` object per line, as written by
   ``camim.captioning``; optionally filtered by ``model``.
-The last entry for an image wins (as in the released loader). Whitespace is normalised (runs collapsed,
+The last entry for an image wins (as in the released loader; ``camim caption import`` applies the same
+rule); repeated entries whose text differs are counted in ``Captions.conflicts`` and reported as warnings
+by ``camim data validate`` and ``camim caption import``. Whitespace is normalised (runs collapsed,
 ends stripped), which removes the leading newline of every LLaVA-NeXT caption.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from camim.data.samples import OnError, _Problem, parse_record
 from camim.errors import DataError
-from camim.io import iter_lines, read_json
+from camim.io import DEFAULT_ENCODING, iter_lines, read_json
 
 
 def normalise_whitespace(text: str) -> str:
@@ -31,11 +33,14 @@ def image_stem(img_id: str) -> str:
 
 @dataclass
 class Captions:
-    """Captions of one file, looked up by ``img_id`` (exact key first, then the name without extension)."""
+    """Captions of one file, looked up by ``img_id`` (exact key first, then the name without extension).
+
+    ``conflicts`` lists the img_ids given more than once with different texts (the last one is kept)."""
 
     texts: dict[str, str]
     path: Path | None = None
     problems: list[DataError] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_stem = {image_stem(k): v for k, v in self.texts.items()}
@@ -62,18 +67,36 @@ def _entry(record: object, json_lines: bool) -> tuple[str, str, object]:
     return img_id, text, record.get("model")
 
 
+def keep_last(entries, conflicts: list | None = None, value=None) -> dict:
+    """``{key: item}`` of ``(key, item)`` pairs, the last pair of a key winning (the released readers'
+    rule) and keeping the file position of its last occurrence; keys repeated with a different item (or
+    ``value(item)``) are appended to ``conflicts`` (once each)."""
+    out: dict = {}
+    conflicting: dict = {}
+    for key, item in entries:
+        old = out.pop(key, None)
+        if old is not None and (old != item if value is None else value(old) != value(item)):
+            conflicting[key] = None
+        out[key] = item
+    if conflicts is not None:
+        conflicts.extend(conflicting)
+    return out
+
+
 def read_captions(
     path: str | Path,
     model: str | None = None,
     on_error: OnError = "raise",
+    encoding: str = DEFAULT_ENCODING,
 ) -> Captions:
     """Read a caption file (format from its extension). Bad lines raise ``DataError`` (file, line) or, with
-    ``on_error="skip"``, are skipped and listed in ``Captions.problems``."""
+    ``on_error="skip"``, are skipped and listed in ``Captions.problems``. The last caption of an img_id
+    wins; img_ids repeated with different (whitespace-normalised) texts are listed in ``Captions.conflicts``."""
     path = Path(path)
     problems: list[DataError] = []
-    texts: dict[str, str] = {}
     if path.suffix.lower() == ".json":
-        data = read_json(path)
+        texts: dict[str, str] = {}
+        data = read_json(path, encoding)
         if not isinstance(data, dict):
             raise DataError("caption .json must be one object {image_name: text}", path)
         for key, text in data.items():
@@ -87,7 +110,8 @@ def read_captions(
         return Captions(texts, path, problems)
 
     json_lines = path.suffix.lower() == ".jsonl"
-    for lineno, line in iter_lines(path):
+    entries: list[tuple[str, str]] = []
+    for lineno, line in iter_lines(path, encoding):
         try:
             img_id, text, line_model = _entry(parse_record(line, json_lines), json_lines)
         except _Problem as exc:
@@ -103,6 +127,6 @@ def read_captions(
             continue
         if model is not None and line_model != model:
             continue
-        texts.pop(img_id, None)  # last line wins, and keeps file order of the winners
-        texts[img_id] = normalise_whitespace(text)
-    return Captions(texts, path, problems)
+        entries.append((img_id, normalise_whitespace(text)))
+    conflicts: list[str] = []
+    return Captions(keep_last(entries, conflicts), path, problems, conflicts)

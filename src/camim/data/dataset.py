@@ -10,6 +10,7 @@ item is loaded, in the process that loads it).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,20 +20,28 @@ import torch.utils.data
 
 from camim.data.auxiliary import ScoreTable, read_box_dict, read_object_dict, read_phrases, read_score_table
 from camim.data.captions import Captions, read_captions
-from camim.data.images import ImageLimits, crop_box, load_image
+from camim.data.images import ImageLimits, crop_box, find_image, image_candidates, load_image
 from camim.data.labels import LabelSet
 from camim.data.layout import SPLITS, DataLayout
 from camim.data.samples import read_relations, read_samples
 from camim.data.types import MODALITIES, MNREExample
 from camim.errors import DataError
+from camim.io import DEFAULT_ENCODING
 
 OnMissing = Literal["raise", "fallback"]
 
 
 def default_labels(
-    data_dir: str | Path, layout: DataLayout | None = None, negative: str | None = None
+    data_dir: str | Path,
+    layout: DataLayout | None = None,
+    negative: str | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> LabelSet:
-    """The rel2id file of ``data_dir`` if present, else labels inferred from every split's sample file."""
+    """The rel2id file of ``data_dir`` if present, else labels inferred from every split's sample file.
+
+    The negative label (excluded from micro P/R/F1) is ``negative`` when given, else the first of
+    :data:`camim.data.labels.NEGATIVE_NAMES` present (``None``, ``none``, ``NA``, ``no_relation`` ...);
+    :func:`camim.data.labels.negative_label_origin` says which of these it was."""
     layout = layout or DataLayout()
     rel2id = Path(data_dir) / layout.rel2id
     if rel2id.is_file():
@@ -43,7 +52,7 @@ def default_labels(
         p = layout.first_existing(data_dir, layout.samples, split)
         if p is not None:
             found = True
-            relations += read_relations(p)
+            relations += read_relations(p, encoding)
     if not found or not relations:
         raise DataError(f"no {layout.rel2id} and no labelled samples to infer labels from", data_dir)
     return LabelSet.infer(relations, negative=negative)
@@ -57,8 +66,12 @@ class MNREDataset(torch.utils.data.Dataset):
     captions). ``modalities`` is a subset of :data:`MODALITIES`. ``on_error`` decides what a malformed sample
     line does (raise ``DataError`` / skip and count); ``on_missing`` what a missing caption, score, phrase,
     object entry or image does (raise ``DataError`` / documented fallback, counted): empty caption, uniform
-    scores 0.5/0.5, empty phrase, no objects, ``None`` image, skipped crop. ``require_labels=False`` accepts
-    unlabelled samples (no ``relation``; ``label`` is then ``None``), e.g. posts to predict on.
+    scores 0.5/0.5, empty phrase, no objects, ``None`` image, skipped crop. ``no_fallback`` names modalities
+    that have no fallback whatever ``on_missing`` says (the original and generated images of a model that
+    cannot run without them): their files are checked for existence at construction, and a missing one
+    raises ``DataError`` then. ``require_labels=False`` accepts unlabelled samples (no ``relation``;
+    ``label`` is then ``None``), e.g. posts to predict on. Image files are found by :func:`find_image`
+    (``img_id`` as given, then with the usual extensions); text files are decoded strictly as ``encoding``.
     """
 
     def __init__(
@@ -76,6 +89,8 @@ class MNREDataset(torch.utils.data.Dataset):
         caption_model: str | None = None,
         image_limits: ImageLimits = ImageLimits(),
         require_labels: bool = True,
+        no_fallback: Iterable[str] = (),
+        encoding: str = DEFAULT_ENCODING,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -99,18 +114,26 @@ class MNREDataset(torch.utils.data.Dataset):
         self.max_objects = max_objects
         self.on_missing = on_missing
         self.image_limits = image_limits
+        self.no_fallback = frozenset(no_fallback)
+        self.encoding = encoding
         self.report: Counter[str] = Counter()
+        self._image_paths: dict[tuple[str, str], Path | None] = {}  # (folder template, img_id) -> file
         self.problems: list[DataError] = []
 
         if isinstance(labels, (str, Path)):
             labels = LabelSet.from_rel2id(labels, negative=negative)
         self.labels: LabelSet = (
-            labels if labels is not None else default_labels(self.data_dir, self.layout, negative)
+            labels if labels is not None else default_labels(self.data_dir, self.layout, negative, encoding)
         )
 
         self.samples_path = self.layout.samples_path(self.data_dir, split)
         self.examples: list[MNREExample] = read_samples(
-            self.samples_path, self.labels, on_error, self.problems, require_relation=require_labels
+            self.samples_path,
+            self.labels,
+            on_error,
+            self.problems,
+            require_relation=require_labels,
+            encoding=encoding,
         )
         if self.problems:
             self.report["skipped_lines"] += len(self.problems)
@@ -129,6 +152,12 @@ class MNREDataset(torch.utils.data.Dataset):
         if "generated_objects" in modalities:
             path = self._dict_path(self.layout.generated_boxes)
             self._boxes = {} if path is None else read_box_dict(path)
+        for modality, template in (
+            ("image", self.layout.image_dir),
+            ("generated_image", self.layout.generated_image_dir),
+        ):
+            if modality in self.no_fallback and modality in modalities:
+                self._check_images_exist(modality, template)
 
     # ---- reading at init -------------------------------------------------------------------------------
     def _dict_path(self, templates: tuple[str, ...]) -> Path | None:
@@ -144,12 +173,36 @@ class MNREDataset(torch.utils.data.Dataset):
             raise err
         self.report[kind] += 1
 
+    def _check_images_exist(self, modality: str, template: str) -> None:
+        """Every sample's ``modality`` image file exists (one folder listing); ``DataError`` otherwise."""
+        folder = self.layout.path(self.data_dir, template, self.split)
+        try:
+            present = set(os.listdir(folder))
+        except OSError:
+            present = set()
+        missing = [ex for ex in self.examples if self._image_path(template, ex.img_id, present) is None]
+        if missing:
+            ex = missing[0]
+            raise DataError(
+                f"{len(missing)} of {len(self.examples)} samples have no {modality.replace('_', ' ')} file "
+                f"(first: {ex.img_id!r} of {ex.source}, tried {', '.join(image_candidates(ex.img_id)[:3])} ...); "
+                "the model cannot run without it, so on_missing='fallback' does not apply to it",
+                folder,
+            )
+
+    def _image_path(self, template: str, img_id: str, present: set[str] | None = None) -> Path | None:
+        key = (template, img_id)
+        if key not in self._image_paths:
+            folder = self.layout.path(self.data_dir, template, self.split)
+            self._image_paths[key] = find_image(folder, img_id, present)
+        return self._image_paths[key]
+
     def _load_captions(self, source: str | Path, model: str | None) -> list[str]:
         path = Path(source)
         if not path.is_file():
             path = self.layout.caption_path(self.data_dir, str(source), self.split)
         self.caption_path = path
-        captions: Captions = read_captions(path, model=model)
+        captions: Captions = read_captions(path, model=model, encoding=self.encoding)
         return self._texts_per_sample(
             lambda ex: captions.get(ex.img_id),
             "missing_caption",
@@ -174,7 +227,7 @@ class MNREDataset(torch.utils.data.Dataset):
             k: lay.path(root, getattr(lay, k), split)
             for k in ("weak_ori", "strong_ori", "weak_dif", "strong_dif")
         }
-        table: ScoreTable = read_score_table(paths, on_missing_file=self.on_missing)
+        table: ScoreTable = read_score_table(paths, on_missing_file=self.on_missing, encoding=self.encoding)
         out = []
         for ex in self.examples:
             scores, complete = table.lookup(ex.img_id)
@@ -190,7 +243,7 @@ class MNREDataset(torch.utils.data.Dataset):
     def _load_phrases(self) -> list[str]:
         path = self.layout.path(self.data_dir, self.layout.phrases, self.split)
         if path.is_file():
-            phrases = read_phrases(path)
+            phrases = read_phrases(path, encoding=self.encoding)
         elif self.on_missing == "raise":
             raise DataError("phrase file not found", path)
         else:
@@ -203,11 +256,17 @@ class MNREDataset(torch.utils.data.Dataset):
         )
 
     # ---- lazy images -----------------------------------------------------------------------------------
-    def _image(self, folder_template: str, name: str, kind: str) -> object | None:
-        path = self.layout.path(self.data_dir, folder_template, self.split) / name
+    def _image(
+        self, folder_template: str, name: str, kind: str, modality: str | None = None
+    ) -> object | None:
+        path = self._image_path(folder_template, name)
+        if path is None:
+            path = self.layout.path(self.data_dir, folder_template, self.split) / name
         try:
             return load_image(path, self.image_limits)
         except DataError as err:
+            if modality in self.no_fallback:
+                raise
             if kind.startswith("missing_") and path.is_file():
                 kind = "corrupt_" + kind.removeprefix("missing_")
             self._missing(kind, err)
@@ -256,11 +315,16 @@ class MNREDataset(torch.utils.data.Dataset):
         if self._phrases is not None:
             fields["phrase"] = self._phrases[ex_pos]
         if "image" in self.modalities:
-            fields["image"] = self._image(self.layout.image_dir, ex.img_id, "missing_image")
+            fields["image"] = self._image(self.layout.image_dir, ex.img_id, "missing_image", "image")
         if "objects" in self.modalities:
             fields["objects"] = self._objects(ex)
         if "generated_image" in self.modalities or "generated_objects" in self.modalities:
-            generated = self._image(self.layout.generated_image_dir, ex.img_id, "missing_generated_image")
+            generated = self._image(
+                self.layout.generated_image_dir,
+                ex.img_id,
+                "missing_generated_image",
+                "generated_image" if "generated_image" in self.modalities else None,
+            )
             if "generated_image" in self.modalities:
                 fields["generated_image"] = generated
             if "generated_objects" in self.modalities:

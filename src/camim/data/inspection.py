@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camim.data.auxiliary import iter_score_lines, read_box_dict, read_object_dict, read_phrases
-from camim.data.captions import Captions, read_captions
-from camim.data.labels import LabelSet
+from camim.data.captions import Captions, image_stem, read_captions
+from camim.data.images import find_image, load_image, resolution
+from camim.data.labels import LabelSet, negative_label_origin
 from camim.data.layout import CAPTION_SOURCES, RELEASED_CAPTION_SOURCES, SPLITS, DataLayout
 from camim.data.samples import read_relations, read_samples
 from camim.data.types import MNREExample
 from camim.errors import DataError, ImageError
-from camim.io import ImageLimits, checked_image
+from camim.io import DEFAULT_ENCODING, IMAGE_SUFFIXES, ImageLimits
 
 _PREFIX_TO_SOURCE = {prefix: name for name, prefix in reversed(list(CAPTION_SOURCES.items()))}
 
@@ -73,12 +74,36 @@ def _files_in(folder: Path) -> set[str] | None:
         return None
 
 
+def label_source(root: Path, layout: DataLayout) -> str:
+    """Where the labels of ``root`` come from, in words: its rel2id file, or the samples."""
+    rel2id = Path(root) / layout.rel2id
+    return str(rel2id) if rel2id.is_file() else "the samples (no rel2id file)"
+
+
+def img_id_form(img_id: str) -> str:
+    """``"file name"`` (with an image extension), ``"integer"`` (digits only, as earlier MNRE releases) or
+    ``"bare name"``."""
+    if Path(img_id).suffix.lower() in IMAGE_SUFFIXES:
+        return "file name"
+    return "integer" if img_id.isdigit() else "bare name"
+
+
 class _Scanner:
-    def __init__(self, data_dir: Path, layout: DataLayout, check_images: bool, limits: ImageLimits):
+    def __init__(
+        self,
+        data_dir: Path,
+        layout: DataLayout,
+        check_images: bool,
+        limits: ImageLimits,
+        encoding: str = DEFAULT_ENCODING,
+        negative: str | None = None,
+    ):
         self.root = data_dir
         self.layout = layout
         self.check_images = check_images
         self.limits = limits
+        self.encoding = encoding
+        self.negative = negative
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
@@ -93,17 +118,22 @@ class _Scanner:
         rel2id = self.root / self.layout.rel2id
         try:
             if rel2id.is_file():
-                return LabelSet.from_rel2id(rel2id)
+                return LabelSet.from_rel2id(rel2id, negative=self.negative)
             rels = []
             for split in splits:
                 p = self.layout.first_existing(self.root, self.layout.samples, split)
                 if p is not None:
-                    rels += read_relations(p)
+                    rels += read_relations(p, self.encoding)
             if not rels:
                 self.problem(DataError("no rel2id file and no labelled samples", self.root))
                 return None
-            self.warn(f"{rel2id}: not found; labels inferred from the samples")
-            return LabelSet.infer(rels)
+            labels = LabelSet.infer(rels, negative=self.negative)
+            neg = labels.negative_name
+            self.warn(
+                f"{rel2id}: not found; labels inferred from the samples, negative label "
+                + (f"{neg!r} (excluded from micro P/R/F1)" if neg is not None else "none found")
+            )
+            return labels
         except DataError as err:
             self.problem(err)
             return None
@@ -112,17 +142,20 @@ class _Scanner:
     def split(self, split: str, labels: LabelSet | None, sources: list[str], cap_stats: dict) -> dict | None:
         path = self.layout.first_existing(self.root, self.layout.samples, split)
         if path is None:
-            self.warn(f"{self.root}: no sample file for split {split!r}")
+            tried = ", ".join(t.format(split=split) for t in self.layout.samples)
+            self.problem(DataError(f"no sample file for split {split!r} (tried {tried})", self.root))
             return None
         errors: list[DataError] = []
         try:
-            examples = read_samples(path, labels, on_error="skip", problems=errors)
+            examples = read_samples(path, labels, on_error="skip", problems=errors, encoding=self.encoding)
         except DataError as err:
             self.problem(err)
             return None
         for err in errors:
             self.problem(err)
         n = len(examples)
+        if n == 0:
+            self.problem(DataError(f"the {split!r} split has no samples", path))
         dist = Counter(ex.relation for ex in examples)
         img_ids = {ex.img_id for ex in examples}
         neg = labels.negative_name if labels is not None else None
@@ -134,6 +167,7 @@ class _Scanner:
             "labels": len(dist),
             "label_distribution": dict(sorted(dist.items(), key=lambda kv: (-kv[1], kv[0]))),
             "negative_share": _ratio(dist.get(neg, 0), n) if neg is not None else None,
+            "img_id_forms": dict(Counter(img_id_form(i) for i in img_ids)),
         }
         info["captions"] = {src: self.captions(src, split, examples, cap_stats) for src in sources}
         info["scores"] = self.scores(split, examples)
@@ -158,12 +192,20 @@ class _Scanner:
         tables: list[Captions] = []
         for f in files:
             try:
-                table = read_captions(f, on_error="skip")
+                table = read_captions(f, on_error="skip", encoding=self.encoding)
             except DataError as err:
                 self.problem(err)
                 continue
             for err in table.problems:
                 self.problem(err)
+            if table.conflicts:
+                self.warn(
+                    DataError(
+                        f"{len(table.conflicts)} img_ids have several different captions, the last one is "
+                        f"used (first: {table.conflicts[0]!r})",
+                        f,
+                    )
+                )
             tables.append(table)
         if not tables:
             return {"file": str(files[0]), "coverage": 0.0, "mean_words": 0.0, "empty": 0}
@@ -204,6 +246,15 @@ class _Scanner:
         any_file = False
         for kind, (strong_t, weak_t) in pairs.items():
             strong_p, weak_p = lay.path(self.root, strong_t, split), lay.path(self.root, weak_t, split)
+            if not strong_p.is_file() and not weak_p.is_file():
+                # a dataset without this modality (earlier releases have no scores): only models that read
+                # TMR correlation scores need them
+                self.warn(
+                    f"{strong_p.parent}: no {kind} score files ({strong_p.name}, {weak_p.name}); models that "
+                    "read TMR scores need them (`camim prepare scores`) or data.on_missing: fallback"
+                )
+                covered_all = set()
+                continue
             lines = {}
             for p in (strong_p, weak_p):
                 if not p.is_file():
@@ -212,7 +263,7 @@ class _Scanner:
                     continue
                 any_file = True
                 errs: list[DataError] = []
-                lines[p] = list(iter_score_lines(p, on_error="skip", problems=errs))
+                lines[p] = list(iter_score_lines(p, on_error="skip", problems=errs, encoding=self.encoding))
                 for e in errs:
                     self.problem(e)
             s_lines, w_lines = lines[strong_p], lines[weak_p]
@@ -235,7 +286,9 @@ class _Scanner:
                     f"{strong_p}:{a[0]}: strong + weak != 1 on {len(bad)} lines "
                     f"(first: {a[1]!r} {a[2]} + {b[2]} at {weak_p}:{b[0]})"
                 )
-            ids = {a[1] for a in s_lines} & {b[1] for b in w_lines}
+            scored = {a[1] for a in s_lines} & {b[1] for b in w_lines}
+            stems = {image_stem(i) for i in scored}  # bare ids match "x.jpg" lines, as ScoreTable.lookup
+            ids = {ex.img_id for ex in examples if ex.img_id in scored or image_stem(ex.img_id) in stems}
             covered_all &= ids
             n_cov = sum(1 for ex in examples if ex.img_id in ids)
             if n_cov < len(examples):
@@ -257,13 +310,13 @@ class _Scanner:
 
     def _index_dict(self, templates: tuple[str, ...], split: str, reader, what: str, n: int):
         path = self.layout.first_existing(self.root, templates, split)
-        if path is None:
-            self.problem(
+        if path is None:  # a dataset without this modality: only models that read it need the file
+            self.warn(
                 DataError(f"{what} not found (tried {[t.format(split=split) for t in templates]})", self.root)
             )
             return None, None
         try:
-            data = reader(path)
+            data = reader(path, encoding=self.encoding)
         except DataError as err:
             self.problem(err)
             return None, path
@@ -320,20 +373,23 @@ class _Scanner:
         present = _files_in(folder)
         if present is None:
             return {"folder": str(folder), "present": False, "coverage": 0.0}
-        have = {i for i in img_ids if i in present}
+        paths = {i: find_image(folder, i, present) for i in img_ids}
+        have = {i for i, p in paths.items() if p is not None}
         if len(have) < len(img_ids):
-            first = next(i for i in img_ids if i not in present)
+            first = next(i for i in img_ids if i not in have)
             self.problem(
                 DataError(
                     f"{len(img_ids) - len(have)} of {len(img_ids)} images missing (first: {first})", folder
                 )
             )
         if self.check_images:
-            self._check_headers(folder, sorted(have))
+            self._decode(sorted(p for p in paths.values() if p is not None))
         return {
             "folder": str(folder),
             "present": True,
             "coverage": _ratio(sum(1 for ex in examples if ex.img_id in have), n),
+            # how each img_id became a file name: as given, or with an extension added (bare/integer ids)
+            "resolved": dict(Counter(resolution(i, p) for i, p in paths.items())),
         }
 
     def crops(self, split: str, crop_names: dict | None) -> dict:
@@ -349,18 +405,22 @@ class _Scanner:
                 DataError(f"{len(names) - len(have)} of {len(names)} crops missing (first: {first})", folder)
             )
         if self.check_images:
-            self._check_headers(folder, sorted(have))
+            self._decode([folder / c for c in sorted(have)])
         return {"folder": str(folder), "present": True, "coverage": _ratio(len(have), len(names))}
 
-    def _check_headers(self, folder: Path, names: list[str]) -> None:
-        """Open each image's header (no decoding) to catch unreadable files and absurd sizes."""
-        for name in names:
-            path = folder / name
+    def _decode(self, paths: list[Path]) -> None:
+        """Decode every image with the loader training uses (:func:`camim.data.images.load_image`: the same
+        size limits, the whole file read), so truncated or corrupt files are caught here, not mid-training;
+        an image over the limits is reported as such."""
+        for path in paths:
             try:
-                with checked_image(path, self.limits):
-                    pass
+                load_image(path, self.limits)
             except ImageError as exc:
-                self.problem(exc if exc.too_large else DataError(f"unreadable image: {exc.problem}", path))
+                self.problem(
+                    exc
+                    if exc.too_large
+                    else DataError(f"unreadable image (training would stop on it): {exc.problem}", path)
+                )
 
 
 def scan(
@@ -369,13 +429,18 @@ def scan(
     splits: tuple[str, ...] = SPLITS,
     check_images: bool = True,
     limits: ImageLimits = ImageLimits(),
+    encoding: str = DEFAULT_ENCODING,
+    negative: str | None = None,
 ) -> ScanResult:
-    """Read every file of ``data_dir`` once; return the summary, the problems and the warnings."""
+    """Read every file of ``data_dir`` once; return the summary, the problems and the warnings.
+
+    ``check_images`` decodes every referenced image that exists (originals, generated images, crops) with
+    the training loader's size ``limits``; ``negative`` overrides the negative label (``data.negative_label``)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError("data folder not found", root)
     layout = layout or DataLayout()
-    sc = _Scanner(root, layout, check_images, limits)
+    sc = _Scanner(root, layout, check_images, limits, encoding, negative)
     labels = sc.labels(splits)
     sources = discover_caption_sources(root, layout, splits)
     cap_stats: dict = {}
@@ -399,6 +464,11 @@ def scan(
         "num_labels": len(labels) if labels is not None else 0,
         "labels": list(labels.names) if labels is not None else [],
         "negative": labels.negative_name if labels is not None else None,
+        "negative_origin": (
+            negative_label_origin(labels.negative_name, negative, label_source(root, layout))
+            if labels is not None
+            else None
+        ),
         "samples": total,
         "splits": split_info,
         "captions": {

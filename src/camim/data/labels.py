@@ -21,6 +21,17 @@ def find_negative(names: Iterable[str]) -> str | None:
     return next((n for n in NEGATIVE_NAMES if n in present), None)
 
 
+def negative_label_origin(negative_name: str | None, override: str | None, source: str) -> str:
+    """Where a label set's negative label comes from, in words (for inspect, metrics.json, report.md):
+    ``override`` (``data.negative_label``) or the first of :data:`NEGATIVE_NAMES` found in ``source`` (the
+    rel2id file or the samples)."""
+    if negative_name is None:
+        return f"none of {', '.join(NEGATIVE_NAMES)} among the labels of {source}; every label is scored"
+    if override is not None:
+        return "set by data.negative_label"
+    return f"inferred by name from {source}"
+
+
 @dataclass(frozen=True)
 class LabelSet:
     """Relation names in id order. ``negative_name`` is excluded from micro-P/R/F1 (``None``: no negative)."""

@@ -76,5 +76,8 @@ class DataLayout:
                 return p
         known = ", ".join(CAPTION_SOURCES)
         raise DataError(
-            f"no caption file for source {source!r} (tried {base}.txt/.jsonl/.json; known: {known})", root
+            f"no caption file for source {source!r} (tried {base}.txt/.jsonl/.json; known: {known}); "
+            f"make it with `camim caption --data-dir {root} --split {split} --model MLLM "
+            f"--output {base}.jsonl` (see docs/captioning.md) or `camim caption import` of a released set",
+            root,
         )

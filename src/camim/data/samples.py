@@ -1,7 +1,9 @@
 """Reading and validating sample files: MNRE's Python-dict-literal lines and the canonical JSONL form.
 
 Each line is ``{'token': [...], 'h': {'name', 'pos': [start, end)}, 't': {...}, 'img_id': 'x.jpg',
-'relation': str}``. A sample's ``index`` is its position among the non-blank lines of its file (bad lines
+'relation': str}``. Earlier MNRE releases store ``img_id`` as an integer without extension (``553009``);
+such ids (and bare names) are accepted as strings and their image file is resolved by
+:func:`camim.data.images.find_image` (the name as given, then with the usual image extensions). A sample's ``index`` is its position among the non-blank lines of its file (bad lines
 included), which is the key of the object and phrase dictionaries.
 """
 
@@ -15,7 +17,7 @@ from camim.data._literal import describe_literal_error, parse_literal
 from camim.data.labels import LabelSet
 from camim.data.types import Entity, MNREExample
 from camim.errors import DataError
-from camim.io import iter_lines
+from camim.io import DEFAULT_ENCODING, iter_lines
 
 OnError = Literal["raise", "skip"]
 
@@ -61,6 +63,22 @@ def _entity(record: dict, key: str, role: str, n_tokens: int) -> Entity:
     return Entity(name=name, start=start, end=end)
 
 
+def normalise_img_id(value: object) -> str:
+    """An ``img_id`` as a string: file names and bare names as given, integers (earlier MNRE releases) as
+    their decimal form; raises ``_Problem`` for a missing, empty or non-name value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise _Problem(f"img_id {value} is a negative integer")
+        return str(value)
+    if value is None:
+        raise _Problem("img_id missing or empty")
+    if not isinstance(value, str):
+        raise _Problem(f"img_id must be a string or an integer, got {type(value).__name__}")
+    if not value.strip():
+        raise _Problem("img_id missing or empty")
+    return value
+
+
 def validate_record(
     record: object, labels: LabelSet | None, require_relation: bool = True
 ) -> tuple[list[str], Entity, Entity, str, str | None, int | None]:
@@ -74,9 +92,7 @@ def validate_record(
         raise _Problem("tokens empty")
     head = _entity(record, "h", "head", len(tokens))
     tail = _entity(record, "t", "tail", len(tokens))
-    img_id = record.get("img_id")
-    if not isinstance(img_id, str) or not img_id.strip():
-        raise _Problem("img_id missing or empty")
+    img_id = normalise_img_id(record.get("img_id"))
     relation = record.get("relation")
     label = None
     if relation is None:
@@ -97,11 +113,13 @@ def read_samples(
     on_error: OnError = "raise",
     problems: list[DataError] | None = None,
     require_relation: bool = True,
+    encoding: str = DEFAULT_ENCODING,
 ) -> list[MNREExample]:
     """Read and validate a sample file (``.txt`` literal lines or ``.jsonl``).
 
     A bad line raises ``DataError`` naming file, line and problem; with ``on_error="skip"`` it is skipped
     and its error appended to ``problems``. ``labels=None`` accepts any relation (``label`` stays ``None``).
+    The file is decoded strictly as ``encoding`` (UTF-8, BOM accepted, by default).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -109,7 +127,7 @@ def read_samples(
     json_lines = is_json_lines(path)
     out: list[MNREExample] = []
     index = -1
-    for lineno, line in iter_lines(path):
+    for lineno, line in iter_lines(path, encoding):
         index += 1
         try:
             record = parse_record(line, json_lines)
@@ -136,11 +154,11 @@ def read_samples(
     return out
 
 
-def read_relations(path: str | Path) -> list[str]:
+def read_relations(path: str | Path, encoding: str = DEFAULT_ENCODING) -> list[str]:
     """The relation strings of a sample file (unvalidated lines are ignored); used to infer a label set."""
     json_lines = is_json_lines(path)
     rels = []
-    for _, line in iter_lines(path):
+    for _, line in iter_lines(path, encoding):
         try:
             rec = parse_record(line, json_lines)
         except _Problem:

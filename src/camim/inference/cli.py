@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from camim.data.images import find_image
 from camim.errors import CamimError, DataError
 from camim.inference.predictor import Prediction, Predictor, PreparedInput
-from camim.io import JsonlLog
+from camim.io import DEFAULT_ENCODING, JsonlLog, check_encoding, decode_text, short_hash
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Predict the relation of each (post, head, tail[, image, caption]) example. File form: --input in.jsonl "
             "--output out.jsonl, one MNRE-form JSON object per line ({'token' or 'text', 'h', 't', 'img_id' or "
-            "'image' (a path), 'caption'?}; a .txt input holds Python dict literals, as MNRE's ours_*.txt); a bad line is reported with its line number and the others are "
-            "still written; an interrupted run resumes where it stopped. Single form: --text/--tokens, --head, --tail."
+            "'image' (a path), 'caption'?}; a .txt input holds Python dict literals, as MNRE's ours_*.txt); a bad "
+            "line is reported with its line number and the others are still written; an interrupted run resumes "
+            "where it stopped (each output record carries the hash of its input line, so an output is never "
+            "resumed for another input). Single form: --text/--tokens, --head, --tail."
         ),
     )
     p.add_argument("--model", required=True, help="training output DIR, DIR/model, or a hub id")
@@ -30,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, help="JSONL file of predictions (file form; default: stdout)")
     p.add_argument("--image-dir", type=Path, help="folder of the images named by 'img_id' (file form)")
     p.add_argument("--overwrite", action="store_true", help="start --output afresh instead of resuming it")
+    p.add_argument(
+        "--encoding",
+        default=DEFAULT_ENCODING,
+        help="text encoding of --input (default UTF-8, decoded strictly; a BOM is accepted), e.g. latin-1",
+    )
     p.add_argument("--limit", type=int, help="only the first LIMIT lines of --input")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--top-k", type=int, default=None, help="keep only the k most probable relations per line")
@@ -91,6 +100,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CamimError("--batch-size must be at least 1")
     if args.input is not None and not args.input.is_file():
         raise CamimError(f"{args.input}: input file not found")
+    if args.input is not None:
+        check_output_is_not_input(args.input, args.output)  # before the model is loaded
     predictor = _load(args)
     if args.input is None:
         return _predict_single(predictor, args)
@@ -103,6 +114,7 @@ def run_predict(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         overwrite=args.overwrite,
         limit=args.limit,
+        encoding=args.encoding,
     )
 
 
@@ -176,8 +188,9 @@ def line_to_item(obj: Any, base_dir: Path, image_dir: Path | None) -> dict[str, 
         if not isinstance(image, str):
             raise CamimError("'image' must be a path")
         path = Path(image) if Path(image).is_absolute() else base_dir / image
-    elif image_dir is not None and obj.get("img_id"):
-        path = image_dir / str(obj["img_id"])
+    elif image_dir is not None and obj.get("img_id") not in (None, ""):
+        img_id = str(obj["img_id"])  # integer ids of earlier MNRE releases name "<id>.jpg" (or .png ...)
+        path = find_image(image_dir, img_id) or image_dir / img_id
     else:
         path = None
     if path is not None:
@@ -199,22 +212,69 @@ def _parse_line(line: str, literal: bool) -> Any:
         raise CamimError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
 
 
-def _done_lines(output: Path) -> set[int]:
-    """Line numbers already in ``output``; a torn last line (interrupted write) is cut off."""
+def line_hash(raw: bytes) -> str:
+    """The short hash of one input line (its bytes without the line end) that each output record carries."""
+    return short_hash(raw.rstrip(b"\r\n"), 16)
+
+
+def _input_lines(path: Path) -> list[bytes]:
+    """The raw lines of ``path`` (as read for prediction, line ends kept)."""
+    with path.open("rb") as fh:
+        return list(fh)
+
+
+def _done_lines(output: Path, input_path: Path, lines: list[bytes]) -> set[int]:
+    """Line numbers already in ``output``; a torn last line (interrupted write) is cut off. ``CamimError``
+    when a record was made from another line than ``input_path``'s line of that number (``output`` belongs
+    to another input file) or carries no input hash."""
     log = JsonlLog(output, what="predictions file")
     records = log.read()
     if log.partial_tail:
         log.drop_partial_tail()
     done: set[int] = set()
-    bad = [k for k, _ in log.bad_lines]
+    bad = min((k for k, _ in log.bad_lines), default=None)  # the first line that is not a record
     for k, rec in records:
+        if bad is not None and k > bad:
+            break
         try:
-            done.add(int(rec["line"]))  # type: ignore[index]
+            n = int(rec["line"])  # type: ignore[index]
         except (ValueError, KeyError, TypeError):
-            bad.append(k)
-    if bad:
-        raise DataError("not a camim predictions line; use --overwrite to replace the file", output, min(bad))
+            bad = k
+            break
+        recorded = rec.get("input_sha256")  # type: ignore[union-attr]
+        actual = line_hash(lines[n - 1]) if 1 <= n <= len(lines) else None
+        if recorded is None or recorded != actual:
+            if recorded is None:
+                why = "has no hash of its input line (written by an older camim?)"
+            elif actual is None:
+                why = f"is for line {n}, but {input_path} has only {len(lines)} lines"
+            else:
+                why = f"was predicted from a line {n} that differs from {input_path}:{n}"
+            raise DataError(
+                f"this output belongs to another input file (its record {why}); refusing to resume it: "
+                "use another --output, or --overwrite to start it afresh",
+                output,
+                k,
+            )
+        done.add(n)
+    if bad is not None:
+        raise DataError("not a camim predictions line; use --overwrite to replace the file", output, bad)
     return done
+
+
+def check_output_is_not_input(input_path: Path, output_path: Path | None) -> None:
+    """``CamimError`` when ``output_path`` is ``input_path`` (the same path, or the same file through a link),
+    which writing predictions would empty."""
+    if output_path is None:
+        return
+    same = input_path.resolve() == output_path.resolve()
+    if not same and input_path.exists() and output_path.exists():
+        try:
+            same = os.path.samefile(input_path, output_path)
+        except OSError:
+            same = False
+    if same:
+        raise CamimError(f"{output_path}: --output is the --input file; write the predictions elsewhere")
 
 
 def predict_file(
@@ -226,17 +286,25 @@ def predict_file(
     top_k: int | None = None,
     overwrite: bool = False,
     limit: int | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> int:
     """Predict every line of ``input_path`` into ``output_path`` (JSONL, one record per input line, in order).
 
-    Each record has ``line`` (1-based input line) and either the prediction or ``error`` (``file:line: ...``).
-    An existing output is resumed (lines already there are skipped) unless ``overwrite``. Returns 0, or 1
-    when some lines failed.
+    Each record has ``line`` (1-based input line), ``input_sha256`` (the hash of that input line) and either
+    the prediction or ``error`` (``file:line: ...``). An existing output is resumed (lines already there are
+    skipped) unless ``overwrite``, and only when its records were made from the same input lines. The input
+    is decoded strictly as ``encoding`` (an undecodable byte: ``DataError`` naming file and line, before
+    anything is written); an output that is the input file is refused. Returns 0, or 1 when some lines
+    failed.
     """
+    check_output_is_not_input(input_path, output_path)
     literal = input_path.suffix == ".txt"  # MNRE's released txt/ours_{split}.txt: Python dict literals
+    lines = _input_lines(input_path)
+    codec = check_encoding(encoding)
+    texts = [decode_text(raw, input_path, codec, line=n) for n, raw in enumerate(lines, start=1)]
     done: set[int] = set()
     if output_path is not None and output_path.exists() and not overwrite:
-        done = _done_lines(output_path)
+        done = _done_lines(output_path, input_path, lines)
         if done:
             print(f"camim predict: resuming {output_path}: {len(done)} line(s) already done", file=sys.stderr)
     log = None
@@ -281,29 +349,28 @@ def predict_file(
         pending.clear()
 
     try:
-        with input_path.open("r", encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, start=1):
-                if limit is not None and n > limit:
-                    break
-                if n in done or not line.strip():
-                    continue
-                rec: dict[str, Any] = {"line": n}
-                try:
-                    obj = _parse_line(line, literal)
-                    item = line_to_item(obj, input_path.parent, image_dir)
-                    item["source"] = f"{input_path}:{n}"
-                    prep = predictor.prepare(item, index=n - 1)
-                    if isinstance(obj, dict) and obj.get("relation") is not None:
-                        rec["gold"] = obj["relation"]
-                except CamimError as exc:
-                    message = str(DataError(str(exc), input_path, n))
-                    print(f"camim predict: {message}", file=sys.stderr)
-                    rec["error"] = message
-                    counts["failed"] += 1
-                    prep = None
-                pending.append((n, prep, rec))
-                if sum(p is not None for _, p, _ in pending) >= batch_size:
-                    flush()
+        for n, line in enumerate(texts, start=1):
+            if limit is not None and n > limit:
+                break
+            if n in done or not line.strip():
+                continue
+            rec: dict[str, Any] = {"line": n, "input_sha256": line_hash(lines[n - 1])}
+            try:
+                obj = _parse_line(line, literal)
+                item = line_to_item(obj, input_path.parent, image_dir)
+                item["source"] = f"{input_path}:{n}"
+                prep = predictor.prepare(item, index=n - 1)
+                if isinstance(obj, dict) and obj.get("relation") is not None:
+                    rec["gold"] = obj["relation"]
+            except CamimError as exc:
+                message = str(DataError(str(exc), input_path, n))
+                print(f"camim predict: {message}", file=sys.stderr)
+                rec["error"] = message
+                counts["failed"] += 1
+                prep = None
+            pending.append((n, prep, rec))
+            if sum(p is not None for _, p, _ in pending) >= batch_size:
+                flush()
         flush()
     finally:
         if log is not None:

@@ -17,8 +17,11 @@ which modalities were absent and what was done instead.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,7 +102,8 @@ class Predictor:
     ``captioner`` / ``object_finder`` / ``image_generator`` fill modalities the caller leaves out (see the
     module docstring); images over ``max_image_bytes`` (encoded) or ``max_image_pixels`` are refused.
     ``missing_scores="uniform"`` (default) lets a model that reads TMR correlation scores answer posts that
-    have none with strong = weak = 0.5 (noted in each result); ``None`` keeps the model's own setting.
+    have none with strong = weak = 0.5 (noted in each result), through a copy of the model's processor: the
+    loaded model itself is left as loaded. ``None`` keeps the model's own setting.
     """
 
     def __init__(
@@ -125,10 +129,22 @@ class Predictor:
         self.max_image_pixels = max_image_pixels
         self.required_modalities: set[str] = set(getattr(model, "required_modalities", set()) or set())
         config = getattr(model, "config", None)
-        if missing_scores is not None and "scores" in self.required_modalities and config is not None:
-            # New posts have no TMR correlation scores: by default answer with uniform ones (noted per result)
-            # instead of refusing every request; missing_scores=None keeps the model's own setting.
-            config.missing_scores = missing_scores
+        # The processor this predictor batches with: the model's own, or a copy whose config answers posts
+        # without TMR correlation scores with uniform ones (noted per result) instead of refusing every
+        # request. The loaded model and its processor are left as they were (missing_scores=None keeps the
+        # model's own setting).
+        self.processor = getattr(model, "processor", None)
+        self.missing_scores: str | None = getattr(config, "missing_scores", None)
+        if (
+            missing_scores is not None
+            and "scores" in self.required_modalities
+            and config is not None
+            and missing_scores != self.missing_scores
+        ):
+            self.processor = copy.copy(model.processor)
+            self.processor.config = dataclasses.replace(config, missing_scores=missing_scores)
+            self.processor.report = Counter()
+            self.missing_scores = missing_scores
         self.caption_failures = (
             0  # captioner errors, each answered in no-caption mode (and noted in the result)
         )
@@ -290,11 +306,7 @@ class Predictor:
         if "scores" in need and self.score_estimator is not None and (image or generated_image) is not None:
             scores = self.score_estimator(image, " ".join(tokens), generated_image)
             notes.append(f"correlation scores estimated by {_name(self.score_estimator)}")
-        if (
-            "scores" in need
-            and scores is None
-            and getattr(getattr(self.model, "config", None), "missing_scores", "uniform") != "uniform"
-        ):
+        if "scores" in need and scores is None and (self.missing_scores or "uniform") != "uniform":
             raise CamimError(
                 f"this {self._model_name()} model needs TMR correlation scores, which a single post does not have; "
                 "build it with missing_scores='uniform' to run without them"
@@ -337,7 +349,7 @@ class Predictor:
 
     def _forward(self, examples: list[MNREExample]) -> torch.Tensor:
         with self._lock, torch.inference_mode():
-            batch = self.model.processor(examples).to(self.device)
+            batch = self.processor(examples).to(self.device)
             batch.labels = None
             logits = self.model(batch).logits
         return torch.softmax(logits.float(), dim=-1).cpu()

@@ -167,15 +167,51 @@ class MREModel(nn.Module):
         encoder_configs = {}
         if enc_dir.is_dir():
             for sub in sorted(enc_dir.iterdir()):
-                encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
-        tokenizer = load_tokenizer(str(directory))
-        model = model_cls(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
+                try:
+                    encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
+                except Exception as exc:  # noqa: BLE001 - a corrupt or foreign config.json: one line naming it
+                    raise CamimError(
+                        f"{sub / 'config.json'}: cannot read the encoder config: {_first_line(exc)}"
+                    ) from exc
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise CamimError(f"{weights}: not found")
         try:
+            tokenizer = load_tokenizer(str(directory))
+        except CamimError as exc:
+            raise CamimError(
+                f"{_bad_tokenizer_file(directory)}: cannot load the tokenizer: "
+                f"{_first_line(exc.__cause__ or exc)}"
+            ) from exc
+        model = model_cls(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
+        try:
             load_safetensors(model, str(weights), strict=True)
         except RuntimeError as exc:
-            raise CamimError(f"{weights}: weights do not match the model: {exc}") from exc
+            raise CamimError(f"{weights}: weights do not match the model: {_first_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - SafetensorError (truncated/corrupt file), OSError ...
+            raise CamimError(f"{weights}: not a readable safetensors file ({_first_line(exc)})") from exc
         model.eval()
         return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def _bad_tokenizer_file(directory: Path) -> Path:
+    """The first tokenizer file of ``directory`` that is not valid UTF-8 / JSON, else the folder itself."""
+    for name in _TOKENIZER_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix == ".json":
+                json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return path
+    return directory

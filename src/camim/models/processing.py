@@ -38,6 +38,9 @@ OPENNRE_MARKERS = ("[unused0]", "[unused1]", "[unused2]", "[unused3]")
 HVPNET_MARKERS = ("<s>", "</s>", "<o>", "</o>")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Modalities without a fallback: a model that needs one of them refuses an example that lacks it (the
+# training data module checks their files before training, whatever data.on_missing says).
+NO_FALLBACK_MODALITIES = frozenset({"image", "generated_image"})
 
 
 def ensure_tokens(tokenizer: PreTrainedTokenizerBase, tokens: tuple[str, ...]) -> int:
@@ -258,7 +261,7 @@ class MREProcessor:
                     scores.append(ex.scores.as_list())
             batch.scores = torch.tensor(scores, dtype=torch.float32)
         if "image" in self.needs:
-            self._require(examples, "image")
+            self._require(examples, "image")  # NO_FALLBACK_MODALITIES
             batch.image = torch.stack([self._full(ex.image) for ex in examples])
         if "objects" in self.needs:
             batch.objects, batch.objects_mask = self._objects([ex.objects for ex in examples])

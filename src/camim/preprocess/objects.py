@@ -26,7 +26,7 @@ from typing import Literal
 from PIL import Image
 
 from camim.data.auxiliary import read_phrases
-from camim.data.images import crop_box, load_image
+from camim.data.images import crop_box, find_image, load_image
 from camim.data.layout import DataLayout
 from camim.data.types import MNREExample
 from camim.data.writers import write_index_dict_json
@@ -343,7 +343,7 @@ def prepare_objects(
                 report.skipped_done += 1
             else:
                 try:
-                    image = load_image(image_dir / ex.img_id)
+                    image = load_image(find_image(image_dir, ex.img_id) or image_dir / ex.img_id)
                 except DataError:
                     if on_missing == "raise":
                         raise

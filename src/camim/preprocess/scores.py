@@ -33,7 +33,7 @@ from typing import Literal
 from PIL import Image
 
 from camim.data.auxiliary import UNIFORM_SCORE
-from camim.data.images import load_image
+from camim.data.images import find_image, load_image
 from camim.data.layout import DataLayout
 from camim.data.types import Scores
 from camim.errors import CamimError, DataError
@@ -203,7 +203,7 @@ def prepare_scores(
             values, complete = {}, True
             for which, folder in dirs.items():
                 try:
-                    image = load_image(folder / ex.img_id)
+                    image = load_image(find_image(folder, ex.img_id) or folder / ex.img_id)
                 except DataError:
                     if on_missing == "raise":
                         raise

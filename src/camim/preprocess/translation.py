@@ -19,9 +19,10 @@ from typing import Literal
 
 from PIL import Image
 
+from camim.data.images import find_image
 from camim.data.layout import DataLayout
 from camim.errors import CamimError, DataError
-from camim.io import atomic_save_image
+from camim.io import IMAGE_SUFFIXES, atomic_save_image
 from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
@@ -184,7 +185,10 @@ def prepare_translations(
     report.note_log(log)
     out_dir = layout.path(data_dir, layout.generated_image_dir, split)
     for img_id, tokens in progress_bar(first.items(), len(first), f"translate {split}", progress):
-        out_path = out_dir / img_id
+        # a bare or integer img_id (earlier MNRE releases) gets a .png file, which the data layer finds
+        out_path = find_image(out_dir, img_id) or out_dir / (
+            img_id if Path(img_id).suffix.lower() in IMAGE_SUFFIXES else img_id + ".png"
+        )
         if not overwrite and is_valid_image(out_path):
             report.skipped_done += 1
             continue

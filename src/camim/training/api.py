@@ -22,10 +22,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from camim.errors import CamimError
-from camim.io import atomic_write_text
+from camim.io import atomic_write_text, read_json
 from camim.training.config import (
     DataConfig,
     OptimConfig,
@@ -139,6 +140,7 @@ def _trainer(
         gradient_clip_val=cfg.optim.max_grad_norm,
         log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=0,
+        limit_val_batches=0 if cfg.optim.select_on == "train_loss" else None,  # no val split to select on
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         callbacks=callbacks,
@@ -146,10 +148,23 @@ def _trainer(
     )
 
 
-def _labels(data_dir: str):
+def _labels(cfg: RunConfig):
     from camim.data import default_labels
 
-    return default_labels(data_dir)
+    return default_labels(cfg.data.data_dir, negative=cfg.data.negative_label, encoding=cfg.data.encoding)
+
+
+def negative_label_info(cfg: RunConfig, labels) -> dict:
+    """``{"name", "origin"}`` of the label excluded from micro P/R/F1 (metrics.json, report.md)."""
+    from camim.data import DataLayout
+    from camim.data.inspection import label_source
+    from camim.data.labels import negative_label_origin
+
+    source = label_source(Path(cfg.data.data_dir), DataLayout())
+    return {
+        "name": labels.negative_name,
+        "origin": negative_label_origin(labels.negative_name, cfg.data.negative_label, source),
+    }
 
 
 def _prediction_records(records: list[dict], names: list[str], ds) -> list[dict]:
@@ -247,7 +262,7 @@ def train_run(
     cfg = resolve_run_config(config, overrides, data_dir, output_dir)  # everything parsed and validated
     data_dir = cfg.data.data_dir
     out = Path(output_dir)
-    labels = _labels(data_dir)
+    labels = _labels(cfg)
     conflict = _conflict(out, cfg)
     if conflict and not overwrite:
         raise CamimError(f"{conflict}; use a new --output folder, or --overwrite to replace that run")
@@ -259,7 +274,15 @@ def train_run(
         from camim.training.offline import build_offline_encoder
 
         folder = Path(cfg.offline.encoder_dir or out / "offline_encoder")
-        build_offline_encoder(cfg.offline, data_dir, folder, limit=cfg.data.train_limit)
+        build_offline_encoder(
+            cfg.offline,
+            data_dir,
+            folder,
+            limit=cfg.data.train_limit,
+            require_captions=cfg.data.caption_source is not None,
+            encoding=cfg.data.encoding,
+            on_error=cfg.data.on_error,
+        )
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
@@ -268,14 +291,15 @@ def train_run(
     dm = MNREDataModule(cfg, data_dir, labels, model.required_modalities, model.processor)
 
     ckpt_dir = out / "checkpoints"
-    checkpoint = DevCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="best-epoch{epoch}",
-        monitor="val/f1",
-        ties=cfg.optim.selection_tie,  # "first": strict improvement (released TMR `>`); "last": HVPNeT `>=`
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
+    on_train_loss = cfg.optim.select_on == "train_loss"
+    common = {"dirpath": str(ckpt_dir), "filename": "best-epoch{epoch}", "save_last": True,
+              "auto_insert_metric_name": False}  # fmt: skip
+    if on_train_loss:  # no val split: the lowest epoch training loss (optim.select_on: train_loss)
+        checkpoint = ModelCheckpoint(
+            **common, monitor="train/loss_epoch", mode="min", save_top_k=1, save_on_train_epoch_end=True
+        )
+    else:  # best dev micro-F1; ties: "first" = strict improvement (released TMR `>`), "last" = HVPNeT `>=`
+        checkpoint = DevCheckpoint(**common, monitor="val/f1", ties=cfg.optim.selection_tie)
     # logs/version_<k>/ per (re)start; the report joins them
     logger = CSVLogger(save_dir=str(out), name="logs")
     trainer = _trainer(cfg, out, [checkpoint, *(callbacks or [])], logger)
@@ -297,8 +321,10 @@ def train_run(
         eval_trainer = _trainer(cfg, out, [], False, device=root)
     else:
         eval_trainer = _trainer(cfg, out, [], False)
-    eval_trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
-    val = dict(module.eval_result)
+    val = None
+    if not on_train_loss:
+        eval_trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+        val = dict(module.eval_result)
     eval_trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     test = dict(module.eval_result)
 
@@ -307,7 +333,10 @@ def train_run(
         "test": test,
         "best_checkpoint": Path(best).name if best else None,
         "best_epoch": _epoch_of(best),
+        "selected_on": cfg.optim.select_on,
         "global_step": int(trainer.global_step),
+        "negative_label": negative_label_info(cfg, labels),
+        "notes": _run_notes(cfg, out),
         "data_report": {k: v for k, v in dm.data_report().items() if v},
         "processor_report": dict(getattr(model.processor, "report", {}) or {}),
     }
@@ -328,6 +357,27 @@ def train_run(
     return RunResult(metrics=metrics, output_dir=out, model_dir=model_dir)
 
 
+def _run_notes(cfg: RunConfig, out: Path) -> list[str]:
+    """What a reader of metrics.json/report.md must know about how the run was made from this data."""
+    notes = []
+    if cfg.offline.enabled:
+        folder = Path(cfg.offline.encoder_dir or out / "offline_encoder")
+        stamp = folder / "camim_offline.json"
+        built = read_json(stamp) if stamp.is_file() else {}
+        if (
+            cfg.offline.vocab_caption_source
+            and isinstance(built, dict)
+            and built.get("vocab_captions", "") is None
+        ):
+            notes.append(
+                f"offline vocabulary built from the training text alone (no {cfg.offline.vocab_caption_source!r} "
+                "caption file in the data folder)"
+            )
+    if cfg.optim.select_on == "train_loss":
+        notes.append("checkpoint selected on the lowest epoch training loss (no validation; optim.select_on)")
+    return notes
+
+
 def _epoch_of(ckpt: str | None) -> int | None:
     """The 1-based epoch of a ``best-epoch<k>.ckpt`` name (k is Lightning's 0-based epoch)."""
     m = re.search(r"best-epoch(\d+)", Path(ckpt).name) if ckpt else None
@@ -343,7 +393,8 @@ def _run_config_for(model_dir: Path) -> tuple[Path, RunConfig | None]:
 
 
 def _test_split(model_dir, data_dir, split: str, caption_source, batch_size: int, limit: int | None):
-    """Run a saved model's test loop on one split -> (its MRELightningModule after the loop, datamodule, model)."""
+    """Run a saved model's test loop on one split -> (its MRELightningModule after the loop, datamodule, model,
+    label set, run config). A missing or empty split is a ``DataError`` naming it and its file."""
     from camim.data import LabelSet
     from camim.models import load_model
 
@@ -361,14 +412,15 @@ def _test_split(model_dir, data_dir, split: str, caption_source, batch_size: int
         optim=OptimConfig(eval_batch_size=batch_size),
         trainer=TrainerConfig(progress_bar=False),
     )
-    labels = LabelSet.from_names(model.labels)
+    labels = LabelSet.from_names(model.labels, negative=cfg.data.negative_label)
     module = MRELightningModule(model, cfg, labels.negative_id)
     dm = MNREDataModule(
         cfg, str(data_dir), labels, model.required_modalities, model.processor, test_split=split
     )
+    dm.dataset(split)  # a missing or empty split: DataError naming it and its file, before Lightning starts
     trainer = _trainer(cfg, Path(model_path), [], False)
     trainer.test(module, datamodule=dm, verbose=False)
-    return module, dm, model
+    return module, dm, model, labels, cfg
 
 
 def evaluate_run(
@@ -380,16 +432,21 @@ def evaluate_run(
     limit: int | None = None,
 ) -> dict:
     """Re-score a saved model on one split; returns ``{"accuracy", "precision", "recall", "f1"}`` (percent)
-    plus ``per_relation``, ``confusion``, ``labels`` and ``num_samples``.
+    plus ``per_relation``, ``confusion``, ``labels``, ``negative_label`` and ``num_samples``. A missing or
+    empty split is a ``DataError`` naming it and its file.
 
     ``model_dir`` is a run folder or its ``model/``; the caption source defaults to the run's config.yaml
     (else ``minicpm``).
     """
-    module, _, model = _test_split(model_dir, data_dir, split, caption_source, batch_size, limit)
+    from camim.data.labels import negative_label_origin
+
+    module, _, model, labels, cfg = _test_split(model_dir, data_dir, split, caption_source, batch_size, limit)
     result = dict(module.eval_result)
     result["labels"] = list(model.labels)
     result["num_samples"] = sum(sum(row) for row in result["confusion"])
     result["split"] = split
+    origin = negative_label_origin(labels.negative_name, cfg.data.negative_label, "the model's labels")
+    result["negative_label"] = {"name": labels.negative_name, "origin": origin}
     return result
 
 
@@ -398,5 +455,5 @@ def predict_split(
 ) -> list[dict]:
     """Per-sample predictions of a saved run on one split (its own caption source and data settings), as the
     rows of ``predictions.jsonl``."""
-    module, dm, model = _test_split(model_dir, data_dir, split, _RUN_DEFAULT, 32, limit)
+    module, dm, model, _, _ = _test_split(model_dir, data_dir, split, _RUN_DEFAULT, 32, limit)
     return _prediction_records(module.test_records, list(model.labels), dm.dataset(split))

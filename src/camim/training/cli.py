@@ -90,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if not result.primary:  # a non-zero DDP rank: rank 0 reports
         return 0
-    print(f"val   {_fmt_scores(result.metrics['val'])}")
+    if result.metrics["val"] is not None:
+        print(f"val   {_fmt_scores(result.metrics['val'])}")
     print(f"test  {_fmt_scores(result.metrics['test'])}")
     print(f"wrote {result.output_dir} (model: {result.model_dir}, report: {result.output_dir / 'report.md'})")
     return 0

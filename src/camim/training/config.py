@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from camim.errors import CamimError
+from camim.io import check_encoding
 from camim.models.config import ModelConfig
 from camim.speed.config import SpeedConfig
 from camim.typed import describe, differing_keys, field_types, from_mapping, parse, to_plain
@@ -49,7 +50,13 @@ class DataConfig:
     caption_source: str | None = "minicpm"  # a released source name, a captions file, or null for none
     # (object crops per sample: model.max_objects, the model's setting, read from there)
     on_error: Literal["raise", "skip"] = "raise"  # bad sample lines
-    on_missing: Literal["raise", "fallback"] = "raise"  # missing captions/scores/images (fallback: counted)
+    # fallback: missing captions, scores, phrases, object entries and crops become the documented fallbacks,
+    # counted; the original/generated images a model needs have none (refused before training)
+    on_missing: Literal["raise", "fallback"] = "raise"
+    # the label excluded from micro P/R/F1; null: rel2id's / the samples' "None", "none", "NA", "no_relation" ...
+    negative_label: str | None = None
+    # of the text files (strict; a UTF-8 BOM is accepted); e.g. latin-1 for legacy files
+    encoding: str = "utf-8"
     num_workers: int = 0
     train_limit: int | None = None  # use only the first N samples of each split (smoke runs, tests)
     eval_limit: int | None = None
@@ -75,6 +82,9 @@ class OptimConfig:
     bootstrap_train: bool = True  # released: train split redrawn WITH replacement (random.choices, ratio 1.0)
     eval_begin_epoch: int = 1  # validate (and select) from this 1-based epoch on (HVPNeT setting: 8)
     max_grad_norm: float | None = None  # released: no clipping
+    # checkpoint selection: "val_f1" (best dev micro-F1, released) or "train_loss" (lowest epoch training loss;
+    # for data without a val split: no validation runs, metrics.json has "val": null)
+    select_on: Literal["val_f1", "train_loss"] = "val_f1"
     seed: int = 666
     # released HVPNeT trainer (reference §5.1; docs/training.md), each false / "last" in the hvpnet presets:
     no_decay_split: bool = True  # False: weight decay on every parameter, biases and LayerNorm included
@@ -293,6 +303,10 @@ def validate_config(cfg: RunConfig) -> None:
         raise CamimError("optim.eval_begin_epoch is 1-based and must be >= 1")
     if o.eval_begin_epoch > o.epochs:
         raise CamimError(f"optim.eval_begin_epoch {o.eval_begin_epoch} is after the last epoch {o.epochs}")
+    try:
+        check_encoding(cfg.data.encoding)
+    except CamimError as exc:
+        raise CamimError(f"data.encoding: {exc}") from None
     off = cfg.offline
     model_types = field_types(ModelConfig)
     for key in off.model_keys:

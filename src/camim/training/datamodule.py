@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from camim.data import IMAGE_MODALITIES, LabelSet, MNREDataset
-from camim.errors import CamimError
+from camim.errors import CamimError, DataError
 from camim.training.config import RunConfig
 
 
@@ -91,8 +91,10 @@ class MNREDataModule(L.LightningDataModule):
         )
 
     def _mnre(self, split: str, modalities: tuple[str, ...]) -> MNREDataset:
+        from camim.models.processing import NO_FALLBACK_MODALITIES
+
         d = self.cfg.data
-        return MNREDataset(
+        ds = MNREDataset(
             self.data_dir,
             split=split,
             labels=self.labels,
@@ -101,10 +103,22 @@ class MNREDataModule(L.LightningDataModule):
             max_objects=self.cfg.model.max_objects,  # the model's setting (its processor pads to it)
             on_error=d.on_error,
             on_missing=d.on_missing,
+            no_fallback=NO_FALLBACK_MODALITIES & set(modalities),
+            encoding=d.encoding,
         )
+        if len(ds) == 0:
+            skipped = f" ({len(ds.problems)} malformed line(s) skipped)" if ds.problems else ""
+            hint = (
+                " (or set optim.select_on: train_loss to train without validation)" if split == "val" else ""
+            )
+            raise DataError(
+                f"the {split!r} split has no samples{skipped}; give it samples{hint}", ds.samples_path
+            )
+        return ds
 
     def dataset(self, split: str) -> MNREDataset:
-        """The (cached) :class:`MNREDataset` of one split (without image modalities when they are cached)."""
+        """The (cached) :class:`MNREDataset` of one split (without image modalities when they are cached);
+        ``DataError`` naming the split and its file when the split is missing or has no samples."""
         if split not in self.datasets:
             mods = self.modalities
             if self.cached_images:
@@ -135,7 +149,7 @@ class MNREDataModule(L.LightningDataModule):
 
         sp = self.cfg.speed
         root = Path(sp.feature_cache_dir or Path(self.cfg.data.image_cache_dir) / "features")
-        splits = list(dict.fromkeys(("train", "val", self.test_split)))
+        splits = list(dict.fromkeys((*self.fit_splits(), self.test_split)))
         stores = [
             build_feature_store(
                 backbone,
@@ -174,7 +188,7 @@ class MNREDataModule(L.LightningDataModule):
 
     def cache_splits(self, stage: str | None) -> list[str]:
         """The splits whose image caches a stage reads (frozen-visual fits also need the test split's)."""
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": [self.test_split]}.get(
+        wanted = {"fit": list(self.fit_splits()), "validate": ["val"], "test": [self.test_split]}.get(
             stage or "", []
         )
         if stage == "fit" and self.cfg.speed.frozen_visual:
@@ -190,8 +204,12 @@ class MNREDataModule(L.LightningDataModule):
         for split in self.cache_splits(fn.value if fn is not None else "fit"):
             self.image_cache(split)
 
+    def fit_splits(self) -> tuple[str, ...]:
+        """The splits a fit reads: train and val, or train alone when selecting on the training loss."""
+        return ("train",) if self.cfg.optim.select_on == "train_loss" else ("train", "val")
+
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": (self.test_split,)}.get(
+        wanted = {"fit": self.fit_splits(), "validate": ("val",), "test": (self.test_split,)}.get(
             stage or "", ()
         )
         for split in wanted:

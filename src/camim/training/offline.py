@@ -2,20 +2,30 @@
 the training split's text and captions, plus a compact BERT config with random weights, written to one folder that the model config
 points to (``text_encoder``). Used by the ``offline-*`` presets on machines without pretrained weights.
 
+A dataset without the vocabulary's caption file (``offline.vocab_caption_source``) gets a vocabulary of its
+training text alone when the run reads no captions (the text-only ``offline-bert``; a warning says so and the
+encoder folder's ``camim_offline.json`` records it); a run that reads captions stops with the error that names
+the ``camim caption`` command making them.
+
 Numbers from these encoders are not comparable with the paper's (no pretraining, no images).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-from camim.data import MNREDataset
+from camim.data import DataLayout, MNREDataset
+from camim.errors import DataError
+from camim.io import DEFAULT_ENCODING
 from camim.training.config import OfflineConfig
+
+log = logging.getLogger(__name__)
 
 # [PAD] first and the OpenNRE markers at ids 1..4 as in bert-base-uncased; HVPNeT's markers as well.
 SPECIAL_TOKENS = [
@@ -32,16 +42,41 @@ SPECIAL_TOKENS = [
 ]
 
 
+def vocabulary_caption_file(
+    data_dir: str | Path, caption_source: str | None, require_captions: bool
+) -> Path | None:
+    """The training split's caption file of ``caption_source`` (a source name or a file), or ``None`` when
+    there is none and ``require_captions`` is false; else the data layer's ``DataError`` (which names the
+    ``camim caption`` command that makes the file)."""
+    if not caption_source:
+        return None
+    if Path(caption_source).is_file():
+        return Path(caption_source)
+    try:
+        return DataLayout().caption_path(data_dir, caption_source, "train")
+    except DataError:
+        if require_captions:
+            raise
+        return None
+
+
 def vocabulary_corpus(
-    data_dir: str | Path, caption_source: str | None, limit: int | None = None
+    data_dir: str | Path,
+    caption_source: str | Path | None,
+    limit: int | None = None,
+    encoding: str = DEFAULT_ENCODING,
+    on_error: str = "raise",
 ) -> list[str]:
-    """The training split's sentences followed by its (unique) captions."""
+    """The training split's sentences followed by its (unique) captions (``on_error="skip"``: malformed
+    sample lines left out, as the run's data.on_error does)."""
     ds = MNREDataset(
         data_dir,
         split="train",
         caption_source=caption_source,
         modalities=("caption",) if caption_source else (),
         on_missing="fallback",
+        encoding=encoding,
+        on_error=on_error,
     )
     n = len(ds) if limit is None else min(limit, len(ds))
     texts, captions = [], {}
@@ -89,28 +124,48 @@ def wordpiece_vocabulary(
     return vocab + ranked[: max(0, vocab_size - len(vocab))]
 
 
-def _signature(cfg: OfflineConfig, data_dir: str | Path, limit: int | None) -> dict:
+def _signature(cfg: OfflineConfig, data_dir: str | Path, limit: int | None, captions: Path | None) -> dict:
     return {
         "offline": {k: v for k, v in vars(cfg).items() if k != "encoder_dir"},
         "data": str(data_dir),
         "limit": limit,
+        # the caption file the vocabulary was built from (None: the training text alone)
+        "vocab_captions": None if captions is None else str(captions),
     }
 
 
 def build_offline_encoder(
-    cfg: OfflineConfig, data_dir: str | Path, folder: str | Path, limit: int | None = None
+    cfg: OfflineConfig,
+    data_dir: str | Path,
+    folder: str | Path,
+    limit: int | None = None,
+    require_captions: bool = False,
+    encoding: str = DEFAULT_ENCODING,
+    on_error: str = "raise",
 ) -> Path:
     """Write ``vocab.txt`` + tokenizer files + a ``BertConfig`` to ``folder`` (reused when already built with
     the same settings; written to a temporary folder first and renamed, so an interruption leaves nothing
-    half-written)."""
+    half-written).
+
+    Without the caption file of ``cfg.vocab_caption_source`` the vocabulary is built from the training text
+    alone (logged as a warning, recorded as ``"vocab_captions": null`` in ``camim_offline.json``), unless
+    ``require_captions`` (the run reads captions), which raises the ``DataError`` naming ``camim caption``."""
     from transformers import AutoTokenizer, BertConfig
 
     folder = Path(folder)
-    signature = _signature(cfg, data_dir, limit)
+    captions = vocabulary_caption_file(data_dir, cfg.vocab_caption_source, require_captions)
+    if captions is None and cfg.vocab_caption_source:
+        log.warning(
+            "offline encoder: no %r caption file in %s; the vocabulary is built from the training text "
+            "alone (this run reads no captions)",
+            cfg.vocab_caption_source,
+            data_dir,
+        )
+    signature = _signature(cfg, data_dir, limit, captions)
     stamp = folder / "camim_offline.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == signature:
         return folder
-    corpus = vocabulary_corpus(data_dir, cfg.vocab_caption_source, limit)
+    corpus = vocabulary_corpus(data_dir, captions, limit, encoding, on_error)
     vocab = wordpiece_vocabulary(corpus, cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".offline_encoder.", dir=folder.parent))

@@ -143,10 +143,24 @@ def write_run_report(
         s = metrics.get(split)
         if s:
             lines.append(f"| {split} | " + " | ".join(_fmt(s.get(k)) for k in SCORE_KEYS) + " |")
-    lines += ["", "Micro P/R/F1 exclude the negative label; accuracy counts every sample (percent).", ""]
+    neg = metrics.get("negative_label") or {}
+    if neg.get("name") is not None:
+        excluded = f"exclude the negative label `{neg['name']}` ({neg.get('origin')})"
+    elif neg:
+        excluded = f"count every label: no negative label ({neg.get('origin')})"
+    else:
+        excluded = "exclude the negative label"
+    lines += ["", f"Micro P/R/F1 {excluded}; accuracy counts every sample (percent).", ""]
+    for note in metrics.get("notes") or []:
+        lines += [f"Note: {note}.", ""]
     if metrics.get("best_checkpoint"):
+        criterion = (
+            "lowest epoch training loss"
+            if metrics.get("selected_on") == "train_loss"
+            else "best dev micro-F1"
+        )
         lines += [
-            f"Selected checkpoint (best dev micro-F1): epoch {metrics.get('best_epoch')} of"
+            f"Selected checkpoint ({criterion}): epoch {metrics.get('best_epoch')} of"
             f" {o.get('epochs')} (`checkpoints/{metrics['best_checkpoint']}`, Lightning's 0-based epoch name).",
             "",
         ]
