@@ -1,7 +1,8 @@
 """Python API of training and evaluation: :func:`train_run` and :func:`evaluate_run`.
 
 ``train_run`` writes, into its output folder (Contract 3): ``config.yaml`` (the full resolved config),
-``checkpoints/`` (Lightning: ``best-*.ckpt`` on dev micro-F1 and ``last.ckpt``), ``logs/metrics.csv``,
+``checkpoints/`` (Lightning: ``best-*.ckpt`` on dev micro-F1 and ``last.ckpt``), ``logs/metrics.csv`` (and
+the other ``trainer.loggers``: ``tensorboard/``, ``mlruns/``, ``wandb/``),
 ``metrics.json``, ``predictions.jsonl``, ``model/`` (``save_pretrained``: safetensors + config + labels +
 tokenizer, loadable without camim.training) and ``report.md`` with PNG plots. Calling it again on a folder
 that holds ``checkpoints/last.ckpt`` resumes that run.
@@ -22,11 +23,11 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from camim.errors import CamimError
 from camim.training.config import RunConfig, config_from_dict, load_config
 from camim.training.datamodule import MNREDataModule
+from camim.training.loggers import LogRunConfig, build_loggers, log_test_metrics
 from camim.training.module import MRELightningModule
 
 log = logging.getLogger(__name__)
@@ -191,9 +192,10 @@ def train_run(
         save_last=True,
         auto_insert_metric_name=False,
     )
-    # logs/version_<k>/ per (re)start; the report joins them
-    logger = CSVLogger(save_dir=str(out), name="logs")
-    trainer = _trainer(cfg, out, [checkpoint, *(callbacks or [])], logger)
+    # trainer.loggers (camim.training.loggers): csv writes logs/version_<k>/ per (re)start; the report joins them
+    loggers = build_loggers(cfg.trainer.loggers, out, run_name=out.name, tags={"preset": cfg.name})
+    callbacks = [checkpoint, LogRunConfig(cfg.to_dict()), *(callbacks or [])]
+    trainer = _trainer(cfg, out, callbacks, loggers or False)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
 
@@ -228,6 +230,7 @@ def train_run(
     }
     model_dir = out / "model"
     if eval_trainer.is_global_zero:
+        log_test_metrics(loggers, test, step=int(trainer.global_step))
         model.save_pretrained(model_dir)
         test_ds = dm.dataset("test")
         lines = _prediction_lines(module.test_records, list(model.labels), test_ds)

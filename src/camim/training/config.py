@@ -74,6 +74,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     max_steps: int = -1  # cap on optimiser steps (smoke runs); -1 = epochs decide
     progress_bar: bool = True
+    # experiment trackers (camim.training.loggers): csv, tensorboard, mlflow, wandb; each gets the resolved
+    # config as hyperparameters, the per-epoch metrics and the final test metrics
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
 
 
 @dataclass
@@ -318,6 +321,9 @@ def validate_config(cfg: RunConfig) -> None:
         raise CamimError(f"optim.eval_begin_epoch {o.eval_begin_epoch} is after the last epoch {o.epochs}")
     if cfg.data.on_error not in ("raise", "skip"):
         raise CamimError(f"data.on_error must be 'raise' or 'skip', got {cfg.data.on_error!r}")
+    from camim.training.loggers import check_logger_names
+
+    check_logger_names(cfg.trainer.loggers)
     if cfg.data.on_missing not in ("raise", "fallback"):
         raise CamimError(f"data.on_missing must be 'raise' or 'fallback', got {cfg.data.on_missing!r}")
     sp = cfg.speed
