@@ -1,7 +1,7 @@
 """The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / loading.
 
 A saved model folder holds ``config.json`` (the :class:`ModelConfig` plus ``labels``), ``model.safetensors``,
-the tokenizer files, and ``encoders/<name>/config.json`` for each Hugging Face backbone, so that
+the tokenizer files, a model card ``README.md`` (``camim.models.card``) and ``encoders/<name>/config.json`` for each Hugging Face backbone, so that
 :func:`camim.models.load_model` rebuilds every module offline and loads the weights strictly.
 """
 
@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from camim.models.batch import MREBatch, MREOutput
+from camim.models.card import CardRun, write_model_card
 from camim.models.config import ModelConfig
 from camim.models.encoders import VisionBackbone, load_text_encoder, load_tokenizer
 from camim.models.mutual_information import info_nce
@@ -119,8 +120,9 @@ class MREModel(nn.Module):
         return info_nce(pair[first], pair[second], self.config.mi_temperature, self.config.mi_symmetric)
 
     # --------------------------------------------------------- save/load
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json (+labels), model.safetensors, the tokenizer and encoders/<key>/config.json."""
+    def save_pretrained(self, directory: str | Path, card: CardRun | None = None) -> Path:
+        """Write config.json (+labels), model.safetensors, the tokenizer, encoders/<key>/config.json and the
+        model card README.md (``card``: the run's config, metrics and paper row; see camim.models.card)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, **self.config.to_dict(), "labels": self.labels}
@@ -129,4 +131,5 @@ class MREModel(nn.Module):
             module.config.save_pretrained(directory / "encoders" / key)
         self.tokenizer.save_pretrained(directory)
         save_model(self, str(directory / "model.safetensors"))
+        write_model_card(directory, self.config.to_dict(), self.labels, self.required_modalities, card)
         return directory

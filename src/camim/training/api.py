@@ -25,7 +25,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from camim.errors import CamimError
-from camim.training.config import RunConfig, config_from_dict, load_config
+from camim.training.config import RunConfig, config_from_dict, load_config, load_paper_results
 from camim.training.datamodule import MNREDataModule
 from camim.training.loggers import LogRunConfig, build_loggers, log_test_metrics
 from camim.training.module import MRELightningModule
@@ -231,7 +231,11 @@ def train_run(
     model_dir = out / "model"
     if eval_trainer.is_global_zero:
         log_test_metrics(loggers, test, step=int(trainer.global_step))
-        model.save_pretrained(model_dir)
+        from camim.models.card import CardRun, paper_row
+
+        card = CardRun(cfg.to_dict(), {"val": _scores(val), "test": _scores(test)})
+        card.paper = paper_row(card.config, load_paper_results())
+        model.save_pretrained(model_dir, card=card)
         test_ds = dm.dataset("test")
         lines = _prediction_lines(module.test_records, list(model.labels), test_ds)
         _write_atomic(out / "predictions.jsonl", "\n".join(lines) + "\n")
@@ -240,6 +244,11 @@ def train_run(
 
         write_run_report(out, cfg.to_dict(), metrics, list(model.labels))
     return RunResult(metrics=metrics, output_dir=out, model_dir=model_dir)
+
+
+def _scores(result: dict) -> dict:
+    """The four MNRE scores of an evaluation result (no per-relation details)."""
+    return {k: result[k] for k in ("accuracy", "precision", "recall", "f1") if k in result}
 
 
 def _write_atomic(path: Path, text: str) -> None:
