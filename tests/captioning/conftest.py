@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,18 @@ def draw_images(folder: Path, n: int, size: tuple[int, int] = (24, 16)) -> list[
         im.save(path)
         items.append(ImageItem(path.name, path))
     return items
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, deadline: float = 60.0) -> None:
+    """Wait until the file ``path`` that the process ``proc`` appends to has ``n`` lines."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before writing {n} lines to {path.name}")
+        time.sleep(0.02)
+    pytest.fail("no progress")
 
 
 @pytest.fixture

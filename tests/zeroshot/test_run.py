@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.captioning.conftest import wait_for_lines
 
 from camim.captioning.cache import read_cache
 from camim.captioning.testing import FakeChatServer
@@ -195,17 +196,6 @@ def test_bad_settings_are_one_line_errors(tiny_data, tmp_path, capsys):
         assert err.count("\n") == 1
 
 
-def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, deadline: float = 60.0) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before writing {n} answers")
-        time.sleep(0.02)
-    pytest.fail("no progress")
-
-
 def test_a_killed_run_loses_nothing_and_the_rerun_repeats_no_call(tmp_path, capsys):
     from tests.training.conftest import write_tiny_mnre
 
@@ -220,7 +210,7 @@ def test_a_killed_run_loses_nothing_and_the_rerun_repeats_no_call(tmp_path, caps
         proc = subprocess.Popen(
             [sys.executable, "-m", "camim", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        _wait_for_lines(out / "answers.jsonl", 6, proc)
+        wait_for_lines(out / "answers.jsonl", 6, proc)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         after_kill = read_cache(out / "answers.jsonl")
