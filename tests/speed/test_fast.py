@@ -9,9 +9,12 @@ from tests.speed.conftest import dataset
 
 from camim.models import build_model
 from camim.optim import ForeachReleasedAdamW, ReleasedAdamW, build_fast_optimizer
-from camim.speed.fast import FastStep, FastStepConfig, FastVisionBackbone, apply_fast_mode
+from camim.speed.config import SpeedConfig
+from camim.speed.fast import FastStep, FastVisionBackbone, apply_fast_mode
 
-FAST_CPU = FastStepConfig(bf16=False, sdpa=True, fused_optimizer=True, channels_last=True, compile="none")
+FAST_CPU = SpeedConfig(
+    fast=True, bf16=False, sdpa=True, fused_optimizer=True, channels_last=True, compile="none"
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,7 @@ def plain_and_batch(world, text_dir, vision_dir):
     torch.manual_seed(0)
     full = dataset(world)
     model = build_model(tiny_config(text_dir, vision_dir), list(full.labels.names))
-    apply_fast_mode(model, FastStepConfig.released())
+    apply_fast_mode(model, SpeedConfig.released())
     assert model.bert.config._attn_implementation == "eager"
     batch = model.processor([full[i] for i in range(6)])
     assert (batch.objects_mask == 0).any() and (batch.generated_objects_mask == 0).any()
@@ -31,7 +34,7 @@ def test_fast_path_logits_equal_plain_path_fp32(plain_and_batch, skip):
     plain, batch = plain_and_batch
     plain.eval()
     fast = apply_fast_mode(
-        copy.deepcopy(plain), FastStepConfig(**{**FAST_CPU.__dict__, "skip_padded_crops": skip})
+        copy.deepcopy(plain), SpeedConfig(**{**FAST_CPU.__dict__, "skip_padded_crops": skip})
     )
     fast.eval()
     assert isinstance(fast.resnet, FastVisionBackbone) and fast.bert.config._attn_implementation == "sdpa"
@@ -47,7 +50,7 @@ def test_fast_path_logits_equal_plain_path_fp32(plain_and_batch, skip):
 def test_skip_crops_in_train_mode_changes_only_batchnorm_statistics(plain_and_batch):
     """Documented difference: in train mode BN batch statistics no longer include every zero pad."""
     plain, batch = plain_and_batch
-    skip_cfg = FastStepConfig(**{**FAST_CPU.__dict__, "skip_padded_crops": True})
+    skip_cfg = SpeedConfig(**{**FAST_CPU.__dict__, "skip_padded_crops": True})
     fast = apply_fast_mode(copy.deepcopy(plain), skip_cfg)
     ref = apply_fast_mode(copy.deepcopy(plain), FAST_CPU)
     for m in (fast, ref):
@@ -100,15 +103,22 @@ def test_fast_step_updates_like_the_plain_step(plain_and_batch):
 
 
 def test_auto_switches_are_off_on_cpu_and_on_for_cuda():
-    cpu = FastStepConfig().resolved("cpu")
-    assert (cpu.bf16, cpu.fused_optimizer, cpu.channels_last, cpu.compile) == (False, False, False, "none")
+    cpu = SpeedConfig().resolved("cpu")
+    assert (cpu.bf16, cpu.fused_optimizer, cpu.channels_last, cpu.cuda_graphs, cpu.compile) == (
+        False,
+        False,
+        False,
+        False,
+        "none",
+    )
     if torch.cuda.is_available():  # pragma: no cover - GPU machines
-        gpu = FastStepConfig().resolved("cuda")
-        assert (gpu.bf16, gpu.fused_optimizer, gpu.channels_last, gpu.compile) == (
+        gpu = SpeedConfig().resolved("cuda")
+        assert (gpu.bf16, gpu.fused_optimizer, gpu.channels_last, gpu.cuda_graphs, gpu.compile) == (
             True,
             True,
             True,
-            "reduce-overhead",
+            True,
+            "regional",
         )
     with pytest.raises(Exception, match="compile must be"):
-        FastStepConfig(compile="fast")
+        SpeedConfig(compile="fast")

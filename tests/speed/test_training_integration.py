@@ -181,8 +181,8 @@ def test_fast_mode_runs_on_cpu_and_matches_the_plain_run(world, text_dir, vision
         callbacks=[cb],
     )
     assert isinstance(cb.optimizer, ForeachReleasedAdamW)
-    assert cb.module._fast is not None and not cb.module._fast.cfg.bf16  # bf16 only on CUDA
-    assert cb.module._fast.cfg.compile == "none"
+    assert cb.module.speed.step is not None and not cb.module.speed.step.cfg.bf16  # bf16 only on CUDA
+    assert cb.module.speed.step.cfg.compile == "none"
     assert fast.metrics["global_step"] == plain.metrics["global_step"] > 0
     a, b = weights(plain), weights(fast)
     assert a.keys() == b.keys()  # apply_fast_mode keeps the state-dict keys

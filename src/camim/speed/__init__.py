@@ -3,15 +3,17 @@
 - :mod:`camim.speed.image_cache` -- each image decoded and resized once into a memory-mapped uint8 array;
 - :mod:`camim.speed.loading` -- dataset wrapper and collates reading that cache (bit-identical batches);
 - :mod:`camim.speed.features` -- frozen-visual mode: backbone features cached as safetensors shards;
-- :mod:`camim.speed.fast` -- bf16, SDPA, multi-tensor/fused AdamW, channels-last, torch.compile / CUDA
-  graphs, and the documented skip-padded-crops mode.
+- :mod:`camim.speed.config` -- :class:`SpeedConfig`, every speed switch (the run config's ``speed`` section);
+- :mod:`camim.speed.fast` -- bf16, SDPA, channels-last, regional torch.compile, and the documented
+  skip-padded-crops mode;
+- :mod:`camim.speed.graphs` -- forward + loss + backward replayed from CUDA graphs.
 """
 
 from __future__ import annotations
 
+from camim.speed.config import SpeedConfig
 from camim.speed.fast import (
     FastStep,
-    FastStepConfig,
     FastVisionBackbone,
     apply_fast_mode,
 )
@@ -32,12 +34,12 @@ __all__ = [
     "CachedFeatureBackbone",
     "CachedImageDataset",
     "FastStep",
-    "FastStepConfig",
     "FastVisionBackbone",
     "FeatureRowsCollate",
     "FeatureStore",
     "ImageCache",
     "ImageCacheSpec",
+    "SpeedConfig",
     "apply_fast_mode",
     "build_feature_store",
     "combine_stores",

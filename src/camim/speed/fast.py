@@ -1,15 +1,18 @@
 """The fast training step: the same computation as the released step, arranged to run faster.
 
-:class:`FastStepConfig` switches (``None`` = automatic: on for CUDA, off on CPU):
+The switches live in :class:`camim.speed.config.SpeedConfig` (``None`` = automatic: on for CUDA only):
 
 - ``bf16``: ``torch.autocast(bfloat16)`` around the forward (GPU; the released step is fp32);
 - ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (the released BERT is eager);
 - ``fused_optimizer``: the multi-tensor (``torch._foreach_*``) port of the released AdamW (no bias
   correction, same update to rounding), or ``torch.optim.AdamW(fused=True)`` with bias correction;
 - ``channels_last``: channels-last weights and inputs for the vision backbone's convolutions;
-- ``compile``: ``torch.compile`` of the model; ``"reduce-overhead"`` captures the fixed-shape step in CUDA
-  graphs (the released step at batch 16 is launch-bound), ``"default"`` compiles without graphs,
-  ``"none"`` runs eagerly; ``"auto"`` = reduce-overhead on CUDA (default when skipping crops), none on CPU;
+- ``cuda_graphs``: forward + loss + backward replayed from one CUDA graph per batch shape
+  (:mod:`camim.speed.graphs`; the released step at batch 16 is launch-bound);
+- ``compile``: ``"regional"`` compiles each repeated block once (:func:`compile_regions`: the text
+  encoders' layers and CAM's cross-attention block, shapes symbolic so each block type compiles once), with
+  inductor's caches kept in ``compile_cache_dir`` across runs; ``"default"`` / ``"reduce-overhead"`` /
+  ``"max-autotune"`` compile the whole model; ``"none"`` runs eagerly;
 - ``skip_padded_crops`` (off by default; documented fast mode): the released code runs the backbone on the
   all-zero images that pad each sample to ``max_objects`` crops. This mode runs it on the real images plus
   *one* all-zero image and gives every all-zero input that image's features. With BatchNorm in eval mode
@@ -23,50 +26,19 @@ Results of the fp32 fast path equal the plain path's up to numerical noise (test
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from camim.errors import CamimError
 from camim.models.batch import MREBatch, MREOutput
+from camim.models.cross_attention import CrossAttentionLayer
 from camim.models.encoders import VisionBackbone
-
-COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
-
-
-@dataclass
-class FastStepConfig:
-    """Speed switches of the fast step (``None`` = on for CUDA only); see the module docstring."""
-
-    bf16: bool | None = None
-    sdpa: bool = True
-    fused_optimizer: bool | None = None
-    channels_last: bool | None = None
-    compile: str = "auto"
-    skip_padded_crops: bool = False
-
-    def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise CamimError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-
-    def resolved(self, device: torch.device | str) -> FastStepConfig:
-        """The switches with every ``None`` / ``"auto"`` decided for ``device``."""
-        cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
-        auto = lambda v: cuda if v is None else bool(v)  # noqa: E731
-        mode = self.compile
-        if mode == "auto":
-            mode = ("default" if self.skip_padded_crops else "reduce-overhead") if cuda else "none"
-        return FastStepConfig(
-            auto(self.bf16), self.sdpa, auto(self.fused_optimizer), auto(self.channels_last), mode,
-            self.skip_padded_crops,
-        )  # fmt: skip
-
-    @classmethod
-    def released(cls) -> FastStepConfig:
-        """The released step: eager attention, fp32, per-parameter AdamW, no compile, all crops run."""
-        return cls(bf16=False, sdpa=False, fused_optimizer=False, channels_last=False, compile="none")
+from camim.speed.config import SpeedConfig
+from camim.speed.graphs import ForwardBackward, GraphedForwardBackward
 
 
 class FastVisionBackbone(VisionBackbone):
@@ -111,7 +83,7 @@ def set_attention(model: nn.Module, implementation: str) -> list[str]:
     return done
 
 
-def apply_fast_mode(model: nn.Module, cfg: FastStepConfig, device: torch.device | str = "cpu") -> nn.Module:
+def apply_fast_mode(model: nn.Module, cfg: SpeedConfig, device: torch.device | str = "cpu") -> nn.Module:
     """Move ``model`` to ``device`` and apply SDPA, channels-last and crop skipping in place; returns it.
 
     State-dict keys are unchanged (``save_pretrained`` / ``load_model`` work as before)."""
@@ -124,18 +96,66 @@ def apply_fast_mode(model: nn.Module, cfg: FastStepConfig, device: torch.device 
     return model
 
 
+def compile_cache_dir(configured: str | None = None) -> Path:
+    """Where inductor keeps its FX-graph, autograd and Triton caches across runs: ``configured``, else
+    ``$TORCHINDUCTOR_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/camim/torch-compile``."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "camim" / "torch-compile"
+
+
+def use_compile_cache(configured: str | None = None) -> Path:
+    """Point inductor's on-disk caches (FX graph cache, AOT autograd cache, Triton kernels) at
+    :func:`compile_cache_dir` so that a second run loads its compiled blocks instead of compiling them."""
+    folder = compile_cache_dir(configured)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return folder
+
+
+def compile_regions(model: nn.Module, dynamic: bool = True) -> list[str]:
+    """PyTorch's regional compilation: ``torch.compile`` each repeated block of ``model`` in place, once per
+    block type (``Module.compile``; parameters are graph inputs, so the 12 layers of a BERT share one compiled
+    graph). Regions: every element of a Hugging Face encoder's ``layer`` list (BertLayer, RobertaLayer, ...)
+    and every :class:`CrossAttentionLayer` (CAM). With ``dynamic=True`` batch and sequence sizes are symbolic,
+    so the text (128 tokens), the caption (40) and the phrase (6) share one compile of a layer. The vision
+    backbone is left to cuDNN. Returns the compiled modules' names."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, VisionBackbone):
+            continue
+        regions: list[tuple[str, nn.Module]] = []
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layer" and ".resnet" not in name:
+            regions = [(f"{name}.{i}", m) for i, m in enumerate(module)]
+        elif isinstance(module, CrossAttentionLayer):
+            regions = [(name, module)]
+        for region_name, region in regions:
+            region.compile(dynamic=dynamic)
+            names.append(region_name)
+    return names
+
+
 class FastStep:
-    """One optimisation step (forward, loss, backward, optimizer step) with the :class:`FastStepConfig`.
+    """One optimisation step (forward, loss, backward, optimizer step) with a :class:`SpeedConfig`.
 
     ``model`` should have gone through :func:`apply_fast_mode`. ``forward(batch)`` alone (e.g. for
-    evaluation) uses the same autocast and compiled module; ``on_device`` runs on each batch after the
+    evaluation) uses the same autocast and compiled module; :attr:`forward_backward` is the training part
+    (replayed from CUDA graphs when ``cuda_graphs`` is on); ``on_device`` runs on each batch after the
     transfer (e.g. ``CachedCollate(processor, uint8=True).finish``)."""
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
-        cfg: FastStepConfig,
+        cfg: SpeedConfig,
         device: torch.device | str,
         on_device: Callable[[MREBatch], MREBatch] | None = None,
     ):
@@ -144,29 +164,42 @@ class FastStep:
         self.cfg = cfg.resolved(self.device)
         self.model, self.optimizer = model, optimizer
         self._forward: Callable[[MREBatch], MREOutput] = model
+        self.compiled_regions: list[str] = []
         if self.cfg.compile != "none":
+            use_compile_cache(self.cfg.compile_cache_dir)
+        if self.cfg.compile == "regional":
+            self.compiled_regions = compile_regions(model)
+        elif self.cfg.compile != "none":
             dynamic = None if self.cfg.skip_padded_crops else False  # fixed shapes unless crops are skipped
             self._forward = torch.compile(model, mode=self.cfg.compile, dynamic=dynamic)
+        self.forward_backward: ForwardBackward = (
+            GraphedForwardBackward(model, self._autocast_forward, self.device)
+            if self.cfg.cuda_graphs
+            else ForwardBackward(model, self._autocast_forward)
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.cfg.bf16:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        # the autocast weight cache would hold casts across graph replays; CUDA graphs need it off
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.cfg.cuda_graphs)
 
-    def forward(self, batch: MREBatch) -> MREOutput:
-        batch = batch.to(self.device)
-        if self.on_device is not None:
-            batch = self.on_device(batch)
+    def _autocast_forward(self, batch: MREBatch) -> MREOutput:
         with self.autocast():
             return self._forward(batch)
+
+    def prepare(self, batch: MREBatch) -> MREBatch:
+        batch = batch.to(self.device)
+        return self.on_device(batch) if self.on_device is not None else batch
+
+    def forward(self, batch: MREBatch) -> MREOutput:
+        return self._autocast_forward(self.prepare(batch))
 
     def __call__(self, batch: MREBatch) -> torch.Tensor:
         if self.optimizer is None:
             raise CamimError("FastStep was built without an optimizer; use forward() for inference")
-        out = self.forward(batch)
-        if out.loss is None:
-            raise CamimError("the batch has no labels; a training step needs them")
-        out.loss.backward()
+        out = self.forward_backward(self.prepare(batch))
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return out.loss.detach()
+        if not self.cfg.cuda_graphs:  # graphs keep param.grad as their static buffers (replaced each replay)
+            self.optimizer.zero_grad(set_to_none=True)
+        return out.loss

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from camim.errors import CamimError
+from camim.speed.config import SpeedConfig
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 CONFIG_DIR = PRESET_DIR.parent
@@ -100,28 +101,6 @@ class OfflineConfig:
     attention_probs_dropout_prob: float = 0.1
     encoder_dir: str | None = None  # default: <output>/offline_encoder
     model_keys: list[str] = field(default_factory=lambda: ["text_encoder"])  # model keys set to encoder_dir
-
-
-@dataclass
-class SpeedConfig:
-    """Speed switches (``camim.speed``, docs/speed.md); all off by default (the released step).
-
-    ``fast``: SDPA attention, channels-last backbone, multi-tensor AdamW and bf16 autocast, each automatic
-    (``None``: on for CUDA only), plus ``torch.compile`` (``compile``; "auto" = reduce-overhead on CUDA, none on
-    CPU) and the documented ``skip_padded_crops`` mode. ``frozen_visual``: the vision backbone is frozen (BN on
-    running statistics) and its features are computed once per cached image into safetensors shards under
-    ``feature_cache_dir`` (default ``<data.image_cache_dir>/features``), reused across epochs and runs; needs
-    ``data.image_cache_dir``. This is a different regime from the released one (which fine-tunes ResNet)."""
-
-    fast: bool = False
-    bf16: bool | None = None
-    fused_optimizer: bool | None = None
-    channels_last: bool | None = None
-    compile: str = "auto"
-    skip_padded_crops: bool = False
-    frozen_visual: bool = False
-    feature_cache_dir: str | None = None
-    feature_batch_size: int = 64
 
 
 @dataclass
@@ -326,21 +305,10 @@ def validate_config(cfg: RunConfig) -> None:
     check_logger_names(cfg.trainer.loggers)
     if cfg.data.on_missing not in ("raise", "fallback"):
         raise CamimError(f"data.on_missing must be 'raise' or 'fallback', got {cfg.data.on_missing!r}")
-    sp = cfg.speed
-    if sp.frozen_visual and not cfg.data.image_cache_dir:
+    if cfg.speed.frozen_visual and not cfg.data.image_cache_dir:
         raise CamimError(
             "speed.frozen_visual needs data.image_cache_dir (features are computed per cached image)"
         )
-    if sp.feature_cache_dir and not sp.frozen_visual:
-        raise CamimError("speed.feature_cache_dir is set but speed.frozen_visual is false")
-    if not sp.fast and (sp.skip_padded_crops or sp.bf16 or sp.fused_optimizer or sp.channels_last):
-        raise CamimError("speed.bf16/fused_optimizer/channels_last/skip_padded_crops need speed.fast: true")
-    from camim.speed.fast import COMPILE_MODES
-
-    if sp.compile not in COMPILE_MODES:
-        raise CamimError(f"speed.compile must be one of {', '.join(COMPILE_MODES)}, got {sp.compile!r}")
-    if sp.feature_batch_size < 1:
-        raise CamimError(f"speed.feature_batch_size must be >= 1, got {sp.feature_batch_size}")
 
 
 def load_config(preset_or_yaml: str | Path, overrides: list[str] | dict | None = None) -> RunConfig:

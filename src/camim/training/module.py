@@ -15,7 +15,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.seed import seed_everything
 
-from camim.errors import CamimError
 from camim.models.batch import MREBatch
 from camim.optim import build_fast_optimizer, build_optimizer, build_scheduler, warmup_steps_for
 from camim.training.config import RunConfig
@@ -37,53 +36,42 @@ class MRELightningModule(L.LightningModule):
         self.test_records: list[dict] = []
         self.eval_result: dict[str, Any] = {}
         self._skip_val = False
-        self._fast = None  # camim.speed.FastStep (speed.fast): autocast + compiled forward
-        self.feature_store = None  # camim.speed.FeatureStore (speed.frozen_visual)
+        self.speed = None  # camim.speed.training.TrainingSpeed (speed.fast / speed.frozen_visual)
 
     # ----------------------------------------------------------------- speed
-    def fast_config(self):
-        """The :class:`camim.speed.FastStepConfig` of ``cfg.speed`` (only meaningful with ``speed.fast``)."""
-        from camim.speed.fast import FastStepConfig
-
-        sp = self.cfg.speed
-        return FastStepConfig(
-            bf16=sp.bf16,
-            fused_optimizer=sp.fused_optimizer,
-            channels_last=sp.channels_last,
-            compile=sp.compile,
-            skip_padded_crops=sp.skip_padded_crops,
-        )
-
     def setup(self, stage: str) -> None:
         sp = self.cfg.speed
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        if sp.frozen_visual and self.feature_store is None:
-            from camim.speed.features import feature_kind_for, use_cached_features
+        if (sp.fast or sp.frozen_visual) and self.speed is None:
+            from camim.speed.training import TrainingSpeed  # the one entry point of camim.speed
 
-            dm = self.trainer.datamodule
-            backbone = getattr(self.model, "resnet", None)
-            if backbone is None or dm is None or not hasattr(dm, "attach_feature_store"):
-                raise CamimError(
-                    "speed.frozen_visual: this model has no vision backbone (model.resnet), or the run has "
-                    "no MNREDataModule"
-                )
-            self.feature_store = dm.attach_feature_store(backbone, feature_kind_for(self.model), device)
-            use_cached_features(self.model, self.feature_store)
-        if sp.fast and self._fast is None:
-            from camim.speed.fast import FastStep, apply_fast_mode
-
-            cfg = self.fast_config()
-            # apply_fast_mode moves the model; Lightning moves it again (no-op) right after setup
-            apply_fast_mode(self.model, cfg, device)
-            fast = FastStep(self.model, None, cfg, device)
-            if fast.cfg.bf16 and self.cfg.trainer.precision not in ("32-true", "32", 32):
-                fast.cfg.bf16 = False  # the trainer's precision plugin already autocasts
-            self._fast = fast
+            trainer = self._trainer
+            dm = trainer.datamodule if trainer is not None else None
+            self.speed = TrainingSpeed(
+                sp,
+                self.model,
+                trainer.strategy.root_device if trainer is not None else torch.device("cpu"),
+                feature_store=getattr(dm, "attach_feature_store", None),
+                trainer_autocasts=self.cfg.trainer.precision not in ("32-true", "32", 32),
+                world_size=trainer.world_size if trainer is not None else 1,
+            )
 
     def forward(self, batch: MREBatch):
-        if self._fast is not None:
-            return self._fast.forward(batch)  # autocast (bf16 on CUDA) + compiled module
+        if self.speed is not None:
+            return self.speed.forward(self.model, batch)
         return self.model(batch)
+
+    def _owns_backward(self) -> bool:
+        return self.speed is not None and self.speed.owns_backward
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._owns_backward():
+            return  # the speed step already ran backward (replayed from its CUDA graph)
+        super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        if self._owns_backward():
+            return  # each replay writes fresh gradients into the graph's buffers (never accumulates)
+        super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, MREBatch):
@@ -96,7 +84,7 @@ class MRELightningModule(L.LightningModule):
             seed_everything(self.cfg.optim.seed * 1000 + self.current_epoch, workers=True, verbose=False)
 
     def training_step(self, batch: MREBatch, batch_idx: int) -> torch.Tensor:
-        out = self(batch)
+        out = self.speed.forward_backward(batch) if self._owns_backward() else self(batch)
         bs = len(batch)
         self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train/ce_loss", out.ce_loss, on_step=True, on_epoch=True, batch_size=bs)
@@ -170,14 +158,14 @@ class MRELightningModule(L.LightningModule):
     # ------------------------------------------------------------- optimise
     def configure_optimizers(self):
         o = self.cfg.optim
-        if self._fast is not None:
+        if self.speed is not None and self.speed.step is not None:
             optimizer = build_fast_optimizer(
                 self.model,
                 lr=o.lr,
                 weight_decay=o.weight_decay,
                 adam_eps=o.adam_eps,
                 adam_bias_correction=o.adam_bias_correction,
-                fused=self._fast.cfg.fused_optimizer,
+                fused=self.speed.fused_optimizer,
                 betas=tuple(o.adam_betas),
             )
         else:

@@ -1,0 +1,97 @@
+"""``SpeedConfig``: the one owner of every speed switch (the ``speed`` section of a run config).
+
+All switches are off by default (the released step). ``None`` / ``"auto"`` values are decided per device by
+:meth:`SpeedConfig.resolved` (on for CUDA, off on CPU). docs/speed.md describes each regime and its numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from camim.errors import CamimError
+
+# "regional": torch.compile each repeated block once (text-encoder layers, CAM's cross-attention block);
+# "default" / "reduce-overhead" / "max-autotune": the whole model as one graph in that inductor mode.
+COMPILE_MODES = ("auto", "none", "regional", "default", "reduce-overhead", "max-autotune")
+
+
+@dataclass
+class SpeedConfig:
+    """Speed switches (``None`` = automatic: on for CUDA only).
+
+    - ``fast``: train with the fast step (the switches below); off = the released step.
+    - ``bf16``: ``torch.autocast(bfloat16)`` around the forward (the released step is fp32).
+    - ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (released: eager).
+    - ``fused_optimizer``: the multi-tensor port of the released AdamW (``camim.optim``), or fused
+      ``torch.optim.AdamW`` when bias correction is on.
+    - ``channels_last``: channels-last weights and inputs for the vision backbone.
+    - ``cuda_graphs``: forward, loss and backward replayed from a CUDA graph per batch shape
+      (:mod:`camim.speed.graphs`); needs fixed shapes (not ``skip_padded_crops``) and one process.
+    - ``compile``: ``torch.compile``; ``"regional"`` compiles each repeated block once ("auto" on CUDA),
+      the other modes compile the whole model; ``compile_cache_dir`` keeps inductor's FX-graph and autograd
+      caches across runs (default: ``$XDG_CACHE_HOME/camim/torch-compile``).
+    - ``skip_padded_crops`` (documented fast mode): the backbone runs once for all zero-padded crops.
+    - ``frozen_visual``: the vision backbone is frozen (BatchNorm on running statistics) and its features
+      are computed once per cached image into safetensors shards under ``feature_cache_dir`` (default
+      ``<data.image_cache_dir>/features``); a different regime from the released one (which fine-tunes it).
+    """
+
+    fast: bool = False
+    bf16: bool | None = None
+    sdpa: bool = True
+    fused_optimizer: bool | None = None
+    channels_last: bool | None = None
+    cuda_graphs: bool | None = None
+    compile: str = "auto"
+    compile_cache_dir: str | None = None
+    skip_padded_crops: bool = False
+    frozen_visual: bool = False
+    feature_cache_dir: str | None = None
+    feature_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            raise CamimError(f"speed.compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.feature_batch_size < 1:
+            raise CamimError(f"speed.feature_batch_size must be >= 1, got {self.feature_batch_size}")
+        if not self.fast:
+            on = [k for k in ("bf16", "fused_optimizer", "channels_last", "cuda_graphs", "skip_padded_crops")
+                  if getattr(self, k)]  # fmt: skip
+            if on:
+                raise CamimError(
+                    f"speed.bf16/fused_optimizer/channels_last/cuda_graphs/skip_padded_crops need speed.fast: "
+                    f"true (speed.{on[0]} is set)"
+                )
+        if self.cuda_graphs and self.skip_padded_crops:
+            raise CamimError("speed.cuda_graphs needs fixed shapes; speed.skip_padded_crops makes them vary")
+        if self.cuda_graphs and self.compile == "reduce-overhead":
+            raise CamimError("speed.compile=reduce-overhead captures its own CUDA graphs; with speed.cuda_graphs "
+                             "use compile: regional, default or none")  # fmt: skip
+        if self.feature_cache_dir and not self.frozen_visual:
+            raise CamimError("speed.feature_cache_dir is set but speed.frozen_visual is false")
+
+    def resolved(self, device: torch.device | str) -> SpeedConfig:
+        """A copy with every ``None`` / ``"auto"`` decided for ``device``."""
+        cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+        auto = lambda v: cuda if v is None else bool(v)  # noqa: E731
+        graphs = auto(self.cuda_graphs) and cuda and not self.skip_padded_crops
+        mode = self.compile
+        if mode == "auto":
+            mode = "regional" if cuda else "none"
+        return dataclasses.replace(
+            self,
+            bf16=auto(self.bf16),
+            fused_optimizer=auto(self.fused_optimizer),
+            channels_last=auto(self.channels_last),
+            cuda_graphs=graphs,
+            compile=mode,
+        )
+
+    @classmethod
+    def released(cls) -> SpeedConfig:
+        """The released step: eager attention, fp32, per-parameter AdamW, no compile, no graphs, all crops."""
+        return cls(fast=True, bf16=False, sdpa=False, fused_optimizer=False, channels_last=False,
+                   cuda_graphs=False, compile="none")  # fmt: skip

@@ -1,0 +1,103 @@
+"""The one entry point through which a training run uses ``camim.speed``: :class:`TrainingSpeed`.
+
+The Lightning module (``camim.training.module``) asks it for three things and nothing else:
+
+- ``forward(batch)``: the evaluation forward (autocast, compiled regions);
+- ``forward_backward(batch)``: the training forward + loss + backward when the speed path owns backward
+  (``owns_backward``: CUDA graphs replay backward themselves, so Lightning's backward and ``zero_grad`` are
+  skipped; each step *replaces* ``param.grad``); otherwise the module runs its usual step;
+- ``fused_optimizer``: whether the optimiser is the multi-tensor one.
+
+Frozen-visual mode (the features of every cached image computed once) is set up here too: the data module
+provides the store (it owns the image caches), this class switches the model's backbone to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from camim.errors import CamimError
+from camim.models.batch import MREBatch, MREOutput
+from camim.speed.config import SpeedConfig
+from camim.speed.fast import FastStep, apply_fast_mode
+from camim.speed.features import FeatureStore, feature_kind_for, use_cached_features
+
+# attach_feature_store(backbone, kind, device) -> FeatureStore, provided by the run's data module
+FeatureStoreProvider = Callable[[nn.Module, str, torch.device], FeatureStore]
+
+
+class TrainingSpeed:
+    """``speed.*`` of one run applied to ``model`` on ``device`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: SpeedConfig,
+        model: nn.Module,
+        device: torch.device,
+        feature_store: FeatureStoreProvider | None = None,
+        trainer_autocasts: bool = False,
+        world_size: int = 1,
+    ):
+        self.cfg, self.model, self.device = cfg, model, torch.device(device)
+        self.store: FeatureStore | None = None
+        self.notes: list[str] = []
+        if cfg.frozen_visual:
+            backbone = getattr(model, "resnet", None)
+            if backbone is None or feature_store is None:
+                raise CamimError(
+                    "speed.frozen_visual: this model has no vision backbone (model.resnet), or the run has "
+                    "no data module that can build a feature store"
+                )
+            self.store = feature_store(backbone, feature_kind_for(model), self.device)
+            use_cached_features(model, self.store)
+        self.step: FastStep | None = None
+        if cfg.fast:
+            resolved = cfg
+            if world_size > 1 and cfg.resolved(self.device).cuda_graphs:
+                resolved = dataclasses.replace(cfg, cuda_graphs=False)
+                self.notes.append("speed.cuda_graphs is off with DDP (gradient all-reduce runs in backward)")
+            if trainer_autocasts:
+                resolved = dataclasses.replace(
+                    resolved, bf16=False
+                )  # the trainer's precision plugin already autocasts
+            apply_fast_mode(
+                model, resolved, self.device
+            )  # moves the model; Lightning's later move is a no-op
+            self.step = FastStep(model, None, resolved, self.device)
+
+    @property
+    def owns_backward(self) -> bool:
+        """True when ``forward_backward`` runs backward itself (CUDA graphs)."""
+        return self.step is not None and bool(self.step.cfg.cuda_graphs)
+
+    @property
+    def fused_optimizer(self) -> bool:
+        return self.step is not None and bool(self.step.cfg.fused_optimizer)
+
+    def forward(self, model: nn.Module, batch: MREBatch) -> MREOutput:
+        if self.step is None:
+            return model(batch)
+        return self.step.forward(batch)  # autocast (bf16 on CUDA) + compiled regions
+
+    def forward_backward(self, batch: MREBatch) -> MREOutput:
+        if self.step is None:
+            raise CamimError("forward_backward needs speed.fast")
+        return self.step.forward_backward(self.step.prepare(batch))
+
+    def report(self) -> dict:
+        """What the speed path did (graph captures, eager fallbacks, compiled regions, features computed)."""
+        out: dict = {"notes": list(self.notes)}
+        if self.step is not None:
+            out["resolved"] = {
+                k: getattr(self.step.cfg, k)
+                for k in ("bf16", "sdpa", "fused_optimizer", "channels_last", "cuda_graphs", "compile")
+            }
+            out["compiled_regions"] = len(self.step.compiled_regions)
+            out["graphs"] = self.step.forward_backward.stats.as_dict()
+        if self.store is not None:
+            out["features_computed"] = self.store.computed_images
+        return out
