@@ -27,6 +27,7 @@ def test_save_pretrained_writes_a_card_without_run_information(text_dir, vision_
     for m in ("`caption`", "`image`", "`objects`", "`generated_image`", "`scores`", "`phrase`"):
         assert m in text
     assert f'Predictor.from_pretrained("{tmp_path / "m"}")' in text
+    assert '    image="post.jpg",' in text and "    caption=None," in text  # the inputs it reads
     assert "mi_pair: O&G" in text  # the model configuration block
 
 
@@ -34,6 +35,7 @@ def test_other_datasets_labels_are_listed_bare(text_dir, vision_dir):
     labels = ["no_relation", "founded_by", "works_for"]
     text = model_card({"name": "bert"}, labels, set())
     assert "| 1 | `founded_by` |  |" in text and "the model reads text only" in text
+    assert "image=" not in text and "caption=" not in text  # a text-only model's usage
 
 
 def test_a_run_adds_metrics_config_and_the_papers_row():
@@ -50,7 +52,7 @@ def test_a_run_adds_metrics_config_and_the_papers_row():
     metrics = {m["type"]: m["value"] for m in entry["results"][0]["metrics"]}
     assert metrics == {"accuracy": 95.1, "precision": 90.12, "recall": 88.0, "f1": 89.05}
     assert entry["results"][0]["dataset"] == {"type": "mnre", "name": "MNRE", "split": "test"}
-    assert "| this model, MNRE test | 95.10 | 90.12 | 88.00 | 89.05 |" in text
+    assert "| this model, test | 95.10 | 90.12 | 88.00 | 89.05 |" in text
     # the paper's numbers for this preset with MiniCPM captions (Table 2 = Table 1 row "TMR + CAM + MI")
     assert (
         "| paper (Table 2: tmr-cam-mi with MiniCPM V2.5 captions) | 95.79 | 91.73 | 90.16 | 90.94 |" in text

@@ -143,8 +143,8 @@ def model_card(
     if run_cfg.get("description"):
         lines += [f"{run_cfg['description']}.".replace("..", "."), ""]
     lines += [
-        f"A multimodal relation extractor for MNRE-style posts: given a post, two entity mentions in it (head "
-        f"and tail) and the attached image, it predicts their relation among {len(labels)} labels. "
+        f"A relation extractor for MNRE-style social-media posts: given a post, two entity mentions in it (head "
+        f"and tail) and the inputs listed below, it predicts their relation among {len(labels)} labels. "
         f"It is {_describe(model_config)}, built and trained with "
         f"camim, a toolkit that implements *{_PAPER}*.",
         "",
@@ -165,16 +165,11 @@ def model_card(
     lines += ["", "## Results", ""]
     test = (run.metrics.get("test") if run else None) or {}
     if test:
-        split = "test"
         lines += [f"| | {' | '.join(_SCORE_NAMES[k] for k in SCORE_KEYS)} |", "|---|---|---|---|---|"]
-        lines.append(
-            f"| this model, MNRE {split} | " + " | ".join(_fmt(test.get(k)) for k in SCORE_KEYS) + " |"
-        )
+        lines.append("| this model, test | " + " | ".join(_fmt(test.get(k)) for k in SCORE_KEYS) + " |")
         val = run.metrics.get("val") or {}
         if val:
-            lines.append(
-                "| this model, MNRE val | " + " | ".join(_fmt(val.get(k)) for k in SCORE_KEYS) + " |"
-            )
+            lines.append("| this model, val | " + " | ".join(_fmt(val.get(k)) for k in SCORE_KEYS) + " |")
         if run.paper:
             lines.append(
                 f"| paper ({run.paper.get('source')}: {run.paper.get('row')}) | "
@@ -215,7 +210,14 @@ def model_card(
         '    "Tennis star Rafael Nadal gets engaged to Mery Perello",',
         '    head="Rafael Nadal",',
         '    tail="Mery Perello",',
-        '    image="post.jpg",  # optional',
+        *(['    image="post.jpg",'] if "image" in modalities else []),
+        *(
+            [
+                "    caption=None,  # the image's caption; None: a configured captioner writes it, else no-caption mode"
+            ]
+            if "caption" in modalities
+            else []
+        ),
         ")",
         "print(result.relation, result.probability, result.notes)",
         "```",
