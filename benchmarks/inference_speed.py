@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -130,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = preset_config(args.preset)
         enc = build_encoder(Path(tmp), run_cfg.offline)
-        cfg = {**run_cfg.model, "text_encoder": str(enc), "text_encoder_pretrained": False}
+        cfg = replace(run_cfg.model, text_encoder=str(enc), text_encoder_pretrained=False)
         model = build_model(cfg, labels=labels)
         model.save_pretrained(Path(tmp) / "run" / "model")
         predictor = Predictor.from_pretrained(Path(tmp) / "run")
     model = predictor.model
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"preset {args.preset}: {params:.1f} M parameters, max_length {cfg['max_length']}, {source} posts, "
+    print(f"preset {args.preset}: {params:.1f} M parameters, max_length {cfg.max_length}, {source} posts, "
           f"torch {torch.__version__}, {args.threads} thread(s), {torch.get_num_threads()} in use")  # fmt: skip
 
     def bare(batch_examples):

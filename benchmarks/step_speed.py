@@ -4,26 +4,41 @@ TMR + CAM + MI (CAMIM) built once from configs with random weights (no download)
 from the same weights (a deep copy) and trains on the same random batch (fixed shapes: text 128, caption
 40, phrase 6, 3 object crops per side of which ``--real-crops`` are real, the rest zero-padded as released):
 
-- released: eager attention, fp32, per-parameter AdamW without bias correction, ResNet fine-tuned over 8B
-  images (BatchNorm in train mode), no compile -- what the released code runs;
-- fast (fine-tuned): SDPA, channels-last, bf16 autocast, multi-tensor AdamW, ``torch.compile``
-  (CUDA graphs), all automatic on CUDA only (``FastStepConfig`` defaults); ``+skip`` also runs the
-  backbone once for all zero-padded crops (documented fast mode);
-- fast (frozen-visual): the backbone frozen, its features read from a feature store (``camim.speed.features``)
-  built beforehand; only the text encoders and new layers train.
+==========================  ============================================================================
+released                    eager attention, fp32, per-parameter AdamW without bias correction, ResNet
+                            fine-tuned over 8B images (BatchNorm in train mode), no compile
+fast                        bf16 autocast, SDPA, channels-last, multi-tensor AdamW (eager)
+fast-graphs                 fast + forward/loss/backward replayed from a CUDA graph (camim.speed.graphs)
+fast-regional               fast + regional torch.compile (text-encoder layers, CAM's cross-attention)
+fast-regional-graphs        both (the ``speed.fast`` default on CUDA)
+fast-skip                   fast + the documented skip-padded-crops mode (backbone once for all pads)
+frozen                      the backbone frozen, its features read from a feature store built beforehand
+frozen-graphs               frozen + CUDA graph
+frozen-regional-graphs      frozen + regional compile + CUDA graph
+==========================  ============================================================================
+
+Each variant's line is printed (flushed) the moment it is measured: samples/s of the steady state (best of
+``--rounds`` rounds of ``--steps`` steps), the ratio to ``released`` at the same batch size, and the warm-up
+seconds (the ``--warmup`` untimed steps: compile, graph capture, cuDNN autotuning) in a column of its own.
+``--json PATH`` rewrites a JSON file after every variant; ``--budget-s S`` skips what no longer fits (said
+in the output) and ``--variant-timeout-s`` stops one variant that hangs (e.g. in compile).
 
 ``--small`` (the default without CUDA): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
 64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's sizes).
-Prints samples/s and the ratio to the released step at the same batch size. Targets on a GPU (issue 8):
->= 3.5x at batch 16 fine-tuned, >= 12x frozen-visual.
+``--profile N`` adds a torch.profiler look at ``released`` and ``fast`` (N steps each): kernel launches per
+step, GPU-busy vs wall time, and the top operators. Targets on a GPU (issue 14): >= 3.5x at batch 16
+fine-tuned, >= 12x frozen-visual.
 
-    python benchmarks/step_speed.py [--small] [--batch-sizes 16 64] [--steps 10] [--warmup 3] [--rounds 3]
+    python benchmarks/step_speed.py [--small] [--batch-sizes 16 64] [--variants ...] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -33,10 +48,24 @@ import torch
 from camim.models import build_model
 from camim.models.batch import MREBatch
 from camim.optim import build_fast_optimizer
-from camim.speed.fast import FastStep, FastStepConfig, apply_fast_mode
+from camim.speed.config import SpeedConfig
+from camim.speed.fast import FastStep, apply_fast_mode
 from camim.speed.features import FeatureStore, compute_features, use_cached_features
 
 LABELS = ["None"] + [f"/rel/{i}" for i in range(22)]  # 23 relations like MNRE
+_FAST = {"fast": True, "cuda_graphs": False, "compile": "none"}
+VARIANTS: dict[str, tuple[SpeedConfig, bool]] = {  # name -> (speed switches, frozen visual)
+    "released": (SpeedConfig.released(), False),
+    "fast": (SpeedConfig(**_FAST), False),
+    "fast-graphs": (SpeedConfig(**{**_FAST, "cuda_graphs": True}), False),
+    "fast-regional": (SpeedConfig(**{**_FAST, "compile": "regional"}), False),
+    "fast-regional-graphs": (SpeedConfig(fast=True, cuda_graphs=True, compile="regional"), False),
+    "fast-skip": (SpeedConfig(**{**_FAST, "skip_padded_crops": True}), False),
+    "frozen": (SpeedConfig(**_FAST), True),
+    "frozen-graphs": (SpeedConfig(**{**_FAST, "cuda_graphs": True}), True),
+    "frozen-regional-graphs": (SpeedConfig(fast=True, cuda_graphs=True, compile="regional"), True),
+}
+CPU_VARIANTS = ["released", "fast", "fast-regional", "fast-skip", "frozen"]  # graphs need CUDA
 
 
 def write_backbones(folder: Path, small: bool) -> tuple[Path, Path, int]:
@@ -112,35 +141,93 @@ def frozen_visual(model, batch: MREBatch, device) -> tuple[object, MREBatch]:
 
 def time_steps(step: FastStep, batch: MREBatch, steps: int, device: torch.device) -> float:
     """samples/s over ``steps`` consecutive steps."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         loss = step(batch)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {float(loss)}")
+    return len(batch) * steps / elapsed
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    assert torch.isfinite(loss)
-    return len(batch) * steps / elapsed
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise TimeoutError in the main thread after ``seconds`` (a variant stuck in compile, say)."""
+    if not seconds:
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TimeoutError(f"over its {seconds:.0f} s limit")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def profile_step(step: FastStep, batch: MREBatch, steps: int, device: torch.device) -> dict:
+    """Kernel launches and GPU-busy time per step, and the top operators, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step(batch)
+        sync(device)
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    busy_us = sum(e.device_time for e in kernels) / steps if kernels else None
+    aten = sum(e.count for e in events if e.key.startswith("aten::")) / steps
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {
+        "wall_ms_per_step": round(wall * 1e3, 2),
+        "gpu_busy_ms_per_step": None if busy_us is None else round(busy_us / 1e3, 2),
+        "kernels_per_step": round(len(kernels) / steps, 1) if kernels else None,
+        "aten_ops_per_step": round(aten, 1),
+        "top": events.table(sort_by=sort, row_limit=15, max_name_column_width=50),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny configs (the default without CUDA)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                    help="default: all on CUDA; those that run on CPU otherwise")  # fmt: skip
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument(
-        "--warmup", type=int, default=3, help="untimed steps first (compile / CUDA-graph capture)"
-    )
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best is kept")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile / graph capture)")
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds per variant; the best is kept")
     ap.add_argument("--real-crops", type=int, default=2, help="real object crops per side (of 3)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write results here after every variant")
+    ap.add_argument("--budget-s", type=float, default=None, help="skip variants once this much time is used")
+    ap.add_argument("--variant-timeout-s", type=float, default=None, help="stop a variant after this long")
+    ap.add_argument("--compile-cache", default=None, help="inductor cache folder (speed.compile_cache_dir)")
+    ap.add_argument("--profile", type=int, default=0, help="profile released and fast for N steps")
     args = ap.parse_args()
+    t_start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     small = args.small or not cuda
     if args.threads:
         torch.set_num_threads(args.threads)
+    names = args.variants or (list(VARIANTS) if cuda else CPU_VARIANTS)
+    if "released" not in names:
+        names = ["released", *names]  # every ratio is against it
 
     with tempfile.TemporaryDirectory() as tmp:
         text, vision, size = write_backbones(Path(tmp), small)
@@ -150,47 +237,85 @@ def main() -> None:
         base = build_model(cfg, LABELS)
         vocab = base.bert.get_input_embeddings().num_embeddings
     gen = torch.Generator().manual_seed(0)
-    variants = {
-        "released (eager fp32)": (FastStepConfig.released(), False),
-        "fast fine-tuned": (FastStepConfig(), False),
-        "fast fine-tuned +skip": (FastStepConfig(skip_padded_crops=True), False),
-        "fast frozen-visual": (FastStepConfig(), True),
-    }
-    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; sizes: {'small' if small else 'real'} "
-          f"(image {size}px, {args.real_crops}/3 real crops per side); {args.steps} timed steps after "
-          f"{args.warmup} warm-up, best of {args.rounds} interleaved rounds, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'variant':<24}{'batch':>6}{'samples/s':>12}{'ratio':>8}")
+    env = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+           "sizes": "small" if small else "real", "image_px": size, "real_crops": args.real_crops,
+           "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": torch.get_num_threads()}  # fmt: skip
+    results: dict = {"env": env, "rows": [], "skipped": [], "profile": {}}
+    print(f"device: {env['device']}; torch {torch.__version__}; sizes: {env['sizes']} (image {size}px, "
+          f"{args.real_crops}/3 real crops per side); {args.steps} timed steps x best of {args.rounds} rounds "
+          f"after {args.warmup} warm-up steps", flush=True)  # fmt: skip
+    print(f"{'variant':<24}{'batch':>6}{'samples/s':>11}{'ratio':>8}{'warm-up s':>11}", flush=True)
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+
     for b in args.batch_sizes:
         batch = random_batch(b, size, args.real_crops, vocab, gen)
-
-        def prepare(name: str, batch: MREBatch = batch) -> tuple[FastStep, MREBatch]:
-            fast_cfg, frozen = variants[name]
-            model, run_batch = copy.deepcopy(base), batch
-            if frozen:
-                model, run_batch = frozen_visual(model.to(device), batch, device)
-            model = apply_fast_mode(model, fast_cfg, device).train()
-            opt = build_fast_optimizer(model, lr=2e-5, fused=fast_cfg.resolved(device).fused_optimizer)
-            step, run_batch = FastStep(model, opt, fast_cfg, device), run_batch.to(device)
-            for _ in range(args.warmup):
-                step(run_batch)
-            return step, run_batch
-
-        best = dict.fromkeys(variants, 0.0)
-        if cuda:  # one variant at a time (memory; GPU timings are stable once synchronised)
-            for name in variants:
-                step, run_batch = prepare(name)
-                for _ in range(args.rounds):
-                    best[name] = max(best[name], time_steps(step, run_batch, args.steps, device))
-                del step, run_batch
+        released_rate = None
+        for name in names:
+            used = time.perf_counter() - t_start
+            if args.budget_s is not None and used > args.budget_s:
+                print(
+                    f"{name:<24}{b:>6}  skipped: {used:.0f} s used of the {args.budget_s:.0f} s budget",
+                    flush=True,
+                )
+                results["skipped"].append({"variant": name, "batch": b, "reason": "budget"})
+                save()
+                continue
+            speed_cfg, frozen = VARIANTS[name]
+            if args.compile_cache:
+                speed_cfg = SpeedConfig(**{**speed_cfg.__dict__, "compile_cache_dir": args.compile_cache})
+            row = {"variant": name, "batch": b}
+            step = run_batch = None
+            try:
+                with time_limit(args.variant_timeout_s):
+                    model, run_batch = copy.deepcopy(base), batch
+                    if frozen:
+                        model, run_batch = frozen_visual(model.to(device), batch, device)
+                    model = apply_fast_mode(model, speed_cfg, device).train()
+                    opt = build_fast_optimizer(
+                        model, lr=2e-5, fused=speed_cfg.resolved(device).fused_optimizer
+                    )
+                    step, run_batch = FastStep(model, opt, speed_cfg, device), run_batch.to(device)
+                    t0 = time.perf_counter()
+                    for _ in range(args.warmup):
+                        step(run_batch)
+                    sync(device)
+                    row["warmup_s"] = round(time.perf_counter() - t0, 2)
+                    rate = max(time_steps(step, run_batch, args.steps, device) for _ in range(args.rounds))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the next variant
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"{name:<24}{b:>6}  failed: {row['error']}", flush=True)
+            else:
+                released_rate = rate if name == "released" else released_rate
+                row["samples_per_s"] = round(rate, 1)
+                row["ratio"] = round(rate / released_rate, 2) if released_rate else None
+                graphs = step.forward_backward.stats.as_dict()
+                if speed_cfg.resolved(device).cuda_graphs:
+                    row["graphs"] = graphs
+                row["compiled_regions"] = len(step.compiled_regions)
+                ratio = f"{row['ratio']:>7.2f}x" if row["ratio"] else f"{'-':>8}"
+                note = ""
+                if graphs["eager_steps"] and speed_cfg.resolved(device).cuda_graphs:
+                    note = f"  (eager steps: {graphs['eager_reasons']})"
+                print(f"{name:<24}{b:>6}{rate:>11.1f}{ratio}{row['warmup_s']:>11.1f}{note}", flush=True)
+                if args.profile and name in ("released", "fast") and b == args.batch_sizes[0]:
+                    prof = profile_step(step, run_batch, args.profile, device)
+                    results["profile"][name] = prof
+                    print(f"  profile {name}: wall {prof['wall_ms_per_step']} ms/step, GPU busy "
+                          f"{prof['gpu_busy_ms_per_step']} ms/step, {prof['kernels_per_step']} kernels/step, "
+                          f"{prof['aten_ops_per_step']} aten ops/step", flush=True)  # fmt: skip
+                    print(prof["top"], flush=True)
+            results["rows"].append(row)
+            save()
+            del step, run_batch
+            if cuda:
                 torch.cuda.empty_cache()
-        else:  # interleaved rounds, best kept: robust to load from other processes on shared CPUs
-            runs = {name: prepare(name) for name in variants}
-            for _ in range(args.rounds):
-                for name, (step, run_batch) in runs.items():
-                    best[name] = max(best[name], time_steps(step, run_batch, args.steps, device))
-            del runs
-        for name, rate in best.items():
-            print(f"{name:<24}{b:>6}{rate:>12.1f}{rate / best['released (eager fp32)']:>7.2f}x", flush=True)
+    results["total_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+    print(f"total {results['total_s']} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,13 @@ class DataError(CamimError):
             where = self.path if line is None else f"{self.path}:{line}"
             where += ": "
         super().__init__(where + problem)
+
+
+class ImageError(DataError):
+    """An image that cannot be used: missing, unreadable, corrupt, or over a size limit (``too_large``)."""
+
+    def __init__(
+        self, problem: str, path: str | None = None, line: int | None = None, too_large: bool = False
+    ):
+        super().__init__(problem, path, line)
+        self.too_large = too_large

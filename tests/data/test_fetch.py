@@ -428,7 +428,7 @@ def test_folder_is_linked_or_copied(tmp_path):
 
 def test_cli_fetch_and_images(tmp_path, server, monkeypatch, capsys):
     # The real pinned list is replaced by the synthetic one for this run.
-    monkeypatch.setattr("camim.data.fetch.load_manifest", lambda path=None: _pin(FILES))
+    monkeypatch.setattr("camim.data.fetch.download.load_manifest", lambda path=None: _pin(FILES))
     parser = argparse.ArgumentParser(prog="camim data")
     register(parser.add_subparsers())
     archive = _zip(tmp_path / "imgs.zip", {"img_org/train/a.jpg": b"A"})

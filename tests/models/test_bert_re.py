@@ -45,3 +45,18 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "config.json").write_text("{bad")
     with pytest.raises(CamimError, match="config.json:1"):
         load_model(tmp_path)
+
+
+def test_from_pretrained_pairs_save_pretrained(text_dir, vision_dir, tmp_path):
+    from camim.models import TMR, BertRE
+    from camim.models.base import MREModel
+
+    model = build_model(tiny_config(text_dir, vision_dir, name="bert"), LABELS).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".")) == []  # no temp files
+    batch = model.processor(make_examples(2))
+    for loaded in (BertRE.from_pretrained(tmp_path / "m"), MREModel.from_pretrained(tmp_path / "m")):
+        assert type(loaded) is BertRE and not loaded.training and loaded.labels == LABELS
+        torch.testing.assert_close(loaded(batch).logits, model(batch).logits, rtol=0, atol=0)
+    with pytest.raises(CamimError, match="holds a BertRE model, not a TMR"):
+        TMR.from_pretrained(tmp_path / "m")

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from camim.preprocess.common import (
-    PrepareReport,
-    ProgressLog,
-    atomic_save_image,
-    is_valid_image,
-    settings_hash,
-)
+from camim.io import atomic_save_image, settings_hash
+from camim.preprocess.common import PrepareReport, ProgressLog, is_valid_image
 
 
 def test_progress_log_keeps_done_items_per_settings(tmp_path):

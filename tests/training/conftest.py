@@ -34,6 +34,19 @@ TINY = [
     "trainer.log_every_n_steps=1",
 ]
 
+# Issue 18 §2's settings, each refused with the dotted key (config-level and `camim train` CLI-level tests).
+ISSUE18_BAD_SETTINGS = [
+    ("optim.bootstrap_train=flase", "optim.bootstrap_train: expected true or false, got 'flase'"),
+    ("trainer.progress_bar=flase", "trainer.progress_bar: expected true or false, got 'flase'"),
+    ("speed.fast=nope", "speed.fast: expected true or false, got 'nope'"),
+    ("optim.batch_size=abc", "optim.batch_size: expected an integer, got 'abc'"),
+    ("model.mi_alpha=abc", "model.mi_alpha: expected a number, got 'abc'"),
+    ("model.mi_temperature=abc", "model.mi_temperature: expected a number, got 'abc'"),
+    ("optim.epochs=1.5", "optim.epochs: expected an integer, got 1.5"),
+    ("offline.model_keys=text_encoder", "offline.model_keys: expected a list of strings, got 'text_encoder'"),
+    ("model.colour=red", "model.colour: unknown key"),
+]
+
 
 def write_tiny_mnre(root: Path, n_train: int = 48, n_eval: int = 16, seed: int = 0) -> Path:
     """An MNRE-layout folder (rel2id, txt/ours_*.txt dict lines, caption/minicpm_*.txt) whose relation is

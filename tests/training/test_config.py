@@ -17,6 +17,8 @@ from camim.training.config import (
 from camim.training.datamodule import EpochSeededSampler, bootstrap_indices
 from camim.training.experiment import grid_rows
 
+from .conftest import ISSUE18_BAD_SETTINGS
+
 TABLE1 = [
     "bert",
     "hvpnet",
@@ -43,13 +45,14 @@ def test_paper_settings():
         300,
     )
     assert tmr.optim.adam_bias_correction is False and tmr.optim.bootstrap_train is True
-    assert tmr.model == {**tmr.model, "name": "tmr", "cam": "both", "mi": True, "mi_alpha": 0.1}
+    model = tmr.model.to_dict()
+    assert model == {**model, "name": "tmr", "cam": "both", "mi": True, "mi_alpha": 0.1}
     assert tmr.data.caption_source == "minicpm"
     hv = load_config("hvpnet-cam-mi")
     assert (hv.optim.batch_size, hv.optim.lr, hv.optim.epochs, hv.optim.eval_begin_epoch) == (32, 3e-5, 30, 8)
     assert hv.optim.warmup_ratio == 0.1 and hv.optim.warmup_steps is None
-    assert load_config("tmr").model["cam"] == "none" and load_config("tmr").model["mi"] is False
-    assert load_config("hvpnet-mi").model["mi"] is True and load_config("hvpnet-mi").model["cam"] == "none"
+    assert load_config("tmr").model.cam == "none" and load_config("tmr").model.mi is False
+    assert load_config("hvpnet-mi").model.mi is True and load_config("hvpnet-mi").model.cam == "none"
 
 
 def test_overrides_are_typed_and_dotted():
@@ -60,7 +63,7 @@ def test_overrides_are_typed_and_dotted():
         "tmr-cam-mi", ["optim.lr=1e-5", "model.mi_pair=(O+G)&F", "trainer.devices=2", "model.mi_alpha=0.3"]
     )
     assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)
-    assert cfg.model["mi_pair"] == "(O+G)&F" and cfg.model["mi_alpha"] == 0.3 and cfg.trainer.devices == 2
+    assert cfg.model.mi_pair == "(O+G)&F" and cfg.model.mi_alpha == 0.3 and cfg.trainer.devices == 2
     # paper reading of the warmup: 10% instead of 300 fixed steps
     cfg = load_config("tmr", ["optim.warmup_steps=null", "optim.warmup_ratio=0.1"])
     assert cfg.optim.warmup_steps is None and cfg.optim.warmup_ratio == 0.1
@@ -87,7 +90,7 @@ def test_yaml_file_with_base_and_bad_yaml(tmp_path):
     good = tmp_path / "mine.yaml"
     good.write_text("base: tmr-cam-mi\nname: mine\noptim:\n  epochs: 2\n")
     cfg = load_config(good)
-    assert cfg.name == "mine" and cfg.optim.epochs == 2 and cfg.model["cam"] == "both"
+    assert cfg.name == "mine" and cfg.optim.epochs == 2 and cfg.model.cam == "both"
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\noptim: [1,\n")
     with pytest.raises(CamimError, match=r"bad.yaml:\d+: invalid YAML"):
@@ -116,7 +119,7 @@ def test_grids_have_paper_numbers():
     for r in f4:  # every override applies and validates
         load_config(r["preset"], r["overrides"])
     alpha = [r for r in f4 if r["label"] == "alpha:0.3"][0]
-    assert load_config(alpha["preset"], alpha["overrides"]).model["mi_alpha"] == 0.3
+    assert load_config(alpha["preset"], alpha["overrides"]).model.mi_alpha == 0.3
     assert set(load_grids()) == {"table1", "table2", "fig4"}
 
 
@@ -167,8 +170,102 @@ def test_every_preset_builds_with_tiny_overrides(preset, tiny_encoders):
     ]
     cfg = load_config(preset, tiny)
     model = build_model(cfg.model, labels=["None", "a", "b"])
-    assert model.config.name == cfg.model["name"]
-    assert model.config.uses_cam == (cfg.model.get("cam", "none") != "none" and cfg.model["name"] != "bert")
-    assert model.config.uses_mi == bool(cfg.model.get("mi")) and model.num_labels == 3
+    assert model.config.name == cfg.model.name
+    assert model.config.uses_cam == (cfg.model.cam != "none" and cfg.model.name != "bert")
+    assert model.config.uses_mi == cfg.model.mi and model.num_labels == 3
     if cfg.data.caption_source is None:
         assert "caption" not in model.required_modalities
+
+
+# ------------------------------------------------------------------ issue 18 §2: every setting typed
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        *ISSUE18_BAD_SETTINGS,
+        ("model.fidelity.sum_pooling=nah", "model.fidelity.sum_pooling: expected true or false, got 'nah'"),
+        ("trainer.devices=al", "trainer.devices: expected an integer, a list of integers or 'auto'"),
+        ("trainer.precision=bf16mixed", "trainer.precision: expected one of"),
+        ("data.on_error=ignore", "data.on_error: expected one of 'raise', 'skip'"),
+        ("offline.model_keys=[txt_encoder]", "offline.model_keys: 'txt_encoder' is not a model key"),
+        ("offline.model_keys=[max_length]", "offline.model_keys: model.max_length takes an integer"),
+        ("data.max_objects=2", "data.max_objects: moved to model.max_objects"),
+    ],
+)
+def test_every_setting_is_typed_and_errors_name_the_dotted_key(override, message):
+    with pytest.raises(CamimError) as err:
+        load_config("offline-tmr-cam-mi", [override])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_yaml_exponent_arrives_as_a_float_in_the_model(tmp_path):
+    """YAML 1.1 reads `1e-1` as a string; the config reader reads numbers as YAML 1.2 does, and the loader
+    takes number strings for float fields, so mi_alpha reaches the loss (Eq. 23) as 0.1."""
+    path = tmp_path / "alpha.yaml"
+    path.write_text(
+        "base: tmr-cam-mi\nmodel:\n  mi_alpha: 1e-1\n  mi_temperature: '5e-1'\noptim:\n  lr: 3e-5\n"
+    )
+    cfg = load_config(path)
+    assert cfg.model.mi_alpha == 0.1 and type(cfg.model.mi_alpha) is float
+    assert cfg.model.mi_temperature == 0.5 and type(cfg.model.mi_temperature) is float
+    assert cfg.optim.lr == 3e-5 and type(cfg.optim.lr) is float
+    assert parse_override("model.mi_alpha=1e-1") == (["model", "mi_alpha"], 0.1)
+
+
+def test_model_section_is_a_model_config_parsed_like_config_json():
+    from camim.models import ModelConfig
+
+    cfg = load_config("tmr-cam-mi", ["model.max_objects=2", "model.mi=no"])
+    assert isinstance(cfg.model, ModelConfig) and cfg.model.max_objects == 2 and cfg.model.mi is False
+    assert "max_objects" not in cfg.to_dict()["data"]  # one owner: the model (the data layer reads it there)
+    same = ModelConfig.from_dict({**cfg.model.to_dict(), "labels": ["None"], "format": 1})  # config.json
+    assert same == cfg.model
+    with pytest.raises(CamimError, match=r"^model\.mi_alpha: expected a number, got 'abc'"):
+        ModelConfig.from_dict({"name": "tmr", "mi_alpha": "abc"})
+    with pytest.raises(CamimError, match=r"^model\.fidelity\.sum_pooling: expected true or false"):
+        ModelConfig.from_dict({"name": "tmr", "fidelity": {"sum_pooling": "flase"}})
+
+
+def test_the_data_layer_loads_the_models_max_objects(tiny_mnre):
+    from camim.data import default_labels
+    from camim.training.datamodule import MNREDataModule
+
+    cfg = load_config("tmr", ["model.max_objects=1"])
+    dm = MNREDataModule(cfg, str(tiny_mnre), default_labels(tiny_mnre), (), collate_fn=list)
+    assert dm.dataset("train").max_objects == 1
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_round_trips_through_its_resolved_yaml(preset, tmp_path):
+    """config.yaml is the fully resolved config: every default is written out and it reloads equal."""
+    import yaml
+
+    from camim.typed import flatten
+
+    cfg = load_config(preset)
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    written = flatten(yaml.safe_load(path.read_text()))
+    assert set(written) == set(flatten(RunConfig().to_dict()))  # every setting, the model's included
+    assert load_config(path) == cfg
+
+
+def test_an_old_run_config_with_data_max_objects_still_reads(tmp_path):
+    from camim.training.config import load_run_config
+
+    d = load_config("tmr").to_dict()
+    d["data"]["max_objects"] = 3
+    del d["model"]["max_objects"]
+    (tmp_path / "config.yaml").write_text(yaml_dump(d))
+    assert load_run_config(tmp_path / "config.yaml") == load_config("tmr")
+    d["data"]["max_objects"] = 2  # disagrees with the model: say which file and key
+    (tmp_path / "config.yaml").write_text(yaml_dump(d))
+    with pytest.raises(CamimError, match=r"config.yaml: data.max_objects: moved to model.max_objects"):
+        load_run_config(tmp_path / "config.yaml")
+
+
+def yaml_dump(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)

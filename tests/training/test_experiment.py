@@ -34,7 +34,7 @@ def test_comparison_table_puts_paper_beside_ours():
 def test_grid_writes_table_and_plots_with_paper_numbers(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run_seeds(preset, data_dir, out, seeds, overrides):
+    def fake_run_seeds(preset, data_dir, out, seeds, overrides, overwrite=False):
         calls.append((preset, tuple(overrides)))
         f1 = 10.0 + len(calls)
         return {
@@ -84,3 +84,33 @@ def test_experiment_cli_over_two_seeds(tiny_mnre, tmp_path, capsys):
     # seeds really differ in the run configs
     assert "seed: 5" in (out / "seed5" / "config.yaml").read_text()
     assert "seed: 6" in (out / "seed6" / "config.yaml").read_text()
+
+
+def test_experiment_reuses_a_finished_run_only_with_an_equal_config(tiny_mnre, tmp_path, capsys, monkeypatch):
+    """A second call with another --set into the same folder used to report the old numbers under the new
+    overrides; now it is refused naming the keys that differ, and an equal call reuses the run."""
+    out = tmp_path / "exp"
+    args = ["experiment", "--preset", "offline-bert", "--seeds", "5", "--data-dir", str(tiny_mnre)]
+    args += ["--output", str(out)]
+    for o in [*TINY, "optim.epochs=1", "data.train_limit=16", "data.eval_limit=8"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    metrics = out / "seed5" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+
+    from camim.training import api
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run with the same config must be reused, not trained")
+
+    monkeypatch.setattr(api, "train_run", no_training)
+    capsys.readouterr()
+    assert main([*args, "--set", "trainer.progress_bar=true"]) == 0  # progress bar: the same run
+    assert "± " in capsys.readouterr().out
+    assert main([*args, "--set", "optim.lr=1e-3", "--set", "model.dropout=0.2"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a different run" in err and "differs in model.dropout, optim.lr" in err
+    assert metrics.stat().st_mtime_ns == stamp
+    monkeypatch.undo()  # --overwrite trains that seed again with the new settings
+    assert main([*args, "--set", "optim.lr=1e-3", "--overwrite"]) == 0
+    assert metrics.stat().st_mtime_ns > stamp and "lr: 0.001" in (out / "seed5" / "config.yaml").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -14,7 +15,7 @@ from camim.data import MNREDataset
 from camim.errors import CamimError
 from camim.training.api import evaluate_run, train_run
 
-from .conftest import TINY
+from .conftest import ISSUE18_BAD_SETTINGS, TINY
 
 
 class Kill(L.Callback):
@@ -141,3 +142,72 @@ def test_cli_train_error_is_one_line(tiny_mnre, tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert "unknown preset" in err and "Traceback" not in err
+
+
+# ------------------------------------------- issue 18 §2/§3: checked before the run folder is touched
+
+
+@pytest.mark.parametrize("override, message", ISSUE18_BAD_SETTINGS)
+def test_cli_train_refuses_a_bad_setting_in_one_line_before_creating_the_folder(
+    override, message, tiny_mnre, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = ["train", "--config", "offline-tmr-cam-mi", "--data-dir", str(tiny_mnre), "--output", str(out)]
+    assert main([*args, "--set", override]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"camim: error: {message}") and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def _stamps(folder) -> dict:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_settings_leave_an_existing_run_folder_untouched(reference_run, tiny_mnre, capsys):
+    """An unknown model key (or another run's settings) is refused before config.yaml is written and before
+    offline_encoder/ is rebuilt (it was rebuilt first, then refused, before)."""
+    out = reference_run.output_dir
+    before = _stamps(out)
+    args = ["train", "--config", "offline-bert", "--data-dir", str(tiny_mnre), "--output", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    assert main([*args, "--set", "model.colour=red"]) == 1
+    assert "model.colour: unknown key" in capsys.readouterr().err
+    # another run: a different vocabulary size would rebuild the encoder folder if it came first
+    assert main([*args, "--set", "offline.vocab_size=150"]) == 1
+    assert "differs in offline.vocab_size" in capsys.readouterr().err
+    assert _stamps(out) == before
+
+
+def test_run_folder_config_is_fully_resolved_and_reloads_equal(reference_run, tiny_mnre):
+    from camim.training.api import resolve_run_config
+    from camim.training.config import load_config
+
+    out = reference_run.output_dir
+    saved = load_config(out / "config.yaml")
+    assert saved == resolve_run_config("offline-bert", TINY, tiny_mnre, out)
+    assert saved.model.text_encoder == str((out / "offline_encoder").resolve())  # offline.model_keys applied
+    assert saved.data.data_dir == str(tiny_mnre)
+
+
+def test_finished_run_without_checkpoints_is_not_retrained_unless_overwrite(tiny_mnre, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "finished"
+    small = [*TINY, "optim.epochs=1", "data.train_limit=16", "data.eval_limit=8"]
+    train_run("offline-bert", tiny_mnre, out, overrides=small)
+    shutil.rmtree(out / "checkpoints")
+    before = _stamps(out)
+    with pytest.raises(CamimError, match="finished run whose checkpoints/ are gone.*--overwrite"):
+        train_run("offline-bert", tiny_mnre, out, overrides=small)
+    assert _stamps(out) == before
+    args = ["train", "--config", "offline-bert", "--data-dir", str(tiny_mnre), "--output", str(out)]
+    for item in small:
+        args += ["--set", item]
+    assert main(args) == 1 and "or --overwrite to replace that run" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "metrics.json").stat().st_mtime_ns > before[Path("metrics.json")]
+    assert (out / "offline_encoder" / "camim_offline.json").stat().st_mtime_ns == before[
+        Path("offline_encoder") / "camim_offline.json"
+    ]  # same settings: the encoder is kept

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from camim.errors import CamimError, DataError
+from camim.errors import CamimError, DataError, ImageError
+from camim.io import IMAGE_SUFFIXES, checked_image, iter_lines, open_image
 
 if TYPE_CHECKING:  # the data layer imports torch: only the split readers below load it
     from camim.data.layout import DataLayout
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 # Formats every OpenAI-compatible server accepts as-is; others are re-encoded as PNG.
 _SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -54,17 +54,14 @@ def split_image_ids(data_dir: str | Path, split: str, layout: DataLayout | None 
     path = layout.samples_path(data_dir, split)
     is_json = path.suffix == ".jsonl"
     seen: dict[str, None] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line) if is_json else parse_literal(line)
-            except (ValueError, SyntaxError) as exc:
-                raise DataError(describe_literal_error(exc), path, lineno) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("img_id"), str) or not obj["img_id"]:
-                raise DataError("sample has no string 'img_id'", path, lineno)
-            seen.setdefault(obj["img_id"], None)
+    for lineno, line in iter_lines(path):
+        try:
+            obj = json.loads(line) if is_json else parse_literal(line)
+        except (ValueError, SyntaxError) as exc:
+            raise DataError(describe_literal_error(exc), path, lineno) from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("img_id"), str) or not obj["img_id"]:
+            raise DataError("sample has no string 'img_id'", path, lineno)
+        seen.setdefault(obj["img_id"], None)
     return list(seen)
 
 
@@ -90,15 +87,12 @@ def folder_items(folder: str | Path) -> list[ImageItem]:
 
 
 def load_image(item: ImageItem) -> Image.Image:
-    """The image as RGB; ``ImageProblem`` when the file is missing or not a readable image."""
-    if not item.path.is_file():
-        raise ImageProblem("missing", f"{item.path}: no such image")
+    """The image as RGB (the safe opener :func:`camim.io.open_image`); ``ImageProblem`` when the file is
+    missing, not a readable image, or over the size limits (counted as ``corrupt``)."""
     try:
-        with Image.open(item.path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem("corrupt", f"{item.path}: unreadable image ({exc})") from None
+        return open_image(item.path)
+    except ImageError as exc:
+        raise ImageProblem("corrupt" if item.path.is_file() else "missing", str(exc)) from None
 
 
 def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
@@ -106,12 +100,13 @@ def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
 
     The file's own bytes are sent when it is a JPEG/PNG/WEBP/GIF no larger than ``max_side``; otherwise it
     is decoded, downscaled to ``max_side`` (aspect kept) if needed, and re-encoded (JPEG, or PNG with alpha).
+    The size is checked from the header before decoding, as :func:`load_image` does.
     """
     if not item.path.is_file():
         raise ImageProblem("missing", f"{item.path}: no such image")
     raw = item.path.read_bytes()
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        with checked_image(raw, name=str(item.path)) as im:
             im.load()  # decode fully: catches truncated files
             fmt = im.format
             if fmt in _SENDABLE and (max_side is None or max(im.size) <= max_side):
@@ -126,6 +121,6 @@ def image_data_url(item: ImageItem, max_side: int | None = None) -> str:
             else:
                 im.convert("RGB").save(out, format="JPEG", quality=95)
                 mime = "image/jpeg"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem("corrupt", f"{item.path}: unreadable image ({exc})") from None
+    except ImageError as exc:
+        raise ImageProblem("corrupt", str(exc)) from None
     return f"data:{mime};base64,{base64.b64encode(out.getvalue()).decode('ascii')}"

@@ -10,7 +10,6 @@ byte-for-byte as released (``repr`` of the dict; ``json.dumps`` with default sep
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from camim.captioning.cache import CaptionCache, CaptionRecord, read_cache, utc_
 from camim.data._literal import describe_literal_error, parse_literal
 from camim.data.layout import CAPTION_SOURCES
 from camim.errors import CamimError, DataError
+from camim.io import atomic_write_bytes
 
 # Released source name (the model name in the cache) -> the MLLM of the paper's Table 2.
 RELEASED_MLLMS: dict[str, str] = {
@@ -36,7 +36,8 @@ _FILE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<split>train|val|test)$")
 
 @dataclass
 class ImportReport:
-    """Per input file: (lines read, lines written); ``skipped`` were already in the output."""
+    """Per input file: (lines read, lines written); the lines read but not written were already in the
+    output."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -165,13 +166,6 @@ def import_released(
     return report
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def export_released(
     input: str | Path, output: str | Path, model: str | None = None, newline: str | None = None
 ) -> int:
@@ -210,5 +204,5 @@ def export_released(
             recorded = {r.settings.get("newline") for r in latest.values()}
             newline = recorded.pop() if len(recorded) == 1 and None not in recorded else "\n"
         data = "".join(repr({"img_id": r.img_id, "text": r.text}) + newline for r in latest.values())
-    _atomic_write(output, data.encode("utf-8"))
+    atomic_write_bytes(output, data.encode("utf-8"))
     return len(latest)

@@ -16,10 +16,11 @@ from camim.data.images import ImageLimits, crop_box, load_image
 from camim.data.labels import NEGATIVE_NAMES, LabelSet, find_negative
 from camim.data.layout import CAPTION_SOURCES, RELEASED_CAPTION_SOURCES, SPLITS, DataLayout
 from camim.data.samples import read_samples
-from camim.data.types import Entity, MNREExample, Scores
+from camim.data.types import IMAGE_MODALITIES, Entity, MNREExample, Scores
 
 __all__ = [
     "CAPTION_SOURCES",
+    "IMAGE_MODALITIES",
     "MODALITIES",
     "NEGATIVE_NAMES",
     "RELEASED_CAPTION_SOURCES",

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camim.data._io import read_json
-from camim.data.samples import OnError, iter_lines
+from camim.data.samples import OnError
 from camim.data.types import Scores
 from camim.errors import DataError
+from camim.io import iter_lines, read_json
 
 # The documented fallback for a sample without scores: both paths weighted equally.
 UNIFORM_SCORE = 0.5

@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camim.data._io import read_json
-from camim.data.samples import OnError, _Problem, iter_lines, parse_record
+from camim.data.samples import OnError, _Problem, parse_record
 from camim.errors import DataError
+from camim.io import iter_lines, read_json
 
 
 def normalise_whitespace(text: str) -> str:

@@ -23,18 +23,9 @@ from camim.data.images import ImageLimits, crop_box, load_image
 from camim.data.labels import LabelSet
 from camim.data.layout import SPLITS, DataLayout
 from camim.data.samples import read_relations, read_samples
-from camim.data.types import MNREExample
+from camim.data.types import MODALITIES, MNREExample
 from camim.errors import DataError
 
-MODALITIES: tuple[str, ...] = (
-    "caption",
-    "scores",
-    "phrase",
-    "image",
-    "objects",
-    "generated_image",
-    "generated_objects",
-)
 OnMissing = Literal["raise", "fallback"]
 
 

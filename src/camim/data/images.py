@@ -1,52 +1,20 @@
-"""Safe image loading: the size is checked from the header before any pixel is decoded, so decompression
-bombs and absurd sizes are rejected cheaply; missing, truncated or undecodable files raise ``DataError``
-naming the file."""
+"""Images of the data layer: :func:`load_image` is the shared safe opener (:func:`camim.io.open_image`: size
+checked from the header before any pixel is decoded; missing, truncated, undecodable or too large files raise
+``DataError`` naming the file), and :func:`crop_box` cuts an object region out of an image."""
 
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from camim.errors import DataError
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Largest image accepted: ``max_pixels`` (width x height) and ``max_side`` (either side), in pixels."""
-
-    max_pixels: int = 64_000_000
-    max_side: int = 20_000
+from camim.io import ImageLimits, open_image
 
 
 def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Open ``path`` as an RGB image; ``DataError`` when missing, corrupt, or larger than ``limits``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("image not found", path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
-                w, h = im.size
-                if w <= 0 or h <= 0:
-                    raise DataError(f"image has an empty size {w}x{h}", path)
-                if w * h > limits.max_pixels or max(w, h) > limits.max_side:
-                    raise DataError(
-                        f"image too large: {w}x{h} (limit {limits.max_pixels} pixels, {limits.max_side} per side)",
-                        path,
-                    )
-                im.load()
-                return im.convert("RGB")
-    except DataError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"image too large (decompression bomb guard): {exc}", path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"corrupt or unreadable image: {exc}", path) from None
+    return open_image(Path(path), limits)
 
 
 def crop_box(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image | None:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from camim.data.auxiliary import iter_score_lines, read_box_dict, read_object_dict, read_phrases
 from camim.data.captions import Captions, read_captions
-from camim.data.images import ImageLimits
 from camim.data.labels import LabelSet
 from camim.data.layout import CAPTION_SOURCES, RELEASED_CAPTION_SOURCES, SPLITS, DataLayout
 from camim.data.samples import read_relations, read_samples
 from camim.data.types import MNREExample
-from camim.errors import DataError
+from camim.errors import DataError, ImageError
+from camim.io import ImageLimits, checked_image
 
 _PREFIX_TO_SOURCE = {prefix: name for name, prefix in reversed(list(CAPTION_SOURCES.items()))}
 
@@ -354,24 +354,13 @@ class _Scanner:
 
     def _check_headers(self, folder: Path, names: list[str]) -> None:
         """Open each image's header (no decoding) to catch unreadable files and absurd sizes."""
-        from PIL import Image, UnidentifiedImageError
-
         for name in names:
             path = folder / name
             try:
-                with Image.open(path) as im:
-                    w, h = im.size
-            except (
-                UnidentifiedImageError,
-                OSError,
-                SyntaxError,
-                ValueError,
-                Image.DecompressionBombError,
-            ) as exc:
-                self.problem(DataError(f"unreadable image: {exc}", path))
-                continue
-            if w * h > self.limits.max_pixels or max(w, h) > self.limits.max_side:
-                self.problem(DataError(f"image too large: {w}x{h}", path))
+                with checked_image(path, self.limits):
+                    pass
+            except ImageError as exc:
+                self.problem(exc if exc.too_large else DataError(f"unreadable image: {exc.problem}", path))
 
 
 def scan(

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from camim.data._io import read_json
 from camim.errors import DataError
+from camim.io import atomic_write_text, read_json
 
 # Names the negative label may have, in the order OpenNRE/HVPNeT's metric looks them up
 # (the first one present in rel2id is the negative label).
@@ -86,9 +86,6 @@ class LabelSet:
         """The id of relation ``name`` (``KeyError`` when unknown)."""
         return self._ids[name]  # type: ignore[attr-defined]
 
-    def to_name(self, index: int) -> str:
-        return self.names[index]
-
     @property
     def negative_id(self) -> int | None:
         return None if self.negative_name is None else self.to_id(self.negative_name)
@@ -98,7 +95,7 @@ class LabelSet:
 
     def save(self, path: str | Path) -> None:
         """Write a rel2id JSON file."""
-        Path(path).write_text(json.dumps(self.to_rel2id(), ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_rel2id(), ensure_ascii=False) + "\n")
 
     def __len__(self) -> int:
         return len(self.names)

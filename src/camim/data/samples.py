@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from camim.data._io import iter_lines
 from camim.data._literal import describe_literal_error, parse_literal
 from camim.data.labels import LabelSet
 from camim.data.types import Entity, MNREExample
 from camim.errors import DataError
+from camim.io import iter_lines
 
 OnError = Literal["raise", "skip"]
 

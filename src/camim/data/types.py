@@ -13,6 +13,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+# What an MNREDataset can load besides the text (``MNREDataset(modalities=...)``), and those that are images.
+MODALITIES: tuple[str, ...] = (
+    "caption",
+    "scores",
+    "phrase",
+    "image",
+    "objects",
+    "generated_image",
+    "generated_objects",
+)
+IMAGE_MODALITIES: tuple[str, ...] = ("image", "objects", "generated_image", "generated_objects")
+
 
 @dataclass(frozen=True)
 class Entity:

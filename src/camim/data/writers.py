@@ -5,27 +5,11 @@ never leaves a half-written file in place."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from camim.data.types import MNREExample
-
-
-def _atomic_write(path: str | Path, lines: Iterable[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from camim.io import atomic_write_text
 
 
 def sample_record(example: MNREExample) -> dict:
@@ -43,7 +27,9 @@ def sample_record(example: MNREExample) -> dict:
 
 def write_samples_jsonl(examples: Iterable[MNREExample], path: str | Path) -> Path:
     """Write samples as canonical JSONL (one object per line, in the given order)."""
-    return _atomic_write(path, (json.dumps(sample_record(ex), ensure_ascii=False) + "\n" for ex in examples))
+    return atomic_write_text(
+        path, (json.dumps(sample_record(ex), ensure_ascii=False) + "\n" for ex in examples)
+    )
 
 
 def write_captions_jsonl(
@@ -59,7 +45,7 @@ def write_captions_jsonl(
             rec.update(fields)
             yield json.dumps(rec, ensure_ascii=False) + "\n"
 
-    return _atomic_write(path, lines())
+    return atomic_write_text(path, lines())
 
 
 def write_index_dict_json(data: Mapping[int, object], path: str | Path) -> Path:
@@ -74,4 +60,4 @@ def write_index_dict_json(data: Mapping[int, object], path: str | Path) -> Path:
         return v
 
     obj = {str(int(k)): plain(v) for k, v in sorted(data.items())}
-    return _atomic_write(path, [json.dumps(obj, ensure_ascii=False) + "\n"])
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False) + "\n")

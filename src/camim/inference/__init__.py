@@ -1,8 +1,9 @@
 """Running trained extractors on new posts: :class:`Predictor`, ``camim predict`` and ``camim serve``."""
 
-from camim.inference.images import ImageError, open_image
+from camim.errors import ImageError
 from camim.inference.predictor import Prediction, Predictor, PreparedInput, resolve_model_dir
 from camim.inference.text import SpanError, char_span_to_token_span, find_mention, tokenize
+from camim.io import open_image
 
 __all__ = [
     "ImageError",

@@ -11,6 +11,7 @@ from typing import Any
 
 from camim.errors import CamimError, DataError
 from camim.inference.predictor import Prediction, Predictor, PreparedInput
+from camim.io import JsonlLog
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -200,19 +201,19 @@ def _parse_line(line: str, literal: bool) -> Any:
 
 def _done_lines(output: Path) -> set[int]:
     """Line numbers already in ``output``; a torn last line (interrupted write) is cut off."""
+    log = JsonlLog(output, what="predictions file")
+    records = log.read()
+    if log.partial_tail:
+        log.drop_partial_tail()
     done: set[int] = set()
-    raw = output.read_bytes()
-    keep = raw.rfind(b"\n") + 1
-    if keep < len(raw):
-        with output.open("r+b") as fh:
-            fh.truncate(keep)
-    for k, line in enumerate(raw[:keep].decode("utf-8").splitlines(), start=1):
+    bad = [k for k, _ in log.bad_lines]
+    for k, rec in records:
         try:
-            done.add(int(json.loads(line)["line"]))
+            done.add(int(rec["line"]))  # type: ignore[index]
         except (ValueError, KeyError, TypeError):
-            raise DataError(
-                "not a camim predictions line; use --overwrite to replace the file", output, k
-            ) from None
+            bad.append(k)
+    if bad:
+        raise DataError("not a camim predictions line; use --overwrite to replace the file", output, min(bad))
     return done
 
 
@@ -238,7 +239,11 @@ def predict_file(
         done = _done_lines(output_path)
         if done:
             print(f"camim predict: resuming {output_path}: {len(done)} line(s) already done", file=sys.stderr)
-    out = sys.stdout if output_path is None else output_path.open("w" if overwrite else "a", encoding="utf-8")
+    log = None
+    if output_path is not None:
+        if overwrite:
+            output_path.unlink(missing_ok=True)
+        log = JsonlLog(output_path, what="predictions file").open()
     counts = {"predicted": 0, "failed": 0}
     pending: list[tuple[int, PreparedInput | None, dict[str, Any]]] = []
 
@@ -256,6 +261,7 @@ def predict_file(
                 except CamimError as exc:
                     results.append(exc)
         it = iter(results)
+        records = []
         for n, prep, rec in pending:
             if prep is not None:
                 res = next(it)
@@ -266,8 +272,12 @@ def predict_file(
                 else:
                     rec.update(_record(res, top_k))
                     counts["predicted"] += 1
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        out.flush()
+            records.append(rec)
+        if log is not None:
+            log.append(records)  # one write per batch: an interruption loses at most this batch
+        else:
+            sys.stdout.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+            sys.stdout.flush()
         pending.clear()
 
     try:
@@ -296,8 +306,8 @@ def predict_file(
                     flush()
         flush()
     finally:
-        if out is not sys.stdout:
-            out.close()
+        if log is not None:
+            log.close()
     where = output_path if output_path is not None else "stdout"
     print(
         f"camim predict: {counts['predicted']} prediction(s), {counts['failed']} failed line(s) -> {where}",

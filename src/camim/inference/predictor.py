@@ -29,8 +29,8 @@ from PIL import Image
 
 from camim.data.types import Entity, MNREExample, Scores
 from camim.errors import CamimError
-from camim.inference.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, open_image
 from camim.inference.text import SpanError, resolve_entity, tokenize
+from camim.io import MAX_IMAGE_PIXELS, ImageLimits, open_image
 
 Captioner = Callable[[Image.Image], str]
 ObjectFinder = Callable[..., list[Image.Image]]  # (image) or (image, queries)
@@ -38,6 +38,7 @@ ScoreEstimator = Callable[[Image.Image | None, str, Image.Image | None], Scores]
 ImageGenerator = Callable[[str], Image.Image]
 
 ImageLike = Image.Image | bytes | str | Path
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024  # encoded size of an image handed in (a file, or posted)
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Predictor:
         score_estimator: ScoreEstimator | None = None,
         device: str | torch.device = "cpu",
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         missing_scores: str | None = "uniform",
     ):
         self.device = torch.device(device)
@@ -316,7 +317,8 @@ class Predictor:
         for modality in sorted(need):
             if getattr(example, modality, None) is None:
                 absent.append(modality)
-                notes.append(f"{modality}: not given; {self._fallback(modality)}")
+                fallback = _MISSING_FALLBACK.get(modality, f"the model ran without {modality}")
+                notes.append(f"{modality}: not given; {fallback}")
         return PreparedInput(example, caption_source, absent, notes)
 
     def _find_objects(self, image: Image.Image, head: Entity, tail: Entity, tokens: list[str]) -> list:
@@ -360,13 +362,8 @@ class Predictor:
     def _image(self, source: ImageLike | None, name: str) -> Image.Image | None:
         if source is None:
             return None
-        return open_image(source, name, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
-
-    def _fallback(self, modality: str) -> str:
-        described = getattr(self.model, "missing_modality_behaviour", None)
-        if isinstance(described, dict) and described.get(modality):
-            return str(described[modality])
-        return _MISSING_FALLBACK.get(modality, f"the model ran without {modality}")
+        limits = ImageLimits(max_pixels=self.max_image_pixels, max_bytes=self.max_image_bytes)
+        return open_image(source, limits, name)
 
     def _model_name(self) -> str:
         return str(getattr(getattr(self.model, "config", None), "name", None) or type(self.model).__name__)

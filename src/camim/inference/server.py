@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from camim.errors import CamimError
-from camim.inference.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageError
-from camim.inference.predictor import Predictor
+from camim.errors import CamimError, ImageError
+from camim.inference.predictor import DEFAULT_MAX_IMAGE_BYTES, Predictor
+from camim.io import MAX_IMAGE_PIXELS
 
 try:
     from fastapi import FastAPI, Request
@@ -44,7 +44,7 @@ class ServeConfig:
 
     max_request_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     max_text_chars: int = 5000
     max_caption_chars: int = 2000
     max_batch: int = 64

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,39 +38,11 @@ def build_model(config: dict[str, Any] | ModelConfig, labels: list[str]):
 
 
 def load_model(directory: str | Path):
-    """Load a model saved by ``save_pretrained``: same modules, same weights, same logits."""
-    from safetensors.torch import load_model as load_safetensors
-    from transformers import AutoConfig
+    """Load a model saved by ``save_pretrained`` (:meth:`MREModel.from_pretrained`): same modules, same
+    weights, same logits."""
+    from camim.models.base import MREModel
 
-    from camim.models.encoders import load_tokenizer
-
-    directory = Path(directory)
-    cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
-        raise CamimError(f"{cfg_path}: not found (not a camim model folder)")
-    try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CamimError(f"{cfg_path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-    if "labels" not in data:
-        raise CamimError(f"{cfg_path}: no 'labels' entry")
-    cfg = ModelConfig.from_dict(data)
-    enc_dir = directory / "encoders"
-    encoder_configs = {}
-    if enc_dir.is_dir():
-        for sub in sorted(enc_dir.iterdir()):
-            encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
-    tokenizer = load_tokenizer(str(directory))
-    model = _model_class(cfg.name)(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise CamimError(f"{weights}: not found")
-    try:
-        load_safetensors(model, str(weights), strict=True)
-    except RuntimeError as exc:
-        raise CamimError(f"{weights}: weights do not match the model: {exc}") from exc
-    model.eval()
-    return model
+    return MREModel.from_pretrained(directory)
 
 
 def __getattr__(name: str):  # lazy access to the extractor classes

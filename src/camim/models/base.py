@@ -1,8 +1,9 @@
-"""The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / loading.
+"""The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / ``from_pretrained``.
 
 A saved model folder holds ``config.json`` (the :class:`ModelConfig` plus ``labels``), ``model.safetensors``,
-the tokenizer files, a model card ``README.md`` (``camim.models.card``) and ``encoders/<name>/config.json`` for each Hugging Face backbone, so that
-:func:`camim.models.load_model` rebuilds every module offline and loads the weights strictly.
+the tokenizer files, a model card ``README.md`` (``camim.models.card``) and ``encoders/<name>/config.json`` for
+each Hugging Face backbone, so that :meth:`MREModel.from_pretrained` (and :func:`camim.models.load_model`)
+rebuilds every module offline and loads the weights strictly.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from camim.errors import CamimError
+from camim.io import atomic_path, atomic_write_text, read_json
 from camim.models.batch import MREBatch, MREOutput
 from camim.models.card import CardRun, write_model_card
 from camim.models.config import ModelConfig
@@ -126,10 +130,48 @@ class MREModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, **self.config.to_dict(), "labels": self.labels}
-        (directory / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(directory / "config.json", json.dumps(data, indent=2) + "\n")
         for key, module in self.hf_encoders().items():
             module.config.save_pretrained(directory / "encoders" / key)
         self.tokenizer.save_pretrained(directory)
-        save_model(self, str(directory / "model.safetensors"))
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_model(self, str(tmp))
         write_model_card(directory, self.config.to_dict(), self.labels, self.required_modalities, card)
         return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MREModel:
+        """Load a model saved by :meth:`save_pretrained`: same modules, same weights, same logits, offline.
+
+        ``MREModel.from_pretrained`` builds the extractor named in ``config.json``; on a subclass
+        (``TMR.from_pretrained``) a folder holding another extractor is refused. Weights load strictly.
+        """
+        from camim.models import _model_class
+
+        directory = Path(directory)
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise CamimError(f"{cfg_path}: not found (not a camim model folder)")
+        data = read_json(cfg_path)
+        if not isinstance(data, dict) or "labels" not in data:
+            raise CamimError(f"{cfg_path}: no 'labels' entry")
+        cfg = ModelConfig.from_dict(data)
+        model_cls = _model_class(cfg.name)
+        if not issubclass(model_cls, cls):
+            raise CamimError(f"{cfg_path}: holds a {model_cls.__name__} model, not a {cls.__name__}")
+        enc_dir = directory / "encoders"
+        encoder_configs = {}
+        if enc_dir.is_dir():
+            for sub in sorted(enc_dir.iterdir()):
+                encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
+        tokenizer = load_tokenizer(str(directory))
+        model = model_cls(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise CamimError(f"{weights}: not found")
+        try:
+            load_safetensors(model, str(weights), strict=True)
+        except RuntimeError as exc:
+            raise CamimError(f"{weights}: weights do not match the model: {exc}") from exc
+        model.eval()
+        return model

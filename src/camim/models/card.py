@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from camim.data.descriptions import relation_descriptions
+from camim.io import atomic_write_text
 
 SCORE_KEYS = ("accuracy", "precision", "recall", "f1")
 _SCORE_NAMES = {
@@ -270,10 +271,8 @@ def write_model_card(
     model_id: str | None = None,
 ) -> Path:
     """Write ``README.md`` (the card) into ``directory``; ``model_id`` defaults to the folder's path."""
-    path = Path(directory) / "README.md"
     text = model_card(model_config, labels, modalities, run, model_id or str(directory))
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(Path(directory) / "README.md", text)
 
 
 def read_front_matter(text: str) -> dict:

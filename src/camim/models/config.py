@@ -2,15 +2,17 @@
 
 ``ModelConfig`` holds the sizes and switches; ``FidelityConfig`` holds one named option per quirk of the
 released code (default = released behaviour, the "paper" reading; ``FidelityConfig.clean()`` gives the
-cleaner reading). Both round-trip through plain dicts (``config.json``).
+cleaner reading). Both are parsed from plain mappings (a run config's ``model`` section, ``config.json``)
+by the one strict loader :func:`camim.typed.from_mapping` and written back by ``to_dict``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from camim.errors import CamimError
+from camim.typed import from_mapping, to_plain
 
 MODEL_NAMES = ("bert", "tmr", "hvpnet")
 CAM_LEVELS = ("none", "word", "sentence", "both")
@@ -62,7 +64,7 @@ class ModelConfig:
     mi_pair: str = "O&G"  # O&G | (O+G)&F | T&F | (O+G)&T  (Fig. 4a)
     mi_temperature: float = 1.0  # released: 1
     mi_symmetric: bool = False  # released: one direction, anchored on the second member (G)
-    text_encoder: str = "bert-base-uncased"
+    text_encoder: str | None = "bert-base-uncased"  # null: set when the run starts (offline.model_keys)
     text_encoder_pretrained: bool = True
     caption_encoder: str | None = None  # bert2; None = same source as text_encoder (separate weights)
     vision_encoder: str = "microsoft/resnet-50"
@@ -75,7 +77,7 @@ class ModelConfig:
     # released: every batch padded to the max lengths above. True: text, captions and phrases are padded to
     # the batch's longest row (same results with masked attention and pad-free means, less compute)
     pad_to_longest: bool = False
-    max_objects: int = 3
+    max_objects: int = 3  # m object crops per image; the data layer loads this many (one owner)
     image_size: int = 224
     dropout: float = 0.5  # before linear_final and before fc (released)
     cam_dropout: float = 0.3  # CAM projections and merge layer (released)
@@ -85,22 +87,33 @@ class ModelConfig:
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
 
     def __post_init__(self) -> None:
+        # Choices are checked here, not by Literal types, so that ``dataclasses.replace`` and direct
+        # construction are checked too; every message names the run config's dotted key.
         if isinstance(self.fidelity, dict):
-            self.fidelity = FidelityConfig(**self.fidelity)
+            self.fidelity = from_mapping(FidelityConfig, self.fidelity, "model.fidelity")
         if self.name not in MODEL_NAMES:
-            raise CamimError(f"model name must be one of {MODEL_NAMES}, got {self.name!r}")
+            raise CamimError(f"model.name: model name must be one of {MODEL_NAMES}, got {self.name!r}")
         if self.cam not in CAM_LEVELS:
-            raise CamimError(f"cam must be one of {CAM_LEVELS}, got {self.cam!r}")
+            raise CamimError(f"model.cam must be one of {CAM_LEVELS}, got {self.cam!r}")
         if self.mi_pair not in MI_PAIRS:
-            raise CamimError(f"mi_pair must be one of {MI_PAIRS}, got {self.mi_pair!r}")
+            raise CamimError(f"model.mi_pair must be one of {MI_PAIRS}, got {self.mi_pair!r}")
         if self.visual_mode not in VISUAL_MODES:
-            raise CamimError(f"visual_mode must be one of {VISUAL_MODES}, got {self.visual_mode!r}")
+            raise CamimError(f"model.visual_mode must be one of {VISUAL_MODES}, got {self.visual_mode!r}")
         if self.missing_scores not in ("error", "uniform"):
-            raise CamimError(f"missing_scores must be 'error' or 'uniform', got {self.missing_scores!r}")
+            raise CamimError(
+                f"model.missing_scores must be 'error' or 'uniform', got {self.missing_scores!r}"
+            )
         if self.mi_temperature <= 0:
-            raise CamimError(f"mi_temperature must be > 0, got {self.mi_temperature}")
+            raise CamimError(f"model.mi_temperature must be > 0, got {self.mi_temperature}")
+        for key in ("max_length", "caption_max_length", "text_window", "phrase_max_length", "image_size"):
+            if getattr(self, key) < 1:
+                raise CamimError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_objects < 0:
+            raise CamimError(f"model.max_objects must be >= 0, got {self.max_objects}")
         if self.text_window > self.max_length:
-            raise CamimError(f"text_window ({self.text_window}) exceeds max_length ({self.max_length})")
+            raise CamimError(
+                f"model.text_window ({self.text_window}) exceeds model.max_length ({self.max_length})"
+            )
         if self.pad_to_longest:
             f = self.fidelity
             quirks = [
@@ -108,12 +121,12 @@ class ModelConfig:
             ]
             if quirks:
                 raise CamimError(
-                    f"pad_to_longest needs masked attention and pad-free means, but fidelity {', '.join(quirks)} "
+                    f"model.pad_to_longest needs masked attention and pad-free means, but fidelity {', '.join(quirks)} "
                     "is on (with it the number of pads changes the result); set it false or keep "
                     "pad_to_longest false"
                 )
         if self.name == "hvpnet" and self.visual_mode != "images":
-            raise CamimError("hvpnet builds its prefix from images; visual_mode must be 'images'")
+            raise CamimError("hvpnet builds its prefix from images; model.visual_mode must be 'images'")
 
     @property
     def uses_cam(self) -> bool:
@@ -124,15 +137,18 @@ class ModelConfig:
         return self.name != "bert" and self.mi
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | ModelConfig) -> ModelConfig:
-        """Build from a dict (unknown keys are an error naming them)."""
+        """Build from a mapping (a saved model's ``config.json``, whose ``labels`` and ``format`` entries are
+        not config keys, or a dict in Python): every value parsed by its declared type, unknown keys refused."""
         if isinstance(data, ModelConfig):
             return data
+        if not isinstance(data, dict):
+            raise CamimError(f"a model config must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known - {"labels", "format"})
-        if unknown:
+        if unknown:  # this wording for a dict or config.json; the run config says "model.<key>: unknown key"
             raise CamimError(f"unknown model config keys: {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_mapping(cls, {k: v for k, v in data.items() if k in known}, "model")

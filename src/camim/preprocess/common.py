@@ -1,20 +1,16 @@
-"""What the three preparation steps share: the resumable progress log, atomic writes, the samples of a split,
-device selection and the per-run report.
+"""What the three preparation steps share: the resumable progress log, the samples of a split, device
+selection and the per-run report.
 
 Progress log: one append-only JSONL file per step and split (``{data_dir}/progress/{step}_{split}.jsonl``).
 Each finished item is one line ``{"key": ..., "settings": <hash>, ...result}`` written with a single
-``os.write`` on an ``O_APPEND`` descriptor, so an interrupted run loses at most the item in flight. A line
-cut short by a crash, or any other undecodable line, is ignored and counted, and its item is redone. A rerun
-treats an item as done when the log holds a line for its key made with the same settings (model,
-thresholds, ...), so changing a setting redoes the work.
+``os.write`` on an ``O_APPEND`` descriptor (:class:`camim.io.JsonlLog`), so an interrupted run loses at most
+the item in flight. A line cut short by a crash, or any other undecodable line, is ignored and counted, and
+its item is redone. A rerun treats an item as done when the log holds a line for its key made with the same
+settings (model, thresholds, ...), so changing a setting redoes the work.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,23 +19,13 @@ from camim.data.layout import DataLayout
 from camim.data.samples import OnError, read_samples
 from camim.data.types import MNREExample
 from camim.errors import DataError
+from camim.io import JsonlLog, checked_image, settings_hash
 
 PROGRESS_DIR = "progress"
 
 
-def settings_hash(settings: dict) -> str:
-    """A short stable hash (12 hex digits of SHA-256) of a JSON-serialisable settings dict."""
-    blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
-
-
-def text_hash(text: str) -> str:
-    """12 hex digits of SHA-256 of ``text`` (to notice a changed sample on resume)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
 class ProgressLog:
-    """Append-only JSONL record of finished items (see the module docstring)."""
+    """Append-only JSONL record of finished items (see the module docstring), on :class:`camim.io.JsonlLog`."""
 
     def __init__(self, path: str | Path, settings: dict):
         self.path = Path(path)
@@ -47,27 +33,11 @@ class ProgressLog:
         self.hash = settings_hash(self.settings)
         self.done: dict[str, dict] = {}
         self.other_settings = 0  # lines made with different settings (ignored)
-        self.bad_lines = 0  # undecodable lines (ignored: their items are redone)
-        self.partial_tail = False
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.is_file():
-            return
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        elif lines:  # no trailing newline: the last write was cut short
-            lines.pop()
-            self.partial_tail = True
-        for raw in lines:
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rec = None
+        self._log = JsonlLog(self.path, what="progress log")
+        records = self._log.read()
+        self.partial_tail = self._log.partial_tail  # the last write was cut short
+        self.bad_lines = len(self._log.bad_lines)  # undecodable lines (ignored: their items are redone)
+        for _, rec in records:
             if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
                 self.bad_lines += 1  # e.g. a line cut short by a crash, later followed by new ones: redo it
             elif rec.get("settings") == self.hash:
@@ -75,22 +45,10 @@ class ProgressLog:
             else:
                 self.other_settings += 1
 
-    def is_done(self, key: str) -> bool:
-        return key in self.done
-
     def append(self, key: str, record: dict) -> dict:
         """Record ``key`` as done with ``record`` (a JSON-serialisable dict); returns the stored line."""
         rec = {"key": key, "settings": self.hash, **record}
-        line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.partial_tail:  # start a fresh line after a cut-short one
-            line = b"\n" + line
-            self.partial_tail = False
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        self._log.append([rec])  # starts a fresh line after a cut-short one
         self.done[key] = rec
         return rec
 
@@ -100,47 +58,10 @@ def progress_path(data_dir: str | Path, step: str, split: str) -> Path:
     return Path(data_dir) / PROGRESS_DIR / f"{step}_{split}.jsonl"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_image(image, path: str | Path) -> None:
-    """Save a PIL image to ``path`` (format from the extension, PNG when unknown) via a temporary file."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        img = image.convert("RGB") if fmt == "JPEG" and image.mode != "RGB" else image
-        img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def is_valid_image(path: str | Path) -> bool:
-    """True when ``path`` exists and PIL can verify it."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        return False
+    """True when ``path`` exists, is within the image limits and PIL can verify it."""
     try:
-        with Image.open(path) as im:
+        with checked_image(path) as im:
             im.verify()
         return True
     except Exception:  # any decoder failure means "redo it"

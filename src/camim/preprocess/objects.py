@@ -31,10 +31,10 @@ from camim.data.layout import DataLayout
 from camim.data.types import MNREExample
 from camim.data.writers import write_index_dict_json
 from camim.errors import CamimError, DataError
+from camim.io import atomic_save_image
 from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
-    atomic_save_image,
     load_split,
     progress_bar,
     progress_path,

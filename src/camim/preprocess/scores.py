@@ -37,15 +37,14 @@ from camim.data.images import load_image
 from camim.data.layout import DataLayout
 from camim.data.types import Scores
 from camim.errors import CamimError, DataError
+from camim.io import atomic_write_text, short_hash
 from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
-    atomic_write_text,
     load_split,
     progress_bar,
     progress_path,
     resolve_device,
-    text_hash,
 )
 
 DEFAULT_ITM_MODEL = "dandelin/vilt-b32-finetuned-coco"
@@ -195,7 +194,7 @@ def prepare_scores(
         for ex in progress_bar(samples, len(samples), f"scores {split}", progress):
             key = str(ex.index)
             rec = None if overwrite else log.done.get(key)
-            if rec is not None and (rec.get("img_id"), rec.get("text")) != (ex.img_id, text_hash(ex.text)):
+            if rec is not None and (rec.get("img_id"), rec.get("text")) != (ex.img_id, short_hash(ex.text)):
                 rec = None  # the sample changed since: redo it
             if rec is not None:
                 report.skipped_done += 1
@@ -217,7 +216,7 @@ def prepare_scores(
                     key,
                     {
                         "img_id": ex.img_id,
-                        "text": text_hash(ex.text),
+                        "text": short_hash(ex.text),
                         "strong_ori": values["ori"],
                         "strong_dif": values["dif"],
                     },

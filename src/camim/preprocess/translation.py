@@ -21,10 +21,10 @@ from PIL import Image
 
 from camim.data.layout import DataLayout
 from camim.errors import CamimError, DataError
+from camim.io import atomic_save_image
 from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
-    atomic_save_image,
     is_valid_image,
     load_split,
     progress_bar,

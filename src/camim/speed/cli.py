@@ -6,9 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from camim.data.types import IMAGE_MODALITIES
 from camim.errors import CamimError
-
-IMAGE_MODALITIES = ("image", "objects", "generated_image", "generated_objects")
 
 
 def cache_images(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from camim.errors import CamimError, DataError
+from camim.io import atomic_path
 from camim.models.encoders import VisionBackbone
 from camim.speed.image_cache import ImageCache
 
@@ -108,11 +108,10 @@ def _shard_rows(path: Path) -> int | None:
 
 
 def _write_shard(path: Path, tensors: list[torch.Tensor], rows: int) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: DDP ranks may race
-    save_file(
-        {f"f{i}": t.contiguous() for i, t in enumerate(tensors)}, str(tmp), metadata={"rows": str(rows)}
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a temporary name per call: DDP ranks may race
+        save_file(
+            {f"f{i}": t.contiguous() for i, t in enumerate(tensors)}, str(tmp), metadata={"rows": str(rows)}
+        )
 
 
 def _load_shard(path: Path, n: int) -> list[torch.Tensor]:

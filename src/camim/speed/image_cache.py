@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from camim.data.types import IMAGE_MODALITIES
 from camim.errors import CamimError, DataError
+from camim.io import atomic_write_text
 from camim.models.processing import resize_center_crop
 
 FORMAT = "camim-image-cache/1"
-IMAGE_MODALITIES = ("image", "objects", "generated_image", "generated_objects")
 FULL_GEOMETRIES = ("stretch", "crop")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,12 +139,6 @@ def _read_index(path: Path) -> dict:
     if missing or len(index["kinds"]) != len(index["crc"]):
         raise DataError(f"incomplete cache index (missing {missing} or rows/CRC count mismatch)", path)
     return index
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class ImageCache:
@@ -335,7 +330,7 @@ class ImageCache:
         fh.flush()
         os.fsync(fh.fileno())
         index["report"] = dict(report)
-        _atomic_json(index_path, index)
+        atomic_write_text(index_path, json.dumps(index))
 
 
 def open_or_build(dataset: Any, directory: str | Path, spec: ImageCacheSpec, **kwargs: Any) -> ImageCache:

@@ -5,27 +5,40 @@
 the other ``trainer.loggers``: ``tensorboard/``, ``mlruns/``, ``wandb/``),
 ``metrics.json``, ``predictions.jsonl``, ``model/`` (``save_pretrained``: safetensors + config + labels +
 tokenizer, loadable without camim.training) and ``report.md`` with PNG plots. Calling it again on a folder
-that holds ``checkpoints/last.ckpt`` resumes that run.
+that holds ``checkpoints/last.ckpt`` resumes that run. The whole config is parsed and validated, and the
+folder checked (a different run, or a finished one whose checkpoints are gone, is refused unless
+``overwrite``), before anything is written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
+import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from camim.errors import CamimError
-from camim.training.config import RunConfig, config_from_dict, load_config, load_paper_results
+from camim.io import atomic_write_text
+from camim.training.config import (
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    TrainerConfig,
+    apply_overrides,
+    config_differences,
+    config_from_dict,
+    load_config,
+    load_paper_results,
+    load_run_config,
+)
 from camim.training.datamodule import MNREDataModule
 from camim.training.loggers import LogRunConfig, build_loggers, log_test_metrics
 from camim.training.module import MRELightningModule
@@ -44,18 +57,53 @@ class RunResult:
     primary: bool = True  # False on the non-zero DDP ranks, which write nothing and have no metrics
 
 
+#: what train_run writes into a run folder (``--overwrite`` removes these, and nothing else, first)
+RUN_OUTPUTS = (
+    "config.yaml",
+    "checkpoints",
+    "logs",
+    "metrics.json",
+    "predictions.jsonl",
+    "model",
+    "report.md",
+    "curves.png",
+    "confusion.png",
+    "per_relation_f1.png",
+)
+
+
 def _resolve(config: RunConfig | str | Path | dict, overrides) -> RunConfig:
     if isinstance(config, RunConfig):
-        if overrides:
-            from camim.training.config import apply_overrides
-
-            return config_from_dict(apply_overrides(config.to_dict(), overrides))
-        return config
+        if not overrides:
+            return config
+        config = config.to_dict()
     if isinstance(config, dict):
-        from camim.training.config import apply_overrides
-
         return config_from_dict(apply_overrides(config, overrides))
     return load_config(config, overrides)
+
+
+def resolve_run_config(
+    config: RunConfig | str | Path | dict,
+    overrides: list[str] | dict | None,
+    data_dir: str | Path | None,
+    output_dir: str | Path,
+) -> RunConfig:
+    """The config a run in ``output_dir`` trains with, exactly as its ``config.yaml`` will hold it: the preset
+    (YAML, mapping or RunConfig) with ``overrides``, ``data.data_dir`` from ``data_dir``, and for offline
+    presets the encoder folder (``offline.encoder_dir``, default ``<output_dir>/offline_encoder``) in the model
+    keys ``offline.model_keys``. Parsed and validated; nothing is read from or written to ``output_dir``."""
+    cfg = _resolve(config, overrides)
+    run: dict[str, str] = {}
+    if data_dir is not None:
+        run["data.data_dir"] = str(data_dir)
+    if cfg.offline.enabled:
+        folder = Path(cfg.offline.encoder_dir or Path(output_dir) / "offline_encoder").resolve()
+        run.update({f"model.{key}": str(folder) for key in cfg.offline.model_keys})
+    if run:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), run))
+    if not cfg.data.data_dir:
+        raise CamimError("no data folder: pass --data-dir (or set data.data_dir)")
+    return cfg
 
 
 def _quiet_lightning() -> None:
@@ -125,20 +173,55 @@ def _prediction_lines(records: list[dict], names: list[str], ds) -> list[str]:
     return lines
 
 
-def _check_same_run(out: Path, cfg: RunConfig) -> None:
-    """Refuse to resume a folder that holds a different run (its config.yaml differs)."""
-    old = out / "config.yaml"
-    if not (out / "checkpoints" / "last.ckpt").is_file() or not old.is_file():
-        return
-    previous = config_from_dict(yaml.safe_load(old.read_text(encoding="utf-8"))).to_dict()
-    current = cfg.to_dict()
-    for d in (previous, current):
-        d.get("trainer", {}).pop("progress_bar", None)
-    if previous != current:
-        raise CamimError(
-            f"{out}: holds a different run (config.yaml differs from this config); "
-            "use a new --output folder or delete the old one"
+def run_differences(out: Path, cfg: RunConfig) -> list[str]:
+    """The dotted keys in which the run that ``out`` holds (its ``config.yaml``) differs from ``cfg``; an
+    error if it has no readable config.yaml."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        raise CamimError(f"{out}: holds a run without config.yaml; use a new output folder")
+    return config_differences(load_run_config(path), cfg)
+
+
+def different_run_message(out: Path, diffs: list[str]) -> str:
+    """``<out>: holds a different run (its config.yaml differs in optim.lr, model.mi)``."""
+    shown = ", ".join(diffs[:8]) + (f" and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+    return f"{out}: holds a different run (its config.yaml differs in {shown})"
+
+
+def _conflict(out: Path, cfg: RunConfig) -> str | None:
+    """Why training ``cfg`` into ``out`` would mix two runs, or None: ``out`` holds a run (resumable:
+    ``checkpoints/last.ckpt``; finished: ``metrics.json``) with another config, or a finished run whose
+    checkpoints are gone (training again would replace its results). Reads only."""
+    finished = (out / "metrics.json").is_file()
+    resumable = (out / "checkpoints" / "last.ckpt").is_file()
+    if not (finished or resumable):
+        return None
+    if not (out / "config.yaml").is_file():
+        return f"{out}: holds a run without config.yaml"
+    diffs = run_differences(out, cfg)
+    if diffs:
+        return different_run_message(out, diffs)
+    if finished and not resumable:
+        return (
+            f"{out}: holds a finished run whose checkpoints/ are gone; training again would replace its "
+            "metrics.json, predictions.jsonl and model/"
         )
+    return None
+
+
+def _clear_run_outputs(out: Path) -> None:
+    """``--overwrite``: remove what an earlier run wrote (:data:`RUN_OUTPUTS`) so that this one starts afresh.
+    Only the first process of a DDP run does it (the others start once training has begun)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def train_run(
@@ -147,37 +230,38 @@ def train_run(
     output_dir: str | Path,
     overrides: list[str] | dict | None = None,
     callbacks: list | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train with Lightning, select the best dev micro-F1 checkpoint, test it once, write the run folder.
 
     ``config`` is a preset name, a YAML path, a mapping or a :class:`RunConfig`; ``overrides`` are dotted
     ``key=value`` strings; ``callbacks`` are extra Lightning callbacks for the fit. Resumes automatically
-    from ``output_dir/checkpoints/last.ckpt``.
+    from ``output_dir/checkpoints/last.ckpt``. A folder holding another run, or a finished run whose
+    checkpoints are gone, is refused; with ``overwrite`` that run's outputs are removed and training starts
+    afresh (a folder that would not be refused is resumed as usual).
     """
     from camim.models import build_model
 
     _quiet_lightning()
-    cfg = _resolve(config, overrides)
-    if data_dir is not None:
-        cfg.data.data_dir = str(data_dir)
-    if not cfg.data.data_dir:
-        raise CamimError("no data folder: pass --data-dir (or set data.data_dir)")
+    cfg = resolve_run_config(config, overrides, data_dir, output_dir)  # everything parsed and validated
     data_dir = cfg.data.data_dir
     out = Path(output_dir)
+    labels = _labels(data_dir)
+    conflict = _conflict(out, cfg)
+    if conflict and not overwrite:
+        raise CamimError(f"{conflict}; use a new --output folder, or --overwrite to replace that run")
+    # nothing was written so far; from here on the run folder is ours
     out.mkdir(parents=True, exist_ok=True)
-
+    if conflict:
+        _clear_run_outputs(out)
     if cfg.offline.enabled:
         from camim.training.offline import build_offline_encoder
 
-        folder = Path(cfg.offline.encoder_dir) if cfg.offline.encoder_dir else out / "offline_encoder"
+        folder = Path(cfg.offline.encoder_dir or out / "offline_encoder")
         build_offline_encoder(cfg.offline, data_dir, folder, limit=cfg.data.train_limit)
-        for key in cfg.offline.model_keys:
-            cfg.model[key] = str(folder.resolve())
-    _check_same_run(out, cfg)
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
-    labels = _labels(data_dir)
     model = build_model(cfg.model, labels=labels.names)
     module = MRELightningModule(model, cfg, labels.negative_id)
     dm = MNREDataModule(cfg, data_dir, labels, model.required_modalities, model.processor)
@@ -238,8 +322,10 @@ def train_run(
         model.save_pretrained(model_dir, card=card)
         test_ds = dm.dataset("test")
         lines = _prediction_lines(module.test_records, list(model.labels), test_ds)
-        _write_atomic(out / "predictions.jsonl", "\n".join(lines) + "\n")
-        _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # marks the run finished
+        atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+        atomic_write_text(
+            out / "metrics.json", json.dumps(metrics, indent=2) + "\n"
+        )  # marks the run finished
         from camim.training.report import write_run_report
 
         write_run_report(out, cfg.to_dict(), metrics, list(model.labels))
@@ -249,12 +335,6 @@ def train_run(
 def _scores(result: dict) -> dict:
     """The four MNRE scores of an evaluation result (no per-relation details)."""
     return {k: result[k] for k in ("accuracy", "precision", "recall", "f1") if k in result}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _epoch_of(ckpt: str | None) -> int | None:
@@ -268,10 +348,7 @@ def _run_config_for(model_dir: Path) -> tuple[Path, RunConfig | None]:
     if (model_dir / "model" / "config.json").is_file():
         model_dir = model_dir / "model"
     run_cfg = model_dir.parent / "config.yaml"
-    cfg = None
-    if run_cfg.is_file():
-        cfg = config_from_dict(yaml.safe_load(run_cfg.read_text(encoding="utf-8")))
-    return model_dir, cfg
+    return model_dir, load_run_config(run_cfg) if run_cfg.is_file() else None
 
 
 def evaluate_run(
@@ -296,16 +373,15 @@ def evaluate_run(
         raise CamimError(f"split must be train, val or test, got {split!r}")
     model_path, run_cfg = _run_config_for(Path(model_dir))
     model = load_model(model_path)
-    cfg = RunConfig(model={"name": model.config.name})
-    if run_cfg is not None:
-        cfg.data = run_cfg.data
+    data = run_cfg.data if run_cfg is not None else DataConfig()
     if caption_source is not _RUN_DEFAULT:
-        cfg.data.caption_source = caption_source
-    elif run_cfg is None:
-        cfg.data.caption_source = "minicpm"
-    cfg.data.eval_limit = limit
-    cfg.optim.eval_batch_size = batch_size
-    cfg.trainer.progress_bar = False
+        data = replace(data, caption_source=caption_source)
+    cfg = RunConfig(
+        model=model.config,  # the saved model's own config (max_objects included)
+        data=replace(data, eval_limit=limit),
+        optim=OptimConfig(eval_batch_size=batch_size),
+        trainer=TrainerConfig(progress_bar=False),
+    )
     labels = LabelSet.from_names(model.labels)
     module = MRELightningModule(model, cfg, labels.negative_id)
     dm = MNREDataModule(

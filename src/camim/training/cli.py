@@ -14,6 +14,15 @@ def add_set_argument(p: argparse.ArgumentParser, help: str = SET_HELP) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def add_overwrite_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="a run folder that holds another run (other settings, or finished with its checkpoints gone) is "
+        "refused; with --overwrite that run is removed and trained afresh",
+    )
+
+
 def register(subparsers) -> None:
     """Add the ``train``, ``evaluate`` and ``experiment`` commands."""
     from camim.training.config import list_presets
@@ -24,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", required=True, help="MNRE-style data folder")
     p.add_argument("--output", required=True, help="run folder (resumes from its checkpoints/last.ckpt)")
     add_set_argument(p)
+    add_overwrite_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="re-score a saved model on one split")
@@ -46,6 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--output", required=True, help="experiment folder (one run folder per row and seed)")
     add_set_argument(p)
+    add_overwrite_argument(p)
     p.set_defaults(func=cmd_experiment)
 
 
@@ -56,7 +67,9 @@ def _fmt_scores(s: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from camim.training.api import train_run
 
-    result = train_run(args.config, args.data_dir, args.output, overrides=args.overrides)
+    result = train_run(
+        args.config, args.data_dir, args.output, overrides=args.overrides, overwrite=args.overwrite
+    )
     if not result.primary:  # a non-zero DDP rank: rank 0 reports
         return 0
     print(f"val   {_fmt_scores(result.metrics['val'])}")
@@ -85,7 +98,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise CamimError("give either a grid (table1, table2, fig4) or --preset, not both")
     out = Path(args.output)
     if args.preset:
-        summary = run_seeds(args.preset, args.data_dir, out, args.seeds, args.overrides)
+        summary = run_seeds(args.preset, args.data_dir, out, args.seeds, args.overrides, args.overwrite)
         if not summary:  # a non-zero DDP rank: rank 0 reports
             return 0
         agg = summary["test"]
@@ -93,7 +106,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print("  " + "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in agg.items()))
         print(f"wrote {out / 'summary.md'}")
     else:
-        path = run_grid(args.grid, args.data_dir, out, args.seeds, args.overrides)
+        path = run_grid(args.grid, args.data_dir, out, args.seeds, args.overrides, args.overwrite)
         if path is None:
             return 0
         print(path.read_text(encoding="utf-8"))

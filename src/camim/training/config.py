@@ -1,27 +1,44 @@
 """Typed run configuration, YAML presets and ``--set key=value`` overrides.
 
-A run config has four typed sections (:class:`DataConfig`, :class:`OptimConfig`, :class:`TrainerConfig`,
-:class:`OfflineConfig`) and a ``model`` mapping that is passed unchanged to ``camim.models.build_model``.
-Presets live in ``camim/configs/presets/<name>.yaml``; a preset may name a ``base`` preset that it updates
-(deep merge). ``load_config("tmr-cam-mi", ["optim.lr=1e-5", "model.alpha=0.3"])`` returns a
-:class:`RunConfig`; overrides use dotted keys and YAML-typed values.
+A run config has a ``model`` section (:class:`camim.models.ModelConfig`) and five typed sections
+(:class:`DataConfig`, :class:`OptimConfig`, :class:`TrainerConfig`, :class:`OfflineConfig`,
+:class:`SpeedConfig`). Presets live in ``camim/configs/presets/<name>.yaml``; a preset may name a ``base``
+preset that it updates (deep merge). ``load_config("tmr-cam-mi", ["optim.lr=1e-5", "model.mi_alpha=0.3"])``
+returns a :class:`RunConfig`; overrides use dotted keys and YAML values. Every section is parsed by
+:func:`camim.typed.from_mapping` (one strict loader: declared types, unknown keys refused, the dotted key in
+every error) and checked by :func:`validate_config`, before anything is written. ``RunConfig.to_yaml()`` writes
+every setting, and :func:`load_config` reads it back to an equal object.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
 from camim.errors import CamimError
+from camim.models.config import ModelConfig
 from camim.speed.config import SpeedConfig
+from camim.typed import describe, differing_keys, field_types, from_mapping, parse, to_plain
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 CONFIG_DIR = PRESET_DIR.parent
+
+#: settings that do not change what a run computes: a run folder may be resumed or reused with others
+RUN_NEUTRAL_KEYS = ("trainer.progress_bar", "trainer.loggers", "data.num_workers", "speed.compile_cache_dir")
+
+#: keys that moved, old dotted key -> new one (an old key in a YAML file or --set is refused naming the new)
+MOVED_KEYS = {"data.max_objects": "model.max_objects"}
+
+# Lightning's precision values (lightning.Trainer(precision=...)): refused up front if misspelt
+Precision = Literal[
+    "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+    "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16,
+]  # fmt: skip
 
 
 @dataclass
@@ -30,9 +47,9 @@ class DataConfig:
 
     data_dir: str | None = None
     caption_source: str | None = "minicpm"  # a released source name, a captions file, or null for none
-    max_objects: int = 3
-    on_error: str = "raise"  # "raise" | "skip" (bad sample lines)
-    on_missing: str = "raise"  # "raise" | "fallback" (missing captions/scores/images, counted)
+    # (object crops per sample: model.max_objects, the model's setting, read from there)
+    on_error: Literal["raise", "skip"] = "raise"  # bad sample lines
+    on_missing: Literal["raise", "fallback"] = "raise"  # missing captions/scores/images (fallback: counted)
     num_workers: int = 0
     train_limit: int | None = None  # use only the first N samples of each split (smoke runs, tests)
     eval_limit: int | None = None
@@ -66,12 +83,11 @@ class TrainerConfig:
     """Settings handed to ``lightning.Trainer`` (devices, precision, strategy) and checkpointing."""
 
     accelerator: str = "auto"
-    devices: Any = 1  # int, list or "auto"; >1 GPUs use DDP
+    devices: int | list[int] | Literal["auto"] = 1  # a count, device indices or "auto"; >1 GPUs use DDP
     strategy: str = "auto"
-    precision: str = "32-true"  # e.g. "bf16-mixed" on GPUs
-    deterministic: Any = (
-        "warn"  # deterministic kernels ("warn": where a CUDA op has none, warn instead of fail)
-    )
+    precision: Precision = "32-true"  # e.g. "bf16-mixed" on GPUs
+    # deterministic kernels ("warn": where a CUDA op has none, warn instead of fail; null: Lightning's default)
+    deterministic: bool | Literal["warn"] | None = "warn"
     log_every_n_steps: int = 10
     max_steps: int = -1  # cap on optimiser steps (smoke runs); -1 = epochs decide
     progress_bar: bool = True
@@ -100,7 +116,8 @@ class OfflineConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     encoder_dir: str | None = None  # default: <output>/offline_encoder
-    model_keys: list[str] = field(default_factory=lambda: ["text_encoder"])  # model keys set to encoder_dir
+    # model keys set to the encoder folder when the run starts (a list, e.g. [text_encoder, caption_encoder])
+    model_keys: list[str] = field(default_factory=lambda: ["text_encoder"])
 
 
 @dataclass
@@ -110,7 +127,7 @@ class RunConfig:
     name: str = "custom"
     description: str = ""
     paper_row: str | None = None  # the Table 1 row this reproduces, if any
-    model: dict = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -118,21 +135,11 @@ class RunConfig:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["optim"]["adam_betas"] = list(self.optim.adam_betas)
-        return d
+        """Every setting as plain dicts, lists and scalars (what ``config.yaml`` holds)."""
+        return to_plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-_SECTIONS = {
-    "data": DataConfig,
-    "optim": OptimConfig,
-    "trainer": TrainerConfig,
-    "offline": OfflineConfig,
-    "speed": SpeedConfig,
-}
 
 
 def list_presets() -> list[str]:
@@ -140,10 +147,38 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-1`` and ``3e-5`` are numbers (YAML 1.1 needs a dot,
+    so PyYAML reads them as strings)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """One YAML value (YAML 1.2 floats); YAMLError on bad YAML."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml_value(f)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         raise CamimError(f"{path}{'' if line is None else f':{line + 1}'}: invalid YAML: {exc}") from None
@@ -185,7 +220,8 @@ def _resolve_raw(preset_or_yaml: str | Path, _seen: tuple = ()) -> dict:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"optim.lr=3e-5"`` -> (["optim", "lr"], 3e-05); the value is parsed as YAML."""
+    """``"optim.lr=3e-5"`` -> (["optim", "lr"], 3e-05); the value is read as YAML (a string if it is not
+    valid YAML); its type is checked against the key's declared type when the config is built."""
     if "=" not in item:
         raise CamimError(f"override {item!r} is not of the form key=value")
     key, value = item.split("=", 1)
@@ -193,20 +229,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise CamimError(f"override {item!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml_value(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
-    if isinstance(parsed, float) or (isinstance(parsed, str) and _looks_like_float(parsed)):
-        parsed = float(parsed)  # YAML 1.1 reads "3e-5" as a string
     return keys, parsed
-
-
-def _looks_like_float(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return any(c in s for c in ".eE") and s.strip().lower() not in {"nan", "inf", "-inf", ".inf"}
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> dict:
@@ -219,102 +245,96 @@ def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> dict:
         if isinstance(keys, str):
             keys = keys.split(".")
         node = out
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
+        for i, k in enumerate(keys[:-1]):
+            if node.get(k) is None:
                 node[k] = {}
+            elif not isinstance(node[k], dict):
+                raise CamimError(f"{'.'.join(keys[: i + 1])} is not a section; cannot set {'.'.join(keys)}")
             node = node[k]
         node[keys[-1]] = value
     return out
 
 
-def _coerce(cls: type, values: dict, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and coercing numbers."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise CamimError(
-            f"unknown key(s) in {where}: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for k, v in values.items():
-        t = str(hints[k])
-        if v is not None and "float" in t and "int" not in t and isinstance(v, (int, str)):
-            try:
-                v = float(v)
-            except ValueError:
-                raise CamimError(f"{where}.{k}: expected a number, got {v!r}") from None
-        if v is not None and t.startswith("int") and isinstance(v, str):
-            try:
-                v = int(v)
-            except ValueError:
-                raise CamimError(f"{where}.{k}: expected an integer, got {v!r}") from None
-        if k == "adam_betas" and v is not None:
-            v = tuple(float(b) for b in v)
-        kwargs[k] = v
-    return cls(**kwargs)
-
-
 def config_from_dict(raw: dict) -> RunConfig:
-    """Validate a raw mapping into a :class:`RunConfig`."""
+    """Parse a raw mapping into a :class:`RunConfig` (every section by its declared types) and validate it."""
     raw = dict(raw)
     raw.pop("base", None)
-    top = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(raw) - top)
-    if unknown:
-        raise CamimError(
-            f"unknown top-level config key(s): {', '.join(unknown)}; known: {', '.join(sorted(top))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for k, v in raw.items():
-        if k in _SECTIONS:
-            if v is not None and not isinstance(v, dict):
-                raise CamimError(f"config section {k!r} must be a mapping")
-            kwargs[k] = _coerce(_SECTIONS[k], v or {}, k)
-        elif k == "model":
-            if not isinstance(v, dict) or "name" not in v:
-                raise CamimError(
-                    "config section 'model' must be a mapping with a 'name' (bert | tmr | hvpnet)"
-                )
-            kwargs[k] = dict(v)
-        else:
-            kwargs[k] = v
-    cfg = RunConfig(**kwargs)
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise CamimError(f"{old}: moved to {new}; set {new} instead")
+    model = raw.get("model")
+    if not isinstance(model, dict) or "name" not in model:
+        raise CamimError("config section 'model' must be a mapping with a 'name' (bert | tmr | hvpnet)")
+    cfg = from_mapping(RunConfig, raw)
     validate_config(cfg)
     return cfg
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Reject inconsistent settings with a message naming the key."""
+    """Reject inconsistent settings with a message naming the key (types are checked by the loader)."""
     o = cfg.optim
     if o.warmup_steps is not None and o.warmup_ratio is not None:
         raise CamimError("set either optim.warmup_steps or optim.warmup_ratio (the other to null), not both")
     if o.warmup_ratio is not None and not 0.0 <= o.warmup_ratio < 1.0:
         raise CamimError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
     for key in ("lr", "batch_size", "epochs"):
-        if getattr(o, key) is None or getattr(o, key) <= 0:
+        if getattr(o, key) <= 0:
             raise CamimError(f"optim.{key} must be positive, got {getattr(o, key)}")
+    if o.eval_batch_size is not None and o.eval_batch_size <= 0:
+        raise CamimError(f"optim.eval_batch_size must be positive, got {o.eval_batch_size}")
     if o.eval_begin_epoch < 1:
         raise CamimError("optim.eval_begin_epoch is 1-based and must be >= 1")
     if o.eval_begin_epoch > o.epochs:
         raise CamimError(f"optim.eval_begin_epoch {o.eval_begin_epoch} is after the last epoch {o.epochs}")
-    if cfg.data.on_error not in ("raise", "skip"):
-        raise CamimError(f"data.on_error must be 'raise' or 'skip', got {cfg.data.on_error!r}")
+    off = cfg.offline
+    model_types = field_types(ModelConfig)
+    for key in off.model_keys:
+        if key not in model_types:
+            raise CamimError(f"offline.model_keys: {key!r} is not a model key (e.g. text_encoder)")
+        try:
+            parse("folder", model_types[key])
+        except CamimError:
+            raise CamimError(
+                f"offline.model_keys: model.{key} takes {describe(model_types[key])}, not a folder"
+            ) from None
+    if cfg.model.text_encoder is None and not (off.enabled and "text_encoder" in off.model_keys):
+        raise CamimError("model.text_encoder is null: name a text encoder (hub id or folder)")
     from camim.training.loggers import check_logger_names
 
     check_logger_names(cfg.trainer.loggers)
-    if cfg.data.on_missing not in ("raise", "fallback"):
-        raise CamimError(f"data.on_missing must be 'raise' or 'fallback', got {cfg.data.on_missing!r}")
-    if cfg.speed.frozen_visual and not cfg.data.image_cache_dir:
+    sp = cfg.speed
+    if sp.frozen_visual and not cfg.data.image_cache_dir:
         raise CamimError(
             "speed.frozen_visual needs data.image_cache_dir (features are computed per cached image)"
         )
 
 
 def load_config(preset_or_yaml: str | Path, overrides: list[str] | dict | None = None) -> RunConfig:
-    """Load a preset name (``tmr-cam-mi``) or a YAML file, apply overrides, and validate."""
+    """Load a preset name (``tmr-cam-mi``) or a YAML file (a run folder's ``config.yaml`` included), apply
+    overrides, parse and validate."""
     raw = _resolve_raw(preset_or_yaml)
     return config_from_dict(apply_overrides(raw, overrides))
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """A run folder's ``config.yaml``; errors name the file. One written before ``data.max_objects`` moved
+    to ``model.max_objects`` is read when the two agreed (the data key is dropped)."""
+    raw = _read_yaml(Path(path))
+    data, model = raw.get("data"), raw.get("model")
+    if isinstance(data, dict) and isinstance(model, dict) and "max_objects" in data:
+        if data["max_objects"] == model.get("max_objects", ModelConfig().max_objects):
+            del data["max_objects"]
+    try:
+        return config_from_dict(raw)
+    except CamimError as exc:
+        raise CamimError(f"{path}: {exc}") from None
+
+
+def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two run configs, settings that do not change what a run
+    computes (:data:`RUN_NEUTRAL_KEYS`) left out."""
+    return differing_keys(a, b, ignore=RUN_NEUTRAL_KEYS)
 
 
 def load_grids() -> dict:

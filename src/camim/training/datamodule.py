@@ -24,11 +24,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from camim.data import LabelSet, MNREDataset
+from camim.data import IMAGE_MODALITIES, LabelSet, MNREDataset
 from camim.errors import CamimError
 from camim.training.config import RunConfig
-
-IMAGE_MODALITIES = ("image", "objects", "generated_image", "generated_objects")  # = camim.speed's
 
 
 def bootstrap_indices(n: int, seed: int) -> list[int]:
@@ -96,7 +94,7 @@ class MNREDataModule(L.LightningDataModule):
             labels=self.labels,
             caption_source=d.caption_source,
             modalities=modalities,
-            max_objects=d.max_objects,
+            max_objects=self.cfg.model.max_objects,  # the model's setting (its processor pads to it)
             on_error=d.on_error,
             on_missing=d.on_missing,
         )

@@ -3,8 +3,9 @@
 ``run_seeds`` trains one preset per seed into ``<out>/seed<k>/`` and aggregates test scores (mean ± sample
 std). ``run_grid`` runs every row of a grid (``camim/configs/grids.yaml``) that way and writes a markdown
 table of our numbers beside the paper's (``camim/configs/paper_results.yaml``) plus figure-style plots.
-Finished runs (a ``metrics.json`` present) are reused, so an interrupted grid continues where it stopped;
-an unfinished run resumes from its ``last.ckpt``.
+A finished run (a ``metrics.json`` present) is reused when its resolved config (its ``config.yaml``) equals
+the one requested, so an interrupted grid continues where it stopped; a finished run with another config is
+refused, naming the keys that differ; an unfinished run resumes from its ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -28,26 +29,39 @@ def run_seeds(
     output_dir: str | Path,
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train ``preset`` once per seed; returns and writes ``summary.json``/``summary.md`` (test mean ± std).
 
-    On a non-zero DDP rank it only trains and returns ``{}``; rank 0 scores and writes."""
-    from camim.training.api import train_run
+    A finished run with the same resolved config is reused; one with another config is refused, or with
+    ``overwrite`` trained again in its place. On a non-zero DDP rank it only trains and returns ``{}``; rank 0
+    scores and writes."""
+    from camim.training.api import different_run_message, resolve_run_config, run_differences, train_run
 
     overrides = list(overrides or [])
+    base = load_config(preset, overrides)  # a bad setting stops here, before any folder is made
     if not seeds:
-        seeds = [load_config(preset, overrides).optim.seed]
+        seeds = [base.optim.seed]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[int, dict] = {}
     primary = True
     for seed in seeds:
         run_dir = out / f"seed{seed}"
+        run_overrides = [*overrides, f"optim.seed={seed}"]
         done = run_dir / "metrics.json"
+        diffs = []  # a finished run is reused only when its resolved config equals this one
         if done.is_file():
+            diffs = run_differences(run_dir, resolve_run_config(preset, run_overrides, data_dir, run_dir))
+            if diffs and not overwrite:
+                raise CamimError(
+                    different_run_message(run_dir, diffs)
+                    + "; use a new --output folder, or --overwrite to train it again with these settings"
+                )
+        if done.is_file() and not diffs:
             metrics = json.loads(done.read_text(encoding="utf-8"))
         else:
-            result = train_run(preset, data_dir, run_dir, overrides=[*overrides, f"optim.seed={seed}"])
+            result = train_run(preset, data_dir, run_dir, overrides=run_overrides, overwrite=overwrite)
             if not result.primary:  # a non-zero DDP rank: it trains every seed, rank 0 scores and writes
                 primary = False
                 continue
@@ -132,6 +146,7 @@ def run_grid(
     output_dir: str | Path,
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
+    overwrite: bool = False,
 ) -> Path | None:
     """Run every row of ``grid`` over ``seeds``; write ``<grid>.md`` (ours beside the paper) and plots.
 
@@ -141,7 +156,12 @@ def run_grid(
     results = []
     for row in rows:
         summary = run_seeds(
-            row["preset"], data_dir, out / _slug(row["label"]), seeds, [*row["overrides"], *(overrides or [])]
+            row["preset"],
+            data_dir,
+            out / _slug(row["label"]),
+            seeds,
+            [*row["overrides"], *(overrides or [])],
+            overwrite=overwrite,
         )
         if summary:  # empty on the non-zero DDP ranks
             results.append((row, summary["test"]))

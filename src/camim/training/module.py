@@ -143,12 +143,6 @@ class MRELightningModule(L.LightningModule):
         scores = self.test_metrics.compute()
         for k, v in scores.items():
             self.log(f"test/{k}", v)
-        records = self.test_records
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        self.test_records = records
         self.eval_result = {
             **scores,
             "per_relation": self.test_metrics.per_relation(),

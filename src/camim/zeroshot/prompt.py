@@ -10,7 +10,6 @@ says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import defaultdict
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from camim.captioning.base import ChatRequest
 from camim.captioning.images import ImageItem
 from camim.data.types import MNREExample
+from camim.io import short_hash
 
 HEAD_OPEN, HEAD_CLOSE, TAIL_OPEN, TAIL_CLOSE = "<head>", "</head>", "<tail>", "</tail>"
 
@@ -27,7 +27,7 @@ HEAD_OPEN, HEAD_CLOSE, TAIL_OPEN, TAIL_CLOSE = "<head>", "</head>", "<tail>", "<
 def sample_key(ex: MNREExample) -> str:
     """A stable id of a sample's content (tokens, entity spans, image id): the cache key of its answer."""
     content = [ex.tokens, [ex.head.start, ex.head.end], [ex.tail.start, ex.tail.end], ex.img_id]
-    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+    return short_hash(json.dumps(content, ensure_ascii=False), 16)
 
 
 def request_hash(request: ChatRequest) -> str:
@@ -36,7 +36,7 @@ def request_hash(request: ChatRequest) -> str:
         [m["role"], [p["text"] if p["type"] == "text" else f"image:{p['image'].path}" for p in m["content"]]]
         for m in request.messages
     ]
-    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()[:12]
+    return short_hash(json.dumps(content, ensure_ascii=False))
 
 
 def select_shots(examples: Sequence[MNREExample], k: int, seed: int) -> list[MNREExample]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from camim.data import MNREDataset, default_labels
 from camim.data.descriptions import relation_descriptions
 from camim.data.layout import DataLayout
 from camim.errors import CamimError
+from camim.io import atomic_write_text
 from camim.training.metrics import MREMetrics
 from camim.zeroshot.parse import EMPTY, JSON, TEXT, UNPARSEABLE, AnswerParser
 from camim.zeroshot.prompt import PromptBuilder, PromptInput, request_hash, sample_key, select_shots
@@ -329,17 +329,11 @@ def zero_shot(
             "shot_samples": [{"id": s.example.index, "relation": s.example.relation} for s in builder.shots],
         },
     }
-    _write(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False, allow_unicode=True))
-    _write(out / "predictions.jsonl", "\n".join(lines) + "\n")
-    _write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False, allow_unicode=True))
+    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _write_report(out, run_config, metrics, labels.names, report, next(iter(requests.values()), None))
     return ZeroShotResult(metrics=metrics, output_dir=out, report=report)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_report(

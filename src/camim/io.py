@@ -1,0 +1,348 @@
+"""Shared file I/O: text and JSON reading, atomic writes, short hashes, the append-only JSONL log that long
+jobs resume from, and the safe image opener. Everything here raises :class:`camim.errors.CamimError`
+(mostly :class:`~camim.errors.DataError`) with the file, and the line where there is one, in the message.
+
+This module sits just above ``camim.errors``: it imports nothing else of camim, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from camim.errors import CamimError, DataError, ImageError
+
+try:  # POSIX only; elsewhere a single writer per file is assumed.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of the non-blank lines of a UTF-8 file; DataError when unreadable."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path) from None
+
+
+def read_json(path: str | Path) -> object:
+    """The JSON value in ``path``; DataError (with the line of a syntax error) when missing or invalid."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path) from None
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed onto ``path`` when the block ends normally and
+    removed when it raises, so readers never see a half-written file. The parent folder is created.
+
+    The name is unique per call (process id and a random part), so concurrent writers (e.g. DDP ranks)
+    never share one; the file gets the usual permissions (it is created by the caller, not ``mkstemp``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str | Iterable[str]) -> Path:
+    """Write UTF-8 ``text`` (a string, or an iterable of strings written in turn) to ``path`` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        if isinstance(text, str):
+            f.write(text)
+        else:
+            f.writelines(text)
+    return path
+
+
+def atomic_save_image(image: Image.Image, path: str | Path) -> Path:
+    """Save a PIL image to ``path`` atomically; the format follows the extension (PNG when unknown)."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    img = image.convert("RGB") if fmt == "JPEG" and image.mode != "RGB" else image
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ hashing
+def short_hash(text: str, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``text`` (UTF-8): a stable key, not a secret."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def settings_hash(settings: dict, length: int = 12) -> str:
+    """:func:`short_hash` of a JSON-serialisable dict, independent of key order."""
+    return short_hash(json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str), length)
+
+
+# -------------------------------------------------------------------------------- append-only JSONL logs
+class JsonlLog:
+    """An append-only JSONL file that a long job resumes from (captions, preprocessing progress,
+    predictions): one JSON value per line, each batch of lines written by a single ``os.write`` on an
+    ``O_APPEND`` descriptor.
+
+    A killed writer loses at most the batch it had in flight. A line cut short by a crash is the file's
+    last line: :meth:`read` leaves it unread and sets ``partial_tail``, and the next :meth:`append` starts a
+    fresh line after it (it then reads as one undecodable line, listed in ``bad_lines``), or
+    :meth:`drop_partial_tail` cuts it off. With ``lock=True`` an exclusive ``fcntl`` lock is available
+    through :meth:`locked` so that several processes can re-read and append without writing a key twice;
+    with ``fsync=True`` every append is flushed to disk before it returns. ``what`` names the file in errors.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False, what: str = "file"):
+        self.path = Path(path)
+        self.fsync = fsync
+        self.what = what
+        self.bad_lines: list[tuple[int, str]] = []  # (1-based line, problem) of lines that are not JSON
+        self.partial_tail = False  # the last read ended at an unfinished line (a write cut short)
+        self._fd = -1
+        self._offset = 0  # bytes already read
+        self._next_line = 1
+
+    # -- opening
+    def open(self) -> JsonlLog:
+        """Open the file for appending now (creating it and its folder), so that errors show up early and
+        :meth:`locked` can be used; without it each :meth:`append` opens and closes the file."""
+        if self._fd < 0:
+            self._fd = self._open()
+        return self
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CamimError(
+                f"{self.path}: cannot open the {self.what} for appending ({exc.strerror})"
+            ) from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> JsonlLog:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the file (POSIX ``flock``) for a read-then-append."""
+        self.open()
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    # -- reading
+    def read(self) -> list[tuple[int, object]]:
+        """The (1-based line number, decoded value) of the complete lines appended since the last read (the
+        whole file the first time; a missing file reads as empty). Lines that are not JSON are skipped and
+        listed in ``bad_lines``; an unfinished last line is left for later and flags ``partial_tail``."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CamimError(f"{self.path}: cannot read the {self.what} ({exc.strerror})") from None
+        end = data.rfind(b"\n") + 1
+        self.partial_tail = bool(data[end:].strip())
+        values = []
+        for offset, raw in enumerate(data[:end].split(b"\n")[:-1]):
+            if not raw.strip():
+                continue
+            lineno = self._next_line + offset
+            try:
+                values.append((lineno, json.loads(raw.decode("utf-8"))))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                self.bad_lines.append((lineno, f"not JSON ({exc.__class__.__name__})"))
+        self._offset += end
+        self._next_line += data[:end].count(b"\n")
+        return values
+
+    def drop_partial_tail(self) -> None:
+        """Cut an unfinished last line off the file (for a single writer that wants a clean file)."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        with open(self.path, "rb") as f:
+            data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < size:
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+        self.partial_tail = False
+
+    # -- writing
+    def append(self, values: Iterable[object]) -> int:
+        """Append one JSON line per value (non-ASCII kept as UTF-8) in a single write; the number of lines."""
+        lines = [json.dumps(v, ensure_ascii=False) + "\n" for v in values]
+        if not lines:
+            return 0
+        data = "".join(lines).encode("utf-8")
+        fd = self._fd if self._fd >= 0 else self._open()
+        try:
+            if self._ends_mid_line(fd):  # a previous writer died mid-line: start a fresh line after it
+                data = b"\n" + data
+            written = os.write(fd, data)
+            if written != len(data):  # pragma: no cover - only on a full disk
+                raise CamimError(f"{self.path}: short write ({written} of {len(data)} bytes)")
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+        return len(lines)
+
+    def _ends_mid_line(self, fd: int) -> bool:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(size - 1)
+            return f.read(1) != b"\n"
+
+
+# ------------------------------------------------------------------------------------------------- images
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # files taken as images
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 100 * 1024 * 1024  # MNRE photos are a few MB; crops and generated images far less
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Largest image accepted: ``max_pixels`` (width x height), ``max_side`` (either side, in pixels) and
+    ``max_bytes`` (encoded size)."""
+
+    max_pixels: int = MAX_IMAGE_PIXELS
+    max_side: int = 20_000
+    max_bytes: int = MAX_IMAGE_BYTES
+
+    def check_size(self, width: int, height: int, where: str | Path | None = None) -> None:
+        """``ImageError`` (``too_large``) when a ``width`` x ``height`` image is over the limits."""
+        if width <= 0 or height <= 0:
+            raise ImageError(f"image has an empty size {width}x{height}", where)
+        if width * height > self.max_pixels:
+            raise ImageError(
+                f"image too large: {width}x{height} pixels, over the limit of {self.max_pixels}",
+                where,
+                too_large=True,
+            )
+        if max(width, height) > self.max_side:
+            raise ImageError(
+                f"image too large: {width}x{height}, over the limit of {self.max_side} pixels per side",
+                where,
+                too_large=True,
+            )
+
+    def check_bytes(self, size: int, where: str | Path | None = None) -> None:
+        if size > self.max_bytes:
+            raise ImageError(
+                f"image is {size} bytes, over the limit of {self.max_bytes}", where, too_large=True
+            )
+
+
+ImageSource = Image.Image | bytes | bytearray | str | Path
+
+
+@contextmanager
+def checked_image(
+    source: ImageSource, limits: ImageLimits = ImageLimits(), name: str = "image"
+) -> Iterator[Image.Image]:
+    """Open ``source`` (encoded bytes or a file path) and check its size from the header, before any pixel
+    is decoded; yield the (lazily decoding) PIL image. Decompression bombs, files over ``limits``, missing,
+    corrupt and truncated images (also when decoded inside the block) raise :class:`ImageError` naming the
+    file (or ``name`` for bytes)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        where: str = str(path)
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise IsADirectoryError(21, "not a file")
+        except FileNotFoundError as exc:
+            raise ImageError(f"image not found (cannot read the image: {exc.strerror})", where) from None
+        except OSError as exc:
+            raise ImageError(f"cannot read the image ({exc.strerror or exc})", where) from None
+        limits.check_bytes(size, where)
+        stream: object = path
+    elif isinstance(source, (bytes, bytearray)):
+        where = name
+        limits.check_bytes(len(source), where)
+        if not source:
+            raise ImageError("the image is empty", where)
+        stream = io.BytesIO(bytes(source))
+    else:
+        raise ImageError(f"expected an image, bytes or a path, got {type(source).__name__}", name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as im:  # reads the header only
+                limits.check_size(*im.size, where)
+                yield im
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large to decode safely ({exc})", where, too_large=True) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            "not a readable image (corrupt or unreadable, or a format Pillow does not know)", where
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"not a readable image (corrupt or unreadable: {exc})", where) from None
+
+
+def open_image(source: ImageSource, limits: ImageLimits = ImageLimits(), name: str = "image") -> Image.Image:
+    """``source`` (a PIL image, encoded bytes or a file path) as a fully decoded RGB image, checked as in
+    :func:`checked_image`; a PIL image (already decoded) is only converted."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    with checked_image(source, limits, name) as im:
+        im.load()
+        return im.convert("RGB")

@@ -1,0 +1,154 @@
+"""camim.io: atomic writes, short hashes, the append-only JSONL log and the safe image opener."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from camim.errors import CamimError, DataError, ImageError
+from camim.io import (
+    ImageLimits,
+    JsonlLog,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    checked_image,
+    open_image,
+    settings_hash,
+    short_hash,
+)
+
+
+def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
+    target = tmp_path / "sub" / "a.txt"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n"  # the interrupted write changed nothing
+    assert atomic_write_text(target, (f"{i}\n" for i in range(3))) == target
+    assert target.read_text() == "0\n1\n2\n"
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\xff")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "b.bin", "sub"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_short_hashes_are_sha256_prefixes():
+    assert short_hash("abc") == "ba7816bf8f01"  # SHA-256("abc") = ba7816bf8f01cfea...
+    assert short_hash("abc", 16) == "ba7816bf8f01cfea"
+    assert (
+        settings_hash({"b": 1, "a": "é"})
+        == settings_hash({"a": "é", "b": 1})
+        == short_hash('{"a": "é", "b": 1}')
+    )
+
+
+def test_jsonl_log_reads_incrementally_and_survives_a_torn_line(tmp_path):
+    path = tmp_path / "log" / "x.jsonl"
+    log = JsonlLog(path)
+    assert log.read() == [] and not path.exists()  # a missing file reads as empty
+    assert log.append([{"k": 1}, {"k": "é"}]) == 2 and log.append([]) == 0
+    assert path.read_bytes() == '{"k": 1}\n{"k": "é"}\n'.encode()
+    assert log.read() == [(1, {"k": 1}), (2, {"k": "é"})] and log.read() == []
+    with open(path, "ab") as f:
+        f.write(b"\nnot json\n" + b'{"k": 3, "cut')  # a blank line, a bad line, then a write cut short
+    assert log.read() == [] and log.bad_lines == [(4, "not JSON (JSONDecodeError)")] and log.partial_tail
+    JsonlLog(path).append([{"k": 4}])  # a second writer starts a fresh line after the cut one
+    assert log.read() == [(6, {"k": 4})] and log.bad_lines[-1] == (5, "not JSON (JSONDecodeError)")
+    assert not log.partial_tail
+
+    fresh = JsonlLog(path)
+    assert [v for _, v in fresh.read()] == [{"k": 1}, {"k": "é"}, {"k": 4}] and len(fresh.bad_lines) == 2
+    with open(path, "ab") as f:
+        f.write(b'{"k": 5')
+    single = JsonlLog(path)
+    single.read()
+    assert single.partial_tail
+    single.drop_partial_tail()  # a single writer may cut it off instead
+    assert path.read_bytes().endswith(b'{"k": 4}\n') and not single.partial_tail
+
+
+def test_jsonl_log_locked_appends_and_clear_errors(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with JsonlLog(path, fsync=True, what="caption file") as log, log.locked():
+        log.read()
+        log.append(["a"])
+    assert path.read_text() == '"a"\n'
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CamimError, match="file/c.jsonl: cannot open the caption file for appending"):
+        JsonlLog(tmp_path / "file" / "c.jsonl", what="caption file").open()
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(CamimError, match="dir.jsonl: cannot read the progress log"):
+        JsonlLog(tmp_path / "dir.jsonl", what="progress log").read()
+
+
+def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, 3).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_open_image_decodes_to_rgb_from_a_path_bytes_or_an_image(tmp_path):
+    (tmp_path / "g.png").write_bytes(_png((5, 3), "L"))
+    for source in (tmp_path / "g.png", str(tmp_path / "g.png"), _png((5, 3), "L"), Image.new("L", (5, 3), 3)):
+        im = open_image(source)
+        assert im.mode == "RGB" and im.size == (5, 3) and im.getpixel((4, 2)) == (3, 3, 3)
+
+
+def test_open_image_checks_limits_before_decoding_and_names_the_file(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(_png((300, 200)))
+    with pytest.raises(
+        ImageError, match=r"big.png: image too large: 300x200 pixels, over the limit of 50000"
+    ) as e:
+        open_image(path, ImageLimits(max_pixels=50_000))
+    assert e.value.too_large and e.value.path == str(path) and isinstance(e.value, DataError)
+    with pytest.raises(
+        ImageError, match="big.png: image too large: 300x200, over the limit of 250 pixels per side"
+    ):
+        open_image(path, ImageLimits(max_side=250))
+    with pytest.raises(ImageError, match=r"upload: image is \d+ bytes, over the limit of 100") as e:
+        open_image(path.read_bytes(), ImageLimits(max_bytes=100), name="upload")
+    assert e.value.too_large
+    with pytest.raises(ImageError, match="big.png: image is"):
+        open_image(path, ImageLimits(max_bytes=100))  # a file's size is checked before it is read
+
+    claims = bytearray(
+        _png((4, 4))
+    )  # a tiny PNG whose header claims 3000 x 2000: only a header check sees it
+    claims[16:24] = struct.pack(">II", 3000, 2000)
+    claims[29:33] = struct.pack(">I", zlib.crc32(bytes(claims[12:29])))
+    with pytest.raises(ImageError, match="claims: image too large: 3000x2000 pixels"):
+        open_image(bytes(claims), ImageLimits(max_pixels=5_000_000), name="claims")
+    with pytest.raises(ImageError, match="claims: not a readable image"):  # decoding it fails later
+        open_image(bytes(claims), name="claims")
+
+
+def test_open_image_errors_are_one_line_and_say_what_is_wrong(tmp_path):
+    with pytest.raises(ImageError, match=r"none.jpg: image not found") as e:
+        open_image(tmp_path / "none.jpg")
+    assert not e.value.too_large
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=r"bad.jpg: not a readable image \(corrupt"):
+        open_image(tmp_path / "bad.jpg")
+    (tmp_path / "cut.png").write_bytes(_png((64, 64))[:70])
+    with pytest.raises(ImageError, match=r"cut.png: not a readable image") as e:
+        open_image(tmp_path / "cut.png")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ImageError, match=r"cut.png: not a readable image"):
+        with checked_image(tmp_path / "cut.png") as im:  # the header is fine ...
+            assert (im.format, im.size) == ("PNG", (64, 64))
+            im.load()  # ... decoding inside the block fails, and leaves it as the same one-line error
+    with pytest.raises(ImageError, match="image: the image is empty"):
+        open_image(b"")
+    with pytest.raises(ImageError, match="expected an image, bytes or a path, got int"):
+        open_image(3)  # type: ignore[arg-type]
