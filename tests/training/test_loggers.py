@@ -40,7 +40,7 @@ def test_loggers_default_to_csv_and_are_checked():
     assert load_config("tmr").trainer.loggers == ["csv"]
     with pytest.raises(CamimError, match=r"trainer.loggers: unknown logger\(s\) neptune; known: csv"):
         load_config("tmr", ["trainer.loggers=[csv, neptune]"])
-    with pytest.raises(CamimError, match="trainer.loggers must be a list"):
+    with pytest.raises(CamimError, match="trainer.loggers: expected a list of strings"):  # the typed loader
         load_config("tmr", ["trainer.loggers=csv"])
     with pytest.raises(CamimError, match="lists a logger twice"):
         load_config("tmr", ["trainer.loggers=[csv, csv]"])
