@@ -15,7 +15,7 @@ def test_every_command_group_registers():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     expected = {"data", "train", "evaluate", "experiment", "convert", "demo", "predict", "serve", "caption"}
-    assert expected | {"prepare", "cache-images"} <= set(sub.choices)
+    assert expected | {"prepare", "cache-images", "zero-shot", "push"} <= set(sub.choices)
 
 
 def test_user_error_is_one_line_with_exit_1(capsys, tmp_path):

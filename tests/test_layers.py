@@ -22,8 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("camim.models",),
     ("camim.speed",),  # fast paths the training side switches on; never imports training
     ("camim.training", "camim.captioning", "camim.preprocess"),
-    ("camim.inference",),  # may use captioning (a captioner for posts without a caption)
-    ("camim.synthetic", "camim.demo", "camim.cli", "camim.__main__"),  # entry points
+    ("camim.inference", "camim.zeroshot"),  # may use captioning (captioners; the zero-shot MLLM's backends)
+    ("camim.synthetic", "camim.demo", "camim.cli", "camim.__main__", "camim.hub"),  # entry points
 ]
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 

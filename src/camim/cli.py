@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "camim.captioning.cli",
     "camim.preprocess.cli",
     "camim.speed.cli",
+    "camim.zeroshot.cli",
+    "camim.hub",
 ]
 
 

@@ -13,23 +13,12 @@ from camim.captioning.cache import read_cache
 from camim.captioning.cli import main
 from camim.captioning.testing import FakeChatServer, expected_caption
 
-from .conftest import draw_images
+from .conftest import draw_images, wait_for_lines
 
 
 def _cli(*args: str) -> list[str]:
     # the caption commands alone, so that this test does not depend on the other command groups
     return [sys.executable, "-m", "camim.captioning.cli", "caption", *args]
-
-
-def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, deadline: float = 30.0) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before writing {n} captions")
-        time.sleep(0.02)
-    pytest.fail("no progress")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
@@ -49,7 +38,7 @@ def test_a_run_killed_halfway_resumes_with_no_duplicates_and_nothing_lost(tmp_pa
             # a terminal's Ctrl-C: undo an inherited SIG_IGN (a shell's background jobs ignore SIGINT)
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-        _wait_for_lines(out, 8, proc)
+        wait_for_lines(out, 8, proc)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
         if sig == signal.SIGINT:  # Ctrl-C

@@ -1,4 +1,5 @@
-"""What every captioning backend shares: the generation settings, one result, and the backend interface."""
+"""What every captioning backend shares: the generation settings, one request, one result, and the backend
+interface."""
 
 from __future__ import annotations
 
@@ -48,6 +49,27 @@ class CaptionResult:
     finish_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat request of a run: ``key`` names its result (the cache key's first part), ``messages`` are
+    chat turns ``{"role": "user" | "assistant" | "system", "content": [part, ...]}`` whose parts are
+    ``{"type": "text", "text": str}`` or ``{"type": "image", "image": ImageItem}``; each backend renders the
+    images its own way (a base64 ``data:`` URL, or a decoded image beside the chat template's placeholder)."""
+
+    key: str
+    messages: tuple[dict, ...]
+
+    @classmethod
+    def caption(cls, item: ImageItem, prompt: str) -> ChatRequest:
+        """The captioning request of Eq. (4), C = MLLM(prompt, V): one user turn, the image then the prompt."""
+        content = ({"type": "image", "image": item}, {"type": "text", "text": prompt})
+        return cls(item.img_id, ({"role": "user", "content": content},))
+
+    def images(self) -> list[ImageItem]:
+        """The request's images in message order."""
+        return [p["image"] for m in self.messages for p in m["content"] if p["type"] == "image"]
+
+
 class CaptionBackend(Protocol):
     """A captioner: hands every item's result to ``on_results`` exactly once, in batches of results that
     are ready together (in any order, one call at a time, from the calling thread)."""
@@ -61,4 +83,11 @@ class CaptionBackend(Protocol):
 
     def caption(self, items: Sequence[ImageItem], on_results: Callable[[list[CaptionResult]], None]) -> None:
         """Caption ``items``; raises ``CamimError`` on a fatal problem (bad key, unknown model)."""
+        ...
+
+    def answer(
+        self, requests: Sequence[ChatRequest], on_results: Callable[[list[CaptionResult]], None]
+    ) -> None:
+        """Answer any chat ``requests`` (one result per request, ``img_id`` = the request's key), with the
+        same concurrency, retries and failure kinds as ``caption``."""
         ...

@@ -20,22 +20,14 @@ _EPILOG = """examples:
 Interrupted runs resume: rerun the same command and only missing captions are requested."""
 
 
-def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("images (one of)")
-    src.add_argument(
-        "--data-dir", help="MNRE data folder (samples under txt/, images under img_org/{split}/)"
-    )
-    src.add_argument("--split", choices=("train", "val", "test"), help="split of --data-dir to caption")
-    src.add_argument("--images", help="a folder of images to caption instead (ids are the file names)")
-    gen = p.add_argument_group("generation")
+def add_backend_arguments(p: argparse.ArgumentParser, max_tokens: int = 512) -> None:
+    """The MLLM options shared by every command that calls one (``caption``, ``zero-shot``): the backend,
+    the model, decoding, and each backend's settings; :func:`build_backend` reads them."""
+    gen = p.add_argument_group("model")
     gen.add_argument("--backend", choices=("openai", "transformers"), default="openai")
     gen.add_argument("--model", help="served model name (openai) or hub id / local folder (transformers)")
-    gen.add_argument("--output", help="caption JSONL file (appended to; existing captions are skipped)")
-    gen.add_argument("--prompt", default=PAPER_PROMPT, help="default: the paper's prompt (Eq. 3)")
-    gen.add_argument("--max-tokens", type=int, default=512)
+    gen.add_argument("--max-tokens", type=int, default=max_tokens)
     gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--limit", type=int, help="caption at most this many new images")
-    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     oa = p.add_argument_group("openai backend")
     oa.add_argument(
         "--base-url", help="e.g. http://localhost:8000/v1 (vLLM); default $OPENAI_BASE_URL or OpenAI"
@@ -45,7 +37,7 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     )
     oa.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
     oa.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    oa.add_argument("--max-retries", type=int, default=5, help="per image, on 429/5xx/timeouts")
+    oa.add_argument("--max-retries", type=int, default=5, help="per request, on 429/5xx/timeouts")
     oa.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     oa.add_argument("--max-image-side", type=int, help="downscale larger images before sending")
     tf = p.add_argument_group("transformers backend")
@@ -53,6 +45,21 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     tf.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     tf.add_argument("--batch-size", type=int, default=4)
     tf.add_argument("--trust-remote-code", action="store_true")
+
+
+def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("images (one of)")
+    src.add_argument(
+        "--data-dir", help="MNRE data folder (samples under txt/, images under img_org/{split}/)"
+    )
+    src.add_argument("--split", choices=("train", "val", "test"), help="split of --data-dir to caption")
+    src.add_argument("--images", help="a folder of images to caption instead (ids are the file names)")
+    run = p.add_argument_group("captioning")
+    run.add_argument("--output", help="caption JSONL file (appended to; existing captions are skipped)")
+    run.add_argument("--prompt", default=PAPER_PROMPT, help="default: the paper's prompt (Eq. 3)")
+    run.add_argument("--limit", type=int, help="caption at most this many new images")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_backend_arguments(p)
 
 
 def register(subparsers) -> None:
@@ -98,12 +105,14 @@ def _items(args: argparse.Namespace) -> list:
     return split_items(args.data_dir, args.split)
 
 
-def build_backend(args: argparse.Namespace):
-    """The backend named by ``--backend``, configured from the parsed arguments."""
+def build_backend(args: argparse.Namespace, prompt: str | None = None):
+    """The backend named by ``--backend``, configured from the parsed arguments (:func:`add_backend_arguments`);
+    ``prompt`` defaults to ``args.prompt``."""
     from camim.captioning.base import GenerationConfig
 
     try:
-        generation = GenerationConfig(args.prompt, args.max_tokens, args.temperature)
+        prompt = prompt if prompt is not None else getattr(args, "prompt", PAPER_PROMPT)
+        generation = GenerationConfig(prompt, args.max_tokens, args.temperature)
         if args.backend == "openai":
             from camim.captioning.openai_backend import OpenAIBackendConfig, OpenAICaptioner
 

@@ -1,7 +1,8 @@
 """Captioning through any OpenAI-compatible chat-completions server (vLLM, DashScope compatible mode, OpenAI).
 
-Each image goes as a base64 ``data:`` URL next to the prompt in one user message. Requests run on one
-asyncio loop with at most ``concurrency`` in flight. Rate limits (429), server errors (5xx, 408, 409),
+Each image goes as a base64 ``data:`` URL next to the prompt in one user message (``answer`` sends any
+:class:`~camim.captioning.base.ChatRequest`, e.g. the zero-shot extractor's). Requests run on one asyncio
+loop with at most ``concurrency`` in flight. Rate limits (429), server errors (5xx, 408, 409),
 timeouts and dropped connections are retried with exponential backoff and jitter (honouring a server's
 ``Retry-After``); the ``openai`` client's own retries are switched off so that retries are counted per image
 and the backoff is configurable. A bad API key, a forbidden or unknown model stops the run (``CamimError``);
@@ -16,7 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from camim.captioning.base import CaptionResult, GenerationConfig
+from camim.captioning.base import CaptionResult, ChatRequest, GenerationConfig
 from camim.captioning.images import ImageItem, ImageProblem, image_data_url
 from camim.errors import CamimError
 
@@ -108,33 +109,41 @@ class OpenAICaptioner:
             api_key=key, base_url=base_url, timeout=self.config.timeout, max_retries=0
         )
 
-    def messages(self, data_url: str) -> list[dict]:
-        """The chat messages of one request: the image, then the prompt (Eq. 4: C = MLLM(prompt, V))."""
-        return [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": data_url}},
-                    {"type": "text", "text": self.generation.prompt},
-                ],
-            }
-        ]
+    def render(self, request: ChatRequest) -> list[dict]:
+        """``request``'s messages in the chat-completions form: each image as a base64 ``data:`` URL
+        (``ImageProblem`` when one is missing or unreadable)."""
+        out = []
+        for message in request.messages:
+            content = []
+            for part in message["content"]:
+                if part["type"] == "image":
+                    url = image_data_url(part["image"], self.config.max_image_side)
+                    content.append({"type": "image_url", "image_url": {"url": url}})
+                else:
+                    content.append(part)
+            out.append({"role": message["role"], "content": content})
+        return out
 
     def caption(self, items: Sequence[ImageItem], on_results: Callable[[list[CaptionResult]], None]) -> None:
-        if items:
-            asyncio.run(self._caption_all(list(items), on_results))
+        self.answer([ChatRequest.caption(item, self.generation.prompt) for item in items], on_results)
 
-    async def _caption_all(
-        self, items: list[ImageItem], on_results: Callable[[list[CaptionResult]], None]
+    def answer(
+        self, requests: Sequence[ChatRequest], on_results: Callable[[list[CaptionResult]], None]
+    ) -> None:
+        if requests:
+            asyncio.run(self._answer_all(list(requests), on_results))
+
+    async def _answer_all(
+        self, requests: list[ChatRequest], on_results: Callable[[list[CaptionResult]], None]
     ) -> None:
         client = self._client()
-        pending = iter(items)
+        pending = iter(requests)
         ready: list[CaptionResult] = []  # finished, not yet handed over
         wake = asyncio.Event()
 
         async def worker() -> None:
-            for item in pending:  # the shared iterator hands each item to exactly one worker
-                ready.append(await self._caption_one(client, item))
+            for request in pending:  # the shared iterator hands each request to exactly one worker
+                ready.append(await self._answer_one(client, request))
                 wake.set()
 
         def flush() -> None:
@@ -145,14 +154,16 @@ class OpenAICaptioner:
 
         async def writer() -> None:
             # Group commit: results that finish together are written with one write + fsync, so the
-            # fsync latency is paid once per batch, not once per image, while requests keep flowing.
+            # fsync latency is paid once per batch, not once per request, while requests keep flowing.
             while True:
                 await wake.wait()
                 wake.clear()
                 await asyncio.sleep(0)  # let the other responses already received join this batch
                 flush()
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(min(self.config.concurrency, len(items)))]
+        workers = [
+            asyncio.ensure_future(worker()) for _ in range(min(self.config.concurrency, len(requests)))
+        ]
         writer_task = asyncio.ensure_future(writer())
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
@@ -165,18 +176,19 @@ class OpenAICaptioner:
             flush()  # what finished before an interruption is kept
             await client.close()
 
-    async def _caption_one(self, client, item: ImageItem) -> CaptionResult:
+    async def _answer_one(self, client, request: ChatRequest) -> CaptionResult:
         openai = self._openai
+        key = request.key
         try:
-            url = await asyncio.to_thread(image_data_url, item, self.config.max_image_side)
+            messages = await asyncio.to_thread(self.render, request)
         except ImageProblem as exc:
-            return CaptionResult(item.img_id, exc.kind, error=str(exc))
+            return CaptionResult(key, exc.kind, error=str(exc))
         retries = 0
         while True:
             try:
                 response = await client.chat.completions.create(
                     model=self.model,
-                    messages=self.messages(url),
+                    messages=messages,
                     max_tokens=self.generation.max_tokens,
                     temperature=self.generation.temperature,
                     **({"extra_body": self.config.extra_body} if self.config.extra_body else {}),
@@ -189,28 +201,24 @@ class OpenAICaptioner:
                         f"(HTTP {status}, model {self.model!r}): {exc.message}"
                     ) from None
                 if not _is_retryable_status(status):
-                    return CaptionResult(item.img_id, "failed", error=f"HTTP {status}: {exc.message}")
+                    return CaptionResult(key, "failed", error=f"HTTP {status}: {exc.message}")
                 error, failure = f"HTTP {status}", exc
             except openai.APIConnectionError as exc:  # includes APITimeoutError
                 error = "timeout" if isinstance(exc, openai.APITimeoutError) else f"connection error: {exc}"
                 failure = exc
             else:
                 if not response.choices:
-                    return CaptionResult(
-                        item.img_id, "failed", error="response has no choices", retries=retries
-                    )
+                    return CaptionResult(key, "failed", error="response has no choices", retries=retries)
                 choice = response.choices[0]
                 return CaptionResult(
-                    item.img_id,
+                    key,
                     "ok",
                     text=choice.message.content or "",
                     retries=retries,
                     finish_reason=choice.finish_reason,
                 )
             if retries >= self.config.max_retries:
-                return CaptionResult(
-                    item.img_id, "failed", error=f"{error} after {retries} retries", retries=retries
-                )
+                return CaptionResult(key, "failed", error=f"{error} after {retries} retries", retries=retries)
             delay = _retry_after(failure)
             if delay is None:
                 delay = min(self.config.backoff * 2.0**retries, self.config.max_backoff)

@@ -1,10 +1,15 @@
 """A local stand-in for an OpenAI-compatible chat-completions server, for tests, benchmarks and dry runs.
 
-It runs no model: the "caption" of an image is derived from a hash of the image bytes it received
-(:func:`expected_caption`), so a client can check that every caption landed on the right image. It records
-every request, tracks how many are in flight, and injects faults: a fixed ``delay``, and per image a list of
-failures answered before success (``429``, ``500``... or ``"hang"``: wait ``hang_seconds`` so the client times
-out). Standalone: ``python -m camim.captioning.testing --port 8000 --delay 0.2``.
+It runs no model. By default the "caption" of an image is derived from a hash of the image bytes it received
+(:func:`expected_caption`), so a client can check that every caption landed on the right image. With a
+``script`` (a table from text to answer) it answers any chat instead: the answer of a request is the entry
+whose key is the longest one found in the request's last user turn; a ``str`` is the answer's text, ``None``
+an answer without content (cut by the server's content filter, as a refusal can come), an ``int`` an HTTP
+error status answered every time; a request that no key matches gets HTTP 400. It records
+every request, tracks how many are in flight, and injects faults: a fixed ``delay``, and per request (its
+images and last text) a list of failures answered before success (``429``, ``500``... or ``"hang"``: wait
+``hang_seconds`` so the client times out). Standalone: ``python -m camim.captioning.testing --port 8000
+--delay 0.2``.
 """
 
 from __future__ import annotations
@@ -35,14 +40,16 @@ class RecordedRequest:
     """One request as the server saw it; ``status`` is what it answered."""
 
     model: str
-    image_hash: str | None
-    prompt: str | None
+    image_hash: str | None  # of the last image
+    prompt: str | None  # the last text part (of the last user turn)
     max_tokens: int | None
     temperature: float | None
     authorization: str | None
     status: int
     started: float
     ended: float = 0.0
+    image_hashes: list[str] = field(default_factory=list)  # every image of the request, in order
+    turns: int = 1  # messages in the request
 
 
 @dataclass
@@ -53,10 +60,13 @@ class ServerState:
     retry_after_ms: int | None = None  # sent with 429/503 answers when set
     models: set[str] | None = None  # answer 404 for other models when set
     api_key: str | None = None  # answer 401 for other keys when set
+    script: dict[str, str | int | None] | None = (
+        None  # text in the last user turn -> answer (module docstring)
+    )
     requests: list[RecordedRequest] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
-    attempts: dict[str, int] = field(default_factory=dict)  # image hash -> requests so far
+    attempts: dict[str, int] = field(default_factory=dict)  # request (images + last text) -> requests so far
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -84,21 +94,29 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return
-        image_bytes, prompt = None, None
-        for message in body.get("messages", []):
+        image_bytes, prompt, hashes, user_text = None, None, [], ""
+        messages = body.get("messages", [])
+        for message in messages:
             content = message.get("content")
-            for part in content if isinstance(content, list) else []:
+            parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+            texts = []
+            for part in parts:
                 if part.get("type") == "image_url":
                     url = part["image_url"]["url"]
                     image_bytes = base64.b64decode(url.split(",", 1)[1])
+                    hashes.append(hashlib.sha1(image_bytes).hexdigest())
                 elif part.get("type") == "text":
                     prompt = part["text"]
-        image_hash = hashlib.sha1(image_bytes).hexdigest() if image_bytes is not None else None
+                    texts.append(part["text"])
+            if message.get("role") == "user":
+                user_text = "\n".join(texts)
+        image_hash = hashes[-1] if hashes else None
+        request_key = hashlib.sha1("".join([*hashes, user_text]).encode()).hexdigest()
         with state.lock:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
-            attempt = state.attempts.get(image_hash or "", 0)
-            state.attempts[image_hash or ""] = attempt + 1
+            attempt = state.attempts.get(request_key, 0)
+            state.attempts[request_key] = attempt + 1
         record = RecordedRequest(
             model=body.get("model"),
             image_hash=image_hash,
@@ -108,6 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
             authorization=self.headers.get("Authorization"),
             status=200,
             started=started,
+            image_hashes=hashes,
+            turns=len(messages),
         )
         try:
             fault = state.faults[attempt] if attempt < len(state.faults) else None
@@ -126,28 +146,20 @@ class _Handler(BaseHTTPRequestHandler):
                 if state.retry_after_ms is not None and fault in (429, 503):
                     headers["retry-after-ms"] = str(state.retry_after_ms)
                 self._send(fault, {"error": {"message": f"injected {fault}"}}, headers)
+            elif state.script is not None:
+                keys = [k for k in state.script if k in user_text]
+                answer = state.script[max(keys, key=len)] if keys else 400
+                if isinstance(answer, int):
+                    record.status = answer
+                    message = "scripted error" if keys else "no scripted answer for this request"
+                    self._send(answer, {"error": {"message": message}})
+                else:
+                    self._send_answer(record, answer)
             elif image_bytes is None:
                 record.status = 400
                 self._send(400, {"error": {"message": "no image in the request"}})
             else:
-                text = caption_for_bytes(image_bytes)
-                self._send(
-                    200,
-                    {
-                        "id": f"chatcmpl-{image_hash[:8]}",
-                        "object": "chat.completion",
-                        "created": int(time.time()),
-                        "model": record.model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": text},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
-                    },
-                )
+                self._send_answer(record, caption_for_bytes(image_bytes))
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
             record.status = -1
         finally:
@@ -155,6 +167,26 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.in_flight -= 1
                 state.requests.append(record)
+
+    def _send_answer(self, record: RecordedRequest, text: str | None) -> None:
+        """A chat completion whose message is ``text`` (``None``: no content, cut by the content filter)."""
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-{hashlib.sha1(str(text).encode()).hexdigest()[:8]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": record.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop" if text is not None else "content_filter",
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+            },
+        )
 
 
 class FakeChatServer:

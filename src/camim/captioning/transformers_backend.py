@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from camim.captioning.base import CaptionResult, GenerationConfig
+from camim.captioning.base import CaptionResult, ChatRequest, GenerationConfig
 from camim.captioning.images import ImageItem, ImageProblem, load_image
 from camim.errors import CamimError
 
@@ -93,12 +94,20 @@ class TransformersCaptioner:
         self._processor = processor
         self._network = network.to(self.device).eval()
 
-    def prompt_text(self) -> str:
-        """The prompt rendered by the processor's chat template (one image, then the text)."""
+    def chat_text(self, request: ChatRequest) -> str:
+        """``request`` rendered by the processor's chat template, an image placeholder where each image goes."""
         messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.generation.prompt}]}
+            {
+                "role": m["role"],
+                "content": [{"type": "image"} if p["type"] == "image" else p for p in m["content"]],
+            }
+            for m in request.messages
         ]
         return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prompt_text(self) -> str:
+        """The caption prompt rendered by the processor's chat template (one image, then the text)."""
+        return self.chat_text(ChatRequest.caption(ImageItem("", Path()), self.generation.prompt))
 
     def generate(self, images: list) -> list[str]:
         """Captions of a batch of PIL images, in order."""
@@ -106,11 +115,14 @@ class TransformersCaptioner:
 
     def _generate(self, images: list) -> list[tuple[str, str]]:
         """(caption, finish reason) per image: ``stop`` when the model ended it, ``length`` at max tokens."""
+        self.load()
+        return self._generate_texts([self.prompt_text()] * len(images), images)
+
+    def _generate_texts(self, texts: list[str], images: list) -> list[tuple[str, str]]:
+        """(answer, finish reason) per rendered prompt; ``images`` are all the prompts' images in order."""
         import torch
 
-        self.load()
-        text = self.prompt_text()
-        inputs = self._processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True)
+        inputs = self._processor(images=images or None, text=texts, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
         pixels = inputs.get("pixel_values")
         if pixels is not None and pixels.is_floating_point():
@@ -131,18 +143,29 @@ class TransformersCaptioner:
         return list(zip(self._processor.batch_decode(new_tokens, skip_special_tokens=True), reasons))
 
     def caption(self, items: Sequence[ImageItem], on_results: Callable[[list[CaptionResult]], None]) -> None:
-        if not items:
+        self.answer([ChatRequest.caption(item, self.generation.prompt) for item in items], on_results)
+
+    def answer(
+        self, requests: Sequence[ChatRequest], on_results: Callable[[list[CaptionResult]], None]
+    ) -> None:
+        """Answer ``requests`` in batches of ``batch_size`` (greedy when temperature is 0); a request whose
+        image is missing or unreadable gets that result at once and is not sent."""
+        if not requests:
             return
         self.load()
-        batch: list[tuple[ImageItem, object]] = []
-        for i, item in enumerate(items):
+        batch: list[tuple[ChatRequest, list]] = []
+        for i, request in enumerate(requests):
             try:
-                batch.append((item, load_image(item)))
+                batch.append((request, [load_image(item) for item in request.images()]))
             except ImageProblem as exc:
-                on_results([CaptionResult(item.img_id, exc.kind, error=str(exc))])
-            if batch and (len(batch) == self.config.batch_size or i == len(items) - 1):
-                texts = self.generate([im for _, im in batch])
+                on_results([CaptionResult(request.key, exc.kind, error=str(exc))])
+            if batch and (len(batch) == self.config.batch_size or i == len(requests) - 1):
+                texts = [self.chat_text(r) for r, _ in batch]
+                answers = self._generate_texts(texts, [im for _, ims in batch for im in ims])
                 on_results(
-                    [CaptionResult(done.img_id, "ok", text=text) for (done, _), text in zip(batch, texts)]
+                    [
+                        CaptionResult(r.key, "ok", text=text, finish_reason=reason)
+                        for (r, _), (text, reason) in zip(batch, answers)
+                    ]
                 )
                 batch = []

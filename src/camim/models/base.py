@@ -1,9 +1,9 @@
 """The base class of every extractor: processor, loss (Eq. 23), ``save_pretrained`` / ``from_pretrained``.
 
 A saved model folder holds ``config.json`` (the :class:`ModelConfig` plus ``labels``), ``model.safetensors``,
-the tokenizer files, and ``encoders/<name>/config.json`` for each Hugging Face backbone, so that
-:meth:`MREModel.from_pretrained` (and :func:`camim.models.load_model`) rebuilds every module offline and
-loads the weights strictly.
+the tokenizer files, a model card ``README.md`` (``camim.models.card``) and ``encoders/<name>/config.json`` for
+each Hugging Face backbone, so that :meth:`MREModel.from_pretrained` (and :func:`camim.models.load_model`)
+rebuilds every module offline and loads the weights strictly.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 from camim.errors import CamimError
 from camim.io import atomic_path, atomic_write_text, read_json
 from camim.models.batch import MREBatch, MREOutput
+from camim.models.card import CardRun, write_model_card
 from camim.models.config import ModelConfig
 from camim.models.encoders import VisionBackbone, load_text_encoder, load_tokenizer
 from camim.models.mutual_information import info_nce
@@ -130,8 +131,9 @@ class MREModel(nn.Module):
         return info_nce(pair[first], pair[second], self.config.mi_temperature, self.config.mi_symmetric)
 
     # --------------------------------------------------------- save/load
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json (+labels), model.safetensors, the tokenizer and encoders/<key>/config.json."""
+    def save_pretrained(self, directory: str | Path, card: CardRun | None = None) -> Path:
+        """Write config.json (+labels), model.safetensors, the tokenizer, encoders/<key>/config.json and the
+        model card README.md (``card``: the run's config, metrics and paper row; see camim.models.card)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, **self.config.to_dict(), "labels": self.labels}
@@ -141,6 +143,7 @@ class MREModel(nn.Module):
         self.tokenizer.save_pretrained(directory)
         with atomic_path(directory / "model.safetensors") as tmp:
             save_model(self, str(tmp))
+        write_model_card(directory, self.config.to_dict(), self.labels, self.required_modalities, card)
         return directory
 
     @classmethod

@@ -1,7 +1,8 @@
 """Python API of training and evaluation: :func:`train_run` and :func:`evaluate_run`.
 
 ``train_run`` writes, into its output folder (Contract 3): ``config.yaml`` (the full resolved config),
-``checkpoints/`` (Lightning: ``best-*.ckpt`` on dev micro-F1 and ``last.ckpt``), ``logs/metrics.csv``,
+``checkpoints/`` (Lightning: ``best-*.ckpt`` on dev micro-F1 and ``last.ckpt``), ``logs/metrics.csv`` (and
+the other ``trainer.loggers``: ``tensorboard/``, ``mlruns/``, ``wandb/``),
 ``metrics.json``, ``predictions.jsonl``, ``model/`` (``save_pretrained``: safetensors + config + labels +
 tokenizer, loadable without camim.training) and ``report.md`` with PNG plots. Calling it again on a folder
 that holds ``checkpoints/last.ckpt`` resumes that run. The whole config is parsed and validated, and the
@@ -23,7 +24,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from camim.errors import CamimError
 from camim.io import atomic_write_text, read_json
@@ -36,9 +36,11 @@ from camim.training.config import (
     config_differences,
     config_from_dict,
     load_config,
+    load_paper_results,
     load_run_config,
 )
 from camim.training.datamodule import MNREDataModule
+from camim.training.loggers import LogRunConfig, build_loggers, log_test_metrics
 from camim.training.module import MRELightningModule
 from camim.training.selection import DevCheckpoint
 
@@ -300,9 +302,10 @@ def train_run(
         )
     else:  # best dev micro-F1; ties: "first" = strict improvement (released TMR `>`), "last" = HVPNeT `>=`
         checkpoint = DevCheckpoint(**common, monitor="val/f1", ties=cfg.optim.selection_tie)
-    # logs/version_<k>/ per (re)start; the report joins them
-    logger = CSVLogger(save_dir=str(out), name="logs")
-    trainer = _trainer(cfg, out, [checkpoint, *(callbacks or [])], logger)
+    # trainer.loggers (camim.training.loggers): csv writes logs/version_<k>/ per (re)start; the report joins them
+    loggers = build_loggers(cfg.trainer.loggers, out, run_name=out.name, tags={"preset": cfg.name})
+    callbacks = [checkpoint, LogRunConfig(cfg.to_dict()), *(callbacks or [])]
+    trainer = _trainer(cfg, out, callbacks, loggers or False)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
 
@@ -344,7 +347,12 @@ def train_run(
         metrics["speed"] = module.speed.report()
     model_dir = out / "model"
     if eval_trainer.is_global_zero:
-        model.save_pretrained(model_dir)
+        log_test_metrics(loggers, test, step=int(trainer.global_step))
+        from camim.models.card import CardRun, paper_row
+
+        card = CardRun(cfg.to_dict(), {"val": _scores(val), "test": _scores(test)})
+        card.paper = paper_row(card.config, load_paper_results())
+        model.save_pretrained(model_dir, card=card)
         test_ds = dm.dataset("test")
         lines = _prediction_lines(module.test_records, list(model.labels), test_ds)
         atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
@@ -376,6 +384,11 @@ def _run_notes(cfg: RunConfig, out: Path) -> list[str]:
     if cfg.optim.select_on == "train_loss":
         notes.append("checkpoint selected on the lowest epoch training loss (no validation; optim.select_on)")
     return notes
+
+
+def _scores(result: dict) -> dict:
+    """The four MNRE scores of an evaluation result (no per-relation details)."""
+    return {k: result[k] for k in ("accuracy", "precision", "recall", "f1") if k in result}
 
 
 def _epoch_of(ckpt: str | None) -> int | None:

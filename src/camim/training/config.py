@@ -30,7 +30,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 CONFIG_DIR = PRESET_DIR.parent
 
 #: settings that do not change what a run computes: a run folder may be resumed or reused with others
-RUN_NEUTRAL_KEYS = ("trainer.progress_bar", "data.num_workers", "speed.compile_cache_dir")
+RUN_NEUTRAL_KEYS = ("trainer.progress_bar", "trainer.loggers", "data.num_workers", "speed.compile_cache_dir")
 
 #: keys that moved, old dotted key -> new one (an old key in a YAML file or --set is refused naming the new)
 MOVED_KEYS = {"data.max_objects": "model.max_objects"}
@@ -108,6 +108,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     max_steps: int = -1  # cap on optimiser steps (smoke runs); -1 = epochs decide
     progress_bar: bool = True
+    # experiment trackers (camim.training.loggers): csv, tensorboard, mlflow, wandb; each gets the resolved
+    # config as hyperparameters, the per-epoch metrics and the final test metrics
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
 
 
 @dataclass
@@ -320,6 +323,9 @@ def validate_config(cfg: RunConfig) -> None:
             ) from None
     if cfg.model.text_encoder is None and not (off.enabled and "text_encoder" in off.model_keys):
         raise CamimError("model.text_encoder is null: name a text encoder (hub id or folder)")
+    from camim.training.loggers import check_logger_names
+
+    check_logger_names(cfg.trainer.loggers)
     sp = cfg.speed
     if sp.frozen_visual and not cfg.data.image_cache_dir:
         raise CamimError(

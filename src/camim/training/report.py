@@ -121,25 +121,38 @@ def _fmt(v: float | None) -> str:
 
 
 def write_run_report(
-    output_dir: str | Path, config_dict: dict, metrics: dict, label_names: Sequence[str]
+    output_dir: str | Path,
+    config_dict: dict,
+    metrics: dict,
+    label_names: Sequence[str],
+    summary: str | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write the PNG plots and ``report.md`` of one run folder."""
+    """Write the PNG plots and ``report.md`` of one run folder. ``summary`` replaces the line of training
+    settings (for runs that did not train, e.g. ``camim zero-shot``); ``sections`` are markdown lines added
+    after the score table."""
     out = Path(output_dir)
     curves = plot_curves(read_run_logs(out / "logs"), out / "curves.png")
-    test = metrics.get("test", {})
+    # the evaluated split: test for training runs; a zero-shot run may score another one
+    split = next((k for k in ("test", "val", "train") if metrics.get(k)), "test")
+    test = metrics.get(split) or {}
     lines = [f"# Run report: {config_dict.get('name', '')}", ""]
     if config_dict.get("description"):
         lines += [config_dict["description"], ""]
     o = config_dict.get("optim", {})
+    if summary is None:
+        summary = (
+            f"Model `{config_dict.get('model', {}).get('name')}`; captions `{config_dict.get('data', {}).get('caption_source')}`;"
+            f" batch {o.get('batch_size')}, lr {o.get('lr')}, {o.get('epochs')} epochs, seed {o.get('seed')}."
+            " Full settings: `config.yaml`."
+        )
     lines += [
-        f"Model `{config_dict.get('model', {}).get('name')}`; captions `{config_dict.get('data', {}).get('caption_source')}`;"
-        f" batch {o.get('batch_size')}, lr {o.get('lr')}, {o.get('epochs')} epochs, seed {o.get('seed')}."
-        " Full settings: `config.yaml`.",
+        summary,
         "",
         "| split | accuracy | precision | recall | micro-F1 |",
         "|---|---|---|---|---|",
     ]
-    for split in ("val", "test"):
+    for split in ("train", "val", "test"):
         s = metrics.get(split)
         if s:
             lines.append(f"| {split} | " + " | ".join(_fmt(s.get(k)) for k in SCORE_KEYS) + " |")
@@ -153,6 +166,7 @@ def write_run_report(
     lines += ["", f"Micro P/R/F1 {excluded}; accuracy counts every sample (percent).", ""]
     for note in metrics.get("notes") or []:
         lines += [f"Note: {note}.", ""]
+    lines += [*sections]
     if metrics.get("best_checkpoint"):
         criterion = (
             "lowest epoch training loss"
@@ -168,10 +182,20 @@ def write_run_report(
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
     if test.get("confusion"):
         plot_confusion(test["confusion"], label_names, out / "confusion.png")
-        lines += ["## Test confusion matrix (row-normalised)", "", "![confusion matrix](confusion.png)", ""]
+        lines += [
+            f"## {split.capitalize()} confusion matrix (row-normalised)",
+            "",
+            "![confusion matrix](confusion.png)",
+            "",
+        ]
     if test.get("per_relation"):
         plot_per_relation(test["per_relation"], out / "per_relation_f1.png")
-        lines += ["## Test per-relation scores", "", "![per-relation F1](per_relation_f1.png)", ""]
+        lines += [
+            f"## {split.capitalize()} per-relation scores",
+            "",
+            "![per-relation F1](per_relation_f1.png)",
+            "",
+        ]
         lines += ["| relation | support | precision | recall | F1 |", "|---|---|---|---|---|"]
         for name, s in test["per_relation"].items():
             lines.append(
