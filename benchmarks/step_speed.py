@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import signal
 import tempfile
@@ -49,7 +50,7 @@ from camim.models.batch import MREBatch
 from camim.optim import build_fast_optimizer
 from camim.speed.config import SpeedConfig
 from camim.speed.fast import FastStep, apply_fast_mode
-from camim.speed.features import FeatureStore, compute_features, use_cached_features
+from camim.speed.features import FeatureStore, use_cached_features
 
 LABELS = ["None"] + [f"/rel/{i}" for i in range(22)]  # 23 relations like MNRE
 _FAST = {"fast": True, "cuda_graphs": False, "compile": "none"}
@@ -116,23 +117,24 @@ def random_batch(b: int, size: int, real_crops: int, vocab: int, gen: torch.Gene
 
 @torch.no_grad()
 def frozen_visual(model, batch: MREBatch, device) -> tuple[object, MREBatch]:
-    """Frozen-visual copy of ``model`` + ``batch`` with cache row ids (features computed once, here)."""
+    """Frozen-visual ``model`` (store attached to its backbone) + ``batch`` carrying feature-row ids in its
+    ``*_rows`` fields instead of pixels (features computed once, here)."""
     model.eval()
     b, m = batch.objects.shape[:2]
     pixels = torch.cat([batch.image, batch.generated_image, batch.objects.flatten(0, 1),
                         batch.generated_objects.flatten(0, 1)]).to(device)  # fmt: skip
     zero = torch.zeros(1, *pixels.shape[1:], device=device)
-    feats = torch.cat([compute_features(model.resnet, chunk, "tokens")[0] for chunk in pixels.split(64)])
-    store = FeatureStore("tokens", [torch.cat([feats, compute_features(model.resnet, zero, "tokens")[0]])])
+    feats = torch.cat([model.resnet.features(chunk, "tokens")[0] for chunk in pixels.split(64)])
+    store = FeatureStore("tokens", [torch.cat([feats, model.resnet.features(zero, "tokens")[0]])])
     model = use_cached_features(model, store).train()
-    rows = torch.arange(pixels.shape[0]).view(-1, 1)
-    rb = copy.copy(batch)
-    rb.image, rb.generated_image = rows[:b], rows[b : 2 * b]
-    obj = rows[2 * b : 2 * b + b * m].view(b, m, 1).clone()
-    gobj = rows[2 * b + b * m :].view(b, m, 1).clone()
+    rows = torch.arange(pixels.shape[0])
+    obj, gobj = rows[2 * b : 2 * b + b * m].view(b, m).clone(), rows[2 * b + b * m :].view(b, m).clone()
     obj[batch.objects_mask == 0] = store.zero_row
     gobj[batch.generated_objects_mask == 0] = store.zero_row
-    rb.objects, rb.generated_objects = obj, gobj
+    rb = dataclasses.replace(
+        batch, image=None, generated_image=None, objects=None, generated_objects=None,
+        image_rows=rows[:b], generated_image_rows=rows[b : 2 * b], objects_rows=obj, generated_objects_rows=gobj,
+    )  # fmt: skip
     return model, rb
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from camim.data.types import Entity, MNREExample, Scores
@@ -125,3 +127,27 @@ def tiny_config(text_dir: Path, vision_dir: Path, **overrides) -> dict:
     }
     cfg.update(overrides)
     return cfg
+
+
+IMAGE_FIELDS = ("image", "objects", "generated_image", "generated_objects")
+
+
+@torch.no_grad()
+def frozen_visual_batch(model, batch):
+    """Frozen-visual form of a pixel ``batch`` by hand (no camim.speed): every image of its pixel fields through
+    ``model.resnet.features`` (run it in eval mode) once into a table whose last row is an all-zero image;
+    returns (table, the batch with ``*_rows`` instead of pixels; padded object slots -> the zero row)."""
+    present = [f for f in IMAGE_FIELDS if getattr(batch, f) is not None]
+    pixels = [getattr(batch, f) for f in present]
+    flat = torch.cat([p.reshape(-1, *p.shape[-3:]) for p in pixels] + [torch.zeros(1, *pixels[0].shape[-3:])])
+    table = model.resnet.features(flat, model.visual_feature_kind)
+    zero_row, start, changes = flat.shape[0] - 1, 0, {}
+    for name, p in zip(present, pixels, strict=True):
+        lead = p.shape[:-3]
+        rows = torch.arange(start, start + lead.numel()).view(lead)
+        start += lead.numel()
+        mask = getattr(batch, f"{name}_mask", None)
+        if mask is not None:
+            rows[mask == 0] = zero_row
+        changes.update({name: None, f"{name}_rows": rows})
+    return table, dataclasses.replace(batch, **changes)

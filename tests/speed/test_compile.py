@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from tests.models.conftest import LABELS, make_examples, tiny_config
+from tests.models.conftest import LABELS, frozen_visual_batch, make_examples, tiny_config
 
 from camim.errors import CamimError
 from camim.models import build_model
@@ -51,6 +51,19 @@ def test_forward_and_loss_have_no_graph_breaks(text_dir, vision_dir, name, extra
     torch._dynamo.reset()
     model, batch = _model_and_batch(text_dir, vision_dir, name, extra)
     explanation = torch._dynamo.explain(_forward_loss(model))(batch)
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_frozen_visual_forward_and_loss_have_no_graph_breaks(text_dir, vision_dir):
+    """Frozen-visual TMR (rows looked up in the backbone's attached table) is replayed from CUDA graphs too:
+    the lookup must be a plain index, no host sync (the range check runs on CPU tensors only)."""
+    torch._dynamo.reset()
+    model, batch = _model_and_batch(text_dir, vision_dir, "tmr", {"cam": "both", "mi": True})
+    table, rows_batch = frozen_visual_batch(model, batch)
+    model.resnet.attach_features("tokens", table)
+    model.train()  # the training step's mode (the frozen backbone's BatchNorm stays in eval)
+    explanation = torch._dynamo.explain(_forward_loss(model))(rows_batch)
     assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
     assert explanation.graph_count == 1
 

@@ -9,7 +9,7 @@ from tests.speed.conftest import TEXT, dataset
 
 from camim.errors import CamimError, DataError
 from camim.models import build_model, load_model
-from camim.speed.features import build_feature_store, feature_kind_for, restore_backbone, use_cached_features
+from camim.speed.features import build_feature_store, feature_kind_for, use_cached_features
 from camim.speed.image_cache import ImageCache, ImageCacheSpec
 from camim.speed.loading import CachedCollate, CachedImageDataset, FeatureRowsCollate
 
@@ -60,17 +60,24 @@ def test_cached_features_give_the_logits_of_the_frozen_backbone(setup, world, tm
     assert store.computed_images == len(cache) + 1 and store.zero_row == len(cache)
     frozen = use_cached_features(copy.deepcopy(model), store).eval()
     rows_batch = FeatureRowsCollate(model.processor, store.zero_row)(items)
-    assert rows_batch.image.shape == (6, 1) and rows_batch.objects.shape == (6, 3, 1)
+    assert rows_batch.image_rows.shape == (6,) and rows_batch.objects_rows.shape == (6, 3)
+    assert rows_batch.image is None and rows_batch.objects is None  # pixel fields hold pixels or nothing
     fast = frozen(rows_batch).logits
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in frozen.resnet.parameters())
     assert frozen.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(DataError, match="out of range"):
-        frozen.resnet.stages(
-            torch.tensor([[len(store)]])
-        ) if name == "hvpnet" else frozen.resnet.patch_tokens(torch.tensor([[len(store)]]))
-    with pytest.raises(CamimError, match="row ids"):
-        frozen(CachedCollate(model.processor)(items))
+        frozen.resnet.lookup(torch.tensor([len(store)]), kind)
+    # rows without an attached table, or a table of the other kind, are refused with a one-line reason
+    with pytest.raises(CamimError, match="no feature table attached"):
+        model(rows_batch)
+    with pytest.raises(CamimError, match="attached feature table holds"):
+        frozen.resnet.lookup(torch.tensor([0]), "pyramid" if kind == "tokens" else "tokens")
+    # The swap used to refuse pixel batches ("row ids"); the backbone is now the model's own, so a batch
+    # with pixels runs it (frozen, BN on running statistics): the same logits
+    torch.testing.assert_close(
+        frozen(CachedCollate(model.processor)(items)).logits, plain, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_backbone_runs_once_across_epochs_and_runs(setup, world, tmp_path):
@@ -93,7 +100,7 @@ def test_backbone_runs_once_across_epochs_and_runs(setup, world, tmp_path):
             opt.step()
             opt.zero_grad()
     assert counter.images == first_build  # no backbone call in either epoch
-    again = build_feature_store(restore_backbone(model).resnet, cache, tmp_path / "feats", shard_rows=16)
+    again = build_feature_store(model.resnet, cache, tmp_path / "feats", shard_rows=16)
     assert again.computed_images == 0 and counter.images == first_build  # a second run reuses the shards
     torch.testing.assert_close(again.tensors[0], store.tensors[0], rtol=0, atol=0)
 

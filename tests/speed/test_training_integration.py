@@ -11,12 +11,11 @@ import yaml
 from safetensors.torch import load_file
 from tests.models.conftest import tiny_config
 
-import camim.speed.features as features_mod
 from camim.data import MNREDataset
 from camim.errors import CamimError
 from camim.models import load_model
+from camim.models.encoders import VisionBackbone
 from camim.optim import ForeachReleasedAdamW
-from camim.speed.features import CachedFeatureBackbone
 from camim.speed.image_cache import ImageCache
 from camim.speed.loading import CachedCollate
 from camim.synthetic import WorldConfig, generate_world
@@ -120,10 +119,10 @@ def test_frozen_visual_computes_features_once_across_epochs_and_runs(
     world, text_dir, vision_dir, tmp_path, monkeypatch
 ):
     computed = []
-    real = features_mod.compute_features
+    real = VisionBackbone.features
     monkeypatch.setattr(
-        features_mod,
-        "compute_features",
+        VisionBackbone,
+        "features",
         lambda backbone, pixels, kind: computed.append(pixels.shape[0]) or real(backbone, pixels, kind),
     )
     cfg = run_config(text_dir, vision_dir)
@@ -141,7 +140,7 @@ def test_frozen_visual_computes_features_once_across_epochs_and_runs(
     assert first_cb.images_per_epoch and sum(first_cb.images_per_epoch) == 0  # no backbone call in any epoch
     assert len(first_cb.images_per_epoch) >= 4  # two epochs ran
     module = first_cb.module
-    assert isinstance(module.model.resnet, CachedFeatureBackbone)
+    assert module.model.resnet.feature_kind == "tokens"  # the store is attached to the model's own backbone
     assert not any(p.requires_grad for p in module.model.resnet.parameters())
     frozen_ids = {id(p) for p in module.model.resnet.parameters()}
     assert not any(id(p) in frozen_ids for g in first_cb.optimizer.param_groups for p in g["params"])

@@ -35,6 +35,8 @@ class MREModel(nn.Module):
     """Common machinery; subclasses define ``_build``, ``required_modalities`` and ``encode``."""
 
     model_name: ClassVar[str] = ""
+    # the VisionBackbone.features kind the extractor consumes of each image ("tokens" / "pyramid"); None: none
+    visual_feature_kind: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -73,6 +75,26 @@ class MREModel(nn.Module):
         if key in self._encoder_configs:
             return VisionBackbone(self._encoder_configs[key])
         return VisionBackbone(self.config.vision_encoder, self.config.vision_encoder_pretrained)
+
+    def _visual_features(self, batch: MREBatch, modality: str, slot: int | None = None) -> list[torch.Tensor]:
+        """``self.resnet``'s features (:attr:`visual_feature_kind`) of one image modality of ``batch``.
+
+        From the backbone's attached feature table when the batch carries ``<modality>_rows`` (frozen-visual
+        mode), else the backbone run on the pixels. Leading dimensions are kept: an image field gives
+        (B, ...), an object field (B, m, ...); ``slot`` takes one object slot, (B, ...)."""
+        rows = getattr(batch, f"{modality}_rows")
+        if rows is not None:
+            return self.resnet.lookup(rows if slot is None else rows[:, slot], self.visual_feature_kind)
+        pixels = getattr(batch, modality)
+        if pixels is None:
+            raise CamimError(
+                f"this {self.model_name} model needs batch.{modality} (or {modality}_rows); it is None"
+            )
+        if slot is not None:
+            pixels = pixels[:, slot]
+        lead = pixels.shape[:-3]
+        feats = self.resnet.features(pixels.reshape(-1, *pixels.shape[-3:]), self.visual_feature_kind)
+        return [f.reshape(*lead, *f.shape[1:]) for f in feats]
 
     def hf_encoders(self) -> dict[str, nn.Module]:
         """The Hugging Face backbones by key, whose configs ``save_pretrained`` stores."""

@@ -2,6 +2,10 @@
 
 Shapes: B = batch size, L = text length, Lc = caption length, Lp = phrase length, m = objects per image.
 A modality the batch does not carry is ``None``; each model documents what it does without it.
+
+Frozen-visual mode (``camim.speed``) carries an image modality as row ids of the feature table attached to
+the model's vision backbone (``VisionBackbone.attach_features``) in the ``*_rows`` fields instead of pixels;
+the pixel field is then ``None``. Padded object slots point at the table's all-zero-image row.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class MREBatch:
     generated_image: torch.Tensor | None = None  # (B, 3, H, W) translation image
     generated_objects: torch.Tensor | None = None  # (B, m, 3, H, W)
     generated_objects_mask: torch.Tensor | None = None  # (B, m)
+    image_rows: torch.Tensor | None = None  # (B,) int64 feature-table rows standing for ``image``
+    objects_rows: torch.Tensor | None = None  # (B, m) int64 rows standing for ``objects``
+    generated_image_rows: torch.Tensor | None = None  # (B,) int64 rows standing for ``generated_image``
+    generated_objects_rows: torch.Tensor | None = None  # (B, m) int64 rows standing for ``generated_objects``
     scores: torch.Tensor | None = None  # (B, 4) [weak_ori, strong_ori, weak_dif, strong_dif]
     index: torch.Tensor | None = None  # (B,) sample indices, for predictions files
 

@@ -8,10 +8,15 @@ of an extractor stores the encoder configs so ``load_model`` rebuilds them witho
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from camim.errors import CamimError
+from camim.errors import CamimError, DataError
+
+# What an extractor consumes of an image (VisionBackbone.features): TMR the last map's patch tokens,
+# HVPNeT the four stage maps pooled to 2x2.
+FEATURE_KINDS = ("tokens", "pyramid")
 
 
 def _wrap(kind: str, source: str, exc: Exception) -> CamimError:
@@ -41,11 +46,19 @@ def load_text_encoder(source: str | PretrainedConfig, pretrained: bool = True) -
 
 
 class VisionBackbone(nn.Module):
-    """A CNN giving its stage maps: ``forward(pixels) -> list of (N, C_i, H_i, W_i)``, last = the 7x7 map.
+    """A CNN giving its stage maps: ``stages(pixels) -> list of (N, C_i, H_i, W_i)``, last = the 7x7 map.
 
     Default: transformers' ``ResNetModel`` (``microsoft/resnet-50``). ``timm/...`` names go through the optional
     timm package (``features_only``), the weights the authors used being ``timm/resnet50.a1_in1k``.
+
+    Frozen-visual mode: :meth:`attach_features` gives the backbone a table of precomputed :meth:`features`
+    (one row per cached image, e.g. a ``camim.speed.FeatureStore``) that :meth:`lookup` indexes by row id.
+    The backbone is then frozen: its parameters take no gradient and its BatchNorm stays on the running
+    statistics whatever ``train()`` says. The table is held as non-persistent buffers (moved by ``.to``,
+    never saved), so state-dict keys, ``save_pretrained`` and checkpoints are those of the plain model.
     """
+
+    feature_kind: str | None = None  # the kind of the attached feature table; None = no table
 
     def __init__(self, source: str | PretrainedConfig, pretrained: bool = True):
         super().__init__()
@@ -90,6 +103,77 @@ class VisionBackbone(nn.Module):
         """The last map as patch tokens: (N, C, 7, 7) -> (N, 49, C) (the released ``forward_features`` + view)."""
         fmap = self.stages(pixels)[-1]
         return fmap.flatten(2).transpose(1, 2)
+
+    def features(self, pixels: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """What an extractor consumes of ``pixels`` (N, 3, H, W): ``"tokens"`` (TMR) -> [patch tokens (N, hw, C)];
+        ``"pyramid"`` (HVPNeT) -> the 4 stage maps average-pooled with kernel = stride = floor(H/2) to 2x2,
+        4 x (N, C_i, 2, 2) (the released ``HMNeTREModel`` pooling)."""
+        if kind == "tokens":
+            return [self.patch_tokens(pixels)]
+        if kind != "pyramid":
+            raise CamimError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+        pooled = []
+        for fmap in self.stages(pixels)[-4:]:
+            if min(fmap.shape[-2:]) < 2:
+                raise CamimError(
+                    f"image_size {pixels.shape[-1]} gives a {tuple(fmap.shape[-2:])} stage map; need >= 2x2"
+                )
+            k = fmap.shape[-1] // 2
+            pooled.append(F.avg_pool2d(fmap, kernel_size=k, stride=k)[..., :2, :2])
+        return pooled
+
+    # ----------------------------------------------------- frozen-visual mode
+    def attach_features(self, kind: str, tensors: list[torch.Tensor]) -> VisionBackbone:
+        """Give the backbone a feature table (row i of each tensor = :meth:`features` of image i) and freeze it.
+
+        Replaces any table attached before; the tensors are moved to the backbone's device. Returns self."""
+        if kind not in FEATURE_KINDS:
+            raise CamimError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+        n_out = 1 if kind == "tokens" else 4
+        if len(tensors) != n_out or len({t.shape[0] for t in tensors}) != 1:
+            raise CamimError(
+                f"a {kind!r} feature table is {n_out} tensor(s) with the same number of rows, got "
+                f"{[tuple(t.shape) for t in tensors]}"
+            )
+        device = next(self.model.parameters()).device
+        for i, t in enumerate(tensors):
+            self.register_buffer(f"features_{i}", t.to(device), persistent=False)
+        self.feature_kind = kind
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> VisionBackbone:
+        super().train(mode)
+        if self.feature_kind is not None:
+            self.model.eval()  # frozen: BatchNorm stays on its running statistics
+        return self
+
+    def lookup(self, rows: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """The attached table's features of ``rows`` (long, any shape S): each tensor indexed, (*S, ...), fp32."""
+        if self.feature_kind is None:
+            raise CamimError(
+                "the batch carries feature-row ids (frozen-visual mode) but the model's vision backbone has "
+                "no feature table attached (camim.speed.use_cached_features)"
+            )
+        if kind != self.feature_kind:
+            raise CamimError(
+                f"this model consumes {kind!r} features; the attached feature table holds {self.feature_kind!r}"
+            )
+        if rows.dtype != torch.long:
+            raise CamimError(f"feature-row ids must be int64, got {rows.dtype}")
+        n = self.features_0.shape[0]
+        # checked on CPU only, and eagerly: on CUDA the gather asserts by itself, and a host sync would break
+        # graph capture (and a traced graph: the check is skipped while torch.compile / dynamo traces)
+        eager_cpu = rows.device.type == "cpu" and not torch.compiler.is_compiling()
+        if eager_cpu and rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            raise DataError(f"row id out of range for a feature table of {n} rows")
+        out = []
+        for i in range(1 if kind == "tokens" else 4):
+            f = getattr(self, f"features_{i}")[rows]
+            out.append(f if f.dtype == torch.float32 else f.float())
+        return out
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor | None, pad_inclusive: bool) -> torch.Tensor:

@@ -48,6 +48,7 @@ class HVPNeT(MREModel):
     """HVPNeT's gated visual prefix on a Hugging Face BERT, with optional CAM and MI."""
 
     model_name = "hvpnet"
+    visual_feature_kind = "pyramid"
 
     def _build(self) -> None:
         cfg = self.config
@@ -85,17 +86,11 @@ class HVPNeT(MREModel):
         return {"image", "objects"} | ({"caption"} if self.config.uses_cam else set())
 
     # --------------------------------------------------------------- prefix
-    def pyramid(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> raw prefix tokens V (B, prompt_len, ΣC): 4 stage maps pooled to 2x2, raw view."""
-        pooled = []
-        for fmap in self.resnet.stages(pixels)[-4:]:
-            if min(fmap.shape[-2:]) < 2:
-                raise CamimError(
-                    f"image_size {pixels.shape[-1]} gives a {tuple(fmap.shape[-2:])} stage map; need >= 2x2"
-                )
-            k = fmap.shape[-1] // 2
-            pooled.append(F.avg_pool2d(fmap, kernel_size=k, stride=k)[..., :2, :2])
-        return torch.cat(pooled, dim=1).reshape(pixels.shape[0], self.config.hvpnet_prompt_len, -1)
+    def prefix_tokens(self, batch: MREBatch, modality: str, slot: int | None = None) -> torch.Tensor:
+        """One image's raw prefix tokens V (B, prompt_len, ΣC): its 4 stage maps pooled to 2x2
+        (``VisionBackbone.features(kind="pyramid")``, or their stored rows), concatenated, raw view."""
+        pooled = self._visual_features(batch, modality, slot)
+        return torch.cat(pooled, dim=1).reshape(pooled[0].shape[0], self.config.hvpnet_prompt_len, -1)
 
     def _gated(self, guids: torch.Tensor, layer: int) -> torch.Tensor:
         """One image's (B, prompt_len, 4·2d) -> gated key/value tokens (B, prompt_len, 2d) for ``layer``."""
@@ -108,13 +103,17 @@ class HVPNeT(MREModel):
         self, batch: MREBatch, guide
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """-> (per-layer (key, value) each (B, heads, 16, d/heads), main image's MI visual tokens)."""
-        if batch.image is None or batch.objects is None:
-            raise CamimError("hvpnet needs batch.image and batch.objects (the visual prefix)")
-        b, m = batch.objects.shape[:2]
-        images = [batch.image] + [batch.objects[:, i] for i in range(m)]
+        objects = batch.objects if batch.objects_rows is None else batch.objects_rows
+        if (batch.image is None and batch.image_rows is None) or objects is None:
+            raise CamimError(
+                "hvpnet needs batch.image and batch.objects (or their *_rows; the visual prefix)"
+            )
+        b, m = objects.shape[:2]
+        # the main image, then each object crop in its own backbone call (released ImageModel)
+        slots = [("image", None)] + [("objects", i) for i in range(m)]
         guids, main_tokens = [], None
-        for idx, pixels in enumerate(images):
-            v = self.pyramid(pixels)
+        for idx, (modality, slot) in enumerate(slots):
+            v = self.prefix_tokens(batch, modality, slot)
             if self.config.uses_cam:
                 s, w, w_mask = guide
                 feats, mask = self.cam(self.linear_pic(v), s, w, w_mask)  # Eq. (5)-(11) on the prefix tokens

@@ -42,6 +42,7 @@ class TMR(MREModel):
     """TMR with the optional Caption-Aware Module (``cam``) and InfoNCE loss (``mi``)."""
 
     model_name = "tmr"
+    visual_feature_kind = "tokens"
 
     @property
     def images(self) -> bool:
@@ -121,10 +122,10 @@ class TMR(MREModel):
             X_F, mask, H_text, text_mask, self.config.fidelity.sum_pooling, tanh_pooled=self.config.uses_cam
         )
 
-    def _crop_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """One backbone call on one side's m object crops (B, m, 3, H, W) -> patch tokens (B, m, 49, C)."""
-        b, m = pixels.shape[:2]
-        return self.resnet.patch_tokens(pixels.flatten(0, 1)).unflatten(0, (b, m))
+    def _tokens(self, batch: MREBatch, modality: str) -> torch.Tensor:
+        """Patch tokens of one image modality: (B, 49, C) for an image, (B, m, 49, C) for one side's m object
+        crops (one backbone call over all of them), or their stored rows in frozen-visual mode."""
+        return self._visual_features(batch, modality)[0]
 
     def _object_path(self, F_obj, guide, H_phr, phr_mask) -> torch.Tensor:
         """coarse + pooled for one side's object patch tokens F_obj (B, m, 49, C) -> (B, d)."""
@@ -148,15 +149,17 @@ class TMR(MREModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's setting (images mode) -> (ori_final, dif_final), the gated inputs of Eq. (15)/(16)'s
         final projection."""
-        for name in ("image", "generated_image", "objects", "generated_objects", "scores"):
-            if getattr(batch, name) is None:
-                raise CamimError(f"visual_mode='images' needs batch.{name}; it is None")
+        for name in ("image", "generated_image", "objects", "generated_objects"):
+            if getattr(batch, name) is None and getattr(batch, f"{name}_rows") is None:
+                raise CamimError(f"visual_mode='images' needs batch.{name} (or {name}_rows); it is None")
+        if batch.scores is None:
+            raise CamimError("visual_mode='images' needs batch.scores; it is None")
         # The four backbone calls in the released order (CAMIM.forward: generated image, original image,
         # generated crops, original crops). In train mode BatchNorm's running statistics depend on it.
-        F_VT = self.resnet.patch_tokens(batch.generated_image)  # Eq. (2): F_{V_T}, (B, 49, C)
-        F_V = self.resnet.patch_tokens(batch.image)  # Eq. (1): F_V
-        F_OT = self._crop_tokens(batch.generated_objects)  # Eq. (2): F_{O_T}, (B, m, 49, C)
-        F_O = self._crop_tokens(batch.objects)  # Eq. (1): F_O
+        F_VT = self._tokens(batch, "generated_image")  # Eq. (2): F_{V_T}, (B, 49, C)
+        F_V = self._tokens(batch, "image")  # Eq. (1): F_V
+        F_OT = self._tokens(batch, "generated_objects")  # Eq. (2): F_{O_T}, (B, m, 49, C)
+        F_O = self._tokens(batch, "objects")  # Eq. (1): F_O
         guide_O = (guides["C_S"], guides["C_W"], guides["C_mask"]) if self.config.uses_cam else None
         guide_G = (guides["T_S"], guides["T_W"], guides["T_mask"]) if self.config.uses_cam else None
         O_F, O_mask = self._stream(self.linear_pic(F_V), None, guide_O)  # Eq. (5), (7)-(11): O_F

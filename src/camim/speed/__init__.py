@@ -18,12 +18,10 @@ from camim.speed.fast import (
     apply_fast_mode,
 )
 from camim.speed.features import (
-    CachedFeatureBackbone,
     FeatureStore,
     build_feature_store,
     combine_stores,
     feature_kind_for,
-    restore_backbone,
     use_cached_features,
 )
 from camim.speed.image_cache import ImageCache, ImageCacheSpec, open_or_build
@@ -31,7 +29,6 @@ from camim.speed.loading import CachedCollate, CachedImageDataset, FeatureRowsCo
 
 __all__ = [
     "CachedCollate",
-    "CachedFeatureBackbone",
     "CachedImageDataset",
     "FastStep",
     "FastVisionBackbone",
@@ -45,6 +42,5 @@ __all__ = [
     "combine_stores",
     "feature_kind_for",
     "open_or_build",
-    "restore_backbone",
     "use_cached_features",
 ]

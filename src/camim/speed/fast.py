@@ -91,7 +91,9 @@ def apply_fast_mode(model: nn.Module, cfg: SpeedConfig, device: torch.device | s
     model.to(device)
     set_attention(model, "sdpa" if cfg.sdpa else "eager")
     backbone = getattr(model, "resnet", None)
-    if type(backbone) is VisionBackbone and (cfg.channels_last or cfg.skip_padded_crops):
+    # a backbone with a feature table attached (frozen-visual mode) runs on no pixel in a step: left as it is
+    wrap = cfg.channels_last or cfg.skip_padded_crops
+    if type(backbone) is VisionBackbone and backbone.feature_kind is None and wrap:
         model.resnet = FastVisionBackbone(backbone, cfg.channels_last, cfg.skip_padded_crops)
     return model
 

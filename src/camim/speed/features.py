@@ -7,16 +7,17 @@ image-cache preprocessing (:meth:`ImageCacheSpec.digest`), the cache's rows (the
 images the row ids stand for), the feature kind and dtype, so a store is reused across epochs and runs exactly
 when it is valid, and a different backbone, preprocessing or image cache (another split) gets a new one.
 
-Feature kinds (what each extractor consumes from ``model.resnet``):
+Feature kinds (``VisionBackbone.features``; what each extractor consumes, ``MREModel.visual_feature_kind``):
 
-- ``"tokens"`` (TMR): ``patch_tokens`` = the last stage map as (N, h*w, C) tokens;
-- ``"pyramid"`` (HVPNeT): ``stages`` = each of the 4 stage maps average-pooled to 2x2 with kernel = stride =
-  floor(H/2), exactly HVPNeT's ``pyramid`` pooling (which then pools them again with kernel 1, an identity).
+- ``"tokens"`` (TMR): the last stage map as (N, h*w, C) patch tokens;
+- ``"pyramid"`` (HVPNeT): each of the 4 stage maps average-pooled to 2x2 with kernel = stride = floor(H/2),
+  exactly HVPNeT's prefix pooling.
 
-:class:`CachedFeatureBackbone` stands in for ``model.resnet``: it keeps the backbone's parameters (so state
-dicts, ``save_pretrained`` and checkpoints are unchanged) but maps row ids, as put in the batch by
-:class:`camim.speed.loading.FeatureRowsCollate`, to stored features. The build is resumable: each shard is
-written atomically and skipped when already present.
+:func:`use_cached_features` attaches a store to the model's own backbone (``VisionBackbone.attach_features``:
+frozen, the features as non-persistent buffers, so state dicts, ``save_pretrained`` and checkpoints are
+unchanged); the model then reads the row ids that :class:`camim.speed.loading.FeatureRowsCollate` puts in
+the batch's ``*_rows`` fields. The build is resumable: each shard is written atomically and skipped when
+already present.
 """
 
 from __future__ import annotations
@@ -27,22 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from camim.errors import CamimError, DataError
+from camim.errors import CamimError
 from camim.io import atomic_path
-from camim.models.encoders import VisionBackbone
+from camim.models.encoders import FEATURE_KINDS, VisionBackbone
 from camim.speed.image_cache import ImageCache
-
-FEATURE_KINDS = ("tokens", "pyramid")
 
 
 def feature_kind_for(model: nn.Module) -> str:
-    """The feature kind an extractor consumes: "pyramid" for HVPNeT, "tokens" for TMR."""
-    return "pyramid" if getattr(model, "model_name", "") == "hvpnet" else "tokens"
+    """The feature kind an extractor consumes ("pyramid" for HVPNeT, "tokens" for TMR)."""
+    kind = getattr(model, "visual_feature_kind", None)
+    if kind is None or not isinstance(getattr(model, "resnet", None), VisionBackbone):
+        raise CamimError(
+            f"this {getattr(model, 'model_name', type(model).__name__)} model has no vision backbone "
+            "(model.resnet); frozen-visual mode does not apply"
+        )
+    return kind
 
 
 def backbone_fingerprint(backbone: VisionBackbone) -> str:
@@ -62,23 +66,6 @@ def cache_rows_digest(cache: ImageCache) -> str:
     caches of the same size, e.g. two splits, must not share a feature store)."""
     text = json.dumps({"kinds": cache.kinds, "crc": cache.index["crc"]}, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def compute_features(backbone: VisionBackbone, pixels: torch.Tensor, kind: str) -> list[torch.Tensor]:
-    """Features of ``pixels`` (N, 3, H, W): [(N, hw, C)] for "tokens", 4 x (N, C_i, 2, 2) for "pyramid"."""
-    if kind == "tokens":
-        return [backbone.patch_tokens(pixels)]
-    if kind != "pyramid":
-        raise CamimError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
-    pooled = []
-    for fmap in backbone.stages(pixels)[-4:]:
-        if min(fmap.shape[-2:]) < 2:
-            raise CamimError(
-                f"image size {pixels.shape[-1]} gives a {tuple(fmap.shape[-2:])} map; need >= 2x2"
-            )
-        k = fmap.shape[-1] // 2
-        pooled.append(F.avg_pool2d(fmap, kernel_size=k, stride=k)[..., :2, :2])  # HVPNeT's pyramid pooling
-    return pooled
 
 
 @dataclass
@@ -175,7 +162,7 @@ def build_feature_store(
             chunks: list[list[torch.Tensor]] = []
             for b in range(start, stop, batch_size):
                 ids = list(range(b, min(b + batch_size, stop)))
-                feats = compute_features(backbone, cache.pixels(ids).to(device), kind)
+                feats = backbone.features(cache.pixels(ids).to(device), kind)
                 chunks.append([f.to(dtype).cpu() for f in feats])
                 computed += len(ids)
             shard = [torch.cat([c[i] for c in chunks]) for i in range(n_out)]
@@ -188,8 +175,7 @@ def build_feature_store(
         else:
             s = cache.spec.image_size
             zero = [
-                f.to(dtype).cpu()
-                for f in compute_features(backbone, torch.zeros(1, 3, s, s, device=device), kind)
+                f.to(dtype).cpu() for f in backbone.features(torch.zeros(1, 3, s, s, device=device), kind)
             ]
             _write_shard(zero_path, zero, 1)
             computed += 1
@@ -227,86 +213,12 @@ def combine_stores(stores: list[FeatureStore]) -> tuple[FeatureStore, list[int]]
     return combined, offsets
 
 
-class CachedFeatureBackbone(VisionBackbone):
-    """Stands in for ``model.resnet`` in frozen-visual mode: row ids in, stored features out.
-
-    It keeps the frozen backbone as ``self.model`` (same state-dict keys, so saving/loading is unchanged)
-    and holds the features as non-persistent buffers (moved by ``.to(device)``, never saved)."""
-
-    def __init__(self, backbone: VisionBackbone, store: FeatureStore):
-        nn.Module.__init__(self)
-        self.model = backbone.model
-        self.is_timm, self.config, self.channels = backbone.is_timm, backbone.config, list(backbone.channels)
-        self.kind = store.kind
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        for i, t in enumerate(store.tensors):
-            self.register_buffer(f"features_{i}", t, persistent=False)
-        self.model.eval()
-
-    def train(self, mode: bool = True) -> CachedFeatureBackbone:
-        super().train(mode)
-        self.model.eval()  # frozen: BN stays on its running statistics
-        return self
-
-    def _lookup(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        if rows.dtype != torch.long or rows.dim() != 2 or rows.shape[1] != 1:
-            raise CamimError(
-                f"frozen-visual mode expects cache row ids of shape (N, 1), got {tuple(rows.shape)} "
-                f"{rows.dtype}; load batches with FeatureRowsCollate"
-            )
-        ids = rows[:, 0]
-        n = self.features_0.shape[0]
-        # checked on CPU only: on CUDA the gather asserts by itself, and a host sync would break graph capture
-        if ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-            raise DataError(f"row id out of range for a feature store of {n} rows")
-        out = []
-        for i in range(1 if self.kind == "tokens" else 4):
-            f = getattr(self, f"features_{i}")[ids]
-            out.append(f if f.dtype == torch.float32 else f.float())
-        return out
-
-    def stages(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        if self.kind != "pyramid":
-            raise CamimError("this feature store holds patch tokens; build it with kind='pyramid' for HVPNeT")
-        return self._lookup(rows)
-
-    def patch_tokens(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.kind != "tokens":
-            raise CamimError(
-                "this feature store holds pooled stage maps; build it with kind='tokens' for TMR"
-            )
-        return self._lookup(rows)[0]
-
-
 def use_cached_features(model: nn.Module, store: FeatureStore) -> nn.Module:
-    """Switch ``model`` to frozen-visual mode in place: ``model.resnet`` reads ``store``; returns ``model``.
-
-    Feed it batches from :class:`camim.speed.loading.FeatureRowsCollate`."""
-    backbone = getattr(model, "resnet", None)
-    if not isinstance(backbone, VisionBackbone):
-        raise CamimError(
-            "this model has no vision backbone (model.resnet); frozen-visual mode does not apply"
-        )
-    if store.kind != feature_kind_for(model):
-        raise CamimError(f"{getattr(model, 'model_name', '?')} needs {feature_kind_for(model)!r} features")
-    if isinstance(backbone, CachedFeatureBackbone):
-        backbone = restore_backbone(model).resnet
-    model.resnet = CachedFeatureBackbone(backbone, store).to(next(backbone.parameters()).device)
-    return model
-
-
-def restore_backbone(model: nn.Module) -> nn.Module:
-    """Undo :func:`use_cached_features` (the backbone stays frozen; unfreeze it yourself to fine-tune)."""
-    cached = model.resnet
-    if isinstance(cached, CachedFeatureBackbone):
-        bb = VisionBackbone.__new__(VisionBackbone)
-        nn.Module.__init__(bb)
-        bb.model, bb.is_timm, bb.config, bb.channels = (
-            cached.model,
-            cached.is_timm,
-            cached.config,
-            cached.channels,
-        )
-        model.resnet = bb
+    """Frozen-visual mode: attach ``store`` to ``model.resnet`` (``VisionBackbone.attach_features``: frozen,
+    BatchNorm on running statistics); returns ``model``. Feed it batches from
+    :class:`camim.speed.loading.FeatureRowsCollate`; batches with pixels still run the (frozen) backbone."""
+    kind = feature_kind_for(model)
+    if store.kind != kind:
+        raise CamimError(f"{model.model_name} needs {kind!r} features; the store holds {store.kind!r}")
+    model.resnet.attach_features(store.kind, store.tensors)
     return model

@@ -4,9 +4,9 @@
   scores, phrases only) and attaches the cache rows of each sample.
 - :class:`CachedCollate` turns those items into the same :class:`MREBatch` the model's processor makes from
   PIL images (bit-identical pixels; same zero-padding, ``objects_mask`` and counted fallbacks).
-- :class:`FeatureRowsCollate` (frozen-visual mode) puts *row ids* of the image cache in the image fields,
-  shaped ``(B, 1)`` / ``(B, m, 1)``; a :class:`camim.speed.features.CachedFeatureBackbone` standing in for
-  the model's backbone maps them to cached features, so no pixel is read at all.
+- :class:`FeatureRowsCollate` (frozen-visual mode) puts *row ids* of the feature store in the batch's
+  ``*_rows`` fields, ``(B,)`` / ``(B, m)``; the model's backbone, with the store attached
+  (:func:`camim.speed.features.use_cached_features`), maps them to cached features, so no pixel is read.
 """
 
 from __future__ import annotations
@@ -173,12 +173,12 @@ class CachedCollate(_CollateBase):
 
 
 class FeatureRowsCollate(_CollateBase):
-    """items -> :class:`MREBatch` whose image fields hold cache row ids (frozen-visual mode).
+    """items -> :class:`MREBatch` carrying feature-store row ids instead of pixels (frozen-visual mode).
 
-    ``image`` / ``generated_image``: (B, 1) int64; ``objects`` / ``generated_objects``: (B, m, 1) int64 with
-    ``zero_row`` (the feature store's row of an all-zero image) where the released code zero-pads.
-    ``row_offset`` is added to every real row id (a split's place in a combined store, see
-    :func:`camim.speed.features.combine_stores`)."""
+    ``image_rows`` / ``generated_image_rows``: (B,) int64; ``objects_rows`` / ``generated_objects_rows``:
+    (B, m) int64 with ``zero_row`` (the feature store's row of an all-zero image) where the released code
+    zero-pads, and the usual ``*_mask``. The pixel fields stay ``None``. ``row_offset`` is added to every
+    real row id (a split's place in a combined store, see :func:`camim.speed.features.combine_stores`)."""
 
     def __init__(self, processor: Any, zero_row: int, row_offset: int = 0):
         super().__init__(processor)
@@ -191,19 +191,19 @@ class FeatureRowsCollate(_CollateBase):
         for name in ("image", "generated_image"):
             if name in needs:
                 self._require(items, name)
-                rows = [[it.rows[name] + self.row_offset] for it in items]
-                setattr(batch, name, torch.tensor(rows, dtype=torch.long))
+                rows = [it.rows[name] + self.row_offset for it in items]
+                setattr(batch, f"{name}_rows", torch.tensor(rows, dtype=torch.long))
         for name in ("objects", "generated_objects"):
             if name not in needs:
                 continue
-            ids = torch.full((len(items), m, 1), self.zero_row, dtype=torch.long)
+            ids = torch.full((len(items), m), self.zero_row, dtype=torch.long)
             mask = torch.zeros(len(items), m, dtype=torch.long)
             for i, it in enumerate(items):
                 rows = (it.rows[name] or [])[:m]
                 if len(rows) < m:
                     self.report["zero_padded_object_crops"] += m - len(rows)
-                ids[i, : len(rows), 0] = torch.tensor(rows, dtype=torch.long) + self.row_offset
+                ids[i, : len(rows)] = torch.tensor(rows, dtype=torch.long) + self.row_offset
                 mask[i, : len(rows)] = 1
-            setattr(batch, name, ids)
+            setattr(batch, f"{name}_rows", ids)
             setattr(batch, f"{name}_mask", mask)
         return batch

@@ -9,7 +9,8 @@ The Lightning module (``camim.training.module``) asks it for three things and no
 - ``fused_optimizer``: whether the optimiser is the multi-tensor one.
 
 Frozen-visual mode (the features of every cached image computed once) is set up here too: the data module
-provides the store (it owns the image caches), this class switches the model's backbone to it.
+provides the store (it owns the image caches), this class attaches it to the model's own backbone
+(``VisionBackbone.attach_features``; no module is replaced).
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ class TrainingSpeed:
         self.store: FeatureStore | None = None
         self.notes: list[str] = []
         if cfg.frozen_visual:
-            backbone = getattr(model, "resnet", None)
-            if backbone is None or feature_store is None:
+            if feature_store is None:
                 raise CamimError(
-                    "speed.frozen_visual: this model has no vision backbone (model.resnet), or the run has "
-                    "no data module that can build a feature store"
+                    "speed.frozen_visual: the run has no data module that can build a feature store"
                 )
-            self.store = feature_store(backbone, feature_kind_for(model), self.device)
+            try:
+                kind = feature_kind_for(model)  # refuses a model without a vision backbone
+            except CamimError as exc:
+                raise CamimError(f"speed.frozen_visual: {exc}") from None
+            self.store = feature_store(model.resnet, kind, self.device)
             use_cached_features(model, self.store)
         self.step: FastStep | None = None
         if cfg.fast:

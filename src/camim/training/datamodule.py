@@ -11,7 +11,8 @@ reading (HVPNeT, and ``bootstrap_train: false``) uses every training sample once
 Speed (docs/speed.md, off by default): with ``data.image_cache_dir`` each split's images are decoded once into
 ``<image_cache_dir>/<split>`` (``camim.speed`` memmap cache, built on first use, reused after) and batches are
 made by ``CachedCollate`` (bit-identical to the processor's); with ``speed.frozen_visual`` the loaders carry
-cache row ids (``FeatureRowsCollate``) that the model's ``CachedFeatureBackbone`` maps to stored features.
+feature-store row ids in the batch's ``*_rows`` fields (``FeatureRowsCollate``), which the model's backbone
+maps to stored features (the store attached by ``camim.speed.training.TrainingSpeed``).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class MNREDataModule(L.LightningDataModule):
     def attach_feature_store(self, backbone: torch.nn.Module, kind: str, device: torch.device | None = None):
         """Frozen-visual mode: the features of every image of the train/val/test caches, computed once with the
         frozen ``backbone`` (or loaded from ``speed.feature_cache_dir``), as one combined store; the loaders
-        then carry its row ids. Returns the store (for ``camim.speed.use_cached_features``)."""
+        then carry its row ids. Returns the store (``TrainingSpeed`` attaches it to the model's backbone)."""
         from camim.speed.features import build_feature_store, combine_stores
 
         sp = self.cfg.speed
