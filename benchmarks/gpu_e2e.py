@@ -12,7 +12,8 @@ the Python API with a timing callback, and one line per run is printed (flushed)
 - ``warm-up s``: the first ``--warm-batches`` training batches (compile, graph capture, cuDNN autotuning);
 - ``samples/s``: training samples per second after those batches (the steady state).
 
-``fast`` runs twice by default (``--repeat-fast 2``) with the same compile cache folder, so the second run
+``--image-cache`` lets the fast runs read the decoded-image cache (``data.image_cache_dir``, built by the
+first of them). ``fast`` runs twice by default (``--repeat-fast 2``) with the same compile cache folder, so the second run
 shows the warm-up with inductor's caches filled. ``--json PATH`` is rewritten after every run and
 ``--budget-s`` skips runs that no longer fit. ``--small`` uses tiny encoders and images (CPU check).
 
@@ -70,6 +71,10 @@ def overrides_for(preset: str, text: Path, vision: Path, args, fast: bool, out: 
     ]
     if args.small:
         o += ["model.image_size=64"]
+    if fast and args.image_cache:
+        o += [
+            f"data.image_cache_dir={out / f'image-cache-{preset}'}"
+        ]  # decoded once, shared by its fast runs
     if fast:
         o += [
             "speed.fast=true",
@@ -138,6 +143,7 @@ def main() -> None:
     ap.add_argument("--repeat-fast", type=int, default=2, help="fast runs per preset (cache warm on the 2nd)")
     ap.add_argument("--compile", default="auto", help="speed.compile of the fast runs")
     ap.add_argument("--deterministic", default="false", help="trainer.deterministic of every run")
+    ap.add_argument("--image-cache", action="store_true", help="fast runs read the decoded-image cache")
     ap.add_argument("--small", action="store_true", help="tiny encoders and images (CPU check)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--budget-s", type=float, default=None)

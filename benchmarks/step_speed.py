@@ -47,7 +47,7 @@ import torch
 
 from camim.models import build_model
 from camim.models.batch import MREBatch
-from camim.optim import build_fast_optimizer
+from camim.optim import build_optimizer
 from camim.speed.config import SpeedConfig
 from camim.speed.fast import FastStep, apply_fast_mode
 from camim.speed.features import FeatureStore, use_cached_features
@@ -275,8 +275,8 @@ def main() -> None:
                     if frozen:
                         model, run_batch = frozen_visual(model.to(device), batch, device)
                     model = apply_fast_mode(model, speed_cfg, device).train()
-                    opt = build_fast_optimizer(
-                        model, lr=2e-5, fused=speed_cfg.resolved(device).fused_optimizer
+                    opt = build_optimizer(
+                        model, lr=2e-5, multi_tensor=bool(speed_cfg.resolved(device).fused_optimizer)
                     )
                     step, run_batch = FastStep(model, opt, speed_cfg, device), run_batch.to(device)
                     t0 = time.perf_counter()

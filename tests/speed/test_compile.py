@@ -11,7 +11,7 @@ from tests.models.conftest import LABELS, frozen_visual_batch, make_examples, ti
 
 from camim.errors import CamimError
 from camim.models import build_model
-from camim.optim import build_fast_optimizer
+from camim.optim import build_optimizer
 from camim.speed.config import SpeedConfig
 from camim.speed.fast import FastStep, apply_fast_mode, compile_cache_dir, compile_regions
 from camim.speed.graphs import ForwardBackward, GraphedForwardBackward, batch_signature
@@ -140,8 +140,8 @@ def test_step_that_owns_backward_updates_like_the_plain_step(text_dir, vision_di
     ref = copy.deepcopy(model)
     cfg = SpeedConfig(fast=True, bf16=False, fused_optimizer=True, channels_last=False, compile="none")
     fast = apply_fast_mode(copy.deepcopy(model), cfg)
-    opt_ref = build_fast_optimizer(ref, lr=1e-3, fused=False)
-    opt_fast = build_fast_optimizer(fast, lr=1e-3, fused=True)
+    opt_ref = build_optimizer(ref, lr=1e-3, multi_tensor=False)
+    opt_fast = build_optimizer(fast, lr=1e-3, multi_tensor=True)
     step = ForwardBackward(fast, fast)
     for _ in range(2):  # the second step must not accumulate onto the first one's gradients
         opt_ref.zero_grad(set_to_none=True)
@@ -164,8 +164,8 @@ def test_fast_step_with_regional_compile_trains_like_eager(text_dir, vision_dir,
     base = {"fast": True, "bf16": False, "fused_optimizer": True, "channels_last": False}
     cfg_c = SpeedConfig(**base, compile="regional", compile_cache_dir=str(tmp_path / "cache"))
     cfg_e = SpeedConfig(**base, compile="none")
-    step_e = FastStep(eager, build_fast_optimizer(eager, lr=1e-3), cfg_e, "cpu")
-    step_c = FastStep(compiled, build_fast_optimizer(compiled, lr=1e-3), cfg_c, "cpu")
+    step_e = FastStep(eager, build_optimizer(eager, lr=1e-3), cfg_e, "cpu")
+    step_c = FastStep(compiled, build_optimizer(compiled, lr=1e-3), cfg_c, "cpu")
     assert len(step_c.compiled_regions) == 2 and step_e.compiled_regions == []
     for _ in range(2):
         torch.testing.assert_close(step_c(batch), step_e(batch), rtol=1e-4, atol=1e-5)

@@ -8,7 +8,7 @@ from tests.models.conftest import tiny_config
 from tests.speed.conftest import dataset
 
 from camim.models import build_model
-from camim.optim import ForeachReleasedAdamW, ReleasedAdamW, build_fast_optimizer
+from camim.optim import ForeachReleasedAdamW, ReleasedAdamW, build_optimizer
 from camim.speed.config import SpeedConfig
 from camim.speed.fast import FastStep, FastVisionBackbone, apply_fast_mode
 
@@ -87,8 +87,8 @@ def test_fast_step_updates_like_the_plain_step(plain_and_batch):
     plain, batch = plain_and_batch
     ref = copy.deepcopy(plain).eval()  # eval: no dropout, so the two steps see the same function
     fast = apply_fast_mode(copy.deepcopy(plain), FAST_CPU).eval()
-    opt_ref = build_fast_optimizer(ref, lr=1e-3, fused=False)
-    opt_fast = build_fast_optimizer(fast, lr=1e-3, fused=True)
+    opt_ref = build_optimizer(ref, lr=1e-3, multi_tensor=False)
+    opt_fast = build_optimizer(fast, lr=1e-3, multi_tensor=True)
     assert isinstance(opt_ref, ReleasedAdamW) and isinstance(opt_fast, ForeachReleasedAdamW)
     ref_loss = ref(batch).loss
     ref_loss.backward()

@@ -386,8 +386,11 @@ def _run_notes(cfg: RunConfig, out: Path) -> list[str]:
     return notes
 
 
-def _scores(result: dict) -> dict:
-    """The four MNRE scores of an evaluation result (no per-relation details)."""
+def _scores(result: dict | None) -> dict | None:
+    """The four MNRE scores of an evaluation result (no per-relation details); None for a split not scored
+    (val with ``optim.select_on: train_loss``)."""
+    if result is None:
+        return None
     return {k: result[k] for k in ("accuracy", "precision", "recall", "f1") if k in result}
 
 

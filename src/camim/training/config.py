@@ -79,6 +79,9 @@ class OptimConfig:
     adam_eps: float = 1e-6
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_bias_correction: bool = False  # released: transformers.AdamW(correct_bias=False)
+    # the same AdamW update in a few multi-tensor kernels (false: the released per-parameter loop, ~10 kernels
+    # per parameter: about half of the released step's time on a GPU; docs/speed.md)
+    multi_tensor: bool = True
     bootstrap_train: bool = True  # released: train split redrawn WITH replacement (random.choices, ratio 1.0)
     eval_begin_epoch: int = 1  # validate (and select) from this 1-based epoch on (HVPNeT setting: 8)
     max_grad_norm: float | None = None  # released: no clipping

@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.utilities.seed import seed_everything
 
 from camim.models.batch import MREBatch
-from camim.optim import build_fast_optimizer, build_optimizer, build_scheduler, left_out, warmup_steps_for
+from camim.optim import build_optimizer, build_scheduler, left_out, warmup_steps_for
 from camim.training.config import RunConfig
 from camim.training.metrics import MREMetrics
 
@@ -173,9 +173,9 @@ class MRELightningModule(L.LightningModule):
             "no_decay_split": o.no_decay_split,
             "exclude": self.left_out_parameters(),
         }
-        if self.speed is not None and self.speed.step is not None:
-            return build_fast_optimizer(self.model, fused=self.speed.fused_optimizer, **common)
-        return build_optimizer(self.model, **common)
+        fast = self.speed is not None and self.speed.step is not None
+        multi_tensor = self.speed.fused_optimizer if fast else o.multi_tensor
+        return build_optimizer(self.model, multi_tensor=multi_tensor, **common)
 
     def configure_optimizers(self):
         o = self.cfg.optim
