@@ -172,3 +172,16 @@ def test_fast_step_with_regional_compile_trains_like_eager(text_dir, vision_dir,
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
     assert any((tmp_path / "cache").iterdir())  # inductor wrote its cache where it was told
+
+
+def test_graph_warm_up_restores_the_persistent_buffers_only(text_dir, vision_dir):
+    """BatchNorm statistics are restored after the capture's warm-up; a frozen-visual feature table (a
+    non-persistent buffer of possibly several GB) is never copied."""
+    from camim.speed.graphs import _state_buffers
+
+    model, _ = _model_and_batch(text_dir, vision_dir, "tmr", {"cam": "none", "mi": False})
+    model.resnet.attach_features("tokens", [torch.zeros(5, 4, model.resnet.out_channels)])
+    ids = {id(b) for b in _state_buffers(model)}
+    assert id(model.resnet.features_0) not in ids
+    running = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert running and all(id(r) in ids for r in running)

@@ -165,7 +165,7 @@ class GraphedForwardBackward(ForwardBackward):
                 for v in [getattr(batch, f.name)]
             }
         )
-        buffers = [b for b in self.model.buffers()]
+        buffers = _state_buffers(self.model)
         saved = [b.detach().clone() for b in buffers]
         try:
             side = torch.cuda.Stream(self.device)
@@ -209,3 +209,14 @@ class GraphedForwardBackward(ForwardBackward):
 
 def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.detach() if t is not None else None
+
+
+def _state_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The persistent buffers a forward may change (BatchNorm statistics, counters). Non-persistent ones --
+    a frozen-visual feature table of several GB, BERT's position ids -- are never written by a step, so the
+    warm-up need not copy them."""
+    out = []
+    for module in model.modules():
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        out += [b for name, b in module.named_buffers(recurse=False) if name not in skip]
+    return out
