@@ -126,3 +126,18 @@ def test_import_and_export_commands(tmp_path: Path, capsys):
         == 0
     )
     assert (tmp_path / "back.txt").read_bytes() == src.read_bytes().replace(b"\n", b"\r\n")
+
+
+def test_a_bad_sample_line_of_a_split_is_named_as_the_data_layer_names_it(tmp_path: Path):
+    """The split's sample file is parsed as ``camim.data`` parses it: a JSONL syntax error is reported as
+    one (not as a bad Python literal), with file and line."""
+    from camim.captioning.images import split_image_ids
+    from camim.errors import DataError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "val.jsonl").write_text('{"img_id": "a.jpg"}\n{"img_id": "b.jpg", oops}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"val\.jsonl:2: syntax error: Expecting property name"):
+        split_image_ids(data, "val")
+    (data / "val.jsonl").write_text('{"img_id": "a.jpg"}\n{"img_id": 553009}\n', encoding="utf-8")
+    assert split_image_ids(data, "val") == ["a.jpg", "553009"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,19 +46,18 @@ def split_image_ids(data_dir: str | Path, split: str, layout: DataLayout | None 
     Reads the split's sample file as the data layer does (``txt/ours_{split}.txt`` Python-literal lines or
     ``{split}.jsonl``); a malformed line raises ``DataError`` naming file and line.
     """
-    from camim.data._literal import describe_literal_error, parse_literal
     from camim.data.layout import DataLayout
-    from camim.data.samples import _Problem, normalise_img_id
+    from camim.data.samples import _Problem, is_json_lines, normalise_img_id, parse_record
 
     layout = layout or DataLayout()
     path = layout.samples_path(data_dir, split)
-    is_json = path.suffix == ".jsonl"
+    json_lines = is_json_lines(path)
     seen: dict[str, None] = {}
     for lineno, line in iter_lines(path):
         try:
-            obj = json.loads(line) if is_json else parse_literal(line)
-        except (ValueError, SyntaxError) as exc:
-            raise DataError(describe_literal_error(exc), path, lineno) from None
+            obj = parse_record(line, json_lines)
+        except _Problem as exc:
+            raise DataError(str(exc), path, lineno) from None
         if not isinstance(obj, dict):
             raise DataError("sample has no string 'img_id'", path, lineno)
         try:  # file names, bare names and the integer ids of earlier MNRE releases
