@@ -136,3 +136,21 @@ def test_keep_card_uploads_the_card_as_it_is(run, monkeypatch, tmp_path):
     card.write_text("---\nlibrary_name: camim\n---\n# my own words\n")
     assert main(["push", str(run.model_dir), "me/y", "--keep-card"]) == 0
     assert (hub.remote / "README.md").read_text() == card.read_text()
+
+
+def test_a_run_folder_with_bad_metrics_or_config_is_a_one_line_error(run, monkeypatch, tmp_path, capsys):
+    hub = FakeHub(tmp_path / "remote")
+    hub.install(monkeypatch)
+    copy = tmp_path / "run"
+    shutil.copytree(run.output_dir, copy)
+    (copy / "metrics.json").write_text("[]\n")
+    assert main(["push", str(copy), "me/z"]) == 1
+    assert "metrics.json: not a run's metrics (expected a JSON object)" in capsys.readouterr().err
+    (copy / "metrics.json").write_text('{"test": \n')
+    assert main(["push", str(copy), "me/z"]) == 1
+    assert "metrics.json:2: not valid JSON" in capsys.readouterr().err
+    shutil.copy2(run.output_dir / "metrics.json", copy / "metrics.json")
+    (copy / "config.yaml").write_text("name: bert\nmodel: [\n")
+    assert main(["push", str(copy), "me/z"]) == 1
+    assert "config.yaml:3: invalid YAML" in capsys.readouterr().err
+    assert hub.calls == []

@@ -11,11 +11,8 @@ one saved by ``hf auth login`` (huggingface_hub's own lookup).
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from camim.errors import CamimError
 
@@ -32,31 +29,19 @@ class PushResult:
 
 def _run_card(model_dir: Path):
     """The :class:`~camim.models.card.CardRun` of the run folder around ``model_dir`` (None without one)."""
-    from camim.models.card import CardRun, paper_row
-    from camim.training.config import load_paper_results
+    from camim.io import read_json
+    from camim.models.card import CardRun
+    from camim.training.config import load_paper_results, read_yaml_mapping
 
     run_dir = model_dir.parent
     config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
     if not config_path.is_file():
         return None
-    try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise CamimError(f"{run_dir}: cannot read the run's config.yaml / metrics.json ({exc})") from None
-    if not isinstance(config, dict):
-        raise CamimError(f"{config_path}: not a run config (expected a mapping)")
-    scores = {
-        split: {
-            k: v
-            for k, v in (metrics.get(split) or {}).items()
-            if k in ("accuracy", "precision", "recall", "f1")
-        }
-        for split in ("val", "test")
-    }
-    card = CardRun(config, {k: v for k, v in scores.items() if v})
-    card.paper = paper_row(config, load_paper_results())
-    return card
+    config = read_yaml_mapping(config_path)
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise CamimError(f"{metrics_path}: not a run's metrics (expected a JSON object)")
+    return CardRun.of_run(config, metrics, load_paper_results())
 
 
 def prepare_folder(model: str | Path, repo_id: str, keep_card: bool = False) -> Path:

@@ -53,6 +53,21 @@ class CardRun:
     metrics: dict = field(default_factory=dict)
     paper: dict | None = None
 
+    @classmethod
+    def of_run(
+        cls, config: Mapping[str, Any], results: Mapping[str, Any], paper_results: Mapping[str, Any]
+    ) -> CardRun:
+        """The card part of a run from its resolved ``config`` (a dict) and its ``results`` (``metrics.json``
+        or ``{"val": ..., "test": ...}``: the four scores of each split are kept, per-relation details and
+        unscored splits dropped), with the paper's row (:func:`paper_row`) from ``paper_results``."""
+        scores = {}
+        for split in ("val", "test"):
+            result = results.get(split) or {}
+            kept = {k: result[k] for k in SCORE_KEYS if k in result}
+            if kept:
+                scores[split] = kept
+        return cls(dict(config), scores, paper_row(config, paper_results))
+
 
 def paper_row(config: Mapping[str, Any], paper_results: Mapping[str, Any]) -> dict | None:
     """The paper's scores for the preset of ``config`` (its ``name``) read with its caption source: the

@@ -348,10 +348,9 @@ def train_run(
     model_dir = out / "model"
     if eval_trainer.is_global_zero:
         log_test_metrics(loggers, test, step=int(trainer.global_step))
-        from camim.models.card import CardRun, paper_row
+        from camim.models.card import CardRun
 
-        card = CardRun(cfg.to_dict(), {"val": _scores(val), "test": _scores(test)})
-        card.paper = paper_row(card.config, load_paper_results())
+        card = CardRun.of_run(cfg.to_dict(), {"val": val, "test": test}, load_paper_results())
         model.save_pretrained(model_dir, card=card)
         test_ds = dm.dataset("test")
         lines = _prediction_lines(module.test_records, list(model.labels), test_ds)
@@ -384,14 +383,6 @@ def _run_notes(cfg: RunConfig, out: Path) -> list[str]:
     if cfg.optim.select_on == "train_loss":
         notes.append("checkpoint selected on the lowest epoch training loss (no validation; optim.select_on)")
     return notes
-
-
-def _scores(result: dict | None) -> dict | None:
-    """The four MNRE scores of an evaluation result (no per-relation details); None for a split not scored
-    (val with ``optim.select_on: train_loss``)."""
-    if result is None:
-        return None
-    return {k: result[k] for k in ("accuracy", "precision", "recall", "f1") if k in result}
 
 
 def _epoch_of(ckpt: str | None) -> int | None:

@@ -195,7 +195,9 @@ def yaml_value(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path) -> dict:
+    """The mapping in the YAML file ``path`` (YAML 1.2 numbers; ``{}`` when empty); ``CamimError`` naming the
+    file (and the line of a syntax error) when it is unreadable, not YAML or not a mapping."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml_value(f)
@@ -232,7 +234,7 @@ def _resolve_raw(preset_or_yaml: str | Path, _seen: tuple = ()) -> dict:
             raise CamimError(f"unknown preset or config file {text!r}; presets: {', '.join(list_presets())}")
     if path.resolve() in _seen:
         raise CamimError(f"{path}: circular 'base' chain")
-    raw = _read_yaml(path)
+    raw = read_yaml_mapping(path)
     base = raw.pop("base", None)
     if base is not None:
         raw = deep_merge(_resolve_raw(base, (*_seen, path.resolve())), raw)
@@ -346,7 +348,7 @@ def load_config(preset_or_yaml: str | Path, overrides: list[str] | dict | None =
 def load_run_config(path: str | Path) -> RunConfig:
     """A run folder's ``config.yaml``; errors name the file. One written before ``data.max_objects`` moved
     to ``model.max_objects`` is read when the two agreed (the data key is dropped)."""
-    raw = _read_yaml(Path(path))
+    raw = read_yaml_mapping(Path(path))
     data, model = raw.get("data"), raw.get("model")
     if isinstance(data, dict) and isinstance(model, dict) and "max_objects" in data:
         if data["max_objects"] == model.get("max_objects", ModelConfig().max_objects):
@@ -365,9 +367,9 @@ def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
 
 def load_grids() -> dict:
     """The experiment grids (Table 1, Table 2, Fig. 4) from ``camim/configs/grids.yaml``."""
-    return _read_yaml(CONFIG_DIR / "grids.yaml")
+    return read_yaml_mapping(CONFIG_DIR / "grids.yaml")
 
 
 def load_paper_results() -> dict:
     """The paper's reported numbers (Table 1, Table 2, Fig. 4) from ``camim/configs/paper_results.yaml``."""
-    return _read_yaml(CONFIG_DIR / "paper_results.yaml")
+    return read_yaml_mapping(CONFIG_DIR / "paper_results.yaml")
