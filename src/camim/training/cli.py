@@ -79,7 +79,9 @@ def register(subparsers) -> None:
 
 
 def _fmt_scores(s: dict) -> str:
-    return "  ".join(f"{k} {s[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1") if k in s)
+    from camim.training.report import format_scores
+
+    return format_scores(s)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -36,7 +36,6 @@ _NEEDS = {
     "mlflow": ("mlflow", "mlflow"),
     "wandb": ("wandb", "wandb"),
 }
-TEST_KEYS = ("accuracy", "precision", "recall", "f1")
 
 
 def check_logger_names(names: object) -> None:
@@ -123,7 +122,9 @@ def log_test_metrics(loggers: Sequence, test: dict, step: int) -> None:
     """Log the final ``test/<metric>`` scores at ``step`` to every logger, then close the loggers."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    metrics = {f"test/{k}": float(test[k]) for k in TEST_KEYS if test.get(k) is not None}
+    from camim.models.card import SCORE_KEYS
+
+    metrics = {f"test/{k}": float(test[k]) for k in SCORE_KEYS if test.get(k) is not None}
     for logger in loggers:
         hp = (
             {"hp_metric": metrics["test/f1"]}

@@ -53,6 +53,7 @@ def register(subparsers) -> None:
 def run_zero_shot(args: argparse.Namespace) -> int:
     """Exit status 0 when every sample got an answer, 1 when some requests failed (rerun to retry them)."""
     from camim.captioning.cli import build_backend
+    from camim.training.report import format_scores
     from camim.zeroshot.run import ZeroShotConfig, zero_shot
 
     if not args.model:
@@ -74,9 +75,6 @@ def run_zero_shot(args: argparse.Namespace) -> int:
         raise
     scores = result.metrics[args.split]
     print(result.report.summary())
-    print(
-        f"{args.split}  "
-        + "  ".join(f"{k} {scores[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1"))
-    )
+    print(f"{args.split}  {format_scores(scores)}")
     print(f"wrote {result.output_dir} (report: {result.output_dir / 'report.md'})")
     return 0 if result.report.complete else 1
