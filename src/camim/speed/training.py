@@ -17,15 +17,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from camim.data import IMAGE_MODALITIES
 from camim.errors import CamimError
 from camim.models.batch import MREBatch, MREOutput
 from camim.speed.config import SpeedConfig
 from camim.speed.fast import FastStep, apply_fast_mode
-from camim.speed.features import FeatureStore, feature_kind_for, use_cached_features
+from camim.speed.features import (
+    FeatureStore,
+    build_feature_store,
+    combine_stores,
+    feature_kind_for,
+    use_cached_features,
+)
+from camim.speed.image_cache import ImageCache, ImageCacheSpec, open_or_build
+from camim.speed.loading import CachedCollate, CachedImageDataset, FeatureRowsCollate
 
 # attach_feature_store(backbone, kind, device) -> FeatureStore, provided by the run's data module
 FeatureStoreProvider = Callable[[nn.Module, str, torch.device], FeatureStore]
@@ -104,3 +116,60 @@ class TrainingSpeed:
         if self.store is not None:
             out["features_computed"] = self.store.computed_images
         return out
+
+
+class SpeedData:
+    """The data side of ``camim.speed`` for one run: per-split decoded-image caches under ``cache_dir``,
+    and in frozen-visual mode one combined feature store whose row ids the loaders carry.
+
+    ``images(split)`` returns the split's dataset loading only its image modalities (to build a cache);
+    ``processor`` is the model's processor (the cache geometry and the collates follow it)."""
+
+    def __init__(self, cache_dir: str, speed: SpeedConfig, processor: Any, num_workers: int = 0):
+        self.cache_dir, self.speed, self.processor, self.num_workers = (
+            Path(cache_dir),
+            speed,
+            processor,
+            num_workers,
+        )
+        self.caches: dict[str, ImageCache] = {}
+        self.offsets: dict[str, int] | None = None  # split -> row offset in the combined feature store
+        self.zero_row: int | None = None
+
+    def image_cache(self, split: str, images: Callable[[], Dataset]) -> ImageCache:
+        """The split's decoded-image cache, built (or completed) on first use."""
+        if split not in self.caches:
+            spec = ImageCacheSpec.for_model(self.processor.config)
+            self.caches[split] = open_or_build(
+                images(), self.cache_dir / split, spec, num_workers=self.num_workers
+            )
+        return self.caches[split]
+
+    def feature_store(
+        self, backbone: nn.Module, kind: str, device, caches: dict[str, ImageCache]
+    ) -> FeatureStore:
+        """Frozen-visual mode: every image of ``caches`` (split -> cache) through the frozen ``backbone`` once
+        (or loaded from ``speed.feature_cache_dir``), joined into one store; the loaders then carry its rows."""
+        root = Path(self.speed.feature_cache_dir or self.cache_dir / "features")
+        stores = [build_feature_store(backbone, cache, root, kind=kind, batch_size=self.speed.feature_batch_size,
+                                      device=device) for cache in caches.values()]  # fmt: skip
+        store, offsets = combine_stores(stores)
+        self.offsets = dict(zip(caches, offsets))
+        self.zero_row = store.zero_row
+        return store
+
+    def dataset(self, text_only: Dataset, split: str) -> Dataset:
+        """What a split's loader reads: its text dataset joined with its image cache (no pixels in
+        frozen-visual mode: the rows are enough)."""
+        return CachedImageDataset(text_only, self.caches[split], read_pixels=self.offsets is None)
+
+    def collate(self, split: str) -> Callable:
+        if self.offsets is None:
+            return CachedCollate(self.processor)
+        if split not in self.offsets:
+            raise CamimError(f"frozen-visual mode: no features were computed for the {split!r} split")
+        return FeatureRowsCollate(self.processor, self.zero_row, self.offsets[split])
+
+    @staticmethod
+    def image_modalities(modalities) -> tuple[str, ...]:
+        return tuple(m for m in modalities if m in IMAGE_MODALITIES)

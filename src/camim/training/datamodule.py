@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from camim.data import IMAGE_MODALITIES, LabelSet, MNREDataset
 from camim.errors import CamimError, DataError
+from camim.speed.training import SpeedData
 from camim.training.config import RunConfig
 
 
@@ -80,15 +80,18 @@ class MNREDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         self.test_split = test_split  # the split the test loop scores (evaluate_run may pick val or train)
         self.datasets: dict[str, MNREDataset] = {}
-        self.image_caches: dict = {}  # split -> camim.speed.ImageCache (data.image_cache_dir)
-        self.feature_offsets: dict[str, int] | None = None  # split -> row offset (speed.frozen_visual)
-        self.zero_row: int | None = None
         # page-locked batches for asynchronous host-to-GPU copies (speed.fast on a CUDA machine)
         self.pin_memory = (
             bool(cfg.speed.fast) and torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         )
         self.cached_images = bool(cfg.data.image_cache_dir) and bool(
             set(self.modalities) & set(IMAGE_MODALITIES)
+        )
+        # camim.speed's data side: image caches, the frozen-visual feature store, their loaders' pieces
+        self.speed_data = (
+            SpeedData(cfg.data.image_cache_dir, cfg.speed, collate_fn, cfg.data.num_workers)
+            if self.cached_images
+            else None
         )
 
     def _mnre(self, split: str, modalities: tuple[str, ...]) -> MNREDataset:
@@ -129,63 +132,30 @@ class MNREDataModule(L.LightningDataModule):
 
     def image_cache(self, split: str):
         """The decoded-image cache of one split, built (or completed) on first use (``data.image_cache_dir``)."""
-        if split not in self.image_caches:
-            from camim.speed.image_cache import ImageCacheSpec, open_or_build
-
-            if not self.cached_images:
-                raise CamimError("data.image_cache_dir is not set (or this model loads no image)")
-            spec = ImageCacheSpec.for_model(self.collate_fn.config)
-            images = self._mnre(split, tuple(m for m in self.modalities if m in IMAGE_MODALITIES))
-            folder = Path(self.cfg.data.image_cache_dir) / split
-            self.image_caches[split] = open_or_build(
-                images, folder, spec, num_workers=self.cfg.data.num_workers
-            )
-        return self.image_caches[split]
+        if self.speed_data is None:
+            raise CamimError("data.image_cache_dir is not set (or this model loads no image)")
+        images = lambda: self._mnre(split, SpeedData.image_modalities(self.modalities))  # noqa: E731
+        return self.speed_data.image_cache(split, images)
 
     def attach_feature_store(self, backbone: torch.nn.Module, kind: str, device: torch.device | None = None):
         """Frozen-visual mode: the features of every image of the train/val/test caches, computed once with the
         frozen ``backbone`` (or loaded from ``speed.feature_cache_dir``), as one combined store; the loaders
         then carry its row ids. Returns the store (``TrainingSpeed`` attaches it to the model's backbone)."""
-        from camim.speed.features import build_feature_store, combine_stores
-
-        sp = self.cfg.speed
-        root = Path(sp.feature_cache_dir or Path(self.cfg.data.image_cache_dir) / "features")
+        if self.speed_data is None:
+            raise CamimError("speed.frozen_visual needs data.image_cache_dir and a model that reads images")
         splits = list(dict.fromkeys((*self.fit_splits(), self.test_split)))
-        stores = [
-            build_feature_store(
-                backbone,
-                self.image_cache(s),
-                root,
-                kind=kind,
-                batch_size=sp.feature_batch_size,
-                device=device,
-            )
-            for s in splits
-        ]
-        store, offsets = combine_stores(stores)
-        self.feature_offsets = dict(zip(splits, offsets))
-        self.zero_row = store.zero_row
-        return store
+        return self.speed_data.feature_store(backbone, kind, device, {s: self.image_cache(s) for s in splits})
 
     def _split_dataset(self, split: str) -> Dataset:
         """What a split's loader reads: the dataset, or it joined with its image cache."""
         ds = self.dataset(split)
-        if not self.cached_images:
+        if self.speed_data is None:
             return ds
-        from camim.speed.loading import CachedImageDataset
-
-        return CachedImageDataset(ds, self.image_cache(split), read_pixels=self.feature_offsets is None)
+        self.image_cache(split)
+        return self.speed_data.dataset(ds, split)
 
     def _collate(self, split: str) -> Callable:
-        if not self.cached_images:
-            return self.collate_fn
-        from camim.speed.loading import CachedCollate, FeatureRowsCollate
-
-        if self.feature_offsets is None:
-            return CachedCollate(self.collate_fn)
-        if split not in self.feature_offsets:
-            raise CamimError(f"frozen-visual mode: no features were computed for the {split!r} split")
-        return FeatureRowsCollate(self.collate_fn, self.zero_row, self.feature_offsets[split])
+        return self.collate_fn if self.speed_data is None else self.speed_data.collate(split)
 
     def cache_splits(self, stage: str | None) -> list[str]:
         """The splits whose image caches a stage reads (frozen-visual fits also need the test split's)."""
@@ -220,7 +190,7 @@ class MNREDataModule(L.LightningDataModule):
         """Counted fallbacks and skipped lines of every loaded split (``MNREDataset.report``), with the image
         cache's counted absences (``missing_image`` ...) when images come from the cache."""
         out = {split: dict(ds.report) for split, ds in self.datasets.items()}
-        for split, cache in self.image_caches.items():
+        for split, cache in (self.speed_data.caches if self.speed_data else {}).items():
             out.setdefault(split, {}).update(cache.report)
         return out
 

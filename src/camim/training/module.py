@@ -17,6 +17,7 @@ from lightning.fabric.utilities.seed import seed_everything
 
 from camim.models.batch import MREBatch
 from camim.optim import build_optimizer, build_scheduler, left_out, warmup_steps_for
+from camim.speed.training import TrainingSpeed  # camim.speed's one entry point for training
 from camim.training.config import RunConfig
 from camim.training.metrics import MREMetrics
 
@@ -48,8 +49,6 @@ class MRELightningModule(L.LightningModule):
                 p.requires_grad_(False)
         sp = self.cfg.speed
         if (sp.fast or sp.frozen_visual) and self.speed is None:
-            from camim.speed.training import TrainingSpeed  # the one entry point of camim.speed
-
             trainer = self._trainer
             dm = trainer.datamodule if trainer is not None else None
             self.speed = TrainingSpeed(
