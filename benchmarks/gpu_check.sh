@@ -16,18 +16,23 @@ py="${PYTHON:-python3}"
 cd "$root" || exit 1
 {
     date -u
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$py" -c 'import torch, transformers, lightning, torchmetrics as tm; print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| lightning", lightning.__version__, "| torchmetrics", tm.__version__)'
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+        || echo "no nvidia-smi"
+    "$py" -c 'import torch, transformers, lightning, torchmetrics as tm
+print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__,
+      "| lightning", lightning.__version__, "| torchmetrics", tm.__version__)'
 } 2>&1 | tee "$out/env.txt"
 
 if [ -n "$small" ]; then
     step_args=(--small --batch-sizes 4 --steps 2 --warmup 1 --rounds 1 --variants released fast frozen)
-    e2e_args=(--small --train 32 --eval 8 --batch-size 8 --workers 0 --warm-batches 2 --repeat-fast 1 --presets tmr-cam-mi --image-cache)
+    e2e_args=(--small --train 32 --eval 8 --batch-size 8 --workers 0 --warm-batches 2 --repeat-fast 1
+              --presets tmr-cam-mi --image-cache)
     step_budget=60; e2e_budget=120
 else
     step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 100
                --variants released fast fast-graphs frozen frozen-graphs fast-skip fast-regional)
-    e2e_args=(--train 480 --eval 48 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2 --run-timeout-s 120 --image-cache)
+    e2e_args=(--train 480 --eval 48 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2
+              --run-timeout-s 120 --image-cache)
     step_budget=170; e2e_budget=170
 fi
 

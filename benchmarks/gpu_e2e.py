@@ -13,8 +13,8 @@ the Python API with a timing callback, and one line per run is printed (flushed)
 - ``samples/s``: training samples per second after those batches (the steady state).
 
 ``--image-cache`` lets the fast runs read the decoded-image cache (``data.image_cache_dir``, built by the
-first of them). ``fast`` runs twice by default (``--repeat-fast 2``) with the same compile cache folder, so the second run
-shows the warm-up with inductor's caches filled. ``--json PATH`` is rewritten after every run and
+first of them). ``fast`` runs twice by default (``--repeat-fast 2``), the second time with the first run's
+compile cache and image cache in place. ``--json PATH`` is rewritten after every run and
 ``--budget-s`` skips runs that no longer fit. ``--small`` uses tiny encoders and images (CPU check).
 
     python benchmarks/gpu_e2e.py [--presets tmr-cam-mi hvpnet-cam-mi] [--train 960] [--json out.json]

@@ -23,10 +23,10 @@ seconds (the ``--warmup`` untimed steps: compile, graph capture, cuDNN autotunin
 in the output) and ``--variant-timeout-s`` stops one variant that hangs (e.g. in compile).
 
 ``--small`` (the default without CUDA): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
-64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's sizes).
-``--profile N`` adds a torch.profiler look at ``--profile-variants`` (default released, fast; N steps each): kernel launches per
-step, GPU-busy vs wall time, and the top operators. Targets on a GPU (issue 14): >= 3.5x at batch 16
-fine-tuned, >= 12x frozen-visual.
+64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's
+sizes). ``--profile N`` adds a torch.profiler look at ``--profile-variants`` (default released, fast; N
+steps each): kernel launches per step, GPU-busy vs wall time, and the top operators. Targets on a GPU
+(issue 14): >= 3.5x at batch 16 fine-tuned, >= 12x frozen-visual; docs/speed.md has the H200 numbers.
 
     python benchmarks/step_speed.py [--small] [--batch-sizes 16 64] [--variants ...] [--json out.json]
 """

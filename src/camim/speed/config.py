@@ -31,8 +31,8 @@ class SpeedConfig:
     - ``cuda_graphs``: forward, loss and backward replayed from a CUDA graph per batch shape
       (:mod:`camim.speed.graphs`); needs fixed shapes (not ``skip_padded_crops``) and one process.
     - ``compile``: ``torch.compile``, opt-in ("auto" = none): ``"regional"`` compiles each repeated block
-      once, the other modes the whole model; not together with ``cuda_graphs``; ``compile_cache_dir`` keeps inductor's FX-graph and autograd
-      caches across runs (default: ``$XDG_CACHE_HOME/camim/torch-compile``).
+      once, the other modes the whole model; not together with ``cuda_graphs``. ``compile_cache_dir`` keeps
+      inductor's FX-graph and autograd caches across runs (default: ``$XDG_CACHE_HOME/camim/torch-compile``).
     - ``skip_padded_crops`` (documented fast mode): the backbone runs once for all zero-padded crops.
     - ``frozen_visual``: the vision backbone is frozen (BatchNorm on running statistics) and its features
       are computed once per cached image into safetensors shards under ``feature_cache_dir`` (default
