@@ -97,14 +97,25 @@ def resolve_run_config(
     run: dict[str, str] = {}
     if data_dir is not None:
         run["data.data_dir"] = str(data_dir)
+    if cfg.offline.enabled and cfg.model.text_encoder_pretrained and not cfg.offline.pretrained_encoder:
+        raise CamimError(
+            "offline.pretrained_encoder is null: this preset starts from a `camim pretrain` folder "
+            "(--set offline.pretrained_encoder=ENC); the offline encoder folder has no weights"
+        )
     if cfg.offline.enabled:
-        folder = Path(cfg.offline.encoder_dir or Path(output_dir) / "offline_encoder").resolve()
+        folder = Path(_offline_folder(cfg, Path(output_dir))).resolve()
         run.update({f"model.{key}": str(folder) for key in cfg.offline.model_keys})
     if run:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), run))
     if not cfg.data.data_dir:
         raise CamimError("no data folder: pass --data-dir (or set data.data_dir)")
     return cfg
+
+
+def _offline_folder(cfg: RunConfig, out: Path) -> Path:
+    """The encoder folder of an offline run: ``offline.pretrained_encoder`` (a ``camim pretrain`` folder) when
+    set, else ``offline.encoder_dir`` (default ``<output>/offline_encoder``)."""
+    return Path(cfg.offline.pretrained_encoder or cfg.offline.encoder_dir or out / "offline_encoder")
 
 
 def _quiet_lightning() -> None:
@@ -272,10 +283,14 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     if conflict:
         _clear_run_outputs(out)
-    if cfg.offline.enabled:
+    if cfg.offline.enabled and cfg.offline.pretrained_encoder:
+        from camim.training.pretrain import check_pretrained_folder
+
+        check_pretrained_folder(cfg.offline.pretrained_encoder)
+    elif cfg.offline.enabled:
         from camim.training.offline import build_offline_encoder
 
-        folder = Path(cfg.offline.encoder_dir or out / "offline_encoder")
+        folder = _offline_folder(cfg, out)
         build_offline_encoder(
             cfg.offline,
             data_dir,
@@ -368,7 +383,7 @@ def _run_notes(cfg: RunConfig, out: Path) -> list[str]:
     """What a reader of metrics.json/report.md must know about how the run was made from this data."""
     notes = []
     if cfg.offline.enabled:
-        folder = Path(cfg.offline.encoder_dir or out / "offline_encoder")
+        folder = _offline_folder(cfg, out)
         stamp = folder / "camim_offline.json"
         built = read_json(stamp) if stamp.is_file() else {}
         if (

@@ -1,4 +1,4 @@
-"""``camim train``, ``camim evaluate`` and ``camim experiment``."""
+"""``camim train``, ``camim evaluate``, ``camim experiment`` and ``camim pretrain``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def register(subparsers) -> None:
     add_set_argument(p)
     add_overwrite_argument(p)
     p.set_defaults(func=cmd_experiment)
+    register_pretrain(subparsers)
 
 
 def _fmt_scores(s: dict) -> str:
@@ -153,4 +154,49 @@ def cmd_cases(args: argparse.Namespace) -> int:
     print(f"{args.split}: {res['total']} samples; {args.filter}: {res['selected']}")
     print(flip_table(res["counts"]))
     print("wrote " + ", ".join(str(f) for f in res["files"]))
+    return 0
+
+
+def register_pretrain(subparsers) -> None:
+    """Add the ``pretrain`` command (domain-adaptive masked-LM pretraining)."""
+    p = subparsers.add_parser(
+        "pretrain",
+        help="masked-LM pretraining of a text encoder on the training split's text and captions",
+        description="Whole-word masked-LM training (Lightning, resumable) on the training split's sentences and "
+        "chosen caption sources (never val/test), writing a from_pretrained folder with camim_pretrain.json. "
+        "The offline presets start from it with --set offline.pretrained_encoder=ENC (offline-*-dapt presets).",
+    )
+    p.add_argument("--data-dir", required=True, help="MNRE-style data folder")
+    p.add_argument("--output", required=True, help="encoder folder (resumes from its checkpoints/last.ckpt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text-encoder", help="a hub id or folder to continue pretraining")
+    src.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="the offline presets' compact BERT and WordPiece vocabulary",
+    )
+    p.add_argument(
+        "--sources", nargs="+", default=None, metavar="SOURCE",
+        help="text and/or caption:<source> (default: text caption:minicpm)",
+    )  # fmt: skip
+    add_set_argument(
+        p, help="override a pretraining setting, e.g. --set epochs=5 --set offline.vocab_size=8000"
+    )
+    p.set_defaults(func=cmd_pretrain)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from camim.training.pretrain import pretrain, pretrain_config
+
+    settings: dict = {"text_encoder": args.text_encoder, "from_scratch": bool(args.from_scratch)}
+    if args.sources:
+        settings["sources"] = args.sources
+    cfg = pretrain_config(args.overrides, **settings)
+    res = pretrain(cfg, args.data_dir, args.output)
+    c = res.card
+    samples = ", ".join(f"{k} {v}" for k, v in c["samples"].items())
+    print(
+        f"pretrained on the training split ({samples}): {c['steps']} steps, final MLM loss {c['final_mlm_loss']:.4f}"
+    )
+    print(f"wrote {res.output_dir} (card: {res.output_dir / 'camim_pretrain.json'})")
     return 0

@@ -136,6 +136,9 @@ class OfflineConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     encoder_dir: str | None = None  # default: <output>/offline_encoder
+    # a `camim pretrain` folder (domain-adaptive MLM weights + tokenizer) used as the encoder folder instead of
+    # a randomly initialised one; needs model.text_encoder_pretrained: true (the *-dapt presets)
+    pretrained_encoder: str | None = None
     # model keys set to the encoder folder when the run starts (a list, e.g. [text_encoder, caption_encoder])
     model_keys: list[str] = field(default_factory=lambda: ["text_encoder"])
 
@@ -326,6 +329,12 @@ def validate_config(cfg: RunConfig) -> None:
             raise CamimError(
                 f"offline.model_keys: model.{key} takes {describe(model_types[key])}, not a folder"
             ) from None
+    if off.pretrained_encoder and not off.enabled:
+        raise CamimError("offline.pretrained_encoder applies to offline presets (offline.enabled: true)")
+    if off.enabled and off.pretrained_encoder and not cfg.model.text_encoder_pretrained:
+        raise CamimError(
+            "offline.pretrained_encoder needs model.text_encoder_pretrained: true (else its weights are unused)"
+        )
     if cfg.model.text_encoder is None and not (off.enabled and "text_encoder" in off.model_keys):
         raise CamimError("model.text_encoder is null: name a text encoder (hub id or folder)")
     from camim.training.loggers import check_logger_names

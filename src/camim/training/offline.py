@@ -60,15 +60,17 @@ def vocabulary_caption_file(
         return None
 
 
-def vocabulary_corpus(
+def training_texts(
     data_dir: str | Path,
     caption_source: str | Path | None,
     limit: int | None = None,
     encoding: str = DEFAULT_ENCODING,
     on_error: str = "raise",
-) -> list[str]:
-    """The training split's sentences followed by its (unique) captions (``on_error="skip"``: malformed
-    sample lines left out, as the run's data.on_error does)."""
+) -> tuple[list[str], list[str], list[Path]]:
+    """The training split's sentences, its (unique, one per image) captions of ``caption_source`` and the
+    files they came from (``on_error="skip"``: malformed sample lines left out, as the run's data.on_error
+    does). Only the training split is read: a caption file that is the val or test split's (a file path given
+    as ``caption_source``) is refused, so no evaluation text reaches a vocabulary or a pretraining corpus."""
     ds = MNREDataset(
         data_dir,
         split="train",
@@ -78,6 +80,8 @@ def vocabulary_corpus(
         encoding=encoding,
         on_error=on_error,
     )
+    files = [ds.samples_path] + ([ds.caption_path] if ds.caption_path else [])
+    check_training_files(data_dir, files)
     n = len(ds) if limit is None else min(limit, len(ds))
     texts, captions = [], {}
     for i in range(n):
@@ -85,7 +89,34 @@ def vocabulary_corpus(
         texts.append(ex.text)
         if ex.caption:
             captions.setdefault(ex.img_id, ex.caption)
-    return texts + list(captions.values())
+    return texts, list(captions.values()), files
+
+
+def check_training_files(data_dir: str | Path, files: list[Path]) -> None:
+    """``DataError`` when one of ``files`` is a val or test split file (sample or caption file) of the data
+    folder: what a vocabulary or a pretraining corpus is built from must be the training split's."""
+    layout = DataLayout()
+    evaluation = set()
+    for split in ("val", "test"):
+        evaluation |= {layout.path(data_dir, t, split).resolve() for t in layout.samples}
+        caption_dir = layout.path(data_dir, layout.caption, split, prefix="x").parent
+        if caption_dir.is_dir():
+            evaluation |= {p.resolve() for p in caption_dir.glob(f"*_{split}.*")}
+    for f in files:
+        if Path(f).resolve() in evaluation:
+            raise DataError("a val or test split file; only the training split may be read here", f)
+
+
+def vocabulary_corpus(
+    data_dir: str | Path,
+    caption_source: str | Path | None,
+    limit: int | None = None,
+    encoding: str = DEFAULT_ENCODING,
+    on_error: str = "raise",
+) -> list[str]:
+    """The training split's sentences followed by its (unique) captions (:func:`training_texts`)."""
+    texts, captions, _ = training_texts(data_dir, caption_source, limit, encoding, on_error)
+    return texts + captions
 
 
 def wordpiece_vocabulary(
@@ -126,7 +157,8 @@ def wordpiece_vocabulary(
 
 def _signature(cfg: OfflineConfig, data_dir: str | Path, limit: int | None, captions: Path | None) -> dict:
     return {
-        "offline": {k: v for k, v in vars(cfg).items() if k != "encoder_dir"},
+        # where the folder goes and which pretrained folder replaces it do not change what is built
+        "offline": {k: v for k, v in vars(cfg).items() if k not in ("encoder_dir", "pretrained_encoder")},
         "data": str(data_dir),
         "limit": limit,
         # the caption file the vocabulary was built from (None: the training text alone)

@@ -1,0 +1,150 @@
+"""`camim pretrain`: whole-word masked-LM on the training split only, resumable, a from_pretrained folder the
+offline *-dapt presets start from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from camim.errors import CamimError, DataError
+from camim.training.pretrain import pretrain, pretrain_config, pretraining_corpus
+
+from .conftest import TINY, write_tiny_mnre
+
+# the compact BERT of the offline tests (TINY's offline.* keys, as pretraining settings)
+TINY_BERT = [o for o in TINY if o.startswith("offline.")]
+SETTINGS = [*TINY_BERT, "batch_size=8", "lr=3e-3", "epochs=3", "progress_bar=false", "warmup_ratio=0.1"]
+SENTINEL = "zyxwvuquux"  # planted only in the val and test splits
+
+
+def _scratch(extra=()):
+    return pretrain_config([*SETTINGS, *extra], from_scratch=True)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_mnre, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dapt") / "enc"
+    return pretrain(_scratch(), tiny_mnre, out)
+
+
+def test_mlm_loss_falls_and_the_folder_reloads_with_auto_classes(pretrained, tiny_mnre):
+    from transformers import AutoModel, AutoTokenizer
+
+    card = pretrained.card
+    losses = card["epoch_mlm_loss"]
+    assert len(losses) == 3 == card["epochs"] and losses[-1] < losses[0] - 0.5
+    assert card["final_mlm_loss"] == losses[-1]
+    assert card["samples"] == {"text": 48, "caption:minicpm": 48}  # 48 sentences, 48 images' captions
+    assert card["steps"] == 3 * 12  # 96 texts / batch 8, three epochs
+    assert all("_train" in f for f in card["files"])
+    folder = pretrained.output_dir
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, add_pooling_layer=False)
+    assert model.config.hidden_size == 32 and model.config.vocab_size == len(tok)
+    assert "married" in tok.tokenize("Anna married Bob")
+    mlm = load_file(str(folder / "model.safetensors"))
+    key = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(model.embeddings.word_embeddings.weight.detach(), mlm[key])
+    assert not (folder / "checkpoints").exists()  # finished: the resume checkpoint is gone
+    # rerun with the same settings: reused, not retrained
+    assert pretrain(_scratch(), tiny_mnre, folder).card == card
+    with pytest.raises(CamimError, match="other settings.*epochs"):
+        pretrain(_scratch(["epochs=4"]), tiny_mnre, folder)
+
+
+def test_val_and_test_text_never_enter_the_corpus_or_the_vocabulary(tmp_path):
+    data = write_tiny_mnre(tmp_path / "data")
+    for split in ("val", "test"):
+        for name in (f"txt/ours_{split}.txt", f"caption/minicpm_{split}.txt"):
+            path = data / name
+            path.write_text(path.read_text().replace("today", SENTINEL).replace("smiling", SENTINEL))
+    assert SENTINEL in (data / "txt/ours_val.txt").read_text()
+    corpus, counts, files = pretraining_corpus(_scratch(), data)
+    assert len(corpus) == 96 and not any(SENTINEL in t.lower() for t in corpus)
+    assert files == [str(data / "txt/ours_train.txt"), str(data / "caption/minicpm_train.txt")]
+    res = pretrain(_scratch(["epochs=1", "offline.vocab_size=2000"]), data, tmp_path / "enc")
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(res.output_dir).get_vocab()
+    assert "today" in vocab and SENTINEL not in vocab and "##" + SENTINEL[1:] not in vocab
+    # a val caption file named as a source is refused, whatever its name
+    with pytest.raises(DataError, match="only the training split"):
+        pretraining_corpus(
+            _scratch(["sources=[caption:" + str(data / "caption/minicpm_val.txt") + "]"]), data
+        )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumed_gives_the_uninterrupted_weights(tiny_mnre, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class Stop(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise _Interrupt
+
+    cfg = _scratch(["epochs=2"])
+    full = pretrain(cfg, tiny_mnre, tmp_path / "full")
+    with pytest.raises(_Interrupt):
+        pretrain(cfg, tiny_mnre, tmp_path / "resumed", callbacks=[Stop()])
+    assert (tmp_path / "resumed/checkpoints/last.ckpt").is_file()
+    assert not (tmp_path / "resumed/camim_pretrain.json").exists()
+    resumed = pretrain(cfg, tiny_mnre, tmp_path / "resumed")
+    assert resumed.card["steps"] == full.card["steps"] == 24
+    assert resumed.card["epoch_mlm_loss"] == pytest.approx(full.card["epoch_mlm_loss"], abs=1e-6)
+    a, b = (
+        load_file(str(full.output_dir / "model.safetensors")),
+        load_file(str(resumed.output_dir / "model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # a resumed folder with other settings is refused, not mixed
+    with pytest.raises(_Interrupt):
+        pretrain(cfg, tiny_mnre, tmp_path / "other", callbacks=[Stop()])
+    with pytest.raises(CamimError, match="unfinished pretraining with other settings.*lr"):
+        pretrain(_scratch(["epochs=2", "lr=1e-3"]), tiny_mnre, tmp_path / "other")
+
+
+def test_the_dapt_preset_starts_from_the_pretrained_weights(pretrained, tiny_mnre, tmp_path):
+    from camim.models import build_model
+    from camim.training.api import resolve_run_config, train_run
+
+    enc = pretrained.output_dir
+    over = [*TINY, f"offline.pretrained_encoder={enc}"]
+    cfg = resolve_run_config("offline-tmr-cam-mi-dapt", over, tiny_mnre, tmp_path / "run")
+    assert cfg.model.text_encoder == str(enc.resolve())
+    model = build_model(cfg.model, labels=["None", "a", "b", "c"])
+    mlm = load_file(str(enc / "model.safetensors"))
+    emb = [p for n, p in model.named_parameters() if n.endswith("embeddings.word_embeddings.weight")]
+    assert emb and all(torch.equal(p.detach(), mlm["bert.embeddings.word_embeddings.weight"]) for p in emb)
+    with pytest.raises(CamimError, match="offline.pretrained_encoder is null"):
+        train_run("offline-bert-dapt", tiny_mnre, tmp_path / "run2", overrides=TINY)
+    with pytest.raises(CamimError, match="not a finished `camim pretrain` folder"):
+        train_run(
+            "offline-bert-dapt",
+            tiny_mnre,
+            tmp_path / "run3",
+            overrides=[*TINY, f"offline.pretrained_encoder={tmp_path}"],
+        )
+    with pytest.raises(CamimError, match="needs model.text_encoder_pretrained"):
+        resolve_run_config("offline-bert", [f"offline.pretrained_encoder={enc}"], tiny_mnre, tmp_path / "r")
+
+
+def test_a_bad_set_key_is_a_one_line_error(tiny_mnre, tmp_path, capsys):
+    from camim.cli import main
+
+    argv = ["pretrain", "--data-dir", str(tiny_mnre), "--output", str(tmp_path / "e"), "--from-scratch"]
+    assert main([*argv, "--set", "colour=red"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("camim: error: unknown top-level config key(s): colour; known: text_encoder")
+        and "\n" not in err
+    )
+    assert main([*argv, "--set", "epochs=1.5"]) == 1
+    assert capsys.readouterr().err.strip() == "camim: error: epochs: expected an integer, got 1.5"
+    assert main([*argv, "--sources", "text", "pictures"]) == 1
+    assert "sources: 'pictures'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
