@@ -108,10 +108,7 @@ class ReleasedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -180,10 +177,7 @@ class ForeachReleasedAdamW(ReleasedAdamW):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             params = [p for p in group["params"] if p.grad is not None]
@@ -251,3 +245,11 @@ def build_optimizer(
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     kwargs = {"fused": True} if multi_tensor and on_cuda else {"foreach": multi_tensor}
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=adam_eps, **kwargs)
+
+
+def _run_closure(closure: Callable[[], float] | None):
+    """``torch.optim``'s closure protocol: re-evaluate the loss with gradients on (inside ``step``'s no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

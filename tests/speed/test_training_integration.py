@@ -167,18 +167,20 @@ def test_frozen_visual_computes_features_once_across_epochs_and_runs(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fast_mode_runs_on_cpu_and_matches_the_plain_run(world, text_dir, vision_dir, tmp_path):
+def plain_and_fast_runs(world, text_dir, vision_dir, tmp_path):
+    """One epoch of the plain run and of ``speed.fast`` (multi-tensor AdamW) on the same config; the fast
+    run's module, datamodule and optimiser are kept by the returned :class:`Capture`."""
     cfg = run_config(text_dir, vision_dir)
     cfg["optim"]["epochs"] = 1
     plain = train_run(cfg, world, tmp_path / "plain")
     cb = Capture()
-    fast = train_run(
-        cfg,
-        world,
-        tmp_path / "fast",
-        overrides=["speed.fast=true", "speed.fused_optimizer=true"],
-        callbacks=[cb],
-    )
+    overrides = ["speed.fast=true", "speed.fused_optimizer=true"]
+    fast = train_run(cfg, world, tmp_path / "fast", overrides=overrides, callbacks=[cb])
+    return plain, fast, cb
+
+
+def test_fast_mode_runs_on_cpu_and_matches_the_plain_run(world, text_dir, vision_dir, tmp_path):
+    plain, fast, cb = plain_and_fast_runs(world, text_dir, vision_dir, tmp_path)
     assert isinstance(cb.optimizer, ForeachReleasedAdamW)
     assert cb.module.speed.step is not None and not cb.module.speed.step.cfg.bf16  # bf16 only on CUDA
     assert cb.module.speed.step.cfg.compile == "none"
@@ -198,17 +200,7 @@ def test_a_step_that_owns_backward_trains_like_the_plain_run_in_lightning(
     from camim.speed.training import TrainingSpeed
 
     monkeypatch.setattr(TrainingSpeed, "owns_backward", property(lambda self: self.step is not None))
-    cfg = run_config(text_dir, vision_dir)
-    cfg["optim"]["epochs"] = 1
-    plain = train_run(cfg, world, tmp_path / "plain")
-    cb = Capture()
-    fast = train_run(
-        cfg,
-        world,
-        tmp_path / "owned",
-        overrides=["speed.fast=true", "speed.fused_optimizer=true"],
-        callbacks=[cb],
-    )
+    plain, fast, cb = plain_and_fast_runs(world, text_dir, vision_dir, tmp_path)
     stats = cb.module.speed.step.forward_backward.stats
     assert stats.eager_steps == fast.metrics["global_step"] == plain.metrics["global_step"] > 0
     assert fast.metrics["speed"]["graphs"]["eager_steps"] == stats.eager_steps
