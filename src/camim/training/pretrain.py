@@ -324,7 +324,12 @@ def pretrain(
     total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.epochs
     module = MLMModule(model, cfg, total)
     checkpoint = ModelCheckpoint(  # after every epoch: the latest epoch and last.ckpt (resumed from)
-        dirpath=str(work), filename="epoch{epoch}", save_last=True, save_top_k=1, save_on_train_epoch_end=True
+        dirpath=str(work),
+        filename="epoch{epoch}",
+        save_last=True,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,  # "epoch2.ckpt", not "epochepoch=2.ckpt"
     )
     trainer = L.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
