@@ -150,3 +150,13 @@ def test_the_visual_prefix_cache_goes_to_the_keyword_the_encoder_takes():
 
     assert _cache_keyword(Old()) == "past_key_values"
     assert _cache_keyword(New()) == "cache"
+
+
+@pytest.mark.parametrize("name", ["tmr", "hvpnet"])
+def test_models_from_pretrained_folders_are_built_in_train_mode(text_dir, vision_dir, tmp_path, name):
+    """transformers' from_pretrained gives eval mode; a camim model is built in train mode (BERT dropout on,
+    ResNet BatchNorm training as in the released loops), and a saved model loads for inference in eval mode."""
+    model = build_model(tiny_config(text_dir, vision_dir, name=name), LABELS)
+    assert [n for n, m in model.named_modules() if not m.training] == []
+    model.save_pretrained(tmp_path / "m")
+    assert not any(m.training for m in load_model(tmp_path / "m").modules())

@@ -148,3 +148,22 @@ def test_a_bad_set_key_is_a_one_line_error(tiny_mnre, tmp_path, capsys):
     assert main([*argv, "--sources", "text", "pictures"]) == 1
     assert "sources: 'pictures'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_pretrained_encoder_fine_tunes_in_train_mode(pretrained, tiny_mnre, tmp_path, recwarn):
+    """from_pretrained returns eval mode and Lightning keeps the modes it finds: without camim setting train
+    mode, fine-tuning from pretrained weights ran with dropout (and ResNet BatchNorm updates) switched off."""
+    from camim.models import build_model
+    from camim.training.api import resolve_run_config, train_run
+    from camim.training.pretrain import _load_model
+
+    over = [*TINY, f"offline.pretrained_encoder={pretrained.output_dir}", "optim.epochs=1"]
+    cfg = resolve_run_config("offline-tmr-cam-mi-dapt", over, tiny_mnre, tmp_path / "r")
+    model = build_model(cfg.model, labels=["None", "a", "b", "c"])
+    assert [n for n, m in model.named_modules() if not m.training] == []
+    train_run("offline-bert-dapt", tiny_mnre, tmp_path / "run", overrides=over)
+    assert not [w for w in recwarn if "eval mode at the start of training" in str(w.message)]
+    # continued pretraining from a pretrained folder (--text-encoder) trains in train mode too
+    cont = pretrain_config([*SETTINGS, f"text_encoder={pretrained.output_dir}"], from_scratch=False)
+    _, mlm, _ = _load_model(cont, tiny_mnre, tmp_path / "work")
+    assert all(m.training for m in mlm.modules())

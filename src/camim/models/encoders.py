@@ -37,7 +37,9 @@ def load_text_encoder(source: str | PretrainedConfig, pretrained: bool = True) -
         if isinstance(source, PretrainedConfig):
             return AutoModel.from_config(source, add_pooling_layer=False)
         if pretrained:
-            return AutoModel.from_pretrained(source, add_pooling_layer=False)
+            # from_pretrained returns the model in eval mode; every camim model is built in train mode like
+            # any nn.Module (Lightning keeps the modes it finds, so eval here meant no dropout in fine-tuning)
+            return AutoModel.from_pretrained(source, add_pooling_layer=False).train()
         return AutoModel.from_config(AutoConfig.from_pretrained(source), add_pooling_layer=False)
     except CamimError:
         raise
@@ -78,7 +80,8 @@ class VisionBackbone(nn.Module):
                 if isinstance(source, PretrainedConfig):
                     self.model = AutoModel.from_config(source)
                 elif pretrained:
-                    self.model = AutoModel.from_pretrained(source)
+                    # train mode as built from a config: BatchNorm trains (released), see load_text_encoder
+                    self.model = AutoModel.from_pretrained(source).train()
                 else:
                     self.model = AutoModel.from_config(AutoConfig.from_pretrained(source))
                 self.config = self.model.config

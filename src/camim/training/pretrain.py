@@ -265,7 +265,8 @@ def _load_model(cfg: PretrainConfig, data_dir: str | Path, work: Path):
         return tok, BertForMaskedLM(BertConfig.from_pretrained(str(vocab))), vocab
     try:
         tok = AutoTokenizer.from_pretrained(cfg.text_encoder)
-        model = AutoModelForMaskedLM.from_pretrained(cfg.text_encoder)
+        # from_pretrained gives eval mode, and Lightning keeps the modes it finds: train mode for dropout
+        model = AutoModelForMaskedLM.from_pretrained(cfg.text_encoder).train()
     except Exception as exc:  # noqa: BLE001 - hub/folder errors become one line
         raise CamimError(f"text_encoder {cfg.text_encoder!r}: cannot load a masked-LM model: {exc}") from None
     return tok, model, None
