@@ -35,8 +35,11 @@ def test_mlm_loss_falls_and_the_folder_reloads_with_auto_classes(pretrained, tin
     losses = card["epoch_mlm_loss"]
     assert len(losses) == 3 == card["epochs"] and losses[-1] < losses[0] - 0.5
     assert card["final_mlm_loss"] == losses[-1]
-    assert card["samples"] == {"text": 48, "caption:minicpm": 48}  # 48 sentences, 48 images' captions
-    assert card["steps"] == 3 * 12  # 96 texts / batch 8, three epochs
+    # 48 sentences (46 distinct), 48 images' captions (the tiny world's captions: 5 distinct), each text once
+    assert card["samples"] == {
+        "text": 46, "text duplicates": 2, "caption:minicpm": 5, "caption:minicpm duplicates": 43
+    }  # fmt: skip
+    assert card["steps"] == 3 * 7  # 51 texts / batch 8, three epochs
     assert all("_train" in f for f in card["files"])
     folder = pretrained.output_dir
     tok = AutoTokenizer.from_pretrained(folder)
@@ -61,7 +64,7 @@ def test_val_and_test_text_never_enter_the_corpus_or_the_vocabulary(tmp_path):
             path.write_text(path.read_text().replace("today", SENTINEL).replace("smiling", SENTINEL))
     assert SENTINEL in (data / "txt/ours_val.txt").read_text()
     corpus, counts, files = pretraining_corpus(_scratch(), data)
-    assert len(corpus) == 96 and not any(SENTINEL in t.lower() for t in corpus)
+    assert len(corpus) == 51 and not any(SENTINEL in t.lower() for t in corpus)
     assert files == [str(data / "txt/ours_train.txt"), str(data / "caption/minicpm_train.txt")]
     res = pretrain(_scratch(["epochs=1", "offline.vocab_size=2000"]), data, tmp_path / "enc")
     from transformers import AutoTokenizer
@@ -94,7 +97,7 @@ def test_an_interrupted_run_resumed_gives_the_uninterrupted_weights(tiny_mnre, t
     assert (tmp_path / "resumed/checkpoints/last.ckpt").is_file()
     assert not (tmp_path / "resumed/camim_pretrain.json").exists()
     resumed = pretrain(cfg, tiny_mnre, tmp_path / "resumed")
-    assert resumed.card["steps"] == full.card["steps"] == 24
+    assert resumed.card["steps"] == full.card["steps"] == 14  # 2 epochs of 7 batches
     assert resumed.card["epoch_mlm_loss"] == pytest.approx(full.card["epoch_mlm_loss"], abs=1e-6)
     a, b = (
         load_file(str(full.output_dir / "model.safetensors")),
@@ -167,3 +170,15 @@ def test_a_pretrained_encoder_fine_tunes_in_train_mode(pretrained, tiny_mnre, tm
     cont = pretrain_config([*SETTINGS, f"text_encoder={pretrained.output_dir}"], from_scratch=False)
     _, mlm, _ = _load_model(cont, tiny_mnre, tmp_path / "work")
     assert all(m.training for m in mlm.modules())
+
+
+def test_the_corpus_holds_each_distinct_text_once(tmp_path):
+    """MNRE repeats a sentence once per entity pair: the corpus keeps it once (dedupe, default), and counts
+    what it left out; dedupe=false keeps every sample's sentence."""
+    data = write_tiny_mnre(tmp_path / "d", n_train=12, n_eval=4)
+    lines = (data / "txt" / "ours_train.txt").read_text().splitlines()
+    (data / "txt" / "ours_train.txt").write_text("\n".join([*lines, lines[0], lines[3], lines[0]]) + "\n")
+    corpus, counts, _ = pretraining_corpus(_scratch(["sources=[text]"]), data)
+    assert counts == {"text": 12, "text duplicates": 3} and len(corpus) == len(set(corpus)) == 12
+    corpus, counts, _ = pretraining_corpus(_scratch(["sources=[text]", "dedupe=false"]), data)
+    assert counts == {"text": 15} and len(corpus) == 15 and len(set(corpus)) == 12
