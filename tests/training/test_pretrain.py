@@ -182,3 +182,44 @@ def test_the_corpus_holds_each_distinct_text_once(tmp_path):
     assert counts == {"text": 12, "text duplicates": 3} and len(corpus) == len(set(corpus)) == 12
     corpus, counts, _ = pretraining_corpus(_scratch(["sources=[text]", "dedupe=false"]), data)
     assert counts == {"text": 15} and len(corpus) == 15 and len(set(corpus)) == 12
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_the_sparse_masked_lm_loss_equals_the_dense_head_loss(arch):
+    """masked_lm_loss runs the head on the masked positions only: same loss and gradients as model(**batch).loss
+    (BERT's cls and RoBERTa's lm_head take the sparse path; DistilBERT's head falls back to the dense loss)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from camim.training.pretrain import masked_lm_loss
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        arch, vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, dim=16, hidden_dim=32, n_layers=2, n_heads=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    model = AutoModelForMaskedLM.from_config(config)
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 1], labels[0, 4], labels[1, 2], labels[2, 3] = ids[0, 1], ids[0, 4], ids[1, 2], ids[2, 3]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    dense = model(**batch).loss
+    dense_grads = torch.autograd.grad(dense, list(model.parameters()), allow_unused=True)
+    rows = []  # the shapes the vocabulary projection saw
+    model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(tuple(i[0].shape)))
+    sparse = masked_lm_loss(model, batch)
+    sparse_grads = torch.autograd.grad(sparse, list(model.parameters()), allow_unused=True)
+    # the loss by hand: mean cross-entropy of the 4 labelled positions of the dense logits
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    picked = [(0, 1), (0, 4), (1, 2), (2, 3)]
+    by_hand = -sum(torch.log_softmax(logits[i, j], -1)[ids[i, j]] for i, j in picked) / 4
+    assert sparse.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    assert sparse.item() == pytest.approx(dense.item(), abs=1e-6)
+    for d, s in zip(dense_grads, sparse_grads):
+        if d is None:
+            assert s is None or not s.any()
+        else:
+            torch.testing.assert_close(s, d, atol=1e-6, rtol=1e-5)
+    assert rows[0] == ((4, 16) if arch != "distilbert" else (3, 9, 16))  # sparse: the 4 masked positions only
