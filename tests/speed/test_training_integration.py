@@ -88,15 +88,27 @@ def test_config_records_speed_options_and_validates(tmp_path):
         load_config("tmr", ["speed.turbo=true"])
 
 
-def test_image_cache_run_equals_the_decoding_run(world, text_dir, vision_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("uint8", [False, True], ids=["float-batches", "uint8-batches"])
+def test_image_cache_run_equals_the_decoding_run(world, text_dir, vision_dir, tmp_path, uint8):
     cfg = run_config(text_dir, vision_dir)
     plain = train_run(cfg, world, tmp_path / "plain")
     cache_dir = tmp_path / "images"
     cb = Capture()
     cached = train_run(
-        cfg, world, tmp_path / "cached", overrides=[f"data.image_cache_dir={cache_dir}"], callbacks=[cb]
+        cfg,
+        world,
+        tmp_path / "cached",
+        overrides=[f"data.image_cache_dir={cache_dir}", f"data.image_cache_uint8={str(uint8).lower()}"],
+        callbacks=[cb],
     )
-    assert isinstance(cb.datamodule.train_dataloader().collate_fn, CachedCollate)
+    collate = cb.datamodule.train_dataloader().collate_fn
+    assert isinstance(collate, CachedCollate) and collate.uint8 is uint8
+    loaded = next(iter(cb.datamodule.train_dataloader()))
+    assert loaded.image.dtype == (torch.uint8 if uint8 else torch.float32)
+    # what the step sees after the transfer: the processor's float pixels either way
+    on_device = cb.datamodule.on_after_batch_transfer(loaded, 0)
+    assert on_device.image.dtype == on_device.objects.dtype == torch.float32
+    assert on_device.objects.shape[2] == 3  # (B, m, 3, S, S)
     assert not set(cb.datamodule.dataset("train").modalities) & {
         "image",
         "objects",

@@ -77,6 +77,18 @@ def test_training_lowers_the_loss(reference_run):
     assert epoch_losses[1] < epoch_losses[0]
 
 
+def test_the_logged_learning_rate_follows_the_linear_warmup_and_decay(reference_run):
+    # 2 epochs x 6 steps, warmup_ratio 0.1 -> int(1.2) = 1 warmup step: step k logs (before its scheduler
+    # step) 3e-3 * (0 at k = 0, else (12 - k) / 11); logged as a host tensor (no per-step GPU copy)
+    rows = (reference_run.output_dir / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col, step = header.index("train/lr"), header.index("step")
+    logged = {int(r.split(",")[step]): float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]}
+    expected = {k: 3e-3 * (0.0 if k == 0 else (12 - k) / 11) for k in range(12)}
+    assert logged.keys() == expected.keys()
+    assert all(logged[k] == pytest.approx(expected[k], rel=1e-6, abs=1e-12) for k in expected)
+
+
 def test_saved_model_reloads_with_same_predictions(reference_run, tiny_mnre):
     from camim.models import load_model
 

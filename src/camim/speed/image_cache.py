@@ -22,6 +22,7 @@ last commit, and a dataset that grew later is cached incrementally. ``verify()``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -100,9 +101,17 @@ def to_pixels(rows: np.ndarray | torch.Tensor, kind: str) -> torch.Tensor:
     if kind != "crop":
         raise CamimError(f"unknown row kind {kind!r}")
     x = t.to(torch.float32, memory_format=torch.contiguous_format)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    x.div_(255.0).sub_(mean).div_(torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1))
+    mean, std = _imagenet_stats(x.device)
+    x.div_(255.0).sub_(mean).div_(std)
     return x
+
+
+@functools.lru_cache(maxsize=16)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as (1, 3, 1, 1) float32 on ``device``, made once per device (a host-to-GPU copy
+    per batch would wait for the GPU)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
 
 # ---------------------------------------------------------------------------------------- build

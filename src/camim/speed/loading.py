@@ -151,13 +151,14 @@ class CachedCollate(_CollateBase):
 
     @staticmethod
     def _objects(raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, m, S, S, 3) uint8 -> (B, m, 3, S, S) float; padded slots are all-zero images (released)."""
-        present = mask.bool()
-        pixels = torch.empty(*raw.shape[:2], 3, *raw.shape[2:4], device=raw.device)
-        pixels[~present] = 0.0
-        if present.any():
-            pixels[present] = to_pixels(raw[present], "crop")
-        return pixels
+        """(B, m, S, S, 3) uint8 -> (B, m, 3, S, S) float; padded slots are all-zero images (released).
+
+        Every slot is converted and the padded ones then set to exactly 0.0: no boolean indexing and no
+        ``.any()``, so on a GPU this never waits for the device (the values are those of converting only the
+        present slots: the conversion is element-wise)."""
+        b, m, s = raw.shape[0], raw.shape[1], raw.shape[2]
+        pixels = to_pixels(raw.reshape(b * m, s, s, 3), "crop").view(b, m, 3, s, s)
+        return pixels.masked_fill_(~mask.bool().view(b, m, 1, 1, 1), 0.0)
 
     def finish(self, batch: MREBatch) -> MREBatch:
         """Convert a ``uint8=True`` batch's image fields to float pixels, in place, on their device."""

@@ -125,13 +125,18 @@ class SpeedData:
     ``images(split)`` returns the split's dataset loading only its image modalities (to build a cache);
     ``processor`` is the model's processor (the cache geometry and the collates follow it)."""
 
-    def __init__(self, cache_dir: str, speed: SpeedConfig, processor: Any, num_workers: int = 0):
+    def __init__(
+        self, cache_dir: str, speed: SpeedConfig, processor: Any, num_workers: int = 0, uint8: bool = False
+    ):
         self.cache_dir, self.speed, self.processor, self.num_workers = (
             Path(cache_dir),
             speed,
             processor,
             num_workers,
         )
+        # uint8 pixels in the batches, made float by ``finish`` once on the device (CachedCollate(uint8=True))
+        self.uint8 = uint8
+        self._finisher: CachedCollate | None = None
         self.caches: dict[str, ImageCache] = {}
         self.offsets: dict[str, int] | None = None  # split -> row offset in the combined feature store
         self.zero_row: int | None = None
@@ -165,10 +170,18 @@ class SpeedData:
 
     def collate(self, split: str) -> Callable:
         if self.offsets is None:
-            return CachedCollate(self.processor)
+            return CachedCollate(self.processor, uint8=self.uint8)
         if split not in self.offsets:
             raise CamimError(f"frozen-visual mode: no features were computed for the {split!r} split")
         return FeatureRowsCollate(self.processor, self.zero_row, self.offsets[split])
+
+    def finish(self, batch: MREBatch) -> MREBatch:
+        """A batch on its device with uint8 pixels -> float pixels, the processor's tensors (no-op otherwise)."""
+        if not self.uint8 or self.offsets is not None:
+            return batch
+        if self._finisher is None:
+            self._finisher = CachedCollate(self.processor, uint8=True)
+        return self._finisher.finish(batch)
 
     @staticmethod
     def image_modalities(modalities) -> tuple[str, ...]:

@@ -63,6 +63,9 @@ class DataConfig:
     # decoded-image cache (camim.speed): one memmap folder per split, <image_cache_dir>/<split>, built on first
     # use and reused after; batches are bit-identical to decoding the images each step (docs/speed.md)
     image_cache_dir: str | None = None
+    # cached batches keep their pixels uint8 until they are on the device, where the float conversion runs
+    # (4x less to move from loader workers to the GPU; same float tensors); null: on for a run on a GPU
+    image_cache_uint8: bool | None = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from camim.data import IMAGE_MODALITIES, LabelSet, MNREDataset
 from camim.errors import CamimError, DataError
+from camim.models.batch import MREBatch
 from camim.speed.training import SpeedData
 from camim.training.config import RunConfig
 
@@ -80,16 +82,16 @@ class MNREDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         self.test_split = test_split  # the split the test loop scores (evaluate_run may pick val or train)
         self.datasets: dict[str, MNREDataset] = {}
+        on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         # page-locked batches for asynchronous host-to-GPU copies (speed.fast on a CUDA machine)
-        self.pin_memory = (
-            bool(cfg.speed.fast) and torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
-        )
+        self.pin_memory = bool(cfg.speed.fast) and on_gpu
         self.cached_images = bool(cfg.data.image_cache_dir) and bool(
             set(self.modalities) & set(IMAGE_MODALITIES)
         )
+        uint8 = on_gpu if cfg.data.image_cache_uint8 is None else cfg.data.image_cache_uint8
         # camim.speed's data side: image caches, the frozen-visual feature store, their loaders' pieces
         self.speed_data = (
-            SpeedData(cfg.data.image_cache_dir, cfg.speed, collate_fn, cfg.data.num_workers)
+            SpeedData(cfg.data.image_cache_dir, cfg.speed, collate_fn, cfg.data.num_workers, uint8=uint8)
             if self.cached_images
             else None
         )
@@ -185,6 +187,12 @@ class MNREDataModule(L.LightningDataModule):
         )
         for split in wanted:
             self.dataset(split)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 cached pixels (``data.image_cache_uint8``) become the processor's float pixels on the device."""
+        if self.speed_data is not None and isinstance(batch, MREBatch):
+            return self.speed_data.finish(batch)
+        return batch
 
     def data_report(self) -> dict[str, dict]:
         """Counted fallbacks and skipped lines of every loaded split (``MNREDataset.report``), with the image

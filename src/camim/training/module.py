@@ -95,9 +95,9 @@ class MRELightningModule(L.LightningModule):
         self.log("train/ce_loss", out.ce_loss, on_step=True, on_epoch=True, batch_size=bs)
         if out.mi_loss is not None:
             self.log("train/mi_loss", out.mi_loss, on_step=True, on_epoch=True, batch_size=bs)
-        self.log(
-            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs
-        )
+        # a host tensor: a float would become a tensor on the GPU each step, a copy that waits for the GPU
+        lr = torch.tensor(self.optimizers().param_groups[0]["lr"], dtype=torch.float32)
+        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=bs)
         return out.loss
 
     # ------------------------------------------------------------- validate
