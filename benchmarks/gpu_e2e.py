@@ -10,7 +10,14 @@ the Python API with a timing callback, and one line per run is printed (flushed)
 - ``wall s``: the whole run (build, fit, final validation and test, writing the run folder);
 - ``epoch s``: the training epoch (first batch to last, synchronised);
 - ``warm-up s``: the first ``--warm-batches`` training batches (compile, graph capture, cuDNN autotuning);
-- ``samples/s``: training samples per second after those batches (the steady state).
+- ``samples/s``: training samples per second after those batches (the steady state);
+- ``between ms`` / ``step ms``: host milliseconds per steady-state batch spent between batches (DataLoader
+  ``next``, the copy to the device, Lightning's bookkeeping) and inside the step (training step and optimiser
+  step; unsynchronised, so a step that waits for the GPU shows here). A run whose ``between`` dominates is
+  bound by its input pipeline, not by the step.
+
+``--profile-batches N`` runs torch.profiler over the last N training batches of each preset's first fast run
+(left out of ``samples/s``) and prints per-batch GPU-busy time, kernel and op counts and the top operators.
 
 ``--image-cache`` lets the fast runs read the decoded-image cache (``data.image_cache_dir``, built by the
 first of them). ``fast`` runs twice by default (``--repeat-fast 2``), the second time with the first run's
@@ -88,13 +95,23 @@ def one_run(args) -> None:
     """Child process: one `camim train` run with a timing callback; prints one RESULT line."""
     import lightning as L
     import torch
+    from step_speed import profile_summary  # benchmarks/ is on sys.path: this script runs as a file
 
     from camim.training.api import train_run
 
     class Timer(L.Callback):
-        def __init__(self, warm: int):
-            self.warm, self.t = warm, {}
-            self.samples = 0
+        """Epoch (first batch to last, not the validation after it), warm-up and steady-state times; the
+        host's time between batches (DataLoader ``next``, the copy to the device, Lightning's bookkeeping)
+        apart from its time in the step (a batch's start to its end, optimiser step included; no
+        synchronisation, so a step that waits for the GPU shows there); and, with ``--profile-batches N``,
+        torch.profiler over the epoch's last N batches, which the rate leaves out."""
+
+        def __init__(self, warm: int, profile: int):
+            self.warm, self.profile, self.t = warm, profile, {}
+            self.samples, self.batches = 0, 0
+            self.between_s = self.step_s = 0.0
+            self.prof = self.profiled = None
+            self.profile_from: int | None = None
 
         def _now(self) -> float:
             if torch.cuda.is_available():
@@ -102,30 +119,62 @@ def one_run(args) -> None:
             return time.perf_counter()
 
         def on_train_epoch_start(self, trainer, pl_module):
+            self.total = trainer.num_training_batches
+            if self.profile and self.total - self.profile > self.warm:
+                self.profile_from = self.total - self.profile
             self.t["start"] = self._now()
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx + 1 == self.warm:
-                self.t["warm"] = self._now()
-            elif batch_idx + 1 > self.warm:
-                self.samples += len(batch)
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == self.profile_from:
+                from torch.profiler import ProfilerActivity, profile
 
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.t["end"] = self._now()
+                self.t["measured"] = self._now()  # the steady state ends here
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                self.prof = profile(activities=acts)
+                self.prof.__enter__()
+            now = time.perf_counter()
+            if batch_idx >= self.warm and self.prof is None:
+                self.between_s += now - self.t["batch_end"]
+            self.t["batch_start"] = now
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now = time.perf_counter()
+            steady = batch_idx >= self.warm and self.prof is None
+            if steady:
+                self.step_s += now - self.t["batch_start"]
+                self.samples += len(batch)
+                self.batches += 1
+            self.t["batch_end"] = now
+            if batch_idx + 1 == self.warm:
+                self.t["warm"] = self.t["batch_end"] = self._now()
+            if batch_idx + 1 == self.total:
+                self.t["last"] = self._now()
+                if self.prof is not None:
+                    self.prof.__exit__(None, None, None)
+                    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                    self.profiled = profile_summary(self.prof, self.total - self.profile_from,
+                                                    self.t["last"] - self.t["measured"], device)  # fmt: skip
+                    self.prof = None
 
     t0 = time.perf_counter()
-    timer = Timer(args.warm_batches)
+    timer = Timer(args.warm_batches, args.profile_batches)
     out = Path(args.out)
     result = train_run(args.preset, args.world, out / "run", overrides=args.overrides, callbacks=[timer])
     wall = time.perf_counter() - t0
     t = timer.t
+    steady_end = t.get("measured", t["last"])
+    per_batch = lambda x: round(1e3 * x / timer.batches, 1) if timer.batches else None  # noqa: E731
     row = {
         "wall_s": round(wall, 1),
-        "epoch_s": round(t["end"] - t["start"], 2),
+        "epoch_s": round(t["last"] - t["start"], 2),
         "warmup_s": round(t["warm"] - t["start"], 2) if "warm" in t else None,
-        "samples_per_s": round(timer.samples / (t["end"] - t["warm"]), 1) if "warm" in t else None,
+        "samples_per_s": round(timer.samples / (steady_end - t["warm"]), 1) if timer.samples else None,
+        "between_ms_per_batch": per_batch(timer.between_s),
+        "step_ms_per_batch": per_batch(timer.step_s),
         "test_f1": (result.metrics.get("test") or {}).get("f1"),
     }
+    if timer.profiled:
+        row["profile"] = timer.profiled
     speed = result.metrics.get("speed")
     if speed:
         row["speed"] = speed
@@ -144,6 +193,9 @@ def main() -> None:
     ap.add_argument("--compile", default="auto", help="speed.compile of the fast runs")
     ap.add_argument("--deterministic", default="false", help="trainer.deterministic of every run")
     ap.add_argument("--image-cache", action="store_true", help="fast runs read the decoded-image cache")
+    ap.add_argument("--profile-batches", type=int, default=0,
+                    help="torch.profiler over the last N training batches of the first fast run of each preset "
+                         "(left out of samples/s)")  # fmt: skip
     ap.add_argument("--small", action="store_true", help="tiny encoders and images (CPU check)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--budget-s", type=float, default=None)
@@ -181,8 +233,8 @@ def main() -> None:
     print(f"device {device}; world {args.train} train / {args.eval} val / {args.eval} test samples; "
           f"batch {args.batch_size}; {'tiny' if args.small else 'bert-base + ResNet-50'} encoders; "
           f"setup {results['env']['setup_s']} s", flush=True)  # fmt: skip
-    print(f"{'preset':<16}{'mode':<8}{'wall s':>8}{'epoch s':>9}{'warm-up s':>11}{'samples/s':>11}{'vs plain':>10}",
-          flush=True)  # fmt: skip
+    print(f"{'preset':<16}{'mode':<8}{'wall s':>8}{'epoch s':>9}{'warm-up s':>11}{'samples/s':>11}{'vs plain':>10}"
+          f"{'between ms':>12}{'step ms':>9}", flush=True)  # fmt: skip
 
     def save() -> None:
         if args.json:
@@ -206,7 +258,8 @@ def main() -> None:
             continue
         out = work / f"{preset}-{mode}-{k}"
         cmd = [sys.executable, __file__, "--child", "--preset", preset, "--world", str(world), "--out", str(out),
-               "--warm-batches", str(args.warm_batches), "--overrides",
+               "--warm-batches", str(args.warm_batches),
+               "--profile-batches", str(args.profile_batches if (mode, k) == ("fast", 1) else 0), "--overrides",
                *overrides_for(preset, text, vision, args, mode == "fast", work)]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.run_timeout_s)
@@ -225,8 +278,16 @@ def main() -> None:
             plain_rate = plain_rates.get(preset)
             row["vs_plain"] = round(rate / plain_rate, 2) if rate and plain_rate else None
             vs = f"{row['vs_plain']:>9.2f}x" if row["vs_plain"] else f"{'-':>10}"
+            ms = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
             print(f"{preset:<16}{label:<8}{row['wall_s']:>8.1f}{row['epoch_s']:>9.1f}{row['warmup_s']:>11.1f}"
-                  f"{rate:>11.1f}{vs}", flush=True)  # fmt: skip
+                  f"{rate:>11.1f}{vs}{ms(row['between_ms_per_batch']):>12}{ms(row['step_ms_per_batch']):>9}",
+                  flush=True)  # fmt: skip
+            prof = row.get("profile")
+            if prof:
+                print(f"  profile of the last {args.profile_batches} batches: wall {prof['wall_ms_per_step']} ms/batch, "
+                      f"GPU busy {prof['gpu_busy_ms_per_step']} ms/batch, {prof['kernels_per_step']} kernels/batch, "
+                      f"{prof['aten_ops_per_step']} aten ops/batch", flush=True)  # fmt: skip
+                print(prof["top"], flush=True)
         results["runs"].append(row)
         save()
     results["total_s"] = round(time.perf_counter() - t_start, 1)

@@ -186,7 +186,13 @@ def profile_step(step: FastStep, batch: MREBatch, steps: int, device: torch.devi
         for _ in range(steps):
             step(batch)
         sync(device)
-    wall = (time.perf_counter() - start) / steps
+    return profile_summary(prof, steps, time.perf_counter() - start, device)
+
+
+def profile_summary(prof, steps: int, wall_s: float, device: torch.device) -> dict:
+    """Per-step wall time, GPU-busy time, kernel and aten-op counts, and the top-15 operator table of a
+    finished torch.profiler run over ``steps`` steps that took ``wall_s`` (also used by gpu_e2e.py)."""
+    wall = wall_s / steps
     events = prof.key_averages()
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     busy_us = sum(e.device_time for e in kernels) / steps if kernels else None
