@@ -14,6 +14,10 @@ fast-regional               fast + regional torch.compile (text-encoder layers, 
 fast-skip                   fast + the documented skip-padded-crops mode (backbone once for all pads)
 frozen                      the backbone frozen, its features read from a feature store built beforehand
 frozen-graphs               frozen + CUDA graph
+frozen-merged               frozen with bert2 over captions and text windows in one call
+                            (``speed.merge_encoder_calls: true``, the CUDA default of the fast variants)
+frozen-unmerged             frozen with the released two bert2 calls (``speed.merge_encoder_calls: false``,
+                            the CPU default); not in the default lists
 ==========================  ============================================================================
 
 Each variant's line is printed (flushed) the moment it is measured: samples/s of the steady state (best of
@@ -22,7 +26,7 @@ seconds (the ``--warmup`` untimed steps: compile, graph capture, cuDNN autotunin
 ``--json PATH`` rewrites a JSON file after every variant; ``--budget-s S`` skips what no longer fits (said
 in the output) and ``--variant-timeout-s`` stops one variant that hangs (e.g. in compile).
 
-``--small`` (the default without CUDA): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
+``--small`` (the default without CUDA; ``--real`` overrides it): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
 64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's
 sizes). ``--profile N`` adds a torch.profiler look at ``--profile-variants`` (default released, fast; N
 steps each): kernel launches per step, GPU-busy vs wall time, and the top operators. Targets on a GPU
@@ -62,7 +66,10 @@ VARIANTS: dict[str, tuple[SpeedConfig, bool]] = {  # name -> (speed switches, fr
     "fast-skip": (SpeedConfig(**{**_FAST, "skip_padded_crops": True}), False),
     "frozen": (SpeedConfig(**_FAST), True),
     "frozen-graphs": (SpeedConfig(**{**_FAST, "cuda_graphs": True}), True),
+    "frozen-merged": (SpeedConfig(**{**_FAST, "merge_encoder_calls": True}), True),
+    "frozen-unmerged": (SpeedConfig(**{**_FAST, "merge_encoder_calls": False}), True),
 }
+GPU_VARIANTS = ["released", "fast", "fast-graphs", "fast-regional", "fast-skip", "frozen", "frozen-graphs"]
 CPU_VARIANTS = ["released", "fast", "fast-regional", "fast-skip", "frozen"]  # graphs need CUDA
 
 
@@ -210,6 +217,9 @@ def profile_summary(prof, steps: int, wall_s: float, device: torch.device) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny configs (the default without CUDA)")
+    ap.add_argument(
+        "--real", action="store_true", help="the paper's sizes even without CUDA (op counts on CPU)"
+    )
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                     help="default: all on CUDA; those that run on CPU otherwise")  # fmt: skip
@@ -228,10 +238,10 @@ def main() -> None:
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    small = args.small or not cuda
+    small = args.small or (not cuda and not args.real)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.variants or (list(VARIANTS) if cuda else CPU_VARIANTS)
+    names = args.variants or (GPU_VARIANTS if cuda else CPU_VARIANTS)
     if "released" not in names:
         names = ["released", *names]  # every ratio is against it
 

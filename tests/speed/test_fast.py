@@ -47,6 +47,36 @@ def test_fast_path_logits_equal_plain_path_fp32(plain_and_batch, skip):
     assert fast.resnet.zero_images_skipped == (n_pads - 2 if skip else 0)  # one zero image run per side
 
 
+def test_merged_caption_encoder_call_equals_the_two_released_calls(plain_and_batch):
+    """speed.merge_encoder_calls: bert2 runs once on [captions ; text windows]; logits, the InfoNCE loss and
+    every gradient equal the two calls' (dropout off: the masks are the only thing drawn differently)."""
+    plain, batch = plain_and_batch
+    assert batch.caption_input_ids.shape == batch.input_ids[:, : plain.config.text_window].shape
+    merged = apply_fast_mode(
+        copy.deepcopy(plain), SpeedConfig(**{**FAST_CPU.__dict__, "merge_encoder_calls": True})
+    )
+    ref = apply_fast_mode(copy.deepcopy(plain), FAST_CPU)  # auto: off on CPU
+    assert merged.merge_encoder_calls and not ref.merge_encoder_calls
+    assert not SpeedConfig.released().resolved("cuda").merge_encoder_calls
+    calls = {id(merged): [], id(ref): []}
+    for m in (merged, ref):
+        m.eval()  # dropout off; gradients still flow
+        m.bert2.register_forward_hook(lambda mod, args, kw, out, k=id(m): calls[k].append(kw["input_ids"].shape),
+                                      with_kwargs=True)  # fmt: skip
+    got, expected = merged(batch), ref(batch)
+    b, n = batch.input_ids.shape[0], plain.config.text_window
+    assert calls[id(merged)] == [torch.Size([2 * b, n])] and calls[id(ref)] == [torch.Size([b, n])] * 2
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.mi_loss, expected.mi_loss, rtol=1e-5, atol=1e-5)
+    got.loss.backward()
+    expected.loss.backward()
+    grads = dict(ref.named_parameters())
+    for name, p in merged.named_parameters():
+        if p.grad is not None or grads[name].grad is not None:
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert merged.bert2.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
 def test_skip_crops_in_train_mode_changes_only_batchnorm_statistics(plain_and_batch):
     """Documented difference: in train mode BN batch statistics no longer include every zero pad."""
     plain, batch = plain_and_batch

@@ -43,6 +43,8 @@ class TMR(MREModel):
 
     model_name = "tmr"
     visual_feature_kind = "tokens"
+    # camim.speed (speed.merge_encoder_calls): bert2 encodes captions and text windows in one call
+    merge_encoder_calls = False
 
     @property
     def images(self) -> bool:
@@ -92,14 +94,19 @@ class TMR(MREModel):
         pad_incl = self.config.fidelity.pad_inclusive_mean
         if batch.caption_input_ids is None:
             raise CamimError("this model needs captions (batch.caption_input_ids is None)")
-        c_mask = batch.caption_attention_mask
-        out["C_W"] = self.bert2(input_ids=batch.caption_input_ids, attention_mask=c_mask).last_hidden_state
-        out["C_S"] = mean_pool(out["C_W"], c_mask, pad_incl)  # released: mean over all 40 positions
+        c_ids, c_mask = batch.caption_input_ids, batch.caption_attention_mask
         n = self.config.text_window
-        t_ids, t_mask = batch.input_ids[:, :n], batch.attention_mask[:, :n]
-        out["T_W"] = self.bert2(
-            input_ids=t_ids, attention_mask=t_mask
-        ).last_hidden_state  # released token[:, :40]
+        t_ids, t_mask = batch.input_ids[:, :n], batch.attention_mask[:, :n]  # released token[:, :40]
+        if self.merge_encoder_calls and c_ids.shape == t_ids.shape:
+            # one bert2 call over [captions ; text windows] (2B, 40): per sample the same encodings as two
+            # calls (attention never crosses samples), half the kernel launches; dropout masks are drawn in
+            # another order than the released two calls' (speed.merge_encoder_calls, docs/speed.md)
+            both = self.bert2(input_ids=torch.cat([c_ids, t_ids]), attention_mask=torch.cat([c_mask, t_mask]))
+            out["C_W"], out["T_W"] = both.last_hidden_state.split(c_ids.shape[0])
+        else:
+            out["C_W"] = self.bert2(input_ids=c_ids, attention_mask=c_mask).last_hidden_state
+            out["T_W"] = self.bert2(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+        out["C_S"] = mean_pool(out["C_W"], c_mask, pad_incl)  # released: mean over all 40 positions
         out["T_S"] = mean_pool(out["T_W"], t_mask, pad_incl)
         out["C_mask"], out["T_mask"] = self._mask(c_mask), self._mask(t_mask)
         return out

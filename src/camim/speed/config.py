@@ -28,6 +28,9 @@ class SpeedConfig:
     - ``fused_optimizer``: the multi-tensor port of the released AdamW (``camim.optim``), or fused
       ``torch.optim.AdamW`` when bias correction is on.
     - ``channels_last``: channels-last weights and inputs for the vision backbone.
+    - ``merge_encoder_calls``: TMR's caption encoder encodes the captions and the text windows (both 40
+      tokens) in one call instead of two: the same encodings per sample, half the launches; dropout masks
+      are drawn in another order than the released two calls'.
     - ``cuda_graphs``: forward, loss and backward replayed from a CUDA graph per batch shape
       (:mod:`camim.speed.graphs`); needs fixed shapes (not ``skip_padded_crops``) and one process.
     - ``compile``: ``torch.compile``, opt-in ("auto" = none): ``"regional"`` compiles each repeated block
@@ -44,6 +47,7 @@ class SpeedConfig:
     sdpa: bool = True
     fused_optimizer: bool | None = None
     channels_last: bool | None = None
+    merge_encoder_calls: bool | None = None
     cuda_graphs: bool | None = None
     compile: str = "auto"
     compile_cache_dir: str | None = None
@@ -58,13 +62,11 @@ class SpeedConfig:
         if self.feature_batch_size < 1:
             raise CamimError(f"speed.feature_batch_size must be >= 1, got {self.feature_batch_size}")
         if not self.fast:
-            on = [k for k in ("bf16", "fused_optimizer", "channels_last", "cuda_graphs", "skip_padded_crops")
-                  if getattr(self, k)]  # fmt: skip
+            keys = ("bf16", "fused_optimizer", "channels_last", "merge_encoder_calls", "cuda_graphs",
+                    "skip_padded_crops")  # fmt: skip
+            on = [k for k in keys if getattr(self, k)]
             if on:
-                raise CamimError(
-                    f"speed.bf16/fused_optimizer/channels_last/cuda_graphs/skip_padded_crops need speed.fast: "
-                    f"true (speed.{on[0]} is set)"
-                )
+                raise CamimError(f"speed.{'/'.join(keys)} need speed.fast: true (speed.{on[0]} is set)")
         if self.cuda_graphs and self.skip_padded_crops:
             raise CamimError("speed.cuda_graphs needs fixed shapes; speed.skip_padded_crops makes them vary")
         if self.cuda_graphs and self.compile not in ("auto", "none"):
@@ -86,6 +88,7 @@ class SpeedConfig:
             bf16=auto(self.bf16),
             fused_optimizer=auto(self.fused_optimizer),
             channels_last=auto(self.channels_last),
+            merge_encoder_calls=auto(self.merge_encoder_calls),
             cuda_graphs=graphs,
             compile=mode,
         )
@@ -94,4 +97,4 @@ class SpeedConfig:
     def released(cls) -> SpeedConfig:
         """The released step: eager attention, fp32, per-parameter AdamW, no compile, no graphs, all crops."""
         return cls(fast=True, bf16=False, sdpa=False, fused_optimizer=False, channels_last=False,
-                   cuda_graphs=False, compile="none")  # fmt: skip
+                   merge_encoder_calls=False, cuda_graphs=False, compile="none")  # fmt: skip

@@ -84,12 +84,15 @@ def set_attention(model: nn.Module, implementation: str) -> list[str]:
 
 
 def apply_fast_mode(model: nn.Module, cfg: SpeedConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """Move ``model`` to ``device`` and apply SDPA, channels-last and crop skipping in place; returns it.
+    """Move ``model`` to ``device`` and apply SDPA, channels-last, merged encoder calls and crop skipping in
+    place; returns it.
 
     State-dict keys are unchanged (``save_pretrained`` / ``load_model`` work as before)."""
     cfg = cfg.resolved(device)
     model.to(device)
     set_attention(model, "sdpa" if cfg.sdpa else "eager")
+    if hasattr(model, "merge_encoder_calls"):  # TMR: captions and text windows through bert2 in one call
+        model.merge_encoder_calls = bool(cfg.merge_encoder_calls)
     backbone = getattr(model, "resnet", None)
     # a backbone with a feature table attached (frozen-visual mode) runs on no pixel in a step: left as it is
     wrap = cfg.channels_last or cfg.skip_padded_crops

@@ -39,6 +39,17 @@ from camim.speed.features import (
 from camim.speed.image_cache import ImageCache, ImageCacheSpec, open_or_build
 from camim.speed.loading import CachedCollate, CachedImageDataset, FeatureRowsCollate
 
+# the resolved speed.* switches a run's metrics.json["speed"]["resolved"] records
+REPORTED_SWITCHES = (
+    "bf16",
+    "sdpa",
+    "fused_optimizer",
+    "channels_last",
+    "merge_encoder_calls",
+    "cuda_graphs",
+    "compile",
+)
+
 # attach_feature_store(backbone, kind, device) -> FeatureStore, provided by the run's data module
 FeatureStoreProvider = Callable[[nn.Module, str, torch.device], FeatureStore]
 
@@ -107,10 +118,7 @@ class TrainingSpeed:
         """What the speed path did (graph captures, eager fallbacks, compiled regions, features computed)."""
         out: dict = {"notes": list(self.notes)}
         if self.step is not None:
-            out["resolved"] = {
-                k: getattr(self.step.cfg, k)
-                for k in ("bf16", "sdpa", "fused_optimizer", "channels_last", "cuda_graphs", "compile")
-            }
+            out["resolved"] = {k: getattr(self.step.cfg, k) for k in REPORTED_SWITCHES}
             out["compiled_regions"] = len(self.step.compiled_regions)
             out["graphs"] = self.step.forward_backward.stats.as_dict()
         if self.store is not None:
