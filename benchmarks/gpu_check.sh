@@ -32,7 +32,7 @@ if [ -n "$small" ]; then
     step_budget=60; e2e_budget=120
 else
     step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 100
-               --variants released fast fast-graphs frozen frozen-graphs fast-skip fast-regional)
+               --variants released fast fast-graphs frozen frozen-graphs fast-regional fast-skip)
     # the second process's regional compile finds the first one's caches: second-run warm-up
     rerun_args=(--batch-sizes 16 --steps 10 --warmup 3 --rounds 1 --variants fast-regional --variant-timeout-s 60)
     e2e_args=(--train 480 --eval 48 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2
@@ -46,6 +46,17 @@ timeout $((step_budget + 70)) "$py" benchmarks/step_speed.py "${step_args[@]}" -
 echo "step_speed exit ${PIPESTATUS[0]}"
 
 echo "== step_speed again: fast-regional with the compile caches of the run above (second-run warm-up)"
+# a second run only if the first one finished its regional compile; say which this is
+"$py" - "$out/step_speed.json" <<'PY' 2>&1 | tee "$out/step_speed_rerun.kind"
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except (OSError, ValueError, KeyError):
+    rows = []
+done = [r for r in rows if r.get("variant") == "fast-regional" and r.get("samples_per_s")]
+print("this is a second run: the first compiled fast-regional in %.1f s" % done[0]["warmup_s"] if done else
+      "this is NOT a second run: the step run above did not finish fast-regional (its caches may be partial)")
+PY
 timeout 90 "$py" benchmarks/step_speed.py "${rerun_args[@]}" \
     --compile-cache "${CAMIM_COMPILE_CACHE:-/tmp/camim-compile-cache}" --json "$out/step_speed_rerun.json" 2>&1 | tee "$out/step_speed_rerun.log"
 echo "step_speed rerun exit ${PIPESTATUS[0]}"

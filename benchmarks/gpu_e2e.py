@@ -8,13 +8,14 @@ the world's training text and captions (``camim.training.offline.wordpiece_vocab
 the Python API with a timing callback, and one line per run is printed (flushed):
 
 - ``wall s``: the whole run (build, fit, final validation and test, writing the run folder);
-- ``epoch s``: the training epoch (first batch to last, synchronised);
+- ``epoch s``: the training epoch (first batch to last, synchronised; not the validation after it);
 - ``warm-up s``: the first ``--warm-batches`` training batches (compile, graph capture, cuDNN autotuning);
 - ``samples/s``: training samples per second after those batches (the steady state);
 - ``between ms`` / ``step ms``: host milliseconds per steady-state batch spent between batches (DataLoader
   ``next``, the copy to the device, Lightning's bookkeeping) and inside the step (training step and optimiser
-  step; unsynchronised, so a step that waits for the GPU shows here). A run whose ``between`` dominates is
-  bound by its input pipeline, not by the step.
+  step; unsynchronised, so a step that waits for the GPU shows here). In a fast run (page-locked batches,
+  asynchronous copy) a ``between`` that dominates means the input pipeline bounds the epoch; in a plain run
+  the copy is synchronous and waits for the previous step's GPU work, so its ``between`` holds GPU time too.
 
 ``--profile-batches N`` runs torch.profiler over the last N training batches of each preset's first fast run
 (left out of ``samples/s``) and prints per-batch GPU-busy time, kernel and op counts and the top operators.
@@ -107,6 +108,8 @@ def one_run(args) -> None:
         torch.profiler over the epoch's last N batches, which the rate leaves out."""
 
         def __init__(self, warm: int, profile: int):
+            if warm < 1:
+                raise ValueError("--warm-batches must be at least 1")
             self.warm, self.profile, self.t = warm, profile, {}
             self.samples, self.batches = 0, 0
             self.between_s = self.step_s = 0.0
@@ -122,16 +125,18 @@ def one_run(args) -> None:
             self.total = trainer.num_training_batches
             if self.profile and self.total - self.profile > self.warm:
                 self.profile_from = self.total - self.profile
-            self.t["start"] = self._now()
+            elif self.profile:
+                self.profiled = {"skipped": f"{self.total} batches leave none to profile after the warm-up"}
+            self.t["start"] = self.t["batch_end"] = self._now()
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == self.profile_from:
                 from torch.profiler import ProfilerActivity, profile
 
-                self.t["measured"] = self._now()  # the steady state ends here
                 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
                 self.prof = profile(activities=acts)
                 self.prof.__enter__()
+                self.t["profile"] = self._now()  # after the profiler's own start-up
             now = time.perf_counter()
             if batch_idx >= self.warm and self.prof is None:
                 self.between_s += now - self.t["batch_end"]
@@ -139,21 +144,22 @@ def one_run(args) -> None:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             now = time.perf_counter()
-            steady = batch_idx >= self.warm and self.prof is None
-            if steady:
+            if batch_idx >= self.warm and self.prof is None:  # a steady-state batch
                 self.step_s += now - self.t["batch_start"]
                 self.samples += len(batch)
                 self.batches += 1
             self.t["batch_end"] = now
             if batch_idx + 1 == self.warm:
                 self.t["warm"] = self.t["batch_end"] = self._now()
+            if batch_idx + 1 == self.profile_from:
+                self.t["measured"] = self._now()  # the steady state ends with this batch
             if batch_idx + 1 == self.total:
                 self.t["last"] = self._now()
                 if self.prof is not None:
                     self.prof.__exit__(None, None, None)
                     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
                     self.profiled = profile_summary(self.prof, self.total - self.profile_from,
-                                                    self.t["last"] - self.t["measured"], device)  # fmt: skip
+                                                    self.t["last"] - self.t["profile"], device)  # fmt: skip
                     self.prof = None
 
     t0 = time.perf_counter()
@@ -208,6 +214,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.warm_batches < 1:
+        ap.error("--warm-batches must be at least 1 (the steady state starts after them)")
     if args.child:
         one_run(args)
         return
@@ -277,13 +285,14 @@ def main() -> None:
                 plain_rates[preset] = rate
             plain_rate = plain_rates.get(preset)
             row["vs_plain"] = round(rate / plain_rate, 2) if rate and plain_rate else None
-            vs = f"{row['vs_plain']:>9.2f}x" if row["vs_plain"] else f"{'-':>10}"
-            ms = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
-            print(f"{preset:<16}{label:<8}{row['wall_s']:>8.1f}{row['epoch_s']:>9.1f}{row['warmup_s']:>11.1f}"
-                  f"{rate:>11.1f}{vs}{ms(row['between_ms_per_batch']):>12}{ms(row['step_ms_per_batch']):>9}",
-                  flush=True)  # fmt: skip
+            num = lambda v, w, f=".1f": f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+            print(f"{preset:<16}{label:<8}{num(row['wall_s'], 8)}{num(row['epoch_s'], 9)}{num(row['warmup_s'], 11)}"
+                  f"{num(rate, 11)}{num(row['vs_plain'], 9, '.2f')}{'x' if row['vs_plain'] else ' '}"
+                  f"{num(row['between_ms_per_batch'], 12)}{num(row['step_ms_per_batch'], 9)}", flush=True)  # fmt: skip
             prof = row.get("profile")
-            if prof:
+            if prof and "skipped" in prof:
+                print(f"  profile skipped: {prof['skipped']}", flush=True)
+            elif prof:
                 print(f"  profile of the last {args.profile_batches} batches: wall {prof['wall_ms_per_step']} ms/batch, "
                       f"GPU busy {prof['gpu_busy_ms_per_step']} ms/batch, {prof['kernels_per_step']} kernels/batch, "
                       f"{prof['aten_ops_per_step']} aten ops/batch", flush=True)  # fmt: skip

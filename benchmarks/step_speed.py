@@ -222,7 +222,7 @@ def main() -> None:
     )
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
-                    help="default: all on CUDA; those that run on CPU otherwise")  # fmt: skip
+                    help="default on CUDA: all but frozen-merged and frozen-unmerged; on CPU: those that run there")  # fmt: skip
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile / graph capture)")
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds per variant; the best is kept")

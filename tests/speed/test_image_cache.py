@@ -9,7 +9,7 @@ from tests.speed.conftest import ALL, TEXT, dataset
 
 from camim.errors import CamimError, DataError
 from camim.models import FidelityConfig, build_model
-from camim.speed.image_cache import ImageCache, ImageCacheSpec
+from camim.speed.image_cache import ImageCache, ImageCacheSpec, crop_lookup, to_pixels
 from camim.speed.loading import CachedCollate, CachedImageDataset
 
 
@@ -137,3 +137,16 @@ def test_cache_images_command(world, tmp_path, capsys):
     data.write_bytes(bytes(b ^ 1 for b in data.read_bytes()))
     with pytest.raises(CamimError, match="corrupt rows"):
         args.func(args)
+
+
+def test_the_device_lookup_gives_the_processors_crop_pixels_for_every_byte():
+    """Off the CPU, crop rows are converted by table lookup: a GPU's division by the Python scalar 255 is a
+    multiplication by 1/255, which differs from the processor's division for 126 of the 256 byte values."""
+    every = torch.arange(256, dtype=torch.uint8)
+    rows = torch.stack([every, every.roll(85), every.roll(170)], dim=-1).view(1, 16, 16, 3)  # each channel
+    expected = to_pixels(rows, "crop")  # the CPU path: bit-identical to the processor (tests above)
+    got = crop_lookup(rows)
+    assert got.dtype == torch.float32 and got.shape == (1, 3, 16, 16) and got.is_contiguous()
+    assert torch.equal(got, expected)
+    x = rows.permute(0, 3, 1, 2).float()
+    assert int((x * (1 / 255.0) != x / 255.0).sum()) == 3 * 126  # what the table avoids

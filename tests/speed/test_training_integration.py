@@ -88,10 +88,16 @@ def test_config_records_speed_options_and_validates(tmp_path):
         load_config("tmr", ["speed.turbo=true"])
 
 
+@pytest.fixture(scope="module")
+def decoding_run(world, text_dir, vision_dir, tmp_path_factory):
+    """The plain run (images decoded every step) that the cached runs must equal."""
+    return train_run(run_config(text_dir, vision_dir), world, tmp_path_factory.mktemp("decoding") / "plain")
+
+
 @pytest.mark.parametrize("uint8", [False, True], ids=["float-batches", "uint8-batches"])
-def test_image_cache_run_equals_the_decoding_run(world, text_dir, vision_dir, tmp_path, uint8):
+def test_image_cache_run_equals_the_decoding_run(world, text_dir, vision_dir, tmp_path, uint8, decoding_run):
     cfg = run_config(text_dir, vision_dir)
-    plain = train_run(cfg, world, tmp_path / "plain")
+    plain = decoding_run
     cache_dir = tmp_path / "images"
     cb = Capture()
     cached = train_run(
@@ -123,8 +129,33 @@ def test_image_cache_run_equals_the_decoding_run(world, text_dir, vision_dir, tm
     recorded = yaml.safe_load((tmp_path / "cached" / "config.yaml").read_text())
     assert recorded["data"]["image_cache_dir"] == str(cache_dir)
     assert (tmp_path / "cached" / "predictions.jsonl").read_text() == (
-        tmp_path / "plain" / "predictions.jsonl"
+        plain.output_dir / "predictions.jsonl"
     ).read_text()
+
+
+def test_uint8_batches_get_the_precision_plugins_dtype_after_the_transfer(
+    world, text_dir, vision_dir, tmp_path
+):
+    """bf16-true casts a batch's float tensors before the transfer; uint8 pixels become float after it, and
+    then get the same cast: the cached uint8 run equals the decoding run under bf16-true too."""
+    cfg = run_config(text_dir, vision_dir)
+    cfg["trainer"]["precision"] = "bf16-true"
+    cfg["optim"]["epochs"] = 1
+    plain = train_run(cfg, world, tmp_path / "plain")
+    cb = Capture()
+    cached = train_run(
+        cfg,
+        world,
+        tmp_path / "cached",
+        overrides=[f"data.image_cache_dir={tmp_path / 'images'}", "data.image_cache_uint8=true"],
+        callbacks=[cb],
+    )
+    loaded = next(iter(cb.datamodule.train_dataloader()))
+    assert loaded.image.dtype == torch.uint8
+    assert cb.datamodule.on_after_batch_transfer(loaded, 0).image.dtype == torch.bfloat16
+    assert scores(cached.metrics["test"]) == scores(plain.metrics["test"])
+    a, b = weights(plain), weights(cached)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_frozen_visual_computes_features_once_across_epochs_and_runs(

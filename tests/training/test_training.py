@@ -89,6 +89,26 @@ def test_the_logged_learning_rate_follows_the_linear_warmup_and_decay(reference_
     assert all(logged[k] == pytest.approx(expected[k], rel=1e-6, abs=1e-12) for k in expected)
 
 
+def test_the_learning_rate_is_logged_as_a_host_tensor(tiny_mnre, tmp_path, monkeypatch):
+    """On a GPU, a float would be copied to a new GPU tensor every step, a copy that waits for the GPU."""
+    from camim.training.module import MRELightningModule
+
+    seen = []
+    log = MRELightningModule.log
+
+    def spy(self, name, value, *args, **kwargs):
+        if name == "train/lr":
+            seen.append(value)
+        return log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(MRELightningModule, "log", spy)
+    train_run("offline-bert", tiny_mnre, tmp_path / "run", overrides=[*TINY, "optim.epochs=1"])
+    assert len(seen) == 6
+    assert all(
+        isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.dtype == torch.float32 for v in seen
+    )
+
+
 def test_saved_model_reloads_with_same_predictions(reference_run, tiny_mnre):
     from camim.models import load_model
 

@@ -94,24 +94,41 @@ def crop_uint8(img: Image.Image, size: int) -> np.ndarray:
 def to_pixels(rows: np.ndarray | torch.Tensor, kind: str) -> torch.Tensor:
     """(N, S, S, 3) uint8 rows -> (N, 3, S, S) float32 (on their device), bit-identical to the processor's.
 
-    ``kind="full"``: BGR 0-255 floats (released quirk); ``kind="crop"``: ImageNet-normalised RGB."""
-    t = torch.as_tensor(rows).permute(0, 3, 1, 2)
+    ``kind="full"``: BGR 0-255 floats (released quirk); ``kind="crop"``: ImageNet-normalised RGB. Off the CPU,
+    crop rows are looked up in a table of the 3 x 256 values the CPU computes (:func:`crop_lookup`)."""
+    t = torch.as_tensor(rows)
     if kind == "full":
-        return t.flip(1).to(torch.float32, memory_format=torch.contiguous_format)
+        return t.permute(0, 3, 1, 2).flip(1).to(torch.float32, memory_format=torch.contiguous_format)
     if kind != "crop":
         raise CamimError(f"unknown row kind {kind!r}")
-    x = t.to(torch.float32, memory_format=torch.contiguous_format)
-    mean, std = _imagenet_stats(x.device)
-    x.div_(255.0).sub_(mean).div_(std)
+    if t.device.type != "cpu":
+        return crop_lookup(t)
+    x = t.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    x.div_(255.0).sub_(mean).div_(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
     return x
 
 
+def crop_lookup(t: torch.Tensor) -> torch.Tensor:
+    """Crop rows (N, S, S, 3) uint8 -> (N, 3, S, S) float32 by table lookup, on ``t``'s device.
+
+    A GPU divides by a Python scalar as a multiplication by its reciprocal, one bit off the processor's
+    division for about half of the byte values; the table holds the CPU's (the processor's) value of every
+    (channel, byte) pair, so the lookup is exact by construction. One gather, no host synchronisation after
+    the table's first copy to the device."""
+    table, offsets = _crop_table(t.device)
+    return table[t.int() + offsets].permute(0, 3, 1, 2).contiguous()
+
+
 @functools.lru_cache(maxsize=16)
-def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std as (1, 3, 1, 1) float32 on ``device``, made once per device (a host-to-GPU copy
-    per batch would wait for the GPU)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+def _crop_table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3 * 256,) float32 values of ``to_pixels(..., "crop")`` on the CPU, and the channel offsets (3,) int32,
+    both on ``device`` (made once per device, outside inference mode: they outlive the call)."""
+    with torch.inference_mode(False), torch.no_grad():
+        every_byte = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 1, 256, 3).contiguous()
+        table = to_pixels(every_byte, "crop").reshape(3, 256)  # (1, 3, 1, 256): table[channel, byte]
+        offsets = torch.arange(3, dtype=torch.int32) * 256
+        return table.reshape(-1).to(device), offsets.to(device)
 
 
 # ---------------------------------------------------------------------------------------- build

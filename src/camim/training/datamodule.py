@@ -189,9 +189,12 @@ class MNREDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 cached pixels (``data.image_cache_uint8``) become the processor's float pixels on the device."""
-        if self.speed_data is not None and isinstance(batch, MREBatch):
-            return self.speed_data.finish(batch)
+        """uint8 cached pixels (``data.image_cache_uint8``) become the processor's float pixels on the device,
+        then get what the precision plugin gave the other float tensors before the transfer (``bf16-true``...)."""
+        if self.speed_data is not None and self.speed_data.uint8 and isinstance(batch, MREBatch):
+            batch = self.speed_data.finish(batch)
+            if self.trainer is not None:
+                batch = self.trainer.precision_plugin.convert_input(batch)
         return batch
 
     def data_report(self) -> dict[str, dict]:
