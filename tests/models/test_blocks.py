@@ -12,7 +12,7 @@ from tests.models.conftest import LABELS, tiny_config
 from camim.data.types import Entity, MNREExample
 from camim.models import build_model
 from camim.models.caption_aware import CaptionAwareModule
-from camim.models.cross_attention import CrossAttentionLayer
+from camim.models.cross_attention import CrossAttentionLayer, attend
 from camim.models.mutual_information import info_nce
 
 
@@ -73,6 +73,24 @@ def test_cross_attention_mask_makes_padding_irrelevant():
     assert mask.tolist() == [[1, 1, 1, 1, 1, 1, 1, 0, 0]]
     c, _ = layer(x, y_pad)  # released: unmasked, padding leaks into the visual rows
     assert not torch.allclose(a[:, :4], c[:, :4])
+
+
+def test_sdpa_attention_equals_the_released_matmul_softmax():
+    """speed.sdpa's path of attend(): scaled_dot_product_attention, to rounding, with and without a key mask,
+    including a row whose keys are all padding (the released masked_fill averages every key there)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 16), torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    for key_mask in (None, mask):
+        torch.testing.assert_close(attend(q, k, v, key_mask, sdpa=True), attend(q, k, v, key_mask))
+    by_hand = torch.softmax(q[0] @ k[0, :3].T / 4.0, -1) @ v[0, :3]  # sqrt(16) = 4
+    torch.testing.assert_close(attend(q, k, v, mask, sdpa=True)[0], by_hand)
+    torch.testing.assert_close(attend(q, k, v, mask, sdpa=True)[2], v[2].mean(0).expand(4, 16))
+    layer = CrossAttentionLayer(16).eval()
+    x, y = torch.randn(3, 4, 16), torch.randn(3, 5, 16)
+    expected, _ = layer(x, y, mask)
+    layer.sdpa_attention = True
+    torch.testing.assert_close(layer(x, y, mask)[0], expected)
 
 
 @pytest.mark.parametrize(("level", "length"), [("both", 9), ("word", 9), ("sentence", 4)])

@@ -38,6 +38,8 @@ def test_fast_path_logits_equal_plain_path_fp32(plain_and_batch, skip):
     )
     fast.eval()
     assert isinstance(fast.resnet, FastVisionBackbone) and fast.bert.config._attn_implementation == "sdpa"
+    assert fast.cam.attention.sdpa_attention and fast.fusion.sdpa_attention  # CAM and fusion too
+    assert not plain.fusion.sdpa_attention
     assert fast.state_dict().keys() == plain.state_dict().keys()
     with torch.no_grad():
         expected, got = plain(batch), fast(batch)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,15 +26,39 @@ def _proj(d: int, p: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Dropout(p))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q kᵀ / sqrt(d)) v, single head; ``key_mask`` (B, Lk) with 0 on padding (None = unmasked)."""
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, sdpa: bool = False
+) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(d)) v, single head; ``key_mask`` (B, Lk) with 0 on padding (None = unmasked).
+
+    ``sdpa=True`` (``speed.sdpa`` through :class:`SDPAttention`): the same attention through
+    ``F.scaled_dot_product_attention`` (one fused kernel on a GPU where a backend takes the width; equal to
+    rounding). Padding gets the dtype's lowest value added rather than -inf, so a row whose keys are all
+    padding averages every key, as the released ``masked_fill`` does, instead of giving NaN."""
+    if sdpa:
+        mask = None
+        if key_mask is not None:
+            low = torch.finfo(q.dtype).min
+            mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~key_mask.bool(), low
+            )
+            mask = mask.view(key_mask.shape[0], 1, 1, key_mask.shape[1])
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask)
+        return out.squeeze(1)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask.bool().unsqueeze(1), torch.finfo(scores.dtype).min)
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
-class CrossAttentionLayer(nn.Module):
+class SDPAttention:
+    """Mixin of the modules that call :func:`attend`: ``sdpa_attention`` (off: the released matmul-softmax,
+    on: ``F.scaled_dot_product_attention``) is set by ``camim.speed.apply_fast_mode`` from ``speed.sdpa``."""
+
+    sdpa_attention = False
+
+
+class CrossAttentionLayer(SDPAttention, nn.Module):
     """The released ``crossAttentionLayer`` (parameter names kept for checkpoint mapping)."""
 
     def __init__(self, hidden: int, dropout: float = 0.3):
@@ -64,10 +89,11 @@ class CrossAttentionLayer(nn.Module):
         x itself is padded (the text-caption mode, where x holds word states)."""
         qx, kx, vx = self.linear_q(x), self.linear_k(x), self.linear_v(x)
         qy, ky, vy = self.linear_q2(y), self.linear_k2(y), self.linear_v2(y)
-        h_s1 = attend(qx, kx, vx, x_mask)  # Eq. (8) SelfAtt(O_S)
-        h_s2 = attend(qx, ky, vy, y_mask)  # Eq. (10) CrossAtt(O_S, C_W)
-        h_w2 = attend(qy, kx, vx, x_mask)  # Eq. (10) CrossAtt(C_W, O_S)
-        h_w1 = attend(ky, qy, vy, y_mask)  # Eq. (8) SelfAtt(C_W), released K·Qᵀ swap
+        sdpa = self.sdpa_attention
+        h_s1 = attend(qx, kx, vx, x_mask, sdpa)  # Eq. (8) SelfAtt(O_S)
+        h_s2 = attend(qx, ky, vy, y_mask, sdpa)  # Eq. (10) CrossAtt(O_S, C_W)
+        h_w2 = attend(qy, kx, vx, x_mask, sdpa)  # Eq. (10) CrossAtt(C_W, O_S)
+        h_w1 = attend(ky, qy, vy, y_mask, sdpa)  # Eq. (8) SelfAtt(C_W), released K·Qᵀ swap
         z = torch.cat([self.layer_norm(h_s1 + h_s2), self.layer_norm(h_w1 + h_w2)], dim=1)
         out = self.merge_fr(z)  # Eq. (11) / (14)
         if x_mask is None:

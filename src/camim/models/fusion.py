@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from camim.models.cross_attention import attend
+from camim.models.cross_attention import SDPAttention, attend
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -29,7 +29,7 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (x * mask.to(x.dtype).unsqueeze(-1)).sum(dim=1)
 
 
-class FusionModule(nn.Module):
+class FusionModule(SDPAttention, nn.Module):
     """Fine (image-text) and coarse (object-phrase) fusion attentions plus the shared final projection."""
 
     def __init__(self, hidden: int, objects: bool = True):
@@ -52,7 +52,11 @@ class FusionModule(nn.Module):
     ) -> torch.Tensor:
         """Eq. (15)/(16): Σ over query positions of tanh(CrossAtt(O_F, T_W)) -> (B, d)."""
         att = attend(
-            self.linear_q_fine(queries), self.linear_k_fine(text), self.linear_v_fine(text), text_mask
+            self.linear_q_fine(queries),
+            self.linear_k_fine(text),
+            self.linear_v_fine(text),
+            text_mask,
+            self.sdpa_attention,
         )
         return masked_sum(torch.tanh(att), query_mask)
 
@@ -65,6 +69,7 @@ class FusionModule(nn.Module):
             self.linear_k_coarse(phrase),
             self.linear_v_coarse(phrase),
             phrase_mask,
+            self.sdpa_attention,
         )
         return torch.tanh(att).sum(dim=1)
 

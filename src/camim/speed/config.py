@@ -24,7 +24,8 @@ class SpeedConfig:
 
     - ``fast``: train with the fast step (the switches below); off = the released step.
     - ``bf16``: ``torch.autocast(bfloat16)`` around the forward (the released step is fp32).
-    - ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (released: eager).
+    - ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (released: eager), and
+      ``F.scaled_dot_product_attention`` for CAM's cross-attention and the fusion attentions.
     - ``fused_optimizer``: the multi-tensor port of the released AdamW (``camim.optim``), or fused
       ``torch.optim.AdamW`` when bias correction is on.
     - ``channels_last``: channels-last weights and inputs for the vision backbone.

@@ -3,7 +3,9 @@
 The switches live in :class:`camim.speed.config.SpeedConfig` (``None`` = automatic: on for CUDA only):
 
 - ``bf16``: ``torch.autocast(bfloat16)`` around the forward (GPU; the released step is fp32);
-- ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (the released BERT is eager);
+- ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (the released BERT is eager),
+  and ``F.scaled_dot_product_attention`` for CAM's and the fusion's single-head attentions;
+- ``merge_encoder_calls``: TMR's caption encoder runs once over captions and text windows (2B x 40);
 - ``fused_optimizer``: the multi-tensor (``torch._foreach_*``) port of the released AdamW (no bias
   correction, same update to rounding), or ``torch.optim.AdamW(fused=True)`` with bias correction;
 - ``channels_last``: channels-last weights and inputs for the vision backbone's convolutions;
@@ -35,7 +37,7 @@ from torch import nn
 
 from camim.errors import CamimError
 from camim.models.batch import MREBatch, MREOutput
-from camim.models.cross_attention import CrossAttentionLayer
+from camim.models.cross_attention import CrossAttentionLayer, SDPAttention
 from camim.models.encoders import VisionBackbone
 from camim.speed.config import SpeedConfig
 from camim.speed.graphs import ForwardBackward, GraphedForwardBackward
@@ -84,13 +86,16 @@ def set_attention(model: nn.Module, implementation: str) -> list[str]:
 
 
 def apply_fast_mode(model: nn.Module, cfg: SpeedConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """Move ``model`` to ``device`` and apply SDPA, channels-last, merged encoder calls and crop skipping in
-    place; returns it.
+    """Move ``model`` to ``device`` and apply SDPA (text encoders, CAM and fusion attentions), channels-last,
+    merged encoder calls and crop skipping in place; returns it.
 
     State-dict keys are unchanged (``save_pretrained`` / ``load_model`` work as before)."""
     cfg = cfg.resolved(device)
     model.to(device)
     set_attention(model, "sdpa" if cfg.sdpa else "eager")
+    for module in model.modules():  # CAM's cross-attention and the fusion attentions (camim.models)
+        if isinstance(module, SDPAttention):
+            module.sdpa_attention = bool(cfg.sdpa)
     if hasattr(model, "merge_encoder_calls"):  # TMR: captions and text windows through bert2 in one call
         model.merge_encoder_calls = bool(cfg.merge_encoder_calls)
     backbone = getattr(model, "resnet", None)
