@@ -243,3 +243,29 @@ def test_finished_run_without_checkpoints_is_not_retrained_unless_overwrite(tiny
     assert (out / "offline_encoder" / "camim_offline.json").stat().st_mtime_ns == before[
         Path("offline_encoder") / "camim_offline.json"
     ]  # same settings: the encoder is kept
+
+
+def test_the_progress_bar_reads_the_metrics_every_log_interval_with_speed_fast(tmp_path, monkeypatch):
+    """Each read of the shown metrics converts the step's loss (on a GPU a copy that waits for the queue): with
+    speed.fast the bar reads them every log_every_n_steps batches; otherwise it is Lightning's own bar."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+    from camim.training.api import _trainer
+    from camim.training.config import load_config
+    from camim.training.progress import ThrottledRichProgressBar, ThrottledTQDMProgressBar
+
+    fast = _trainer(load_config("tmr", ["speed.fast=true", "trainer.log_every_n_steps=3"]), tmp_path, [])
+    plain = _trainer(load_config("tmr", ["trainer.log_every_n_steps=3"]), tmp_path, [])
+    quiet = _trainer(load_config("tmr", ["speed.fast=true", "trainer.progress_bar=false"]), tmp_path, [])
+    bar = fast.progress_bar_callback
+    assert isinstance(bar, (ThrottledRichProgressBar, ThrottledTQDMProgressBar)) and bar.every == 3
+    own = type(plain.progress_bar_callback)  # the bar Lightning picks by itself (rich where installed)
+    assert own in (RichProgressBar, TQDMProgressBar) and isinstance(bar, own)
+    assert quiet.progress_bar_callback is None
+    reads = []
+    monkeypatch.setattr(
+        ProgressBar, "get_metrics", lambda self, trainer, module: reads.append(1) or {"n": len(reads)}
+    )
+    shown = [bar.get_metrics(None, None)["n"] for _ in range(7)]
+    assert shown == [1, 1, 1, 2, 2, 2, 3] and len(reads) == 3

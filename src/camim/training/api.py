@@ -42,6 +42,7 @@ from camim.training.config import (
 from camim.training.datamodule import MNREDataModule
 from camim.training.loggers import LogRunConfig, build_loggers, log_test_metrics
 from camim.training.module import MRELightningModule
+from camim.training.progress import throttled_progress_bar
 from camim.training.selection import DevCheckpoint
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def _trainer(
     """The run's ``lightning.Trainer``; ``device`` pins it to that one device (single-process strategy)."""
     t = cfg.trainer
     accelerator, devices, strategy = t.accelerator, t.devices, t.strategy
+    if t.progress_bar and cfg.speed.fast:
+        callbacks = [*callbacks, throttled_progress_bar(t.log_every_n_steps)]
     if device is not None:
         accelerator = "cpu" if device.type == "cpu" else t.accelerator
         devices = 1 if device.index is None else [device.index]

@@ -72,7 +72,8 @@ def plot_curves(rows: list[dict[str, float]], out: str | Path) -> Path | None:
         axes[0].plot(*zip(*mi), label="MI (InfoNCE)", alpha=0.7)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss")
-    axes[0].legend()
+    if steps or mi:  # a run shorter than trainer.log_every_n_steps logs no step loss
+        axes[0].legend()
     if val:
         axes[1].plot(*zip(*val), marker="o")
     axes[1].set_xlabel("epoch")
