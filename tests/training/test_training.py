@@ -245,27 +245,49 @@ def test_finished_run_without_checkpoints_is_not_retrained_unless_overwrite(tiny
     ]  # same settings: the encoder is kept
 
 
-def test_the_progress_bar_reads_the_metrics_every_log_interval_with_speed_fast(tmp_path, monkeypatch):
-    """Each read of the shown metrics converts the step's loss (on a GPU a copy that waits for the queue): with
-    speed.fast the bar reads them every log_every_n_steps batches; otherwise it is Lightning's own bar."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+class CountConversions(L.Callback):
+    """Counts Lightning's tensor-to-number conversions of logged metrics inside training batches (each one, on a
+    GPU, a copy that waits for the queue), and keeps the progress bar."""
 
-    from camim.training.api import _trainer
-    from camim.training.config import load_config
+    def __init__(self, monkeypatch):
+        from lightning.pytorch.trainer.connectors.logger_connector import result
+
+        self.in_batch, self.conversions, self.bar = False, 0, None
+        convert = result.convert_tensors_to_scalars
+
+        def counting(value):
+            self.conversions += self.in_batch and isinstance(value, torch.Tensor)
+            return convert(value)
+
+        monkeypatch.setattr(result, "convert_tensors_to_scalars", counting)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.in_batch, self.bar = True, trainer.progress_bar_callback
+
+    def on_validation_start(
+        self, trainer, pl_module
+    ):  # a batch's conversions come after its hooks: stop here
+        self.in_batch = False
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "speed.fast"])
+def test_speed_fast_runs_convert_no_step_metric_per_batch(tiny_mnre, tmp_path, monkeypatch, fast):
+    """Lightning converts prog_bar step metrics to numbers after every batch; a speed.fast run logs none and
+    its bar (Lightning's own class) reads the step loss itself every log_every_n_steps batches."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
     from camim.training.progress import ThrottledRichProgressBar, ThrottledTQDMProgressBar
 
-    fast = _trainer(load_config("tmr", ["speed.fast=true", "trainer.log_every_n_steps=3"]), tmp_path, [])
-    plain = _trainer(load_config("tmr", ["trainer.log_every_n_steps=3"]), tmp_path, [])
-    quiet = _trainer(load_config("tmr", ["speed.fast=true", "trainer.progress_bar=false"]), tmp_path, [])
-    bar = fast.progress_bar_callback
-    assert isinstance(bar, (ThrottledRichProgressBar, ThrottledTQDMProgressBar)) and bar.every == 3
-    own = type(plain.progress_bar_callback)  # the bar Lightning picks by itself (rich where installed)
-    assert own in (RichProgressBar, TQDMProgressBar) and isinstance(bar, own)
-    assert quiet.progress_bar_callback is None
-    reads = []
-    monkeypatch.setattr(
-        ProgressBar, "get_metrics", lambda self, trainer, module: reads.append(1) or {"n": len(reads)}
-    )
-    shown = [bar.get_metrics(None, None)["n"] for _ in range(7)]
-    assert shown == [1, 1, 1, 2, 2, 2, 3] and len(reads) == 3
+    count = CountConversions(monkeypatch)
+    overrides = [*TINY, "optim.epochs=1", "trainer.progress_bar=true", "trainer.log_every_n_steps=100"]
+    train_run("offline-bert", tiny_mnre, tmp_path / "run", overrides=[*overrides, f"speed.fast={str(fast).lower()}"],
+              callbacks=[count])  # fmt: skip
+    if fast:
+        assert count.conversions == 0
+        assert isinstance(count.bar, (ThrottledRichProgressBar, ThrottledTQDMProgressBar))
+        assert count.bar.every == 100 and isinstance(
+            count.bar._loss, float
+        )  # read at the first and last batch
+    else:
+        assert count.conversions >= 6  # the step loss, after each of the 6 batches
+        assert type(count.bar) in (RichProgressBar, TQDMProgressBar)

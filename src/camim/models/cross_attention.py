@@ -33,16 +33,17 @@ def attend(
 
     ``sdpa=True`` (``speed.sdpa`` through :class:`SDPAttention`): the same attention through
     ``F.scaled_dot_product_attention`` (one fused kernel on a GPU where a backend takes the width; equal to
-    rounding). Padding gets the dtype's lowest value added rather than -inf, so a row whose keys are all
-    padding averages every key, as the released ``masked_fill`` does, instead of giving NaN."""
+    rounding). Padding gets a quarter of the dtype's lowest value added rather than -inf, so a row whose keys
+    are all padding averages every key, as the released ``masked_fill`` does, instead of giving NaN or 0 (a
+    quarter: the GPU's memory-efficient kernel scales scores by log2(e) after adding the mask, which would
+    overflow the lowest value itself to -inf). The mask's rows are allocated 8-aligned (that kernel's bias
+    alignment, which compiled code does not pad for) and sliced to the key length."""
     if sdpa:
         mask = None
         if key_mask is not None:
-            low = torch.finfo(q.dtype).min
-            mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                ~key_mask.bool(), low
-            )
-            mask = mask.view(key_mask.shape[0], 1, 1, key_mask.shape[1])
+            b, lk = key_mask.shape
+            mask = torch.zeros(b, 1, 1, (lk + 7) // 8 * 8, dtype=q.dtype, device=q.device)[..., :lk]
+            mask.masked_fill_(~key_mask.bool().view(b, 1, 1, lk), torch.finfo(q.dtype).min / 4)
         out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask)
         return out.squeeze(1)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])

@@ -91,7 +91,10 @@ class MRELightningModule(L.LightningModule):
     def training_step(self, batch: MREBatch, batch_idx: int) -> torch.Tensor:
         out = self.speed.forward_backward(batch) if self._owns_backward() else self(batch)
         bs = len(batch)
-        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        # prog_bar makes Lightning convert the step loss to a number after every batch (on a GPU a copy that
+        # waits for the queue); speed.fast runs show it through camim.training.progress every N batches instead
+        in_bar = self.speed is None or self.speed.step is None
+        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=in_bar, batch_size=bs)
         self.log("train/ce_loss", out.ce_loss, on_step=True, on_epoch=True, batch_size=bs)
         if out.mi_loss is not None:
             self.log("train/mi_loss", out.mi_loss, on_step=True, on_epoch=True, batch_size=bs)

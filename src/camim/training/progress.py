@@ -1,9 +1,10 @@
-"""The progress bar of a ``speed.fast`` run: Lightning's own bar, reading the step's metrics less often.
+"""The progress bar of a ``speed.fast`` run: Lightning's own bar, showing the step loss every N batches.
 
-Each time a Lightning progress bar shows the metrics it converts the logged loss to a Python number; on a GPU
-that copy waits for every queued kernel, so the host cannot queue the next steps while the GPU works. With
-``speed.fast`` the bar reads the metrics every ``every`` batches and shows the last ones read in between (the
-position in the epoch still moves every batch).
+Lightning converts every step-level metric logged with ``prog_bar=True`` to a Python number after *every*
+batch (its logger connector, whatever the bar does); on a GPU that copy waits for every queued kernel, so the
+host cannot queue the next step while the GPU runs this one. In a ``speed.fast`` run the module logs the step
+loss without ``prog_bar`` (``MRELightningModule.training_step``), and this bar reads it itself, from the
+trainer's callback metrics (tensors, no conversion), every ``every`` batches.
 """
 
 from __future__ import annotations
@@ -13,31 +14,43 @@ from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+try:  # the check Lightning itself makes before it picks the rich bar (rich >= 10.2.2)
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+except ImportError:  # pragma: no cover - a Lightning without the flag
+    _RICH_AVAILABLE = importlib.util.find_spec("rich") is not None
 
-class _ReadsMetricsEvery:
-    """Mixin over a Lightning progress bar: ``get_metrics`` asks the trainer every ``every`` calls."""
+LOSS = "train/loss"
+
+
+class _LossEvery:
+    """Mixin over a Lightning progress bar: shows ``train/loss`` read every ``every`` training batches."""
 
     def __init__(self, every: int, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.every = max(1, int(every))
-        self._calls, self._shown = 0, None
+        self._loss: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx % self.every == 0 or batch_idx + 1 == trainer.num_training_batches:
+            value = trainer.callback_metrics.get(f"{LOSS}_step")
+            self._loss = None if value is None else float(value)  # one wait for the GPU per `every` batches
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer, pl_module):
-        if self._shown is None or self._calls % self.every == 0:
-            self._shown = super().get_metrics(trainer, pl_module)
-        self._calls += 1
-        return self._shown
+        items = super().get_metrics(trainer, pl_module)  # no step-level metric left to convert
+        if self._loss is not None:
+            items = {LOSS: self._loss, **items}
+        return items
 
 
-class ThrottledRichProgressBar(_ReadsMetricsEvery, RichProgressBar):
-    """:class:`RichProgressBar` (Lightning's default bar where ``rich`` is installed), metrics every ``every``."""
+class ThrottledRichProgressBar(_LossEvery, RichProgressBar):
+    """:class:`RichProgressBar` (Lightning's default bar where ``rich`` is installed), loss every ``every``."""
 
 
-class ThrottledTQDMProgressBar(_ReadsMetricsEvery, TQDMProgressBar):
-    """:class:`TQDMProgressBar`, metrics every ``every`` batches."""
+class ThrottledTQDMProgressBar(_LossEvery, TQDMProgressBar):
+    """:class:`TQDMProgressBar`, loss every ``every`` batches."""
 
 
 def throttled_progress_bar(every: int):
-    """The bar Lightning would pick (rich if installed, else tqdm), reading the metrics every ``every`` calls."""
-    rich = importlib.util.find_spec("rich") is not None
-    return (ThrottledRichProgressBar if rich else ThrottledTQDMProgressBar)(every)
+    """The bar Lightning would pick (rich if available, else tqdm), showing the loss every ``every`` batches."""
+    return (ThrottledRichProgressBar if _RICH_AVAILABLE else ThrottledTQDMProgressBar)(every)
