@@ -154,3 +154,24 @@ def test_auto_switches_are_off_on_cpu_and_on_for_cuda():
         )
     with pytest.raises(Exception, match="compile must be"):
         SpeedConfig(compile="fast")
+
+
+@pytest.mark.parametrize(
+    ("world_size", "precision", "off"),
+    [
+        (1, "32-true", False),
+        (1, "bf16-true", False),  # weights cast once, no autocast around the step
+        (2, "32-true", True),  # DDP
+        (1, "bf16-mixed", True),  # Lightning's autocast (cast cache on) is entered outside the capture
+        (1, "16-mixed", True),
+        (1, "bf16", True),  # Lightning's alias of bf16-mixed
+        (1, 16, True),
+    ],
+)
+def test_cuda_graphs_are_turned_off_where_the_step_cannot_be_replayed(world_size, precision, off):
+    from camim.speed.training import graphs_off_reason
+
+    reason = graphs_off_reason(world_size, precision)
+    assert (reason is not None) is off
+    if off and world_size == 1:
+        assert "trainer.precision=32-true" in reason

@@ -54,6 +54,24 @@ REPORTED_SWITCHES = (
 FeatureStoreProvider = Callable[[nn.Module, str, torch.device], FeatureStore]
 
 
+def graphs_off_reason(world_size: int, precision: str | int) -> str | None:
+    """Why a run cannot replay its step from CUDA graphs, or None.
+
+    - DDP: the gradient all-reduce runs in backward, outside what a graph may hold.
+    - A mixed ``trainer.precision``: Lightning's autocast is entered around the training step, outside the
+      capture, with its cast cache on; the graph would read bf16/fp16 weight copies cast before the capture,
+      which that cache frees when the step ends (``speed.fast`` autocasts in bf16 itself at ``32-true``)."""
+    if world_size > 1:
+        return "DDP (the gradient all-reduce runs in backward)"
+    p = str(precision)
+    if p.endswith("-mixed") or p in ("16", "bf16") or p.startswith("transformer-engine"):
+        return (
+            f"trainer.precision={p} autocasts outside the graph (its cast cache would outlive the capture); "
+            "use trainer.precision=32-true, where speed.fast autocasts in bf16 inside the graph"
+        )
+    return None
+
+
 class TrainingSpeed:
     """``speed.*`` of one run applied to ``model`` on ``device`` (see the module docstring)."""
 
@@ -65,6 +83,7 @@ class TrainingSpeed:
         feature_store: FeatureStoreProvider | None = None,
         trainer_autocasts: bool = False,
         world_size: int = 1,
+        trainer_precision: str = "32-true",
     ):
         self.cfg, self.model, self.device = cfg, model, torch.device(device)
         self.store: FeatureStore | None = None
@@ -83,9 +102,10 @@ class TrainingSpeed:
         self.step: FastStep | None = None
         if cfg.fast:
             resolved = cfg
-            if world_size > 1 and cfg.resolved(self.device).cuda_graphs:
+            off = graphs_off_reason(world_size, trainer_precision)
+            if off and cfg.resolved(self.device).cuda_graphs:
                 resolved = dataclasses.replace(cfg, cuda_graphs=False)
-                self.notes.append("speed.cuda_graphs is off with DDP (gradient all-reduce runs in backward)")
+                self.notes.append(f"speed.cuda_graphs is off: {off}")
             if trainer_autocasts:
                 resolved = dataclasses.replace(
                     resolved, bf16=False

@@ -58,6 +58,7 @@ class MRELightningModule(L.LightningModule):
                 feature_store=getattr(dm, "attach_feature_store", None),
                 trainer_autocasts=self.cfg.trainer.precision not in ("32-true", "32", 32),
                 world_size=trainer.world_size if trainer is not None else 1,
+                trainer_precision=str(self.cfg.trainer.precision),
             )
 
     def forward(self, batch: MREBatch):
