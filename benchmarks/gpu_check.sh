@@ -31,8 +31,9 @@ if [ -n "$small" ]; then
     rerun_args=(--small --batch-sizes 4 --steps 2 --warmup 1 --rounds 1 --variants fast)
     step_budget=60; e2e_budget=120
 else
-    step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --profile 3 --variant-timeout-s 100
-               --variants released fast fast-graphs frozen frozen-graphs fast-regional fast-skip)
+    step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --variant-timeout-s 100
+               --variants released fast fast-graphs frozen frozen-graphs fast-regional fast-skip
+               --profile 3 --profile-variants released fast-graphs frozen-graphs)
     # the second process's regional compile finds the first one's caches: second-run warm-up
     rerun_args=(--batch-sizes 16 --steps 10 --warmup 3 --rounds 1 --variants fast-regional --variant-timeout-s 60)
     e2e_args=(--train 480 --eval 48 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2
