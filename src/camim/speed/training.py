@@ -81,9 +81,8 @@ class TrainingSpeed:
         model: nn.Module,
         device: torch.device,
         feature_store: FeatureStoreProvider | None = None,
-        trainer_autocasts: bool = False,
         world_size: int = 1,
-        trainer_precision: str = "32-true",
+        trainer_precision: str | int = "32-true",
     ):
         self.cfg, self.model, self.device = cfg, model, torch.device(device)
         self.store: FeatureStore | None = None
@@ -106,10 +105,9 @@ class TrainingSpeed:
             if off and cfg.resolved(self.device).cuda_graphs:
                 resolved = dataclasses.replace(cfg, cuda_graphs=False)
                 self.notes.append(f"speed.cuda_graphs is off: {off}")
-            if trainer_autocasts:
-                resolved = dataclasses.replace(
-                    resolved, bf16=False
-                )  # the trainer's precision plugin already autocasts
+            # the trainer's precision plugin already casts (bf16-mixed, bf16-true ...): no autocast of our own
+            if str(trainer_precision) not in ("32-true", "32"):
+                resolved = dataclasses.replace(resolved, bf16=False)
             apply_fast_mode(
                 model, resolved, self.device
             )  # moves the model; Lightning's later move is a no-op

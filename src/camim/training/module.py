@@ -56,9 +56,8 @@ class MRELightningModule(L.LightningModule):
                 self.model,
                 trainer.strategy.root_device if trainer is not None else torch.device("cpu"),
                 feature_store=getattr(dm, "attach_feature_store", None),
-                trainer_autocasts=self.cfg.trainer.precision not in ("32-true", "32", 32),
                 world_size=trainer.world_size if trainer is not None else 1,
-                trainer_precision=str(self.cfg.trainer.precision),
+                trainer_precision=self.cfg.trainer.precision,
             )
 
     def forward(self, batch: MREBatch):
