@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tests.models.conftest import LABELS, tiny_config
 
 from camim.data.types import Entity, MNREExample
-from camim.models import build_model
+from camim.models import build_model, cross_attention
 from camim.models.caption_aware import CaptionAwareModule
 from camim.models.cross_attention import CrossAttentionLayer, attend
 from camim.models.mutual_information import info_nce
@@ -91,6 +91,31 @@ def test_sdpa_attention_equals_the_released_matmul_softmax():
     expected, _ = layer(x, y, mask)
     layer.sdpa_attention = True
     torch.testing.assert_close(layer(x, y, mask)[0], expected)
+
+
+def test_cross_attention_builds_each_sdpa_mask_once(monkeypatch):
+    """With speed.sdpa CAM's layer attends twice with each padding mask and builds each additive mask once;
+    the mask: 0 on keys, a quarter of the dtype's lowest value on padding, rows allocated 8-aligned."""
+    bias = cross_attention.sdpa_bias(torch.tensor([[1, 0, 1]]), torch.float32)
+    lowest = torch.finfo(torch.float32).min
+    assert bias.shape == (1, 1, 1, 3) and bias.stride(0) == 8
+    assert bias.flatten().tolist() == [0.0, lowest / 4, 0.0]
+    assert cross_attention.sdpa_bias(None, torch.float32) is None
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16).eval()
+    x, y = torch.randn(2, 4, 16), torch.randn(2, 5, 16)
+    x_mask, y_mask = (
+        torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+        torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]),
+    )
+    expected, _ = layer(x, y, y_mask, x_mask)
+    built = []
+    real = cross_attention.sdpa_bias
+    monkeypatch.setattr(cross_attention, "sdpa_bias", lambda m, dt: built.append(m) or real(m, dt))
+    layer.sdpa_attention = True
+    got, _ = layer(x, y, y_mask, x_mask)
+    assert [m is x_mask for m in built] == [True, False] and built[1] is y_mask
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize(("level", "length"), [("both", 9), ("word", 9), ("sentence", 4)])

@@ -26,8 +26,24 @@ def _proj(d: int, p: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Dropout(p))
 
 
+def sdpa_bias(key_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The additive mask :func:`attend` gives ``F.scaled_dot_product_attention`` for ``key_mask`` (B, Lk), 0 on
+    padding: (B, 1, 1, Lk) of ``dtype``, 0 on keys and a quarter of the dtype's lowest value on padding, its rows
+    allocated 8-aligned (see :func:`attend`). None for None."""
+    if key_mask is None:
+        return None
+    b, lk = key_mask.shape
+    bias = torch.zeros(b, 1, 1, (lk + 7) // 8 * 8, dtype=dtype, device=key_mask.device)[..., :lk]
+    return bias.masked_fill_(~key_mask.bool().view(b, 1, 1, lk), torch.finfo(dtype).min / 4)
+
+
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, sdpa: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    sdpa: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(d)) v, single head; ``key_mask`` (B, Lk) with 0 on padding (None = unmasked).
 
@@ -37,13 +53,10 @@ def attend(
     are all padding averages every key, as the released ``masked_fill`` does, instead of giving NaN or 0 (a
     quarter: the GPU's memory-efficient kernel scales scores by log2(e) after adding the mask, which would
     overflow the lowest value itself to -inf). The mask's rows are allocated 8-aligned (that kernel's bias
-    alignment, which compiled code does not pad for) and sliced to the key length."""
+    alignment, which compiled code does not pad for) and sliced to the key length. ``bias``: that mask built
+    beforehand with :func:`sdpa_bias` (a layer attending twice with one mask builds it once)."""
     if sdpa:
-        mask = None
-        if key_mask is not None:
-            b, lk = key_mask.shape
-            mask = torch.zeros(b, 1, 1, (lk + 7) // 8 * 8, dtype=q.dtype, device=q.device)[..., :lk]
-            mask.masked_fill_(~key_mask.bool().view(b, 1, 1, lk), torch.finfo(q.dtype).min / 4)
+        mask = bias if bias is not None else sdpa_bias(key_mask, q.dtype)
         out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask)
         return out.squeeze(1)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
@@ -91,10 +104,12 @@ class CrossAttentionLayer(SDPAttention, nn.Module):
         qx, kx, vx = self.linear_q(x), self.linear_k(x), self.linear_v(x)
         qy, ky, vy = self.linear_q2(y), self.linear_k2(y), self.linear_v2(y)
         sdpa = self.sdpa_attention
-        h_s1 = attend(qx, kx, vx, x_mask, sdpa)  # Eq. (8) SelfAtt(O_S)
-        h_s2 = attend(qx, ky, vy, y_mask, sdpa)  # Eq. (10) CrossAtt(O_S, C_W)
-        h_w2 = attend(qy, kx, vx, x_mask, sdpa)  # Eq. (10) CrossAtt(C_W, O_S)
-        h_w1 = attend(ky, qy, vy, y_mask, sdpa)  # Eq. (8) SelfAtt(C_W), released K·Qᵀ swap
+        # each padding mask attends twice: its SDPA form is built once (all four queries share one dtype)
+        xb, yb = (sdpa_bias(x_mask, qx.dtype), sdpa_bias(y_mask, qx.dtype)) if sdpa else (None, None)
+        h_s1 = attend(qx, kx, vx, x_mask, sdpa, xb)  # Eq. (8) SelfAtt(O_S)
+        h_s2 = attend(qx, ky, vy, y_mask, sdpa, yb)  # Eq. (10) CrossAtt(O_S, C_W)
+        h_w2 = attend(qy, kx, vx, x_mask, sdpa, xb)  # Eq. (10) CrossAtt(C_W, O_S)
+        h_w1 = attend(ky, qy, vy, y_mask, sdpa, yb)  # Eq. (8) SelfAtt(C_W), released K·Qᵀ swap
         z = torch.cat([self.layer_norm(h_s1 + h_s2), self.layer_norm(h_w1 + h_w2)], dim=1)
         out = self.merge_fr(z)  # Eq. (11) / (14)
         if x_mask is None:
