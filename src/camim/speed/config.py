@@ -32,6 +32,10 @@ class SpeedConfig:
     - ``merge_encoder_calls``: TMR's caption encoder encodes the captions and the text windows (both 40
       tokens) in one call instead of two: the same encodings per sample, half the launches; dropout masks
       are drawn in another order than the released two calls'.
+    - ``foreach_casts``: with ``bf16``, the weights autocast casts (``nn.Linear`` and convolutions) are cast
+      once per forward in multi-tensor copies, and their gradients back in one more
+      (:mod:`camim.speed.casts`): what autocast with its cache on computes, in a few kernels instead of two
+      per weight; not with ``compile``.
     - ``cuda_graphs``: forward, loss and backward replayed from a CUDA graph per batch shape
       (:mod:`camim.speed.graphs`); needs fixed shapes (not ``skip_padded_crops``) and one process.
     - ``compile``: ``torch.compile``, opt-in ("auto" = none): ``"regional"`` compiles each repeated block
@@ -49,6 +53,7 @@ class SpeedConfig:
     fused_optimizer: bool | None = None
     channels_last: bool | None = None
     merge_encoder_calls: bool | None = None
+    foreach_casts: bool | None = None
     cuda_graphs: bool | None = None
     compile: str = "auto"
     compile_cache_dir: str | None = None
@@ -63,8 +68,8 @@ class SpeedConfig:
         if self.feature_batch_size < 1:
             raise CamimError(f"speed.feature_batch_size must be >= 1, got {self.feature_batch_size}")
         if not self.fast:
-            keys = ("bf16", "fused_optimizer", "channels_last", "merge_encoder_calls", "cuda_graphs",
-                    "skip_padded_crops")  # fmt: skip
+            keys = ("bf16", "fused_optimizer", "channels_last", "merge_encoder_calls", "foreach_casts",
+                    "cuda_graphs", "skip_padded_crops")  # fmt: skip
             on = [k for k in keys if getattr(self, k)]
             if on:
                 raise CamimError(f"speed.{'/'.join(keys)} need speed.fast: true (speed.{on[0]} is set)")
@@ -75,6 +80,9 @@ class SpeedConfig:
             # failed on an H200 (torch 2.11: "Offset increment outside graph capture", the RNG state) -- pending
             raise CamimError(f"speed.compile={self.compile} cannot run inside speed.cuda_graphs; set "
                              "speed.cuda_graphs: false to compile, or speed.compile: none")  # fmt: skip
+        if self.foreach_casts and self.compile not in ("auto", "none"):
+            raise CamimError(f"speed.foreach_casts runs the model through torch.func.functional_call, which "
+                             f"speed.compile={self.compile} would recompile for; set one of them off")  # fmt: skip
         if self.feature_cache_dir and not self.frozen_visual:
             raise CamimError("speed.feature_cache_dir is set but speed.frozen_visual is false")
 
@@ -84,12 +92,14 @@ class SpeedConfig:
         auto = lambda v: cuda if v is None else bool(v)  # noqa: E731
         graphs = auto(self.cuda_graphs) and cuda and not self.skip_padded_crops
         mode = "none" if self.compile == "auto" else self.compile  # compile is opt-in (docs/speed.md)
+        bf16 = auto(self.bf16)
         return dataclasses.replace(
             self,
-            bf16=auto(self.bf16),
+            bf16=bf16,
             fused_optimizer=auto(self.fused_optimizer),
             channels_last=auto(self.channels_last),
             merge_encoder_calls=auto(self.merge_encoder_calls),
+            foreach_casts=auto(self.foreach_casts) and bf16 and mode == "none",
             cuda_graphs=graphs,
             compile=mode,
         )
@@ -98,4 +108,4 @@ class SpeedConfig:
     def released(cls) -> SpeedConfig:
         """The released step: eager attention, fp32, per-parameter AdamW, no compile, no graphs, all crops."""
         return cls(fast=True, bf16=False, sdpa=False, fused_optimizer=False, channels_last=False,
-                   merge_encoder_calls=False, cuda_graphs=False, compile="none")  # fmt: skip
+                   merge_encoder_calls=False, foreach_casts=False, cuda_graphs=False, compile="none")  # fmt: skip

@@ -6,6 +6,8 @@ The switches live in :class:`camim.speed.config.SpeedConfig` (``None`` = automat
 - ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (the released BERT is eager),
   and ``F.scaled_dot_product_attention`` for CAM's and the fusion's single-head attentions;
 - ``merge_encoder_calls``: TMR's caption encoder runs once over captions and text windows (2B x 40);
+- ``foreach_casts``: with ``bf16``, the weights autocast casts are cast once per forward in multi-tensor
+  copies and their gradients back in one more (:mod:`camim.speed.casts`; autocast's own result, fewer kernels);
 - ``fused_optimizer``: the multi-tensor (``torch._foreach_*``) port of the released AdamW (no bias
   correction, same update to rounding), or ``torch.optim.AdamW(fused=True)`` with bias correction;
 - ``channels_last``: channels-last weights and inputs for the vision backbone's convolutions;
@@ -39,6 +41,7 @@ from camim.errors import CamimError
 from camim.models.batch import MREBatch, MREOutput
 from camim.models.cross_attention import CrossAttentionLayer, SDPAttention
 from camim.models.encoders import VisionBackbone
+from camim.speed.casts import WeightCasts
 from camim.speed.config import SpeedConfig
 from camim.speed.graphs import ForwardBackward, GraphedForwardBackward
 
@@ -175,6 +178,7 @@ class FastStep:
         self.model, self.optimizer = model, optimizer
         self._forward: Callable[[MREBatch], MREOutput] = model
         self.compiled_regions: list[str] = []
+        self.weight_casts: WeightCasts | None = None
         if self.cfg.compile != "none":
             use_compile_cache(self.cfg.compile_cache_dir)
         if self.cfg.compile == "regional":
@@ -182,6 +186,8 @@ class FastStep:
         elif self.cfg.compile != "none":
             dynamic = None if self.cfg.skip_padded_crops else False  # fixed shapes unless crops are skipped
             self._forward = torch.compile(model, mode=self.cfg.compile, dynamic=dynamic)
+        if self.cfg.foreach_casts:  # resolved on only with bf16 and without compile
+            self._forward = self.weight_casts = WeightCasts(model, torch.bfloat16)
         self.forward_backward: ForwardBackward = (
             GraphedForwardBackward(model, self._autocast_forward, self.device)
             if self.cfg.cuda_graphs

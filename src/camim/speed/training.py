@@ -46,6 +46,7 @@ REPORTED_SWITCHES = (
     "fused_optimizer",
     "channels_last",
     "merge_encoder_calls",
+    "foreach_casts",
     "cuda_graphs",
     "compile",
 )
