@@ -101,6 +101,9 @@ def test_toy_model_casts_no_weight_one_at_a_time():
     assert counts["autocast"]["_to_copy"] - counts["foreach"]["_to_copy"] == 2 * n_trainable + n_frozen
     assert counts["autocast"]["_foreach_copy_"] == 0
     assert counts["foreach"]["_foreach_copy_"] == 3  # trainable forward, frozen forward, gradients back
+    assert (
+        counts["foreach"]["clone"] == counts["foreach"]["copy_"] == 0
+    )  # the fp32 gradients are kept, not copied
 
 
 @pytest.fixture(scope="module")

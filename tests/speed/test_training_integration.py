@@ -250,3 +250,26 @@ def test_a_step_that_owns_backward_trains_like_the_plain_run_in_lightning(
     a, b = weights(plain), weights(fast)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
+
+
+def test_foreach_casts_train_like_autocast_in_lightning(world, text_dir, vision_dir, tmp_path, monkeypatch):
+    """speed.foreach_casts inside ``camim train`` (bf16 autocast on CPU, the step owning backward as under CUDA
+    graphs): weights and metrics equal the run where autocast casts each weight itself, bit for bit."""
+    from camim.speed.training import TrainingSpeed
+
+    monkeypatch.setattr(TrainingSpeed, "owns_backward", property(lambda self: self.step is not None))
+    cfg = run_config(text_dir, vision_dir)
+    cfg["optim"]["epochs"] = 1
+    runs, steps = {}, {}
+    for on in (False, True):
+        cb = Capture()
+        sets = ["speed.fast=true", "speed.bf16=true", f"speed.foreach_casts={str(on).lower()}"]
+        runs[on] = train_run(cfg, world, tmp_path / str(on), overrides=sets, callbacks=[cb])
+        steps[on] = cb.module.speed.step
+    assert steps[False].weight_casts is None
+    casts = steps[True].weight_casts
+    assert casts.calls > runs[True].metrics["global_step"] > 0  # every training step and evaluation forward
+    assert runs[True].metrics["speed"]["resolved"]["foreach_casts"] is True
+    assert scores(runs[True].metrics["val"]) == scores(runs[False].metrics["val"])
+    a, b = weights(runs[False]), weights(runs[True])
+    assert all(torch.equal(a[k], b[k]) for k in a)
