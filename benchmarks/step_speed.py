@@ -13,18 +13,23 @@ fast-graphs                 fast + forward/loss/backward replayed from a CUDA gr
 fast-regional               fast + regional torch.compile (text-encoder layers, CAM's cross-attention)
 fast-skip                   fast + the documented skip-padded-crops mode (backbone once for all pads)
 frozen                      the backbone frozen, its features read from a feature store built beforehand
-frozen-graphs               frozen + CUDA graph
+frozen-graphs               frozen + CUDA graph (weight casts in multi-tensor copies: speed.foreach_casts)
 frozen-merged               frozen with bert2 over captions and text windows in one call
                             (``speed.merge_encoder_calls: true``, the CUDA default of the fast variants)
 frozen-unmerged             frozen with the released two bert2 calls (``speed.merge_encoder_calls: false``,
                             the CPU default); not in the default lists
+frozen-graphs-percast       frozen-graphs with autocast casting each weight itself (``speed.foreach_casts:
+                            false``; the fast variants cast them in multi-tensor copies on CUDA)
+frozen-bf16 / -percast      frozen with bf16 autocast and the weight casts in multi-tensor copies / one per
+                            weight (both run on CPU too: op counts); not in the default lists
 ==========================  ============================================================================
 
 Each variant's line is printed (flushed) the moment it is measured: samples/s of the steady state (best of
 ``--rounds`` rounds of ``--steps`` steps), the ratio to ``released`` at the same batch size, and the warm-up
 seconds (the ``--warmup`` untimed steps: compile, graph capture, cuDNN autotuning) in a column of its own.
-``--json PATH`` rewrites a JSON file after every variant; ``--budget-s S`` skips what no longer fits (said
-in the output) and ``--variant-timeout-s`` stops one variant that hangs (e.g. in compile).
+``--json PATH`` rewrites a JSON file after every variant. ``--budget-s S`` is an end time: a variant running
+when S seconds have passed is stopped (reported as failed, "over its limit") and what no longer fits is
+skipped (said in the output); ``--variant-timeout-s`` stops one variant that hangs (e.g. in compile) sooner.
 
 ``--small`` (the default without CUDA; ``--real`` overrides it): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
 64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's
@@ -68,8 +73,21 @@ VARIANTS: dict[str, tuple[SpeedConfig, bool]] = {  # name -> (speed switches, fr
     "frozen-graphs": (SpeedConfig(**{**_FAST, "cuda_graphs": True}), True),
     "frozen-merged": (SpeedConfig(**{**_FAST, "merge_encoder_calls": True}), True),
     "frozen-unmerged": (SpeedConfig(**{**_FAST, "merge_encoder_calls": False}), True),
+    "frozen-graphs-percast": (SpeedConfig(**{**_FAST, "cuda_graphs": True, "foreach_casts": False}), True),
+    "frozen-bf16": (SpeedConfig(**{**_FAST, "bf16": True, "foreach_casts": True}), True),
+    "frozen-bf16-percast": (SpeedConfig(**{**_FAST, "bf16": True, "foreach_casts": False}), True),
 }
-GPU_VARIANTS = ["released", "fast", "fast-graphs", "fast-regional", "fast-skip", "frozen", "frozen-graphs"]
+MIN_VARIANT_S = 5.0  # --budget-s: a variant is not started with less time left than this
+GPU_VARIANTS = [
+    "released",
+    "fast",
+    "fast-graphs",
+    "fast-regional",
+    "fast-skip",
+    "frozen",
+    "frozen-graphs",
+    "frozen-graphs-percast",
+]
 CPU_VARIANTS = ["released", "fast", "fast-regional", "fast-skip", "frozen"]  # graphs need CUDA
 
 
@@ -204,12 +222,14 @@ def profile_summary(prof, steps: int, wall_s: float, device: torch.device) -> di
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     busy_us = sum(e.device_time for e in kernels) / steps if kernels else None
     aten = sum(e.count for e in events if e.key.startswith("aten::")) / steps
+    casts = sum(e.count for e in events if e.key == "aten::_to_copy") / steps  # dtype casts (one kernel each)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return {
         "wall_ms_per_step": round(wall * 1e3, 2),
         "gpu_busy_ms_per_step": None if busy_us is None else round(busy_us / 1e3, 2),
         "kernels_per_step": round(len(kernels) / steps, 1) if kernels else None,
         "aten_ops_per_step": round(aten, 1),
+        "casts_per_step": round(casts, 1),
         "top": events.table(sort_by=sort, row_limit=15, max_name_column_width=50),
     }
 
@@ -222,15 +242,19 @@ def main() -> None:
     )
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
-                    help="default on CUDA: all but frozen-merged and frozen-unmerged; on CPU: those that run there")  # fmt: skip
+                    help=f"default on CUDA: {' '.join(GPU_VARIANTS)}; on CPU: {' '.join(CPU_VARIANTS)}")  # fmt: skip
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile / graph capture)")
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds per variant; the best is kept")
     ap.add_argument("--real-crops", type=int, default=2, help="real object crops per side (of 3)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write results here after every variant")
-    ap.add_argument("--budget-s", type=float, default=None, help="skip variants once this much time is used")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="end within S seconds of the start: a variant is stopped when the budget runs out, and "
+                         f"skipped when less than {MIN_VARIANT_S:.0f} s are left")  # fmt: skip
     ap.add_argument("--variant-timeout-s", type=float, default=None, help="stop a variant after this long")
+    ap.add_argument("--first-batch-only", nargs="*", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                    help="measure these variants at the first of --batch-sizes only")  # fmt: skip
     ap.add_argument("--compile-cache", default=None, help="inductor cache folder (speed.compile_cache_dir)")
     ap.add_argument("--profile", type=int, default=0, help="profile --profile-variants for N steps")
     ap.add_argument("--profile-variants", nargs="+", default=["released", "fast"], choices=list(VARIANTS))
@@ -269,24 +293,29 @@ def main() -> None:
 
     batches = {b: random_batch(b, size, args.real_crops, vocab, gen) for b in args.batch_sizes}
     released: dict[int, float] = {}
-    for name in names:  # every batch size of a variant, then the next variant (cheap ones first)
+    for name in names:  # every batch size of a variant, then the next variant (in the order given)
         for b, batch in batches.items():
-            used = time.perf_counter() - t_start
-            if args.budget_s is not None and used > args.budget_s:
-                print(
-                    f"{name:<24}{b:>6}  skipped: {used:.0f} s used of the {args.budget_s:.0f} s budget",
-                    flush=True,
-                )
-                results["skipped"].append({"variant": name, "batch": b, "reason": "budget"})
-                save()
+            if name in args.first_batch_only and b != args.batch_sizes[0]:
+                results["skipped"].append({"variant": name, "batch": b, "reason": "--first-batch-only"})
                 continue
+            used = time.perf_counter() - t_start
+            limit = args.variant_timeout_s
+            if args.budget_s is not None:  # the budget is an end time: a variant gets at most what is left
+                left = args.budget_s - used
+                if left < MIN_VARIANT_S:
+                    print(f"{name:<24}{b:>6}  skipped: {used:.0f} s used of the {args.budget_s:.0f} s budget",
+                          flush=True)  # fmt: skip
+                    results["skipped"].append({"variant": name, "batch": b, "reason": "budget"})
+                    save()
+                    continue
+                limit = left if limit is None else min(limit, left)
             speed_cfg, frozen = VARIANTS[name]
             if args.compile_cache:
                 speed_cfg = SpeedConfig(**{**speed_cfg.__dict__, "compile_cache_dir": args.compile_cache})
             row = {"variant": name, "batch": b}
             step = run_batch = None
             try:
-                with time_limit(args.variant_timeout_s):
+                with time_limit(limit):
                     model, run_batch = copy.deepcopy(base), batch
                     if frozen:
                         model, run_batch = frozen_visual(model.to(device), batch, device)
@@ -323,7 +352,8 @@ def main() -> None:
                     results["profile"][name] = prof
                     print(f"  profile {name}: wall {prof['wall_ms_per_step']} ms/step, GPU busy "
                           f"{prof['gpu_busy_ms_per_step']} ms/step, {prof['kernels_per_step']} kernels/step, "
-                          f"{prof['aten_ops_per_step']} aten ops/step", flush=True)  # fmt: skip
+                          f"{prof['aten_ops_per_step']} aten ops/step, {prof['casts_per_step']} casts/step",
+                          flush=True)  # fmt: skip
                     print(prof["top"], flush=True)
             results["rows"].append(row)
             save()
