@@ -20,9 +20,9 @@ start=$SECONDS
 deadline=$((start + ${CAMIM_GPU_CHECK_S:-465}))
 {
     date -u
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+    timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
         || echo "no nvidia-smi"
-    "$py" -c 'import torch, transformers, lightning, torchmetrics as tm
+    timeout 60 "$py" -c 'import torch, transformers, lightning, torchmetrics as tm
 print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__,
       "| lightning", lightning.__version__, "| torchmetrics", tm.__version__)'
 } 2>&1 | tee "$out/env.txt"
@@ -38,18 +38,18 @@ else
     # the targets first (fine-tuned and frozen-visual graphs, batch 16 and 64), then the first-run regional
     # compile, then what only explains them; whatever the budget no longer holds is skipped, and said so
     step_args=(--batch-sizes 16 64 --steps 10 --warmup 3 --rounds 2 --variant-timeout-s 100
-               --variants released fast-graphs frozen-graphs fast-regional frozen-graphs-percast fast frozen fast-skip
+               --variants released fast-graphs frozen-graphs frozen-graphs-percast fast-regional fast frozen fast-skip
                --first-batch-only fast-regional fast-skip
                --profile 3 --profile-variants released fast-graphs frozen-graphs)
     # the second process's regional compile finds the first one's caches: second-run warm-up
     rerun_args=(--batch-sizes 16 --steps 10 --warmup 3 --rounds 1 --variants fast-regional)
     e2e_args=(--train 320 --eval 32 --batch-size 16 --workers 8 --warm-batches 5 --repeat-fast 2
               --run-timeout-s 120 --image-cache --profile-batches 3)
-    step_budget=200; rerun_budget=55; e2e_budget=165
+    step_budget=198; rerun_budget=55; e2e_budget=162  # 415 s: 465 less ~5 s of start-up and 3 x 15 s of grace
 fi
 
-# a shorter CAMIM_GPU_CHECK_S shrinks every stage's budget alike (50 s: start-up and each stage's 15 s grace)
-avail=$((deadline - SECONDS - 50)) sum=$((step_budget + rerun_budget + e2e_budget))
+# a shorter CAMIM_GPU_CHECK_S (or a slow start) shrinks every stage's budget alike (45 s: the stages' graces)
+avail=$((deadline - SECONDS - 45)) sum=$((step_budget + rerun_budget + e2e_budget))
 if [ "$avail" -lt "$sum" ]; then
     step_budget=$((step_budget * avail / sum)) rerun_budget=$((rerun_budget * avail / sum))
     e2e_budget=$((e2e_budget * avail / sum))
@@ -57,7 +57,7 @@ fi
 
 # run_stage NAME BUDGET RESERVE CMD...: CMD gets --budget-s BUDGET, cut to what is left before the deadline
 # less RESERVE (the later stages' share) and less the 15 s after its budget at which it is stopped, whatever
-# happens (imports before its clock starts, a step that overruns)
+# happens (a step that overruns its budget, teardown); the benchmark's clock starts at its launch (--started-at)
 run_stage() {
     local name=$1 budget=$2 reserve=$3; shift 3
     local left=$((deadline - SECONDS - reserve - 15))
@@ -67,7 +67,7 @@ run_stage() {
         return
     fi
     echo "== $name (budget ${budget} s; $((deadline - SECONDS)) s left in all)"
-    timeout -k 5 $((budget + 15)) "$@" --budget-s "$budget"
+    timeout -k 5 $((budget + 10)) "$@" --budget-s "$budget" --started-at "$(date +%s.%N)"
 }
 
 run_stage step_speed "$step_budget" $((rerun_budget + e2e_budget + 35)) \
@@ -77,7 +77,7 @@ echo "step_speed exit ${PIPESTATUS[0]}"
 
 echo "== step_speed again: fast-regional with the compile caches of the run above (second-run warm-up)"
 # a second run only if the first one finished its regional compile; say which this is
-"$py" - "$out/step_speed.json" <<'PY' 2>&1 | tee "$out/step_speed_rerun.kind"
+timeout 30 "$py" - "$out/step_speed.json" <<'PY' 2>&1 | tee "$out/step_speed_rerun.kind"
 import json, sys
 try:
     rows = json.load(open(sys.argv[1]))["rows"]

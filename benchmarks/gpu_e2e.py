@@ -208,6 +208,9 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny encoders and images (CPU check)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--budget-s", type=float, default=None, help="end within S seconds of the start")
+    ap.add_argument("--started-at", type=float, default=None,
+                    help="Unix time at which the --budget-s clock started (default: when the arguments are "
+                         "parsed)")  # fmt: skip
     ap.add_argument("--run-timeout-s", type=float, default=None, help="stop one run after this long")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
     # child mode
@@ -227,7 +230,7 @@ def main() -> None:
 
     from camim.synthetic import WorldConfig, generate_world
 
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - (time.time() - args.started_at if args.started_at else 0.0)
     tmp = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(tmp.name) if tmp else args.work_dir
     work.mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="end within S seconds of the start: a variant is stopped when the budget runs out, and "
                          f"skipped when less than {MIN_VARIANT_S:.0f} s are left")  # fmt: skip
+    ap.add_argument("--started-at", type=float, default=None,
+                    help="Unix time at which the --budget-s clock started (default: when the arguments are "
+                         "parsed); gpu_check.sh passes the launch time, so the imports count")  # fmt: skip
     ap.add_argument("--variant-timeout-s", type=float, default=None, help="stop a variant after this long")
     ap.add_argument("--first-batch-only", nargs="*", default=[], choices=list(VARIANTS), metavar="VARIANT",
                     help="measure these variants at the first of --batch-sizes only")  # fmt: skip
@@ -259,7 +262,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile --profile-variants for N steps")
     ap.add_argument("--profile-variants", nargs="+", default=["released", "fast"], choices=list(VARIANTS))
     args = ap.parse_args()
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - (time.time() - args.started_at if args.started_at else 0.0)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     small = args.small or (not cuda and not args.real)
@@ -348,13 +351,22 @@ def main() -> None:
                     note = f"  (eager steps: {graphs['eager_reasons']})"
                 print(f"{name:<24}{b:>6}{rate:>11.1f}{ratio}{row['warmup_s']:>11.1f}{note}", flush=True)
                 if args.profile and name in args.profile_variants and b == args.batch_sizes[0]:
-                    prof = profile_step(step, run_batch, args.profile, device)
-                    results["profile"][name] = prof
-                    print(f"  profile {name}: wall {prof['wall_ms_per_step']} ms/step, GPU busy "
-                          f"{prof['gpu_busy_ms_per_step']} ms/step, {prof['kernels_per_step']} kernels/step, "
-                          f"{prof['aten_ops_per_step']} aten ops/step, {prof['casts_per_step']} casts/step",
-                          flush=True)  # fmt: skip
-                    print(prof["top"], flush=True)
+                    left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)
+                    try:
+                        if left is not None and left < MIN_VARIANT_S:
+                            raise TimeoutError("no time left in the budget")
+                        with time_limit(left):
+                            prof = profile_step(step, run_batch, args.profile, device)
+                    except TimeoutError as exc:
+                        results["profile"][name] = {"skipped": str(exc)}
+                        print(f"  profile {name} skipped: {exc}", flush=True)
+                    else:
+                        results["profile"][name] = prof
+                        print(f"  profile {name}: wall {prof['wall_ms_per_step']} ms/step, GPU busy "
+                              f"{prof['gpu_busy_ms_per_step']} ms/step, {prof['kernels_per_step']} kernels/step, "
+                              f"{prof['aten_ops_per_step']} aten ops/step, {prof['casts_per_step']} casts/step",
+                              flush=True)  # fmt: skip
+                        print(prof["top"], flush=True)
             results["rows"].append(row)
             save()
             del step, run_batch

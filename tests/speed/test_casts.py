@@ -33,8 +33,9 @@ class OpCounter(TorchDispatchMode):
 
 
 class Toy(nn.Module):
-    """A Linear used twice (like TMR's text encoder on text and phrases), one never used, one frozen, and
-    modules autocast does not cast (LayerNorm, Embedding)."""
+    """A Linear used twice (like TMR's text encoder on text and phrases), one never called, one called but not
+    part of the loss (like an unused pooler), one frozen, and modules autocast does not cast (LayerNorm,
+    Embedding)."""
 
     def __init__(self):
         super().__init__()
@@ -43,11 +44,13 @@ class Toy(nn.Module):
         self.norm = nn.LayerNorm(8)
         self.frozen = nn.Linear(8, 8).requires_grad_(False)
         self.unused = nn.Linear(8, 8)
+        self.aside = nn.Linear(8, 8)
         self.out = nn.Linear(8, 3, bias=False)
 
     def forward(self, ids):
         x = self.emb(ids)
         h = self.shared(x) + self.shared(self.norm(x))
+        self.aside(h)  # runs, but nothing of it reaches the loss
         return self.out(torch.tanh(self.frozen(h))).float().pow(2).mean()
 
 
@@ -62,7 +65,8 @@ def test_toy_model_equals_autocast_with_its_cache_bit_for_bit():
     casts = WeightCasts(got, torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         casts(ids).backward()  # the first call records which weights autocast casts
-    assert casts.names == ["shared.weight", "shared.bias", "frozen.weight", "frozen.bias", "out.weight"]
+    assert casts.names == ["shared.weight", "shared.bias", "aside.weight", "aside.bias", "frozen.weight",
+                           "frozen.bias", "out.weight"]  # fmt: skip
     for p in got.parameters():
         p.grad = None
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's cache is on by default
@@ -77,7 +81,8 @@ def test_toy_model_equals_autocast_with_its_cache_bit_for_bit():
             assert have[name] is None, name
         else:
             assert have[name].dtype == torch.float32 and torch.equal(have[name], want[name]), name
-    assert have["unused.weight"] is None and have["frozen.weight"] is None  # untouched: no update, no decay
+    # untouched, so AdamW neither updates nor decays them: never called, called off the loss, frozen
+    assert have["unused.weight"] is None and have["aside.weight"] is None and have["frozen.weight"] is None
     assert have["shared.weight"].abs().sum() > 0
 
 
@@ -95,15 +100,52 @@ def test_toy_model_casts_no_weight_one_at_a_time():
                 loss = call()
             loss.backward()
         counts[key] = c.ops
-    # autocast (cache on): each of the 3 trainable weights cast once forward and once backward, the 2 frozen
-    # ones once forward; activations (the embedding and LayerNorm outputs) are cast the same way in both
-    n_trainable, n_frozen = 3, 2
-    assert counts["autocast"]["_to_copy"] - counts["foreach"]["_to_copy"] == 2 * n_trainable + n_frozen
+    # autocast (cache on): each of the 3 trainable weights of the loss cast once forward and once backward,
+    # aside's 2 and the 2 frozen ones once forward; activations are cast the same way in both
+    n_backward, n_forward = 3, 3 + 2 + 2
+    assert counts["autocast"]["_to_copy"] - counts["foreach"]["_to_copy"] == n_forward + n_backward
     assert counts["autocast"]["_foreach_copy_"] == 0
     assert counts["foreach"]["_foreach_copy_"] == 3  # trainable forward, frozen forward, gradients back
     assert (
         counts["foreach"]["clone"] == counts["foreach"]["copy_"] == 0
     )  # the fp32 gradients are kept, not copied
+
+
+class Tied(nn.Module):
+    """An embedding whose weight is also the output layer's (it must stay fp32 for the embedding), and one
+    weight shared by two Linears; an fp64 Linear, which autocast leaves alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.dec = nn.Linear(8, 10, bias=False)
+        self.dec.weight = self.emb.weight
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.wide = nn.Linear(8, 8).double()
+
+    def forward(self, ids):
+        h = self.b(self.a(self.emb(ids)))
+        h = h + self.wide(h.double()).float()
+        return self.dec(h).float().pow(2).mean()
+
+
+def test_tied_shared_and_fp64_weights_are_handled_as_autocast_handles_them():
+    torch.manual_seed(0)
+    ref, ids = Tied(), torch.randint(0, 10, (4, 5))
+    got = copy.deepcopy(ref)
+    casts = WeightCasts(got, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        casts(ids)  # records
+        expected, loss = ref(ids), casts(ids)  # a second call with the copies
+    # the shared weight once under its first name; the tied embedding weight and the fp64 ones left to autocast
+    assert casts.names == ["a.weight", "a.bias", "b.bias"] and casts.calls == 1
+    expected.backward()
+    loss.backward()
+    assert torch.equal(loss, expected)
+    want = _grads(ref)
+    for name, g in _grads(got).items():
+        assert torch.equal(g, want[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +187,19 @@ def test_fast_step_with_foreach_casts_equals_autocast_bit_for_bit(models_and_bat
         assert (want[n] is None) == (have[n] is None), n
         if want[n] is not None:
             assert torch.equal(have[n], want[n]), n
+
+
+def test_foreach_casts_are_off_under_ddp(models_and_batch):
+    """Under DDP every gradient would come out at the end of backward (no all-reduce overlapping it)."""
+    from camim.speed.training import TrainingSpeed
+
+    plain, _ = models_and_batch["tmr"]
+    cfg = SpeedConfig(fast=True, bf16=True, foreach_casts=True)
+    one = TrainingSpeed(cfg, copy.deepcopy(plain), torch.device("cpu"))
+    two = TrainingSpeed(cfg, copy.deepcopy(plain), torch.device("cpu"), world_size=2)
+    assert one.step.weight_casts is not None and not one.notes
+    assert two.step.weight_casts is None and two.step.cfg.bf16
+    assert two.notes == [next(n for n in two.notes if n.startswith("speed.foreach_casts is off: DDP"))]
 
 
 def test_foreach_casts_switch():

@@ -268,6 +268,7 @@ def test_foreach_casts_train_like_autocast_in_lightning(world, text_dir, vision_
         steps[on] = cb.module.speed.step
     assert steps[False].weight_casts is None
     casts = steps[True].weight_casts
+    assert len(casts.names) > 50 and "bert.encoder.layer.0.attention.self.query.weight" in casts.names
     assert casts.calls > runs[True].metrics["global_step"] > 0  # every training step and evaluation forward
     assert runs[True].metrics["speed"]["resolved"]["foreach_casts"] is True
     assert scores(runs[True].metrics["val"]) == scores(runs[False].metrics["val"])

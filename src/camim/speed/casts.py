@@ -13,21 +13,26 @@ same bf16 values in every matmul and convolution (both round to nearest even), t
 twice summed in bf16 and cast once, the same fp32 gradients. Tested bit for bit on CPU
 (tests/speed/test_casts.py).
 
-Which weights: those of the ``nn.Linear`` / ``nn.Conv1d/2d/3d`` modules that ran under a bf16 autocast in the
-first forward (recorded with forward pre-hooks), so a module that never runs (a frozen backbone whose
-features come from a table) is not cast. A module that runs later for the first time is cast by autocast, as
-before. Trainable weights go through one autograd function; frozen ones are copied without a graph.
+Which weights: the fp32 / fp16 ones of the ``nn.Linear`` / ``nn.Conv1d/2d/3d`` modules that ran under a bf16
+autocast in the first forward (recorded with forward pre-hooks), so a module that never runs (a frozen
+backbone whose features come from a table) is not cast. A module that runs later for the first time is cast by
+autocast, as before. A weight that another kind of module holds too (an embedding tied to an output layer) is
+left to autocast: that module must keep reading it in fp32. Trainable weights go through one autograd
+function; frozen ones are copied without a graph.
+
+Not under DDP (``camim.speed.training`` turns it off there): every gradient would come out at the end of
+backward, so DDP could not overlap its all-reduce with backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 CAST_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CASTABLE = (torch.float32, torch.float16)  # the weight dtypes autocast casts
 
 
 class _CastWithGrad(torch.autograd.Function):
@@ -82,29 +87,31 @@ class WeightCasts:
 
     def _record(self, batch: Any) -> Any:
         """The first forward, plain autocast: note which weights autocast casts to ``dtype``."""
-        seen: dict[str, None] = {}
+        seen: dict[int, None] = {}  # id(parameter), in the order the modules ran
 
-        def note(name: str) -> Callable:
-            def hook(module: nn.Module, args: tuple) -> None:
-                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-                dev = x.device.type if x is not None else "cuda"
-                if not (torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == self.dtype):
-                    return
-                for pname, p in module.named_parameters(recurse=False):
-                    if p.is_floating_point() and p.dtype != self.dtype:
-                        seen[f"{name}.{pname}" if name else pname] = None
-
-            return hook
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            dev = x.device.type if x is not None else "cuda"
+            if not (torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == self.dtype):
+                return
+            for p in module.parameters(recurse=False):
+                if p.dtype in CASTABLE and p.dtype != self.dtype:  # autocast never casts fp64
+                    seen[id(p)] = None
 
         handles = [
-            m.register_forward_pre_hook(note(name))
-            for name, m in self.model.named_modules()
-            if isinstance(m, CAST_MODULES)
+            m.register_forward_pre_hook(hook) for m in self.model.modules() if isinstance(m, CAST_MODULES)
         ]
         try:
             out = self.model(batch)
         finally:
             for h in handles:
                 h.remove()
-        self.names = list(seen)
+        held_elsewhere = {  # e.g. an embedding tied to an output layer: it reads the weight in fp32
+            id(p)
+            for m in self.model.modules()
+            if not isinstance(m, CAST_MODULES)
+            for p in m.parameters(recurse=False)
+        }
+        names = {id(p): n for n, p in self.model.named_parameters()}  # a shared weight under its first name
+        self.names = [names[i] for i in seen if i in names and i not in held_elsewhere]
         return out

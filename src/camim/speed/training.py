@@ -109,6 +109,12 @@ class TrainingSpeed:
             # the trainer's precision plugin already casts (bf16-mixed, bf16-true ...): no autocast of our own
             if str(trainer_precision) not in ("32-true", "32"):
                 resolved = dataclasses.replace(resolved, bf16=False)
+            if world_size > 1 and resolved.resolved(self.device).foreach_casts:
+                resolved = dataclasses.replace(resolved, foreach_casts=False)
+                self.notes.append(
+                    "speed.foreach_casts is off: DDP (every gradient would come out at the end of backward, so "
+                    "the all-reduce could not overlap it)"
+                )
             apply_fast_mode(
                 model, resolved, self.device
             )  # moves the model; Lightning's later move is a no-op
