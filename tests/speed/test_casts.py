@@ -58,41 +58,47 @@ def _grads(model):
     return {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_toy_model_equals_autocast_with_its_cache_bit_for_bit():
+def _recorded(toy: type[nn.Module]) -> tuple[nn.Module, torch.Tensor, nn.Module, WeightCasts]:
+    """A toy model, its input, a copy of it whose WeightCasts has recorded (one call) and that WeightCasts."""
     torch.manual_seed(0)
-    ref, ids = Toy(), torch.randint(0, 10, (4, 5))
+    ref, ids = toy(), torch.randint(0, 10, (4, 5))
     got = copy.deepcopy(ref)
     casts = WeightCasts(got, torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         casts(ids).backward()  # the first call records which weights autocast casts
-    assert casts.names == ["shared.weight", "shared.bias", "aside.weight", "aside.bias", "frozen.weight",
-                           "frozen.bias", "out.weight"]  # fmt: skip
     for p in got.parameters():
         p.grad = None
+    return ref, ids, got, casts
+
+
+def _assert_same_gradients(ref: nn.Module, got: nn.Module) -> dict:
+    want, have = _grads(ref), _grads(got)
+    for name in want:
+        if want[name] is None:
+            assert have[name] is None, name
+        else:
+            assert have[name].dtype == want[name].dtype and torch.equal(have[name], want[name]), name
+    return have
+
+
+def test_toy_model_equals_autocast_with_its_cache_bit_for_bit():
+    ref, ids, got, casts = _recorded(Toy)
+    assert casts.names == ["shared.weight", "shared.bias", "aside.weight", "aside.bias", "frozen.weight",
+                           "frozen.bias", "out.weight"]  # fmt: skip
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's cache is on by default
         expected = ref(ids)
         loss = casts(ids)
     expected.backward()
     loss.backward()
     assert casts.calls == 1 and torch.equal(loss, expected)
-    want, have = _grads(ref), _grads(got)
-    for name in want:
-        if want[name] is None:
-            assert have[name] is None, name
-        else:
-            assert have[name].dtype == torch.float32 and torch.equal(have[name], want[name]), name
+    have = _assert_same_gradients(ref, got)
     # untouched, so AdamW neither updates nor decays them: never called, called off the loss, frozen
     assert have["unused.weight"] is None and have["aside.weight"] is None and have["frozen.weight"] is None
     assert have["shared.weight"].abs().sum() > 0
 
 
 def test_toy_model_casts_no_weight_one_at_a_time():
-    torch.manual_seed(0)
-    ref, ids = Toy(), torch.randint(0, 10, (4, 5))
-    got = copy.deepcopy(ref)
-    casts = WeightCasts(got, torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        casts(ids)  # records
+    ref, ids, _, casts = _recorded(Toy)
     counts = {}
     for key, call in (("autocast", lambda: ref(ids)), ("foreach", lambda: casts(ids))):
         with OpCounter() as c:
@@ -106,9 +112,8 @@ def test_toy_model_casts_no_weight_one_at_a_time():
     assert counts["autocast"]["_to_copy"] - counts["foreach"]["_to_copy"] == n_forward + n_backward
     assert counts["autocast"]["_foreach_copy_"] == 0
     assert counts["foreach"]["_foreach_copy_"] == 3  # trainable forward, frozen forward, gradients back
-    assert (
-        counts["foreach"]["clone"] == counts["foreach"]["copy_"] == 0
-    )  # the fp32 gradients are kept, not copied
+    # the fp32 gradients are kept as they come, not copied
+    assert counts["foreach"]["clone"] == counts["foreach"]["copy_"] == 0
 
 
 class Tied(nn.Module):
@@ -131,21 +136,16 @@ class Tied(nn.Module):
 
 
 def test_tied_shared_and_fp64_weights_are_handled_as_autocast_handles_them():
-    torch.manual_seed(0)
-    ref, ids = Tied(), torch.randint(0, 10, (4, 5))
-    got = copy.deepcopy(ref)
-    casts = WeightCasts(got, torch.bfloat16)
+    ref, ids, got, casts = _recorded(Tied)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        casts(ids)  # records
         expected, loss = ref(ids), casts(ids)  # a second call with the copies
     # the shared weight once under its first name; the tied embedding weight and the fp64 ones left to autocast
     assert casts.names == ["a.weight", "a.bias", "b.bias"] and casts.calls == 1
     expected.backward()
     loss.backward()
     assert torch.equal(loss, expected)
-    want = _grads(ref)
-    for name, g in _grads(got).items():
-        assert torch.equal(g, want[name]), name
+    have = _assert_same_gradients(ref, got)
+    assert all(g is not None for g in have.values())
 
 
 @pytest.fixture(scope="module")
