@@ -227,10 +227,11 @@ def main() -> None:
         return
 
     import torch
+    from step_speed import budget_clock  # benchmarks/ is on sys.path: this script runs as a file
 
     from camim.synthetic import WorldConfig, generate_world
 
-    t_start = time.perf_counter() - (time.time() - args.started_at if args.started_at else 0.0)
+    t_start = budget_clock(args.started_at)
     tmp = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(tmp.name) if tmp else args.work_dir
     work.mkdir(parents=True, exist_ok=True)

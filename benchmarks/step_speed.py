@@ -200,6 +200,12 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
+def budget_clock(started_at: float | None) -> float:
+    """The ``time.perf_counter()`` reading at which a ``--budget-s`` clock starts: ``started_at`` (Unix time,
+    e.g. a launcher's, so the imports count), else now (also used by gpu_e2e.py)."""
+    return time.perf_counter() - (time.time() - started_at if started_at else 0.0)
+
+
 def profile_step(step: FastStep, batch: MREBatch, steps: int, device: torch.device) -> dict:
     """Kernel launches and GPU-busy time per step, and the top operators, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -262,7 +268,11 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile --profile-variants for N steps")
     ap.add_argument("--profile-variants", nargs="+", default=["released", "fast"], choices=list(VARIANTS))
     args = ap.parse_args()
-    t_start = time.perf_counter() - (time.time() - args.started_at if args.started_at else 0.0)
+    t_start = budget_clock(args.started_at)
+
+    def budget_left() -> float | None:
+        return None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)
+
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     small = args.small or (not cuda and not args.real)
@@ -301,11 +311,10 @@ def main() -> None:
             if name in args.first_batch_only and b != args.batch_sizes[0]:
                 results["skipped"].append({"variant": name, "batch": b, "reason": "--first-batch-only"})
                 continue
-            used = time.perf_counter() - t_start
-            limit = args.variant_timeout_s
-            if args.budget_s is not None:  # the budget is an end time: a variant gets at most what is left
-                left = args.budget_s - used
+            limit, left = args.variant_timeout_s, budget_left()
+            if left is not None:  # the budget is an end time: a variant gets at most what is left
                 if left < MIN_VARIANT_S:
+                    used = time.perf_counter() - t_start
                     print(f"{name:<24}{b:>6}  skipped: {used:.0f} s used of the {args.budget_s:.0f} s budget",
                           flush=True)  # fmt: skip
                     results["skipped"].append({"variant": name, "batch": b, "reason": "budget"})
@@ -351,7 +360,7 @@ def main() -> None:
                     note = f"  (eager steps: {graphs['eager_reasons']})"
                 print(f"{name:<24}{b:>6}{rate:>11.1f}{ratio}{row['warmup_s']:>11.1f}{note}", flush=True)
                 if args.profile and name in args.profile_variants and b == args.batch_sizes[0]:
-                    left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)
+                    left = budget_left()
                     try:
                         if left is not None and left < MIN_VARIANT_S:
                             raise TimeoutError("no time left in the budget")
