@@ -1,9 +1,13 @@
-"""`camim train` end to end on one GPU: plain (the released step) vs ``speed.fast``, one epoch each.
+"""`camim train` end to end on one GPU: plain vs ``speed.fast`` (and the released step), one epoch each.
 
 A synthetic world with drawn images in MNRE's layout (``camim.synthetic``), random-init encoders of the
 paper's sizes saved as folders (no hub): a ``BertConfig()`` (bert-base) with a WordPiece vocabulary built from
 the world's training text and captions (``camim.training.offline.wordpiece_vocabulary``), and a
-``ResNetConfig()`` (ResNet-50). For each preset (``tmr-cam-mi``, ``hvpnet-cam-mi``) and mode, one epoch of
+``ResNetConfig()`` (ResNet-50). Modes (``--modes``): ``plain`` is ``camim train``'s defaults (eager fp32, the
+released AdamW update in multi-tensor kernels), ``fast`` adds ``speed.fast=true``, and ``released`` is plain
+with ``optim.multi_tensor=false``: the released per-parameter AdamW loop, the step ``step_speed.py`` takes as its
+baseline. Every run's ``vs plain`` is printed, and ``fast`` against ``released`` at the end. For each preset
+(``tmr-cam-mi``, ``hvpnet-cam-mi``) and mode, one epoch of
 ``camim train`` runs in a fresh process (so start-up, model loading, compile and graph capture count) through
 the Python API with a timing callback, and one line per run is printed (flushed):
 
@@ -42,6 +46,7 @@ import time
 from pathlib import Path
 
 RESULT_PREFIX = "GPU_E2E_RESULT "
+MODES = ("plain", "fast", "released")
 MIN_RUN_S = 20.0  # --budget-s: no run is started with less time left than this (a fresh process loads models)
 
 
@@ -66,7 +71,8 @@ def write_encoders(world: Path, folder: Path, small: bool) -> tuple[Path, Path]:
     return text, vision
 
 
-def overrides_for(preset: str, text: Path, vision: Path, args, fast: bool, out: Path) -> list[str]:
+def overrides_for(preset: str, text: Path, vision: Path, args, mode: str, out: Path) -> list[str]:
+    fast = mode == "fast"
     o = [
         f"model.text_encoder={text}",
         f"model.vision_encoder={vision}",
@@ -82,6 +88,8 @@ def overrides_for(preset: str, text: Path, vision: Path, args, fast: bool, out: 
     ]
     if args.small:
         o += ["model.image_size=64"]
+    if mode == "released":
+        o += ["optim.multi_tensor=false"]  # the released per-parameter AdamW loop
     if fast and args.image_cache:
         o += [
             f"data.image_cache_dir={out / f'image-cache-{preset}'}"
@@ -193,6 +201,9 @@ def one_run(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tmr-cam-mi", "hvpnet-cam-mi"])
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                    help="plain and fast run for every preset first, then released, then the repeated fast "
+                         "runs")  # fmt: skip
     ap.add_argument("--train", type=int, default=960, help="training samples in the synthetic world")
     ap.add_argument("--eval", type=int, default=64, help="val and test samples")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -257,10 +268,13 @@ def main() -> None:
             args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # plain and fast for every preset first; the repeated fast runs (compile caches warm) come last
-    plan = [(p, m, 0 if m == "plain" else 1) for p in args.presets for m in ("plain", "fast")]
-    plan += [(p, "fast", k) for k in range(2, args.repeat_fast + 1) for p in args.presets]
-    plain_rates: dict[str, float] = {}
+    # plain and fast for every preset first (the target), then the released step (the step benchmark's
+    # baseline), then the repeated fast runs (compile caches warm)
+    plan = [(p, m, 1) for p in args.presets for m in ("plain", "fast") if m in args.modes]
+    plan += [(p, "released", 1) for p in args.presets if "released" in args.modes]
+    if "fast" in args.modes:
+        plan += [(p, "fast", k) for k in range(2, args.repeat_fast + 1) for p in args.presets]
+    rates: dict[tuple[str, str], float] = {}  # (preset, mode) -> the first run's samples/s
     for preset, mode, k in plan:
         label = mode if k <= 1 else f"fast#{k}"
         row = {"preset": preset, "mode": label}
@@ -281,7 +295,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", "--preset", preset, "--world", str(world), "--out", str(out),
                "--warm-batches", str(args.warm_batches),
                "--profile-batches", str(args.profile_batches if (mode, k) == ("fast", 1) else 0), "--overrides",
-               *overrides_for(preset, text, vision, args, mode == "fast", work)]  # fmt: skip
+               *overrides_for(preset, text, vision, args, mode, work)]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=limit)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
@@ -294,9 +308,9 @@ def main() -> None:
             print(f"{preset:<16}{label:<8}  failed: {row['error']}", flush=True)
         else:
             rate = row["samples_per_s"]
-            if mode == "plain":
-                plain_rates[preset] = rate
-            plain_rate = plain_rates.get(preset)
+            if k == 1 and rate:
+                rates[(preset, mode)] = rate
+            plain_rate = rates.get((preset, "plain"))
             row["vs_plain"] = round(rate / plain_rate, 2) if rate and plain_rate else None
             num = lambda v, w, f=".1f": f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
             print(f"{preset:<16}{label:<8}{num(row['wall_s'], 8)}{num(row['epoch_s'], 9)}{num(row['warmup_s'], 11)}"
@@ -312,6 +326,14 @@ def main() -> None:
                 print(prof["top"], flush=True)
         results["runs"].append(row)
         save()
+    for preset in args.presets:  # the ratio step_speed.py reports, here for a whole epoch
+        fast, released = rates.get((preset, "fast")), rates.get((preset, "released"))
+        if fast and released:
+            results.setdefault("fast_vs_released", {})[preset] = round(fast / released, 2)
+            print(
+                f"{preset}: fast {fast / released:.2f}x the released step (optim.multi_tensor=false)",
+                flush=True,
+            )
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     save()
     print(f"total {results['total_s']} s", flush=True)
