@@ -125,3 +125,38 @@ def test_jsonl_unfinished_last_line_is_ignored_and_reported(tmp_path):
     path.write_text('{"img_id": "a.jpg", "text": "one"}\n{"img_id": "b.jpg", "te\n', encoding="utf-8")
     with pytest.raises(DataError, match=":2"):
         read_captions(path)
+
+
+def test_deranged_lookup_gives_every_captioned_image_another_images_caption():
+    from camim.data.captions import deranged_lookup
+
+    texts = {"a.jpg": "A", "b.jpg": "B", "c.jpg": "C", "d.jpg": "D"}
+    ids = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "a.jpg", "none.jpg"]  # a repeated id, one without caption
+    for seed in range(20):
+        moved = deranged_lookup(texts.get, ids, seed)
+        got = {i: moved(i) for i in texts}
+        assert all(got[i] != texts[i] for i in texts)  # no image keeps its own caption
+        assert sorted(got.values()) == ["A", "B", "C", "D"]  # each caption given exactly once
+        assert moved("none.jpg") is None  # an image without a caption stays without one
+        assert {i: deranged_lookup(texts.get, ids, seed)(i) for i in texts} == got  # seeded
+    # the order is one cycle: following "whose caption did I get" from a visits every image
+    moved = deranged_lookup(texts.get, ids, 3)
+    owner = {t: i for i, t in texts.items()}
+    seen, i = [], "a.jpg"
+    for _ in range(4):
+        seen.append(i)
+        i = owner[moved(i)]
+    assert sorted(seen) == sorted(texts) and i == "a.jpg"
+    assert deranged_lookup({"a.jpg": "A"}.get, ["a.jpg"], 0)("a.jpg") == "A"  # one image keeps its own
+
+
+def test_dataset_caption_shuffle_seed_moves_captions_between_images(tiny_mnre):
+    plain = MNREDataset(tiny_mnre, "train", caption_source="minicpm")
+    shuffled = MNREDataset(tiny_mnre, "train", caption_source="minicpm", caption_shuffle_seed=7)
+    own = {plain[i].img_id: plain[i].caption for i in range(len(plain))}
+    got = {shuffled[i].img_id: shuffled[i].caption for i in range(len(shuffled))}
+    assert got.keys() == own.keys() and len(own) > 1
+    assert all(got[i] != own[i] for i in own)
+    assert sorted(got.values()) == sorted(own.values())
+    for i in range(len(shuffled)):  # samples of one image share its (moved) caption
+        assert shuffled[i].caption == got[shuffled[i].img_id]

@@ -14,6 +14,8 @@ ends stripped), which removes the leading newline of every LLaVA-NeXT caption.
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,19 @@ class Captions:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def deranged_lookup(
+    lookup: Callable[[str], str | None], img_ids: Iterable[str], seed: int
+) -> Callable[[str], str | None]:
+    """A control for what captions carry (``data.caption_shuffle_seed``): each image of ``img_ids`` that has a
+    caption gets the caption of another such image. The images are put in a seeded random order and each
+    takes the caption of the next one in that cycle, so no image keeps its own (a single image does).
+    Images without a caption stay without one."""
+    have = sorted({i for i in img_ids if lookup(i) is not None})
+    order = random.Random(seed).sample(have, len(have))
+    moved = {a: lookup(b) for a, b in zip(order, order[1:] + order[:1])}
+    return lambda img_id: moved[img_id] if img_id in moved else lookup(img_id)
 
 
 def _entry(record: object, json_lines: bool) -> tuple[str, str, object]:

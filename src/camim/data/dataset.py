@@ -19,7 +19,7 @@ from typing import Literal
 import torch.utils.data
 
 from camim.data.auxiliary import ScoreTable, read_box_dict, read_object_dict, read_phrases, read_score_table
-from camim.data.captions import Captions, read_captions
+from camim.data.captions import Captions, deranged_lookup, read_captions
 from camim.data.images import ImageLimits, crop_box, find_image, image_candidates, load_image
 from camim.data.labels import LabelSet
 from camim.data.layout import SPLITS, DataLayout
@@ -72,6 +72,8 @@ class MNREDataset(torch.utils.data.Dataset):
     raises ``DataError`` then. ``require_labels=False`` accepts unlabelled samples (no ``relation``;
     ``label`` is then ``None``), e.g. posts to predict on. Image files are found by :func:`find_image`
     (``img_id`` as given, then with the usual extensions); text files are decoded strictly as ``encoding``.
+    ``caption_shuffle_seed`` (a control, not for real use) gives each image the caption of another image of
+    the split (:func:`~camim.data.captions.deranged_lookup`).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class MNREDataset(torch.utils.data.Dataset):
         require_labels: bool = True,
         no_fallback: Iterable[str] = (),
         encoding: str = DEFAULT_ENCODING,
+        caption_shuffle_seed: int | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -116,6 +119,7 @@ class MNREDataset(torch.utils.data.Dataset):
         self.image_limits = image_limits
         self.no_fallback = frozenset(no_fallback)
         self.encoding = encoding
+        self.caption_shuffle_seed = caption_shuffle_seed
         self.report: Counter[str] = Counter()
         self._image_paths: dict[tuple[str, str], Path | None] = {}  # (folder template, img_id) -> file
         self.problems: list[DataError] = []
@@ -203,8 +207,11 @@ class MNREDataset(torch.utils.data.Dataset):
             path = self.layout.caption_path(self.data_dir, str(source), self.split)
         self.caption_path = path
         captions: Captions = read_captions(path, model=model, encoding=self.encoding)
+        lookup = captions.get
+        if self.caption_shuffle_seed is not None:  # the shuffled-caption control
+            lookup = deranged_lookup(lookup, (ex.img_id for ex in self.examples), self.caption_shuffle_seed)
         return self._texts_per_sample(
-            lambda ex: captions.get(ex.img_id),
+            lambda ex: lookup(ex.img_id),
             "missing_caption",
             lambda ex: f"no caption for image {ex.img_id!r}",
             path,

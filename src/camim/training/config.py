@@ -48,6 +48,9 @@ class DataConfig:
 
     data_dir: str | None = None
     caption_source: str | None = "minicpm"  # a released source name, a captions file, or null for none
+    # a control: each image's caption is given to another image of its split (a derangement drawn with this
+    # seed, train/val/test alike), to measure what the captions' content is worth; null: off
+    caption_shuffle_seed: int | None = None
     # (object crops per sample: model.max_objects, the model's setting, read from there)
     on_error: Literal["raise", "skip"] = "raise"  # bad sample lines
     # fallback: missing captions, scores, phrases, object entries and crops become the documented fallbacks,

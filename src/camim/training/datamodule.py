@@ -111,6 +111,7 @@ class MNREDataModule(L.LightningDataModule):
             on_missing=d.on_missing,
             no_fallback=NO_FALLBACK_MODALITIES & set(modalities),
             encoding=d.encoding,
+            caption_shuffle_seed=d.caption_shuffle_seed,
         )
         if len(ds) == 0:
             skipped = f" ({len(ds.problems)} malformed line(s) skipped)" if ds.problems else ""
