@@ -2,7 +2,7 @@
 
 A synthetic world with drawn images in MNRE's layout (``camim.synthetic``), random-init encoders of the
 paper's sizes saved as folders (no hub): a ``BertConfig()`` (bert-base) with a WordPiece vocabulary built from
-the world's training text and captions (``camim.training.offline.wordpiece_vocabulary``), and a
+the world's training text and captions (``camim.pretraining.offline.wordpiece_vocabulary``), and a
 ``ResNetConfig()`` (ResNet-50). Modes (``--modes``): ``plain`` is ``camim train``'s defaults (eager fp32, the
 released AdamW update in multi-tensor kernels), ``fast`` adds ``speed.fast=true``, and ``released`` is plain
 with ``optim.multi_tensor=false``: the released per-parameter AdamW loop, the step ``step_speed.py`` takes as its
@@ -54,7 +54,7 @@ def write_encoders(world: Path, folder: Path, small: bool) -> tuple[Path, Path]:
     """bert-base (or tiny) with a WordPiece vocabulary of the world's text, and ResNet-50 (or tiny)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast, ResNetConfig, ResNetModel
 
-    from camim.training.offline import vocabulary_corpus, wordpiece_vocabulary
+    from camim.pretraining.offline import vocabulary_corpus, wordpiece_vocabulary
 
     text, vision = folder / "bert", folder / "resnet"
     vocab = wordpiece_vocabulary(vocabulary_corpus(world, "minicpm"), 30522, 1, True)

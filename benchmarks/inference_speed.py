@@ -67,7 +67,7 @@ def build_encoder(folder: Path, offline) -> Path:
     """The preset's offline encoder (vocabulary + compact BertConfig with ``offline``'s sizes), built by
     camim.training from MNRE when available, else a toy vocabulary with the same sizes."""
     if (MNRE / "ours_rel2id.json").exists():
-        from camim.training.offline import build_offline_encoder
+        from camim.pretraining.offline import build_offline_encoder
 
         return build_offline_encoder(offline, MNRE, folder / "encoder", limit=3000)
     from tokenizers import BertWordPieceTokenizer

@@ -49,7 +49,7 @@ def _pretrain(base, data_dir: str, enc_dir: Path, caption_source: str, overrides
     data limit, on the training text and ``caption_source`` captions; its card and minutes."""
     import torch
 
-    from camim.training.pretrain import pretrain, pretrain_config
+    from camim.pretraining.pretrain import pretrain, pretrain_config
     from camim.typed import to_plain
 
     torch.set_num_threads(2)
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
+    from camim.experiments.grids import run_seeds
+    from camim.pretraining.offline import build_offline_encoder
     from camim.training.config import load_config
-    from camim.training.experiment import run_seeds
-    from camim.training.offline import build_offline_encoder
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Low to high. ``camim`` is the root package itself (``camim/__init__.py``: the version only).
 LAYERS: list[tuple[str, ...]] = [
     ("camim", "camim.errors"),
-    ("camim.io", "camim.typed", "camim.optim"),  # shared helpers: files, typed config loading, optimisers
-    ("camim.data",),
+    # shared helpers: files, typed config loading, optimisers, the run folder (contract 3), Lightning settings
+    ("camim.io", "camim.typed", "camim.optim", "camim.runs", "camim.trainer"),
+    ("camim.data", "camim.reports"),  # reports: report.md, plots and comparison tables of finished runs
     ("camim.models",),
     ("camim.speed",),  # fast paths the training side switches on; never imports training
-    ("camim.training", "camim.captioning", "camim.preprocess"),
-    ("camim.inference", "camim.zeroshot"),  # may use captioning (captioners; the zero-shot MLLM's backends)
+    ("camim.pretraining", "camim.captioning", "camim.preprocess"),  # encoders made before fine-tuning
+    ("camim.training",),  # the Lightning run: train, evaluate
+    # inference may use captioning (captioners), zero-shot its backends; experiments train and compare runs
+    ("camim.inference", "camim.zeroshot", "camim.experiments"),
     ("camim.synthetic", "camim.demo", "camim.cli", "camim.__main__", "camim.hub"),  # entry points
 ]
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
@@ -135,6 +138,55 @@ def test_a_planted_violation_is_reported(tmp_path, module, text, culprit):
     problems = layer_violations(tmp_path)
     assert len(problems) == 1 and f"imports {culprit}" in problems[0], problems
     assert str(tmp_path / Path(*module.split("."))) in problems[0]
+
+
+def import_circles(root: Path) -> list[list[str]]:
+    """The groups of modules below ``root`` that import each other in a circle (every import counts, lazy ones
+    included; an imported name is resolved to the module that defines it)."""
+    modules = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+
+    def owner(target: str) -> str | None:  # camim.x.y.Name -> camim.x.y (the longest module prefix)
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    graph = {m: {owner(t) for _, t in imported_modules(p, root)} - {None, m} for m, p in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circles():
+    assert import_circles(SRC) == []
+
+
+def test_a_planted_import_circle_is_reported(tmp_path):
+    _write(tmp_path, "camim.errors", "class CamimError(Exception):\n    pass\n")
+    _write(tmp_path, "camim.training.api", "def f():\n    from camim.training.pretrain import g\n")
+    _write(tmp_path, "camim.training.pretrain", "from camim.training import api\n")
+    assert import_circles(tmp_path) == [["camim.training.api", "camim.training.pretrain"]]
 
 
 def test_a_package_outside_the_layers_is_reported(tmp_path):

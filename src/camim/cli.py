@@ -16,6 +16,8 @@ from camim.errors import CamimError
 COMMAND_MODULES = [
     "camim.data.cli",
     "camim.training.cli",
+    "camim.experiments.cli",
+    "camim.pretraining.cli",
     "camim.models.cli",
     "camim.demo",
     "camim.inference.cli",
@@ -65,9 +67,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
         return 141
     return int(rc or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from camim.__main__ import run
-
-    sys.exit(run())

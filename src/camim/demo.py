@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from camim.errors import CamimError
+from camim.runs import RunFolder
 from camim.synthetic import GROUPS, WorldConfig, WorldSummary, load_or_generate
 
 TEXT_PRESET = "offline-bert"
@@ -94,13 +95,13 @@ def _train(preset: str, world_dir: Path, run_dir: Path, overrides: list[str], lo
     """Train one preset (or reuse a finished run) and return its metrics and model folder."""
     from camim.training.api import train_run
 
-    metrics_file = run_dir / "metrics.json"
+    folder = RunFolder(run_dir)
     stamp_file = run_dir / "demo_settings.json"
     stamp = {"preset": preset, "data_dir": str(world_dir.resolve()), "overrides": overrides}
     previous = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
-    if previous == stamp and metrics_file.is_file():
+    if previous == stamp and folder.finished:
         log(f"  {preset}: reusing the finished run in {run_dir}")
-        return json.loads(metrics_file.read_text()), run_dir / "model"
+        return folder.read_metrics(), folder.model_dir
     if previous is not None and previous != stamp:  # a demo run with other settings: start it afresh
         shutil.rmtree(run_dir)
     elif previous is None and run_dir.exists() and any(run_dir.iterdir()):
@@ -285,7 +286,7 @@ Total time: {r.seconds:.0f} s.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``camim demo`` to the ``camim`` command line."""
-    from camim.training.cli import add_set_argument
+    from camim.typed import add_set_argument
 
     p = subparsers.add_parser(
         "demo",

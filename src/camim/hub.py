@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camim.errors import CamimError
+from camim.runs import RunFolder
 
 
 @dataclass
@@ -29,18 +30,14 @@ class PushResult:
 
 def _run_card(model_dir: Path):
     """The :class:`~camim.models.card.CardRun` of the run folder around ``model_dir`` (None without one)."""
-    from camim.io import read_json
     from camim.models.card import CardRun
-    from camim.training.config import load_paper_results, read_yaml_mapping
+    from camim.training.config import load_paper_results
 
-    run_dir = model_dir.parent
-    config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
-    if not config_path.is_file():
+    folder = RunFolder(model_dir.parent)
+    config = folder.read_config()
+    if config is None:
         return None
-    config = read_yaml_mapping(config_path)
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-    if not isinstance(metrics, dict):
-        raise CamimError(f"{metrics_path}: not a run's metrics (expected a JSON object)")
+    metrics = folder.read_metrics() if folder.finished else {}
     return CardRun.of_run(config, metrics, load_paper_results())
 
 

@@ -27,17 +27,25 @@ Errors are :class:`camim.errors.CamimError` naming the dotted key, e.g. ``optim.
 got 1.5`` or ``model.colour: unknown key; known: cam, ...``. A class adds no parsing code of its own: a new
 field is parsed by its annotation. :func:`to_plain` is the inverse (tuples become lists), so
 ``from_mapping(cls, to_plain(x)) == x``.
+
+Configs come from YAML read with YAML 1.2 numbers (:func:`yaml_value`, :func:`read_yaml_mapping`), merged
+(:func:`deep_merge`) and changed by dotted ``key=value`` overrides (:func:`apply_overrides`, the ``--set`` of
+every command) before they are parsed here.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
+
+import yaml
 
 from camim.errors import CamimError
 
@@ -283,3 +291,110 @@ def differing_keys(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> list[str]:
 
 
 _ABSENT = object()
+
+
+# ---- YAML and --set overrides: the raw mappings the loader parses ----------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-1`` and ``3e-5`` are numbers (YAML 1.1 needs a dot,
+    so PyYAML reads them as strings)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """One YAML value (YAML 1.2 floats); YAMLError on bad YAML."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """The mapping in the YAML file ``path`` (YAML 1.2 numbers; ``{}`` when empty); ``CamimError`` naming the
+    file (and the line of a syntax error) when it is unreadable, not YAML or not a mapping."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml_value(f)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise CamimError(f"{path}{'' if line is None else f':{line + 1}'}: invalid YAML: {exc}") from None
+    except OSError as exc:
+        raise CamimError(f"{path}: cannot read config: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CamimError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Recursive dict update (``update`` wins); neither input is modified."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-5"`` -> (["optim", "lr"], 3e-05); the value is read as YAML (a string if it is not
+    valid YAML); its type is checked against the key's declared type when the config is built."""
+    if "=" not in item:
+        raise CamimError(f"override {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise CamimError(f"override {item!r} has an empty key")
+    try:
+        parsed = yaml_value(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return keys, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> dict:
+    """Apply dotted ``key=value`` strings (or a ``{dotted_key: value}`` dict) to a raw config mapping."""
+    out = copy.deepcopy(raw)
+    if not overrides:
+        return out
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for keys, value in items:
+        if isinstance(keys, str):
+            keys = keys.split(".")
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            if node.get(k) is None:
+                node[k] = {}
+            elif not isinstance(node[k], dict):
+                raise CamimError(f"{'.'.join(keys[: i + 1])} is not a section; cannot set {'.'.join(keys)}")
+            node = node[k]
+        node[keys[-1]] = value
+    return out
+
+
+SET_HELP = "override a config value (dotted key, YAML value), e.g. --set optim.lr=3e-5; repeatable"
+
+
+def add_set_argument(parser, help: str = SET_HELP) -> None:
+    """The repeatable ``--set KEY=VALUE`` option of every command that takes a config (into
+    ``args.overrides``, the list :func:`apply_overrides` reads)."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 
 from camim.errors import CamimError
+from camim.experiments.grids import grid_rows, load_grids
 from camim.training.config import (
     RunConfig,
     config_from_dict,
     list_presets,
     load_config,
-    load_grids,
     load_paper_results,
-    parse_override,
 )
 from camim.training.datamodule import EpochSeededSampler, bootstrap_indices
-from camim.training.experiment import grid_rows
+from camim.typed import parse_override
 
 from .conftest import ISSUE18_BAD_SETTINGS
 
@@ -144,7 +143,7 @@ def tiny_encoders(tiny_mnre, tmp_path_factory):
     """A tiny offline BERT folder (own vocabulary) and a tiny transformers ResNet folder."""
     from transformers import ResNetConfig, ResNetModel
 
-    from camim.training.offline import build_offline_encoder
+    from camim.pretraining.offline import build_offline_encoder
 
     from .conftest import TINY
 

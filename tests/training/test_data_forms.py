@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from camim.errors import DataError
+from camim.pretraining.offline import build_offline_encoder
 from camim.training.api import evaluate_run, train_run
 from camim.training.config import load_config
 from camim.training.metrics import scores_from_confusion
-from camim.training.offline import build_offline_encoder
 
 from .conftest import CUES, NAMES, TINY, write_tiny_mnre
 
@@ -55,7 +55,7 @@ def test_offline_bert_trains_one_epoch_on_an_older_release(tmp_path, caplog):
     no scores or objects."""
     data = write_older_release(tmp_path / "old")
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="camim.training.offline"):
+    with caplog.at_level(logging.WARNING, logger="camim.pretraining.offline"):
         result = train_run("offline-bert", data, out, overrides=ONE_EPOCH)
     assert any("vocabulary is built from the training text alone" in r.getMessage() for r in caplog.records)
 
@@ -151,6 +151,6 @@ def test_without_a_val_split_the_checkpoint_is_selected_on_the_training_loss(tmp
 
 
 def _epoch_losses(out: Path) -> list[float]:
-    from camim.training.report import read_run_logs
+    from camim.reports import read_run_logs
 
     return [r["train/loss_epoch"] for r in read_run_logs(out / "logs") if "train/loss_epoch" in r]

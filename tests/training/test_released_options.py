@@ -12,10 +12,10 @@ from tests.models.conftest import LABELS, make_examples, tiny_config
 from camim.errors import CamimError
 from camim.models import build_model
 from camim.optim import build_scheduler, warmup_steps_for
+from camim.reports import read_run_logs
 from camim.training.api import train_run
 from camim.training.config import load_config
 from camim.training.module import MRELightningModule
-from camim.training.report import read_run_logs
 from camim.training.selection import DevCheckpoint
 
 from .conftest import TINY

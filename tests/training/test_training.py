@@ -143,7 +143,7 @@ def test_resume_after_kill_gives_identical_weights_and_metrics(reference_run, ti
     assert resumed.metrics["test"] == reference_run.metrics["test"]
     assert resumed.metrics["val"] == reference_run.metrics["val"]
     # the curves of the resumed run join both logs: every step once, and the same losses as the reference
-    from camim.training.report import read_run_logs
+    from camim.reports import read_run_logs
 
     joined = {r["step"]: r["train/loss_step"] for r in read_run_logs(out / "logs") if "train/loss_step" in r}
     ref = {

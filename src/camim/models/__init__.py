@@ -1,6 +1,7 @@
 """CAMIM's models: building blocks named after the paper and the extractors of Table 1.
 
-``build_model(config, labels)`` builds one from a dict or :class:`ModelConfig` (``name`` in bert|tmr|hvpnet);
+``build_model(config, labels)`` builds one from a dict or :class:`ModelConfig` (``name`` one of
+:data:`camim.models.registry.EXTRACTORS`);
 ``load_model(dir)`` loads what ``model.save_pretrained(dir)`` wrote. See docs/models.md.
 """
 
@@ -11,22 +12,7 @@ from typing import Any
 
 from camim.errors import CamimError
 from camim.models.config import FidelityConfig, ModelConfig
-
-
-def _model_class(name: str) -> type:
-    if name == "bert":
-        from camim.models.bert_re import BertRE
-
-        return BertRE
-    if name == "tmr":
-        from camim.models.tmr import TMR
-
-        return TMR
-    if name == "hvpnet":
-        from camim.models.hvpnet import HVPNeT
-
-        return HVPNeT
-    raise CamimError(f"unknown model name {name!r}; expected bert, tmr or hvpnet")
+from camim.models.registry import CLASS_NAMES, model_class
 
 
 def build_model(config: dict[str, Any] | ModelConfig, labels: list[str]):
@@ -34,7 +20,7 @@ def build_model(config: dict[str, Any] | ModelConfig, labels: list[str]):
     cfg = ModelConfig.from_dict(config)
     if not labels:
         raise CamimError("build_model needs a non-empty list of label names")
-    return _model_class(cfg.name)(cfg, list(labels))
+    return model_class(cfg.name)(cfg, list(labels))
 
 
 def load_model(directory: str | Path):
@@ -46,8 +32,8 @@ def load_model(directory: str | Path):
 
 
 def __getattr__(name: str):  # lazy access to the extractor classes
-    if name in ("BertRE", "TMR", "HVPNeT"):
-        return _model_class({"BertRE": "bert", "TMR": "tmr", "HVPNeT": "hvpnet"}[name])
+    if name in CLASS_NAMES:
+        return model_class(CLASS_NAMES[name])
     raise AttributeError(name)
 
 

@@ -27,6 +27,7 @@ from camim.models.config import ModelConfig
 from camim.models.encoders import VisionBackbone, load_text_encoder, load_tokenizer
 from camim.models.mutual_information import info_nce
 from camim.models.processing import MREProcessor
+from camim.models.registry import model_class
 
 FORMAT = "camim-model/1"
 
@@ -175,8 +176,6 @@ class MREModel(nn.Module):
         ``MREModel.from_pretrained`` builds the extractor named in ``config.json``; on a subclass
         (``TMR.from_pretrained``) a folder holding another extractor is refused. Weights load strictly.
         """
-        from camim.models import _model_class
-
         directory = Path(directory)
         cfg_path = directory / "config.json"
         if not cfg_path.is_file():
@@ -185,7 +184,7 @@ class MREModel(nn.Module):
         if not isinstance(data, dict) or "labels" not in data:
             raise CamimError(f"{cfg_path}: no 'labels' entry")
         cfg = ModelConfig.from_dict(data)
-        model_cls = _model_class(cfg.name)
+        model_cls = model_class(cfg.name)
         if not issubclass(model_cls, cls):
             raise CamimError(f"{cfg_path}: holds a {model_cls.__name__} model, not a {cls.__name__}")
         enc_dir = directory / "encoders"

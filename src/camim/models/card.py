@@ -18,8 +18,8 @@ import yaml
 
 from camim.data.descriptions import relation_descriptions
 from camim.io import atomic_write_text
+from camim.runs import SCORE_KEYS, format_score
 
-SCORE_KEYS = ("accuracy", "precision", "recall", "f1")
 _SCORE_NAMES = {
     "accuracy": "accuracy",
     "precision": "micro precision",
@@ -84,10 +84,6 @@ def paper_row(config: Mapping[str, Any], paper_results: Mapping[str, Any]) -> di
     if isinstance(entry, dict):
         return {"row": entry.get("row", name), "source": "Table 1", **{k: entry.get(k) for k in SCORE_KEYS}}
     return None
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{float(v):.2f}"
 
 
 def _describe(config: Mapping[str, Any]) -> str:
@@ -164,12 +160,33 @@ def model_card(
         f"It is {_describe(model_config)}, built and trained with "
         f"camim, a toolkit that implements *{_PAPER}*.",
         "",
-        "## Inputs",
-        "",
-        "- the post text with the head and tail entity marked (always)",
+        *_inputs_section(modalities),
+        *_results_section(run),
+        *_labels_section(labels),
+        *_usage_section(modalities, model_id),
     ]
-    for m in sorted(modalities):
-        lines.append(f"- {_MODALITY_TEXT.get(m, m)} (`{m}`)")
+    if run_cfg:
+        lines += [
+            "## Training configuration",
+            "",
+            f"Preset `{preset}`"
+            + (f" (paper row: {run_cfg['paper_row']})" if run_cfg.get("paper_row") else "")
+            + "; the full resolved configuration of the run (`camim train --config FILE` reruns it):",
+            "",
+            *_yaml_block(run_cfg),
+        ]
+    lines += ["## Model configuration", "", *_yaml_block(dict(model_config))]
+    lines += ["## Citation", "", f"{_PAPER}. Authors' code: https://github.com/zefanZhang-cn/CAMIM.", ""]
+    return "\n".join(lines)
+
+
+def _yaml_block(mapping: Mapping[str, Any]) -> list[str]:
+    return ["```yaml", yaml.safe_dump(dict(mapping), sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+
+
+def _inputs_section(modalities: set[str] | Sequence[str]) -> list[str]:
+    lines = ["## Inputs", "", "- the post text with the head and tail entity marked (always)"]
+    lines += [f"- {_MODALITY_TEXT.get(m, m)} (`{m}`)" for m in sorted(modalities)]
     if not modalities:
         lines.append("- nothing else: the model reads text only")
     elif "caption" in modalities:
@@ -178,40 +195,58 @@ def model_card(
             "A missing caption is generated when the predictor has a captioner, otherwise the model runs in its "
             "documented no-caption mode and the result says so.",
         ]
-    lines += ["", "## Results", ""]
+    return [*lines, ""]
+
+
+def _results_section(run: CardRun | None) -> list[str]:
+    """The run's test (and val) scores beside the paper's row, or a line saying there are none."""
     test = (run.metrics.get("test") if run else None) or {}
-    if test:
-        lines += [f"| | {' | '.join(_SCORE_NAMES[k] for k in SCORE_KEYS)} |", "|---|---|---|---|---|"]
-        lines.append("| this model, test | " + " | ".join(_fmt(test.get(k)) for k in SCORE_KEYS) + " |")
-        val = run.metrics.get("val") or {}
-        if val:
-            lines.append("| this model, val | " + " | ".join(_fmt(val.get(k)) for k in SCORE_KEYS) + " |")
-        if run.paper:
-            lines.append(
-                f"| paper ({run.paper.get('source')}: {run.paper.get('row')}) | "
-                + " | ".join(_fmt(run.paper.get(k)) for k in SCORE_KEYS)
-                + " |"
-            )
-        lines += [
+    if not test:
+        return [
+            "## Results",
             "",
-            "Percent. Micro precision, recall and F1 exclude the negative label (`None`), as MNRE is scored; "
-            "accuracy counts every sample. Scores are of the checkpoint selected by dev micro-F1, on the run's "
-            "own test split.",
+            "No evaluation was recorded with this model (it was saved outside `camim train`).",
+            "",
         ]
-        if not run.paper:
-            lines += [
-                "",
-                "This preset is not a row of the paper; its numbers are not comparable with the paper's.",
-            ]
-    else:
-        lines.append("No evaluation was recorded with this model (it was saved outside `camim train`).")
-    lines += ["", "## Labels", ""]
-    descriptions = relation_descriptions(labels) or {}
-    lines += ["| id | label | meaning |", "|---|---|---|"]
-    for i, name in enumerate(labels):
-        lines.append(f"| {i} | `{name}` | {descriptions.get(name, '')} |")
+
+    def row(name: str, scores: Mapping[str, Any]) -> str:
+        return f"| {name} | " + " | ".join(format_score(scores.get(k)) for k in SCORE_KEYS) + " |"
+
+    lines = [
+        "## Results",
+        "",
+        f"| | {' | '.join(_SCORE_NAMES[k] for k in SCORE_KEYS)} |",
+        "|---|---|---|---|---|",
+    ]
+    lines.append(row("this model, test", test))
+    if run.metrics.get("val"):
+        lines.append(row("this model, val", run.metrics["val"]))
+    if run.paper:
+        lines.append(row(f"paper ({run.paper.get('source')}: {run.paper.get('row')})", run.paper))
     lines += [
         "",
+        "Percent. Micro precision, recall and F1 exclude the negative label (`None`), as MNRE is scored; "
+        "accuracy counts every sample. Scores are of the checkpoint selected by dev micro-F1, on the run's "
+        "own test split.",
+    ]
+    if not run.paper:
+        lines += [
+            "",
+            "This preset is not a row of the paper; its numbers are not comparable with the paper's.",
+        ]
+    return [*lines, ""]
+
+
+def _labels_section(labels: Sequence[str]) -> list[str]:
+    descriptions = relation_descriptions(labels) or {}
+    lines = ["## Labels", "", "| id | label | meaning |", "|---|---|---|"]
+    lines += [f"| {i} | `{name}` | {descriptions.get(name, '')} |" for i, name in enumerate(labels)]
+    return [*lines, ""]
+
+
+def _usage_section(modalities: set[str] | Sequence[str], model_id: str) -> list[str]:
+    caption_arg = "    caption=None,  # the image's caption; None: a configured captioner writes it, else no-caption mode"
+    return [
         "## How to use",
         "",
         "```bash",
@@ -227,13 +262,7 @@ def model_card(
         '    head="Rafael Nadal",',
         '    tail="Mery Perello",',
         *(['    image="post.jpg",'] if "image" in modalities else []),
-        *(
-            [
-                "    caption=None,  # the image's caption; None: a configured captioner writes it, else no-caption mode"
-            ]
-            if "caption" in modalities
-            else []
-        ),
+        *([caption_arg] if "caption" in modalities else []),
         ")",
         "print(result.relation, result.probability, result.notes)",
         "```",
@@ -249,32 +278,6 @@ def model_card(
         "(`camim.models.load_model(folder)` rebuilds the `torch.nn.Module` offline).",
         "",
     ]
-    if run_cfg:
-        lines += [
-            "## Training configuration",
-            "",
-            f"Preset `{preset}`"
-            + (f" (paper row: {run_cfg['paper_row']})" if run_cfg.get("paper_row") else "")
-            + "; the full resolved configuration of the run (`camim train --config FILE` reruns it):",
-            "",
-            "```yaml",
-            yaml.safe_dump(run_cfg, sort_keys=False, allow_unicode=True).rstrip(),
-            "```",
-            "",
-        ]
-    lines += [
-        "## Model configuration",
-        "",
-        "```yaml",
-        yaml.safe_dump(dict(model_config), sort_keys=False, allow_unicode=True).rstrip(),
-        "```",
-        "",
-        "## Citation",
-        "",
-        f"{_PAPER}. Authors' code: https://github.com/zefanZhang-cn/CAMIM.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def write_model_card(

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from camim.errors import CamimError
+from camim.models.registry import MODEL_NAMES
 from camim.typed import from_mapping, to_plain
 
-MODEL_NAMES = ("bert", "tmr", "hvpnet")
 CAM_LEVELS = ("none", "word", "sentence", "both")
 MI_PAIRS = ("O&G", "(O+G)&F", "T&F", "(O+G)&T")
 VISUAL_MODES = ("images", "text-caption")

@@ -1,7 +1,8 @@
-"""Training and evaluation: Lightning module/datamodule, MNRE metrics (torchmetrics), the paper's optimiser
-and schedule, typed run configs with YAML presets, multi-seed experiments and the paper's grids.
+"""The Lightning run: module and datamodule, MNRE metrics (torchmetrics), dev selection with the released tie
+rules, typed run configs with YAML presets, experiment trackers; ``camim train`` and ``camim evaluate``.
 
 Entry points: :func:`camim.training.api.train_run`, :func:`camim.training.api.evaluate_run`,
-:func:`camim.training.config.load_config`; commands ``camim train``, ``camim evaluate``, ``camim experiment``.
+:func:`camim.training.config.load_config`. The run folder it writes is :mod:`camim.runs`'s; grids and case
+analyses of finished runs are in :mod:`camim.experiments`, encoder pretraining in :mod:`camim.pretraining`.
 See docs/training.md.
 """

@@ -12,19 +12,30 @@ every setting, and :func:`load_config` reads it back to an equal object.
 
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
 from camim.errors import CamimError
 from camim.io import check_encoding
 from camim.models.config import ModelConfig
+from camim.models.registry import MODEL_NAMES
+from camim.pretraining.offline import OfflineConfig
 from camim.speed.config import SpeedConfig
-from camim.typed import describe, differing_keys, field_types, from_mapping, parse, to_plain
+from camim.trainer import Precision
+from camim.typed import (
+    apply_overrides,
+    deep_merge,
+    describe,
+    differing_keys,
+    field_types,
+    from_mapping,
+    parse,
+    read_yaml_mapping,
+    to_plain,
+)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 CONFIG_DIR = PRESET_DIR.parent
@@ -34,12 +45,6 @@ RUN_NEUTRAL_KEYS = ("trainer.progress_bar", "trainer.loggers", "data.num_workers
 
 #: keys that moved, old dotted key -> new one (an old key in a YAML file or --set is refused naming the new)
 MOVED_KEYS = {"data.max_objects": "model.max_objects"}
-
-# Lightning's precision values (lightning.Trainer(precision=...)): refused up front if misspelt
-Precision = Literal[
-    "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
-    "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16,
-]  # fmt: skip
 
 
 @dataclass
@@ -123,33 +128,6 @@ class TrainerConfig:
 
 
 @dataclass
-class OfflineConfig:
-    """Offline presets: a WordPiece vocabulary built from the training split's text and captions, and a
-    compact BERT config with random weights, written to a folder the model config points to. The defaults
-    are the ``offline-*`` presets' sizes."""
-
-    enabled: bool = False
-    # captions added to the vocabulary corpus (the same for every offline preset)
-    vocab_caption_source: str | None = "minicpm"
-    vocab_size: int = 8000
-    min_frequency: int = 2
-    lowercase: bool = True
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 80
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    encoder_dir: str | None = None  # default: <output>/offline_encoder
-    # a `camim pretrain` folder (domain-adaptive MLM weights + tokenizer) used as the encoder folder instead of
-    # a randomly initialised one; needs model.text_encoder_pretrained: true (the *-dapt presets)
-    pretrained_encoder: str | None = None
-    # model keys set to the encoder folder when the run starts (a list, e.g. [text_encoder, caption_encoder])
-    model_keys: list[str] = field(default_factory=lambda: ["text_encoder"])
-
-
-@dataclass
 class RunConfig:
     """A complete, resolved training run."""
 
@@ -176,63 +154,6 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats: ``1e-1`` and ``3e-5`` are numbers (YAML 1.1 needs a dot,
-    so PyYAML reads them as strings)."""
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:float"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def yaml_value(text: str) -> Any:
-    """One YAML value (YAML 1.2 floats); YAMLError on bad YAML."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def read_yaml_mapping(path: Path) -> dict:
-    """The mapping in the YAML file ``path`` (YAML 1.2 numbers; ``{}`` when empty); ``CamimError`` naming the
-    file (and the line of a syntax error) when it is unreadable, not YAML or not a mapping."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml_value(f)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise CamimError(f"{path}{'' if line is None else f':{line + 1}'}: invalid YAML: {exc}") from None
-    except OSError as exc:
-        raise CamimError(f"{path}: cannot read config: {exc.strerror}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CamimError(f"{path}: a config must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-    """Recursive dict update (``update`` wins); neither input is modified."""
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _resolve_raw(preset_or_yaml: str | Path, _seen: tuple = ()) -> dict:
     """The raw mapping of a preset name or YAML file, with its ``base`` chain merged in."""
     text = str(preset_or_yaml)
@@ -250,42 +171,6 @@ def _resolve_raw(preset_or_yaml: str | Path, _seen: tuple = ()) -> dict:
     return raw
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"optim.lr=3e-5"`` -> (["optim", "lr"], 3e-05); the value is read as YAML (a string if it is not
-    valid YAML); its type is checked against the key's declared type when the config is built."""
-    if "=" not in item:
-        raise CamimError(f"override {item!r} is not of the form key=value")
-    key, value = item.split("=", 1)
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
-        raise CamimError(f"override {item!r} has an empty key")
-    try:
-        parsed = yaml_value(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return keys, parsed
-
-
-def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> dict:
-    """Apply dotted ``key=value`` strings (or a ``{dotted_key: value}`` dict) to a raw config mapping."""
-    out = copy.deepcopy(raw)
-    if not overrides:
-        return out
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
-    for keys, value in items:
-        if isinstance(keys, str):
-            keys = keys.split(".")
-        node = out
-        for i, k in enumerate(keys[:-1]):
-            if node.get(k) is None:
-                node[k] = {}
-            elif not isinstance(node[k], dict):
-                raise CamimError(f"{'.'.join(keys[: i + 1])} is not a section; cannot set {'.'.join(keys)}")
-            node = node[k]
-        node[keys[-1]] = value
-    return out
-
-
 def config_from_dict(raw: dict) -> RunConfig:
     """Parse a raw mapping into a :class:`RunConfig` (every section by its declared types) and validate it."""
     raw = dict(raw)
@@ -296,7 +181,9 @@ def config_from_dict(raw: dict) -> RunConfig:
             raise CamimError(f"{old}: moved to {new}; set {new} instead")
     model = raw.get("model")
     if not isinstance(model, dict) or "name" not in model:
-        raise CamimError("config section 'model' must be a mapping with a 'name' (bert | tmr | hvpnet)")
+        raise CamimError(
+            f"config section 'model' must be a mapping with a 'name' ({' | '.join(MODEL_NAMES)})"
+        )
     cfg = from_mapping(RunConfig, raw)
     validate_config(cfg)
     return cfg
@@ -378,11 +265,6 @@ def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """The dotted keys whose values differ between two run configs, settings that do not change what a run
     computes (:data:`RUN_NEUTRAL_KEYS`) left out."""
     return differing_keys(a, b, ignore=RUN_NEUTRAL_KEYS)
-
-
-def load_grids() -> dict:
-    """The experiment grids (Table 1, Table 2, Fig. 4) from ``camim/configs/grids.yaml``."""
-    return read_yaml_mapping(CONFIG_DIR / "grids.yaml")
 
 
 def load_paper_results() -> dict:

@@ -122,7 +122,7 @@ def log_test_metrics(loggers: Sequence, test: dict, step: int) -> None:
     """Log the final ``test/<metric>`` scores at ``step`` to every logger, then close the loggers."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from camim.models.card import SCORE_KEYS
+    from camim.runs import SCORE_KEYS
 
     metrics = {f"test/{k}": float(test[k]) for k in SCORE_KEYS if test.get(k) is not None}
     for logger in loggers:

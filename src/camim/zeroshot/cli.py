@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 def run_zero_shot(args: argparse.Namespace) -> int:
     """Exit status 0 when every sample got an answer, 1 when some requests failed (rerun to retry them)."""
     from camim.captioning.cli import build_backend
-    from camim.training.report import format_scores
+    from camim.runs import format_scores
     from camim.zeroshot.run import ZeroShotConfig, zero_shot
 
     if not args.model:

@@ -13,13 +13,11 @@ negative label and counted; failed requests are not cached, so running again ask
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from camim.captioning.base import CaptionBackend, CaptionResult, ChatRequest
@@ -29,7 +27,7 @@ from camim.data import MNREDataset, default_labels
 from camim.data.descriptions import relation_descriptions
 from camim.data.layout import DataLayout
 from camim.errors import CamimError
-from camim.io import atomic_write_text
+from camim.runs import RunFolder, prediction_row
 from camim.training.metrics import MREMetrics
 from camim.zeroshot.parse import EMPTY, JSON, TEXT, UNPARSEABLE, AnswerParser
 from camim.zeroshot.prompt import PromptBuilder, PromptInput, request_hash, sample_key, select_shots
@@ -186,42 +184,22 @@ def zero_shot(
     flight; running again sends only the requests without an answer in ``answers.jsonl``.
     """
     start = time.perf_counter()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    layout = DataLayout()
+    folder = RunFolder(Path(output_dir))
+    folder.path.mkdir(parents=True, exist_ok=True)
     labels = default_labels(config.data_dir)
     if labels.negative_id is None:
         raise CamimError(
             f"{config.data_dir}: the label set has no negative label (e.g. 'None'); zero-shot scoring needs one "
             "for answers that name no label"
         )
-    with_caption = config.caption_source is not None
-    modalities = ("caption",) if with_caption else ()
-
-    def dataset(split: str) -> MNREDataset:
-        return MNREDataset(
-            config.data_dir, split, labels, config.caption_source, modalities, on_missing="fallback"
-        )
-
-    ds = dataset(config.split)
-    queries = _inputs(ds, config.limit, with_caption, layout)
+    ds = _dataset(config, labels, config.split)
+    queries = _inputs(ds, config.limit, config.caption_source is not None, DataLayout())
     report = ZeroShotReport(samples=len(queries))
-    shots = []
-    if config.shots:
-        train = dataset("train")
-        position = {id(ex): i for i, ex in enumerate(train.examples)}
-        for ex in select_shots(train.examples, config.shots, config.seed):
-            caption = (train[position[id(ex)]].caption or "") if with_caption else None
-            image = _image(config.data_dir, "train", layout, ex.img_id)
-            if image is not None:
-                try:  # an unreadable example image would fail every request: leave it out, said so
-                    load_image(image)
-                except ImageProblem as exc:
-                    report.problems.append(f"in-context example {ex.index}: {exc}; shown without its image")
-                    image = None
-            shots.append(PromptInput(ex, image, caption))
     descriptions = relation_descriptions(labels.names)
-    builder = PromptBuilder(labels.names, descriptions, shots, config.max_images, with_caption)
+    shots = _shots(config, labels, report) if config.shots else []
+    builder = PromptBuilder(
+        labels.names, descriptions, shots, config.max_images, config.caption_source is not None
+    )
     # the backend's prompt is this run's instructions (the label list), as captions record theirs
     backend.generation = dataclasses.replace(backend.generation, prompt=builder.instructions)
 
@@ -231,36 +209,96 @@ def zero_shot(
         requests.setdefault(key, builder.request(key, query))
     report.requests = len(requests)
     hashes = {k: request_hash(r) for k, r in requests.items()}
-    with CaptionCache(out / ANSWERS_FILE, fsync=fsync) as cache:
+    with CaptionCache(folder.path / ANSWERS_FILE, fsync=fsync) as cache:
         problems = _ask(list(requests.values()), hashes, backend, cache, report, progress)
-        # an image that exists but cannot be read: ask again text-only (said so in the prompt), counted
-        unreadable = [k for k, r in problems.items() if r.kind in ("missing", "corrupt")]
-        if unreadable:
-            report.unreadable_images = len(unreadable)
-            by_key = dict(zip(keys, queries))
-            for k in unreadable:
-                report.problems.append(f"{k}: {problems.pop(k).error}; sent text-only")
-                q = by_key[k]
-                requests[k] = builder.request(k, PromptInput(q.example, None, q.caption))
-                hashes[k] = request_hash(requests[k])
-            problems.update(_ask([requests[k] for k in unreadable], hashes, backend, cache, report, progress))
+        problems.update(_ask_text_only(problems, dict(zip(keys, queries)), builder, requests, hashes,
+                                       backend, cache, report, progress))  # fmt: skip
     report.failed = len(problems)
     report.problems += [f"{k}: {r.error}" for k, r in problems.items()]
     # the cached answers of exactly these requests (this model, these prompts)
-    contents = read_cache(out / ANSWERS_FILE)
     answers = {
         r.img_id: r
-        for r in contents.records
+        for r in read_cache(folder.path / ANSWERS_FILE).records
         if r.model == backend.model and r.prompt_hash == hashes.get(r.img_id)
     }
+    rows, scores = _score(queries, keys, answers, requests, labels, report)
+    report.seconds = time.perf_counter() - start
+    metrics = _metrics(config, scores, report, ds)
+    run_config = _run_config(config, backend, builder, descriptions is not None)
+    folder.write_config(run_config)
+    folder.write_predictions(rows)
+    folder.write_metrics(metrics)
+    _write_report(folder.path, run_config, metrics, labels.names, report, next(iter(requests.values()), None))
+    return ZeroShotResult(metrics=metrics, output_dir=folder.path, report=report)
+
+
+def _dataset(config: ZeroShotConfig, labels, split: str) -> MNREDataset:
+    modalities = ("caption",) if config.caption_source is not None else ()
+    return MNREDataset(
+        config.data_dir, split, labels, config.caption_source, modalities, on_missing="fallback"
+    )
+
+
+def _shots(config: ZeroShotConfig, labels, report: ZeroShotReport) -> list[PromptInput]:
+    """The in-context examples drawn from train (:func:`select_shots`); an unreadable example image is left
+    out, said so, since it would fail every request."""
+    train = _dataset(config, labels, "train")
+    position = {id(ex): i for i, ex in enumerate(train.examples)}
+    shots = []
+    for ex in select_shots(train.examples, config.shots, config.seed):
+        caption = (train[position[id(ex)]].caption or "") if config.caption_source is not None else None
+        image = _image(config.data_dir, "train", DataLayout(), ex.img_id)
+        if image is not None:
+            try:
+                load_image(image)
+            except ImageProblem as exc:
+                report.problems.append(f"in-context example {ex.index}: {exc}; shown without its image")
+                image = None
+        shots.append(PromptInput(ex, image, caption))
+    return shots
+
+
+def _ask_text_only(
+    problems: dict[str, CaptionResult],
+    by_key: dict[str, PromptInput],
+    builder: PromptBuilder,
+    requests: dict[str, ChatRequest],
+    hashes: dict[str, str],
+    backend: CaptionBackend,
+    cache: CaptionCache,
+    report: ZeroShotReport,
+    progress: bool | None,
+) -> dict[str, CaptionResult]:
+    """An image that exists but cannot be read: ask again text-only (said so in the prompt), counted; the
+    results that were still no answer."""
+    unreadable = [k for k, r in problems.items() if r.kind in ("missing", "corrupt")]
+    if not unreadable:
+        return {}
+    report.unreadable_images = len(unreadable)
+    for k in unreadable:
+        report.problems.append(f"{k}: {problems.pop(k).error}; sent text-only")
+        q = by_key[k]
+        requests[k] = builder.request(k, PromptInput(q.example, None, q.caption))
+        hashes[k] = request_hash(requests[k])
+    return _ask([requests[k] for k in unreadable], hashes, backend, cache, report, progress)
+
+
+def _score(
+    queries: list[PromptInput],
+    keys: list[str],
+    answers: dict[str, CaptionRecord],
+    requests: dict[str, ChatRequest],
+    labels,
+    report: ZeroShotReport,
+) -> tuple[list[dict], dict]:
+    """The ``predictions.jsonl`` rows and the split's scores; answers without a label (or none at all) are
+    scored as the negative label, counted in ``report``."""
     parser = AnswerParser(labels.names, labels.negative_name)
     metric = MREMetrics(len(labels), labels.negative_id, labels.names)
-    lines, preds, golds = [], [], []
+    rows, preds, golds = [], [], []
     for key, query in zip(keys, queries):
-        ex = query.example
-        record = answers.get(key)
+        ex, record = query.example, answers.get(key)
         parsed = parser.parse(record.text) if record is not None else None
-        how = parsed.how if parsed is not None else "failed"
         if parsed is not None:
             report.answers[parsed.how] += 1
         predicted = parsed.label if parsed is not None and parsed.label is not None else labels.negative_name
@@ -268,31 +306,26 @@ def zero_shot(
         report.text_only += not sent_image
         preds.append(labels.to_id(predicted))
         golds.append(ex.label)
-        lines.append(
-            json.dumps(
-                {
-                    "id": ex.index,
-                    "img_id": ex.img_id,
-                    "gold": ex.relation,
-                    "predicted": predicted,
-                    "probabilities": None,  # an MLLM's answer has no distribution over the labels
-                    "answer": record.text if record is not None else None,
-                    "parsed": how,
-                    "image": sent_image,
-                },
-                ensure_ascii=False,
+        # an MLLM's answer has no distribution over the labels: probabilities null, the raw answer instead
+        rows.append(
+            prediction_row(
+                ex.index, ex.img_id, ex.relation, predicted, None,
+                answer=record.text if record is not None else None,
+                parsed=parsed.how if parsed is not None else "failed",
+                image=sent_image,
             )
-        )
+        )  # fmt: skip
     metric.update(torch.tensor(preds, dtype=torch.long), torch.tensor(golds, dtype=torch.long))
-    scores = {
-        **metric.compute(),
-        "per_relation": metric.per_relation(),
-        "confusion": metric.confusion_matrix().tolist(),
-    }
-    report.seconds = time.perf_counter() - start
-    metrics = {
+    scores = {**metric.compute(), "per_relation": metric.per_relation(),
+              "confusion": metric.confusion_matrix().tolist()}  # fmt: skip
+    return rows, scores
+
+
+def _metrics(config: ZeroShotConfig, scores: dict, report: ZeroShotReport, ds: MNREDataset) -> dict:
+    """``metrics.json``: the split's scores, how the answers read and what was sent."""
+    return {
         config.split: scores,
-        "num_samples": len(queries),
+        "num_samples": report.samples,
         "answers": {
             **report.answers,
             "failed": report.failed,
@@ -310,7 +343,13 @@ def zero_shot(
         "complete": report.complete,
         "data_report": {k: v for k, v in ds.report.items() if v},
     }
-    run_config = {
+
+
+def _run_config(
+    config: ZeroShotConfig, backend: CaptionBackend, builder: PromptBuilder, described: bool
+) -> dict:
+    """``config.yaml`` of a zero-shot run (``mode: zero-shot``; the run tools read it as one more run)."""
+    return {
         "name": "zero-shot",
         "description": f"Zero-shot MLLM extractor: {backend.model} answers with the relation",
         "mode": "zero-shot",
@@ -325,15 +364,10 @@ def zero_shot(
             "shots": config.shots,
             "seed": config.seed,
             "max_images": config.max_images,
-            "label_descriptions": descriptions is not None,
+            "label_descriptions": described,
             "shot_samples": [{"id": s.example.index, "relation": s.example.relation} for s in builder.shots],
         },
     }
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False, allow_unicode=True))
-    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    _write_report(out, run_config, metrics, labels.names, report, next(iter(requests.values()), None))
-    return ZeroShotResult(metrics=metrics, output_dir=out, report=report)
 
 
 def _write_report(
@@ -344,7 +378,7 @@ def _write_report(
     report: ZeroShotReport,
     example: ChatRequest | None,
 ) -> None:
-    from camim.training.report import write_run_report
+    from camim.reports import write_run_report
 
     a = metrics["answers"]
     p = config["prompt"]

@@ -1,5 +1,8 @@
-"""Run reports: training curves, confusion matrix and per-relation F1 as PNGs (matplotlib, Agg), and
-``report.md`` tying them to the metrics; plus the markdown/plot helpers of ``camim experiment``."""
+"""Reports of finished runs: one run's ``report.md`` with its PNG plots (training curves, confusion matrix,
+per-relation F1; matplotlib, Agg), and the tables and bar plots that compare runs (``camim experiment``).
+
+Training, zero-shot and the experiments write their reports through here; the run folder's file names and
+score keys come from :mod:`camim.runs`."""
 
 from __future__ import annotations
 
@@ -13,13 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from camim.models.card import SCORE_KEYS  # noqa: E402  (the four MNRE scores, defined once)
-
-
-def format_scores(scores: dict) -> str:
-    """``accuracy 71.20  precision 60.00  recall 58.10  f1 59.03``: the four scores of a result that has
-    them, for a command's last lines."""
-    return "  ".join(f"{k} {scores[k]:.2f}" for k in SCORE_KEYS if k in scores)
+from camim.io import atomic_write_text  # noqa: E402
+from camim.runs import PLOTS, REPORT, SCORE_KEYS, format_score  # noqa: E402
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
@@ -123,10 +121,6 @@ def plot_per_relation(per_relation: dict[str, dict[str, float]], out: str | Path
     return Path(out)
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
-
 def write_run_report(
     output_dir: str | Path,
     config_dict: dict,
@@ -139,81 +133,85 @@ def write_run_report(
     settings (for runs that did not train, e.g. ``camim zero-shot``); ``sections`` are markdown lines added
     after the score table."""
     out = Path(output_dir)
-    curves = plot_curves(read_run_logs(out / "logs"), out / "curves.png")
+    curves, confusion, per_relation = PLOTS
     # the evaluated split: test for training runs; a zero-shot run may score another one
     split = next((k for k in ("test", "val", "train") if metrics.get(k)), "test")
-    test = metrics.get(split) or {}
+    scores = metrics.get(split) or {}
     lines = [f"# Run report: {config_dict.get('name', '')}", ""]
     if config_dict.get("description"):
         lines += [config_dict["description"], ""]
-    o = config_dict.get("optim", {})
-    if summary is None:
-        summary = (
-            f"Model `{config_dict.get('model', {}).get('name')}`; captions `{config_dict.get('data', {}).get('caption_source')}`;"
-            f" batch {o.get('batch_size')}, lr {o.get('lr')}, {o.get('epochs')} epochs, seed {o.get('seed')}."
-            " Full settings: `config.yaml`."
-        )
-    lines += [
-        summary,
-        "",
-        "| split | accuracy | precision | recall | micro-F1 |",
-        "|---|---|---|---|---|",
-    ]
-    for split in ("train", "val", "test"):
-        s = metrics.get(split)
-        if s:
-            lines.append(f"| {split} | " + " | ".join(_fmt(s.get(k)) for k in SCORE_KEYS) + " |")
-    neg = metrics.get("negative_label") or {}
-    if neg.get("name") is not None:
-        excluded = f"exclude the negative label `{neg['name']}` ({neg.get('origin')})"
-    elif neg:
-        excluded = f"count every label: no negative label ({neg.get('origin')})"
-    else:
-        excluded = "exclude the negative label"
-    lines += ["", f"Micro P/R/F1 {excluded}; accuracy counts every sample (percent).", ""]
-    for note in metrics.get("notes") or []:
-        lines += [f"Note: {note}.", ""]
-    lines += [*sections]
-    if metrics.get("best_checkpoint"):
-        criterion = (
-            "lowest epoch training loss"
-            if metrics.get("selected_on") == "train_loss"
-            else "best dev micro-F1"
-        )
+    lines += [summary or _settings_line(config_dict), "", *_scores_table(metrics), ""]
+    lines += [f"Micro P/R/F1 {_excluded(metrics)}; accuracy counts every sample (percent).", ""]
+    lines += [line for note in metrics.get("notes") or [] for line in (f"Note: {note}.", "")]
+    lines += [*sections, *_selection_lines(metrics, config_dict.get("optim", {}))]
+    if plot_curves(read_run_logs(out / "logs"), out / curves):
+        lines += ["## Training curves", "", f"![training curves]({curves})", ""]
+    title = split.capitalize()
+    if scores.get("confusion"):
+        plot_confusion(scores["confusion"], label_names, out / confusion)
         lines += [
-            f"Selected checkpoint ({criterion}): epoch {metrics.get('best_epoch')} of"
-            f" {o.get('epochs')} (`checkpoints/{metrics['best_checkpoint']}`, Lightning's 0-based epoch name).",
+            f"## {title} confusion matrix (row-normalised)",
+            "",
+            f"![confusion matrix]({confusion})",
             "",
         ]
-    if curves:
-        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
-    if test.get("confusion"):
-        plot_confusion(test["confusion"], label_names, out / "confusion.png")
-        lines += [
-            f"## {split.capitalize()} confusion matrix (row-normalised)",
-            "",
-            "![confusion matrix](confusion.png)",
-            "",
-        ]
-    if test.get("per_relation"):
-        plot_per_relation(test["per_relation"], out / "per_relation_f1.png")
-        lines += [
-            f"## {split.capitalize()} per-relation scores",
-            "",
-            "![per-relation F1](per_relation_f1.png)",
-            "",
-        ]
-        lines += ["| relation | support | precision | recall | F1 |", "|---|---|---|---|---|"]
-        for name, s in test["per_relation"].items():
-            lines.append(
-                f"| {name} | {s['support']} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} |"
-            )
-        lines.append("")
+    if scores.get("per_relation"):
+        plot_per_relation(scores["per_relation"], out / per_relation)
+        lines += [f"## {title} per-relation scores", "", f"![per-relation F1]({per_relation})", ""]
+        lines += [*_per_relation_table(scores["per_relation"]), ""]
     if metrics.get("data_report"):
         lines += ["## Data fallbacks and skips", "", "```", str(metrics["data_report"]), "```", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return atomic_write_text(out / REPORT, "\n".join(lines))
+
+
+def _settings_line(config: dict) -> str:
+    o = config.get("optim", {})
+    return (
+        f"Model `{config.get('model', {}).get('name')}`; captions `{config.get('data', {}).get('caption_source')}`;"
+        f" batch {o.get('batch_size')}, lr {o.get('lr')}, {o.get('epochs')} epochs, seed {o.get('seed')}."
+        " Full settings: `config.yaml`."
+    )
+
+
+def _scores_table(metrics: dict) -> list[str]:
+    lines = ["| split | accuracy | precision | recall | micro-F1 |", "|---|---|---|---|---|"]
+    for split in ("train", "val", "test"):
+        if metrics.get(split):
+            lines.append(
+                f"| {split} | " + " | ".join(format_score(metrics[split].get(k)) for k in SCORE_KEYS) + " |"
+            )
+    return lines
+
+
+def _excluded(metrics: dict) -> str:
+    """What micro P/R/F1 leave out, from ``metrics.json``'s ``negative_label``."""
+    neg = metrics.get("negative_label") or {}
+    if neg.get("name") is not None:
+        return f"exclude the negative label `{neg['name']}` ({neg.get('origin')})"
+    if neg:
+        return f"count every label: no negative label ({neg.get('origin')})"
+    return "exclude the negative label"
+
+
+def _selection_lines(metrics: dict, optim: dict) -> list[str]:
+    if not metrics.get("best_checkpoint"):
+        return []
+    criterion = (
+        "lowest epoch training loss" if metrics.get("selected_on") == "train_loss" else "best dev micro-F1"
+    )
+    return [
+        f"Selected checkpoint ({criterion}): epoch {metrics.get('best_epoch')} of"
+        f" {optim.get('epochs')} (`checkpoints/{metrics['best_checkpoint']}`, Lightning's 0-based epoch name).",
+        "",
+    ]
+
+
+def _per_relation_table(per_relation: dict) -> list[str]:
+    lines = ["| relation | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+    for name, s in per_relation.items():
+        cells = [format_score(s["precision"]), format_score(s["recall"]), format_score(s["f1"])]
+        lines.append(f"| {name} | {s['support']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -249,7 +247,7 @@ def comparison_table(
         for k in keys:
             o = (ours or {}).get(k)
             cells.append("-" if not o else f"{o['mean']:.2f} ± {o['std']:.2f}")
-            cells.append(_fmt((paper or {}).get(k)))
+            cells.append(format_score((paper or {}).get(k)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -8,13 +8,12 @@ from collections import Counter
 
 import pytest
 from PIL import Image
+from tests.training.conftest import TINY, write_tiny_mnre
 
 from camim.cli import main
 from camim.errors import CamimError
+from camim.experiments.cases import run_cases
 from camim.training.api import evaluate_run, train_run
-from camim.training.cases import run_cases
-
-from .conftest import TINY, write_tiny_mnre
 
 WITH_IMAGE = (0, 3, 5)  # test samples whose original image exists in the data folder
 

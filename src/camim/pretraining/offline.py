@@ -18,14 +18,42 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from camim.data import DataLayout, MNREDataset
 from camim.errors import DataError
 from camim.io import DEFAULT_ENCODING
-from camim.training.config import OfflineConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class OfflineConfig:
+    """Offline presets: a WordPiece vocabulary built from the training split's text and captions, and a
+    compact BERT config with random weights, written to a folder the model config points to. The defaults
+    are the ``offline-*`` presets' sizes."""
+
+    enabled: bool = False
+    # captions added to the vocabulary corpus (the same for every offline preset)
+    vocab_caption_source: str | None = "minicpm"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 80
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    encoder_dir: str | None = None  # default: <output>/offline_encoder
+    # a `camim pretrain` folder (domain-adaptive MLM weights + tokenizer) used as the encoder folder instead of
+    # a randomly initialised one; needs model.text_encoder_pretrained: true (the *-dapt presets)
+    pretrained_encoder: str | None = None
+    # model keys set to the encoder folder when the run starts (a list, e.g. [text_encoder, caption_encoder])
+    model_keys: list[str] = field(default_factory=lambda: ["text_encoder"])
+
 
 # [PAD] first and the OpenNRE markers at ids 1..4 as in bert-base-uncased; HVPNeT's markers as well.
 SPECIAL_TOKENS = [

@@ -6,12 +6,11 @@ import json
 import math
 
 import pytest
+from tests.training.conftest import TINY
 
 from camim.cli import main
-from camim.training import experiment
-from camim.training.report import aggregate, comparison_table, mean_std
-
-from .conftest import TINY
+from camim.experiments import grids
+from camim.reports import aggregate, comparison_table, mean_std
 
 
 def test_mean_std_is_sample_std():
@@ -41,8 +40,8 @@ def test_grid_writes_table_and_plots_with_paper_numbers(tmp_path, monkeypatch):
             "test": {k: {"mean": f1, "std": 0.5, "n": 2} for k in ("accuracy", "precision", "recall", "f1")}
         }
 
-    monkeypatch.setattr(experiment, "run_seeds", fake_run_seeds)
-    path = experiment.run_grid("fig4", "unused", tmp_path, seeds=[1, 2], overrides=["optim.epochs=1"])
+    monkeypatch.setattr(grids, "run_seeds", fake_run_seeds)
+    path = grids.run_grid("fig4", "unused", tmp_path, seeds=[1, 2], overrides=["optim.epochs=1"])
     text = path.read_text()
     assert ("tmr-cam-mi", ('model.mi_pair="O&G"', "optim.epochs=1")) in calls
     assert ("hvpnet-cam-mi", ('model.cam="sentence"', "optim.epochs=1")) in calls
@@ -75,7 +74,7 @@ def test_experiment_cli_over_two_seeds(tiny_mnre, tmp_path, capsys):
     assert summary["test"]["f1"]["std"] == pytest.approx(abs(f1s[0] - f1s[1]) / math.sqrt(2))
     assert "± " in capsys.readouterr().out
     # evaluation starts at epoch 2: epoch 1 is logged as not evaluated and never selected
-    from camim.training.report import read_run_logs
+    from camim.reports import read_run_logs
 
     for s in (5, 6):
         assert json.loads((out / f"seed{s}" / "metrics.json").read_text())["best_epoch"] == 2

@@ -3,7 +3,7 @@ training split's sentences and captions, before fine-tuning (Gururangan et al., 
 Pretraining").
 
 The encoder is a hub id / folder (``text_encoder``, continued pretraining) or, ``from_scratch``, the compact
-BERT of the offline presets with their WordPiece vocabulary (:func:`camim.training.offline.build_offline_encoder`
+BERT of the offline presets with their WordPiece vocabulary (:func:`camim.pretraining.offline.build_offline_encoder`
 with the ``offline`` section's sizes). Masking is transformers' ``DataCollatorForLanguageModeling`` with
 ``whole_word_mask=True`` (every chosen word's pieces all become ``[MASK]``: transformers 5 supports no random
 replacement with whole-word masking); the head is ``AutoModelForMaskedLM``'s. Training runs in Lightning
@@ -13,7 +13,7 @@ epoch (and batch), so an interrupted run resumed gives the weights of an uninter
 
 The output folder loads with ``AutoModel``/``AutoTokenizer.from_pretrained`` and holds ``camim_pretrain.json``
 (what it saw: sources, files, sample counts, steps, per-epoch and final MLM loss, the settings). Only the training
-split is ever read (:func:`camim.training.offline.training_texts` refuses a val/test file). The offline presets
+split is ever read (:func:`camim.pretraining.offline.training_texts` refuses a val/test file). The offline presets
 use such a folder with ``offline.pretrained_encoder`` (presets ``offline-bert-dapt``, ``offline-tmr-cam-mi-dapt``).
 """
 
@@ -32,8 +32,9 @@ import torch
 
 from camim.errors import CamimError
 from camim.io import atomic_write_text, check_encoding
-from camim.training.config import OfflineConfig, Precision, apply_overrides
-from camim.typed import differing_keys, from_mapping, to_plain
+from camim.pretraining.offline import OfflineConfig
+from camim.trainer import Precision, quiet_lightning
+from camim.typed import apply_overrides, differing_keys, from_mapping, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def pretraining_corpus(
     """The texts of ``cfg.sources`` from the training split only, the count per source and the files read.
     With ``cfg.dedupe`` a text already in the corpus (from any source) is left out; the counts are of the texts
     kept, and ``"<source> duplicates"`` counts those left out."""
-    from camim.training.offline import training_texts
+    from camim.pretraining.offline import training_texts
 
     corpus: list[str] = []
     counts: dict[str, int] = {}
@@ -289,7 +290,7 @@ def _load_model(cfg: PretrainConfig, data_dir: str | Path, work: Path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
     if cfg.from_scratch:
-        from camim.training.offline import build_offline_encoder
+        from camim.pretraining.offline import build_offline_encoder
 
         vocab = build_offline_encoder(
             cfg.offline, data_dir, work / "vocabulary", cfg.train_limit,
@@ -317,61 +318,26 @@ def pretrain(
     cfg: PretrainConfig, data_dir: str | Path, output_dir: str | Path, callbacks: list | None = None
 ) -> PretrainResult:
     """Run (or resume, or reuse when finished with the same settings) a pretraining into ``output_dir``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from camim.training.api import _quiet_lightning
-
     validate_pretrain_config(cfg)
     out = Path(output_dir)
     settings = to_plain(cfg)
     settings_key = {**settings, "data_dir": str(Path(data_dir).resolve())}
-    neutral = ("progress_bar", "num_workers", "accelerator", "devices", "precision")
     card_path, work = out / CARD, out / "checkpoints"
-    for path, what in ((card_path, "a finished pretraining"), (work / SETTINGS, "an unfinished pretraining")):
-        if path.is_file():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            held = old.get("settings_key", old) if path == card_path else old
-            diff = differing_keys(held, settings_key, ignore=neutral)
-            if diff:
-                raise CamimError(
-                    f"{out} holds {what} with other settings ({', '.join(diff)}); use a new --output"
-                )
-            if path == card_path:
-                log.info("pretraining in %s is finished with these settings: reused", out)
-                return PretrainResult(out, old)
-    _quiet_lightning()
+    finished = _held_pretraining(out, settings_key)
+    if finished is not None:
+        log.info("pretraining in %s is finished with these settings: reused", out)
+        return PretrainResult(out, finished)
+    quiet_lightning()
     t0 = time.time()
     corpus, counts, files = pretraining_corpus(cfg, data_dir)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(work / SETTINGS, json.dumps(settings_key, indent=1))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tok, model, vocab = _load_model(cfg, data_dir, work)
-    enc = tok(corpus, truncation=True, max_length=cfg.max_length, return_special_tokens_mask=True,
-              return_offsets_mapping=True)  # fmt: skip
-    encodings = [{k: enc[k][i] for k in enc} for i in range(len(corpus))]
-    sampler = _EpochShuffle(len(encodings), cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        _Encoded(encodings), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=_WholeWordMasking(tok, cfg.mlm_probability, cfg.seed, sampler),
-        generator=torch.Generator().manual_seed(cfg.seed),  # its worker seed draw leaves torch's RNG alone
-    )  # fmt: skip
-    per_epoch = len(loader)
-    total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.epochs
+    loader = _mlm_loader(cfg, tok, corpus)
+    total = cfg.max_steps if cfg.max_steps > 0 else len(loader) * cfg.epochs
     module = MLMModule(model, cfg, total)
-    checkpoint = ModelCheckpoint(  # after every epoch: the latest epoch and last.ckpt (resumed from)
-        dirpath=str(work),
-        filename="epoch{epoch}",
-        save_last=True,
-        save_top_k=1,
-        save_on_train_epoch_end=True,
-        auto_insert_metric_name=False,  # "epoch2.ckpt", not "epochepoch=2.ckpt"
-    )
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
-        precision=_precision(cfg), logger=False, enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False, callbacks=[checkpoint, *(callbacks or [])], limit_val_batches=0,
-        num_sanity_val_steps=0, log_every_n_steps=10,
-    )  # fmt: skip
+    trainer = _mlm_trainer(cfg, work, callbacks or [])
     last = work / "last.ckpt"
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.is_file() else None)
     model.save_pretrained(str(out))  # model.safetensors + config.json
@@ -397,3 +363,58 @@ def pretrain(
     atomic_write_text(card_path, json.dumps(card, indent=1))  # written last: marks the folder finished
     shutil.rmtree(work, ignore_errors=True)
     return PretrainResult(out, card)
+
+
+#: settings that do not change what a pretraining computes (a folder may be resumed or reused with others)
+NEUTRAL_SETTINGS = ("progress_bar", "num_workers", "accelerator", "devices", "precision")
+
+
+def _held_pretraining(out: Path, settings_key: dict) -> dict | None:
+    """The card of a finished pretraining in ``out`` with these settings (reuse it), else None; a finished or
+    unfinished pretraining with other settings is refused naming the keys."""
+    card_path, unfinished = out / CARD, out / "checkpoints" / SETTINGS
+    for path, what in ((card_path, "a finished pretraining"), (unfinished, "an unfinished pretraining")):
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            held = old.get("settings_key", old) if path == card_path else old
+            diff = differing_keys(held, settings_key, ignore=NEUTRAL_SETTINGS)
+            if diff:
+                raise CamimError(
+                    f"{out} holds {what} with other settings ({', '.join(diff)}); use a new --output"
+                )
+            if path == card_path:
+                return old
+    return None
+
+
+def _mlm_loader(cfg: PretrainConfig, tok, corpus: list[str]) -> torch.utils.data.DataLoader:
+    """The corpus tokenised, shuffled per (seed, epoch) and whole-word masked per (seed, epoch, batch)."""
+    enc = tok(corpus, truncation=True, max_length=cfg.max_length, return_special_tokens_mask=True,
+              return_offsets_mapping=True)  # fmt: skip
+    encodings = [{k: enc[k][i] for k in enc} for i in range(len(corpus))]
+    sampler = _EpochShuffle(len(encodings), cfg.seed)
+    return torch.utils.data.DataLoader(
+        _Encoded(encodings), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        collate_fn=_WholeWordMasking(tok, cfg.mlm_probability, cfg.seed, sampler),
+        generator=torch.Generator().manual_seed(cfg.seed),  # its worker seed draw leaves torch's RNG alone
+    )  # fmt: skip
+
+
+def _mlm_trainer(cfg: PretrainConfig, work: Path, callbacks: list) -> L.Trainer:
+    """Lightning's trainer, writing ``work/last.ckpt`` (and the latest epoch) after every epoch."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(
+        dirpath=str(work),
+        filename="epoch{epoch}",
+        save_last=True,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,  # "epoch2.ckpt", not "epochepoch=2.ckpt"
+    )
+    return L.Trainer(
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        precision=_precision(cfg), logger=False, enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False, callbacks=[checkpoint, *callbacks], limit_val_batches=0,
+        num_sanity_val_steps=0, log_every_n_steps=10,
+    )  # fmt: skip

@@ -9,7 +9,7 @@ one run that reads captions is right and every run that reads none is wrong), or
 (thumbnails inlined as data URIs, no external assets).
 
 Predictions come from a run's ``predictions.jsonl`` for the test split, and otherwise from the saved model
-run over the split (``camim.training.api.predict_split``), with the run's own data settings. Runs must hold
+run over the split (:func:`camim.training.api.predict_split`), with the run's own data settings. Runs must hold
 predictions for the same samples with the same gold labels.
 """
 
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camim.errors import CamimError
-from camim.io import atomic_write_bytes, atomic_write_text, iter_lines, open_image
+from camim.io import atomic_write_bytes, atomic_write_text, open_image
+from camim.runs import RunFolder
 
 FILTERS = ("all", "disagree", "caption-right", "all-wrong")
 THUMBNAIL = 128  # longest side of a thumbnail, pixels
@@ -53,26 +54,17 @@ class CaseRun:
         return f"{self.name}: {self.description}; reads {', '.join(read)}"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in iter_lines(path):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise CamimError(f"{path}:{n}: invalid JSON: {exc.msg}") from None
-    return rows
-
-
 def load_run(path: str | Path, split: str, data_dir: Path | None) -> CaseRun:
     """A finished run folder (``metrics.json``, ``model/``) and its predictions on ``split``."""
     from camim.models import load_model
-    from camim.training.api import _run_config_for, predict_split
+    from camim.training.api import predict_split
+    from camim.training.config import load_run_config
 
-    path = Path(path)
-    if not (path / "metrics.json").is_file() or not (path / "model" / "config.json").is_file():
-        raise CamimError(f"{path}: not a finished run folder (needs metrics.json and model/)")
-    model_dir, run_cfg = _run_config_for(path)
-    model = load_model(model_dir)
+    folder = RunFolder(Path(path))
+    if not folder.finished or not folder.has_model:
+        raise CamimError(f"{folder.path}: not a finished run folder (needs metrics.json and model/)")
+    run_cfg = load_run_config(folder.config_path) if folder.config_path.is_file() else None
+    model = load_model(folder.model_dir)
     cfg = model.config
     modalities = sorted(model.required_modalities)
     source = run_cfg.data.caption_source if run_cfg is not None else "minicpm"
@@ -81,32 +73,31 @@ def load_run(path: str | Path, split: str, data_dir: Path | None) -> CaseRun:
         description += ", text-caption mode (no images)"
     del model
     run = CaseRun(
-        path, path.name, description, modalities, source if "caption" in modalities and source else None
+        folder.path,
+        folder.path.name,
+        description,
+        modalities,
+        source if "caption" in modalities and source else None,
     )
-    predictions = path / "predictions.jsonl"
-    if split == "test" and predictions.is_file():
-        rows = _read_jsonl(predictions)
+    if split == "test" and folder.predictions_path.is_file():
+        rows = folder.read_predictions()
     else:
         if data_dir is None:
-            raise CamimError(f"{path}: no data folder to predict {split} on (pass --data-dir)")
+            raise CamimError(f"{folder.path}: no data folder to predict {split} on (pass --data-dir)")
         limit = run_cfg.data.eval_limit if run_cfg is not None else None
-        rows = predict_split(path, data_dir, split, limit=limit)
-    for row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("id"), int) or "probabilities" not in row:
-            raise CamimError(f"{path}: a prediction row lacks 'id' or 'probabilities': {str(row)[:80]}")
-        run.predictions[row["id"]] = row
+        rows = predict_split(folder.path, data_dir, split, limit=limit)
+    run.predictions = {row["id"]: row for row in rows}
     return run
 
 
-def _data_dir(runs_cfg: list[Path], given: str | Path | None) -> Path | None:
+def _data_dir(runs: list[Path], given: str | Path | None) -> Path | None:
     if given is not None:
         return Path(given)
-    from camim.training.api import _run_config_for
-
-    for path in runs_cfg:
-        _, cfg = _run_config_for(path)
-        if cfg is not None and cfg.data.data_dir and Path(cfg.data.data_dir).is_dir():
-            return Path(cfg.data.data_dir)
+    for path in runs:
+        config = RunFolder.of(path).read_config() or {}
+        data_dir = (config.get("data") or {}).get("data_dir")
+        if data_dir and Path(data_dir).is_dir():
+            return Path(data_dir)
     return None
 
 

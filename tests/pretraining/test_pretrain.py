@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.training.conftest import TINY, write_tiny_mnre
 
 from camim.errors import CamimError, DataError
-from camim.training.pretrain import pretrain, pretrain_config, pretraining_corpus
-
-from .conftest import TINY, write_tiny_mnre
+from camim.pretraining.pretrain import pretrain, pretrain_config, pretraining_corpus
 
 # the compact BERT of the offline tests (TINY's offline.* keys, as pretraining settings)
 TINY_BERT = [o for o in TINY if o.startswith("offline.")]
@@ -157,8 +156,8 @@ def test_a_pretrained_encoder_fine_tunes_in_train_mode(pretrained, tiny_mnre, tm
     """from_pretrained returns eval mode and Lightning keeps the modes it finds: without camim setting train
     mode, fine-tuning from pretrained weights ran with dropout (and ResNet BatchNorm updates) switched off."""
     from camim.models import build_model
+    from camim.pretraining.pretrain import _load_model
     from camim.training.api import resolve_run_config, train_run
-    from camim.training.pretrain import _load_model
 
     over = [*TINY, f"offline.pretrained_encoder={pretrained.output_dir}", "optim.epochs=1"]
     cfg = resolve_run_config("offline-tmr-cam-mi-dapt", over, tiny_mnre, tmp_path / "r")
@@ -190,7 +189,7 @@ def test_the_sparse_masked_lm_loss_equals_the_dense_head_loss(arch):
     (BERT's cls and RoBERTa's lm_head take the sparse path; DistilBERT's head falls back to the dense loss)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from camim.training.pretrain import masked_lm_loss
+    from camim.pretraining.pretrain import masked_lm_loss
 
     torch.manual_seed(0)
     config = AutoConfig.for_model(

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 
+from tests.training.conftest import TINY
 from transformers import AutoConfig, AutoTokenizer
 
-from camim.training.config import load_config
-from camim.training.offline import (
+from camim.pretraining.offline import (
     SPECIAL_TOKENS,
     build_offline_encoder,
     vocabulary_corpus,
     wordpiece_vocabulary,
 )
-
-from .conftest import TINY
+from camim.training.config import load_config
 
 
 def test_vocabulary_is_deterministic_and_covers_every_character(tiny_mnre):

@@ -15,8 +15,16 @@ import re
 from pathlib import Path
 
 from camim.errors import CamimError
-from camim.training.config import load_config, load_grids, load_paper_results
-from camim.training.report import SCORE_KEYS, aggregate, comparison_table, plot_bars
+from camim.io import atomic_write_text
+from camim.reports import aggregate, comparison_table, plot_bars
+from camim.runs import SCORE_KEYS, RunFolder
+from camim.training.config import CONFIG_DIR, load_config, load_paper_results
+from camim.typed import read_yaml_mapping
+
+
+def load_grids() -> dict:
+    """The experiment grids (Table 1, Table 2, Fig. 4) from ``camim/configs/grids.yaml``."""
+    return read_yaml_mapping(CONFIG_DIR / "grids.yaml")
 
 
 def _slug(label: str) -> str:
@@ -36,7 +44,7 @@ def run_seeds(
     A finished run with the same resolved config is reused; one with another config is refused, or with
     ``overwrite`` trained again in its place. On a non-zero DDP rank it only trains and returns ``{}``; rank 0
     scores and writes."""
-    from camim.training.api import different_run_message, resolve_run_config, run_differences, train_run
+    from camim.training.api import differences_from, resolve_run_config, train_run
 
     overrides = list(overrides or [])
     base = load_config(preset, overrides)  # a bad setting stops here, before any folder is made
@@ -47,21 +55,14 @@ def run_seeds(
     per_seed: dict[int, dict] = {}
     primary = True
     for seed in seeds:
-        run_dir = out / f"seed{seed}"
+        folder = RunFolder(out / f"seed{seed}")
         run_overrides = [*overrides, f"optim.seed={seed}"]
-        done = run_dir / "metrics.json"
-        diffs = []  # a finished run is reused only when its resolved config equals this one
-        if done.is_file():
-            diffs = run_differences(run_dir, resolve_run_config(preset, run_overrides, data_dir, run_dir))
-            if diffs and not overwrite:
-                raise CamimError(
-                    different_run_message(run_dir, diffs)
-                    + "; use a new --output folder, or --overwrite to train it again with these settings"
-                )
-        if done.is_file() and not diffs:
-            metrics = json.loads(done.read_text(encoding="utf-8"))
+        # a finished run is reused only when its resolved config equals this one
+        differences = differences_from(resolve_run_config(preset, run_overrides, data_dir, folder.path))
+        if folder.reusable(differences, overwrite):
+            metrics = folder.read_metrics()
         else:
-            result = train_run(preset, data_dir, run_dir, overrides=run_overrides, overwrite=overwrite)
+            result = train_run(preset, data_dir, folder.path, overrides=run_overrides, overwrite=overwrite)
             if not result.primary:  # a non-zero DDP rank: it trains every seed, rank 0 scores and writes
                 primary = False
                 continue
@@ -76,7 +77,7 @@ def run_seeds(
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "test": aggregate(per_seed),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     lines = [
         f"# {preset} over seeds {', '.join(map(str, seeds))}",
         "",
@@ -91,7 +92,7 @@ def run_seeds(
         + " | ".join(f"{agg[k]['mean']:.2f} ± {agg[k]['std']:.2f}" for k in SCORE_KEYS)
         + " |"
     )
-    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return summary
 
 
@@ -187,5 +188,5 @@ def run_grid(
         )
         md += [f"![{group}]({grid}_{_slug(group)}.png)", ""]
     path = out / f"{grid}.md"
-    path.write_text("\n".join(md), encoding="utf-8")
+    atomic_write_text(path, "\n".join(md))
     return path

@@ -1,0 +1,37 @@
+"""The extractors by name: the one mapping (``model.name`` -> class) that :func:`camim.models.build_model`,
+:meth:`MREModel.from_pretrained <camim.models.base.MREModel.from_pretrained>`, ``ModelConfig``'s check and
+their error messages read. Adding an extractor is one line here plus its module.
+
+A class is imported when it is first asked for (as transformers' auto classes do), so importing
+``camim.models`` stays light and the extractor modules, which import :mod:`camim.models.base`, are not
+imported by it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from camim.errors import CamimError
+
+#: model.name -> "module.Class"
+EXTRACTORS: dict[str, str] = {
+    "bert": "camim.models.bert_re.BertRE",  # the text-only baseline
+    "tmr": "camim.models.tmr.TMR",
+    "hvpnet": "camim.models.hvpnet.HVPNeT",
+}
+MODEL_NAMES = tuple(EXTRACTORS)
+#: class name -> model.name (``from camim.models import TMR``)
+CLASS_NAMES = {path.rpartition(".")[2]: name for name, path in EXTRACTORS.items()}
+
+
+def names_text() -> str:
+    """``bert, tmr or hvpnet``: the names as an error message lists them."""
+    return ", ".join(MODEL_NAMES[:-1]) + f" or {MODEL_NAMES[-1]}"
+
+
+def model_class(name: str) -> type:
+    """The extractor class of ``name``; a one-line error naming the choices for an unknown one."""
+    if name not in EXTRACTORS:
+        raise CamimError(f"unknown model name {name!r}; expected {names_text()}")
+    module, _, cls = EXTRACTORS[name].rpartition(".")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,246 @@
+"""The run folder (docs/architecture.md, Contract 3): the one module that knows its file names and formats.
+
+A run folder is what ``camim train``, ``camim zero-shot`` and the experiments write and what ``evaluate``,
+``predict``, ``serve``, ``push``, the grids and the case analysis read back::
+
+    config.yaml         the resolved settings (YAML; a training run's RunConfig, a zero-shot run's own sections)
+    metrics.json        the scores; its presence marks the run finished (written last, atomically)
+    predictions.jsonl   one row per scored sample (:func:`prediction_row`)
+    report.md + PNGs    the human-readable report (camim.reports)
+    model/              save_pretrained: weights, config.json, tokenizer, model card (training runs)
+    checkpoints/        Lightning's, for resuming (training runs); logs/: the experiment trackers
+
+:class:`RunFolder` names these paths, writes the files atomically (a reader never sees half a file), reads
+them back with one-line errors naming the file (and line), and checks whether a folder may take a run:
+:meth:`RunFolder.conflict` (training into it would mix two runs) and :meth:`RunFolder.reusable` (a finished run
+with the requested settings). What "the same settings" means is the caller's: it passes a function that
+lists the dotted keys in which the folder's ``config.yaml`` differs from the run it wants.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from camim.errors import CamimError
+from camim.io import atomic_write_text, iter_lines, read_json
+from camim.typed import read_yaml_mapping
+
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.jsonl"
+REPORT = "report.md"
+PLOTS = ("curves.png", "confusion.png", "per_relation_f1.png")
+MODEL = "model"
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+LOGS = "logs"
+#: what a training run writes into its folder (``--overwrite`` removes these, and nothing else, first)
+OUTPUTS = (CONFIG, CHECKPOINTS, LOGS, METRICS, PREDICTIONS, MODEL, REPORT, *PLOTS)
+
+#: the four MNRE scores of a split in ``metrics.json`` (percent; P/R/F1 micro over the non-negative labels)
+SCORE_KEYS = ("accuracy", "precision", "recall", "f1")
+
+#: lists the dotted keys in which the run config at a ``config.yaml`` path differs from the one requested
+Differences = Callable[[Path], list[str]]
+
+
+def format_score(value: float | None) -> str:
+    """A score as the reports and cards print it: two decimals, ``-`` for a missing or NaN value."""
+    if value is None or math.isnan(float(value)):
+        return "-"
+    return f"{float(value):.2f}"
+
+
+def format_scores(scores: Mapping[str, Any]) -> str:
+    """``accuracy 71.20  precision 60.00  recall 58.10  f1 59.03``: the four scores a result has."""
+    return "  ".join(f"{k} {format_score(scores[k])}" for k in SCORE_KEYS if k in scores)
+
+
+def prediction_row(
+    sample_id: int | None,
+    img_id: str | None,
+    gold: str | None,
+    predicted: str,
+    probabilities: Mapping[str, float] | None,
+    **extra: Any,
+) -> dict:
+    """One ``predictions.jsonl`` row: ``id`` (the sample's index in its split file), ``img_id``, ``gold``,
+    ``predicted``, ``probabilities`` (label -> probability, rounded to 6 places; ``None`` for an extractor
+    without a distribution) and the writer's own fields after them (zero-shot: ``answer``, ``parsed``, ...)."""
+    probs = None if probabilities is None else {k: round(float(p), 6) for k, p in probabilities.items()}
+    row = {"id": sample_id, "img_id": img_id, "gold": gold, "predicted": predicted, "probabilities": probs}
+    return {**row, **extra}
+
+
+def different_run_message(path: Path, diffs: list[str]) -> str:
+    """``<path>: holds a different run (its config.yaml differs in optim.lr, model.mi)``."""
+    shown = ", ".join(diffs[:8]) + (f" and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+    return f"{path}: holds a different run (its {CONFIG} differs in {shown})"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder's paths, its atomic writers and readers, and the checks before a run goes into it."""
+
+    path: Path
+    model_path: Path | None = None  # a model folder given by itself (default: <path>/model)
+
+    @classmethod
+    def of(cls, path: str | Path) -> RunFolder:
+        """The run folder of ``path``: a run folder, or a model folder (``config.json`` beside the weights,
+        e.g. a run's ``model/``), whose run folder is its parent."""
+        path = Path(path)
+        if (path / MODEL / "config.json").is_file() or not (path / "config.json").is_file():
+            return cls(path)
+        return cls(path.parent, path)
+
+    # ---- paths -----------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / PREDICTIONS
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model_path or self.path / MODEL
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints_dir / LAST_CHECKPOINT
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics_path.is_file()
+
+    @property
+    def resumable(self) -> bool:
+        return self.last_checkpoint.is_file()
+
+    @property
+    def has_model(self) -> bool:
+        return (self.model_dir / "config.json").is_file()
+
+    # ---- reading back ----------------------------------------------------------------------------------
+    def read_config(self) -> dict | None:
+        """The raw mapping of ``config.yaml`` (``None`` when the folder has none); errors name the file."""
+        return read_yaml_mapping(self.config_path) if self.config_path.is_file() else None
+
+    def read_metrics(self) -> dict:
+        """``metrics.json``; a missing or invalid file is a one-line error naming it."""
+        metrics = read_json(self.metrics_path)
+        if not isinstance(metrics, dict):
+            raise CamimError(f"{self.metrics_path}: not a run's metrics (expected a JSON object)")
+        return metrics
+
+    def read_predictions(self) -> list[dict]:
+        """The rows of ``predictions.jsonl``; a row that is not JSON, or lacks ``id`` (an integer) or
+        ``probabilities``, is a one-line error naming the file and line."""
+        rows = []
+        for n, line in iter_lines(self.predictions_path):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CamimError(f"{self.predictions_path}:{n}: invalid JSON: {exc.msg}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), int) or "probabilities" not in row:
+                raise CamimError(
+                    f"{self.predictions_path}:{n}: a prediction row needs 'id' and 'probabilities'"
+                )
+            rows.append(row)
+        return rows
+
+    # ---- writing (each file atomically: a reader sees the old file or the new one, never a mix) ---------
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        return atomic_write_text(
+            self.config_path, yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
+        )
+
+    def write_predictions(self, rows: Iterable[Mapping[str, Any]]) -> Path:
+        return atomic_write_text(
+            self.predictions_path, [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+        )
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
+        """``metrics.json``, written last: from here on the run counts as finished."""
+        return atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2) + "\n")
+
+    def clear_outputs(self) -> None:
+        """Remove what a run wrote (:data:`OUTPUTS`) so that another starts afresh; nothing else is touched."""
+        for name in OUTPUTS:
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+
+    # ---- may a run go here? ----------------------------------------------------------------------------
+    def differences(self, differences: Differences) -> list[str]:
+        """The dotted keys in which the run this folder holds differs from the one requested; an error when
+        the folder holds a run without ``config.yaml``."""
+        if not self.config_path.is_file():
+            raise CamimError(f"{self.path}: holds a run without {CONFIG}; use a new output folder")
+        return differences(self.config_path)
+
+    def conflict(self, differences: Differences) -> str | None:
+        """Why training the requested run into this folder would mix two runs, or None: it holds a run
+        (resumable or finished) with other settings, or a finished run whose checkpoints are gone (training
+        again would replace its results). Reads only."""
+        if not (self.finished or self.resumable):
+            return None
+        if not self.config_path.is_file():
+            return f"{self.path}: holds a run without {CONFIG}"
+        diffs = differences(self.config_path)
+        if diffs:
+            return different_run_message(self.path, diffs)
+        if self.finished and not self.resumable:
+            return (
+                f"{self.path}: holds a finished run whose {CHECKPOINTS}/ are gone; training again would replace "
+                f"its {METRICS}, {PREDICTIONS} and {MODEL}/"
+            )
+        return None
+
+    def reusable(self, differences: Differences, overwrite: bool = False) -> bool:
+        """True when the folder holds a finished run with the requested settings (use its results). A
+        finished run with other settings is refused naming the keys, unless ``overwrite`` (then False: train
+        it again in its place)."""
+        if not self.finished:
+            return False
+        diffs = self.differences(differences)
+        if diffs and not overwrite:
+            raise CamimError(
+                different_run_message(self.path, diffs)
+                + "; use a new --output folder, or --overwrite to train it again with these settings"
+            )
+        return not diffs
+
+
+def add_overwrite_argument(parser) -> None:
+    """The ``--overwrite`` option of the commands that write run folders (train, experiment)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="a run folder that holds another run (other settings, or finished with its checkpoints gone) is "
+        "refused; with --overwrite that run is removed and trained afresh",
+    )
