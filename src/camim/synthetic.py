@@ -435,85 +435,150 @@ def _draw_scene(
     img = Image.new("RGB", (size, size), _BACKGROUNDS[bg])
     d = ImageDraw.Draw(img)
     u = size / 100.0
-    j = rng.uniform(-4, 4) * u  # small horizontal jitter
-    ground = 88 * u
-    d.rectangle([0, ground, size, size], fill=(150, 190, 120))
-    col1, col2 = _COLOURS[c1], _COLOURS[c2]
-    boxes: list[Box] = []
+    canvas = _Canvas(d, u, rng.uniform(-4, 4) * u, 88 * u, _COLOURS[c1], _COLOURS[c2])  # small x jitter
+    d.rectangle([0, canvas.ground, size, size], fill=(150, 190, 120))
     if scene in ("hands", "jerseys", "apart", "people"):  # "people": two undistinguished figures (no cue)
-        gap = {"hands": 14, "jerseys": 18, "apart": 34, "people": 22}[scene] * u
-        shirt2 = col1 if scene == "jerseys" else col2
-        boxes.append(_person(d, 50 * u - gap + j, ground, 50 * u, col1, number=scene == "jerseys"))
-        boxes.append(_person(d, 50 * u + gap + j, ground, 50 * u, shirt2, number=scene == "jerseys"))
-        if scene == "hands":
-            d.line(
-                [50 * u - 4 * u + j, 62 * u, 50 * u + 4 * u + j, 62 * u],
-                fill=(240, 200, 160),
-                width=max(2, int(3 * u)),
-            )
-            hx, hy = 50 * u + j, 22 * u
-            d.polygon([(hx - 6 * u, hy), (hx + 6 * u, hy), (hx, hy + 8 * u)], fill=(220, 20, 60))
-            d.ellipse([hx - 6 * u, hy - 3 * u, hx, hy + 3 * u], fill=(220, 20, 60))
-            d.ellipse([hx, hy - 3 * u, hx + 6 * u, hy + 3 * u], fill=(220, 20, 60))
-    elif scene == "logo":
-        d.rectangle([15 * u, 6 * u, 85 * u, 30 * u], fill=(250, 250, 250), outline=(20, 20, 20))
-        d.ellipse([42 * u, 9 * u, 58 * u, 27 * u], fill=col2)
-        d.polygon([(50 * u, 11 * u), (44 * u, 24 * u), (56 * u, 24 * u)], fill=(255, 255, 255))
-        boxes.append((int(15 * u), int(6 * u), int(85 * u) + 1, int(30 * u) + 1))
-        boxes.append(_person(d, 50 * u + j, ground, 52 * u, col1))
-    elif scene == "house":
-        d.rectangle([10 * u, 40 * u, 55 * u, ground], fill=(230, 210, 170), outline=(60, 40, 30))
-        d.polygon([(6 * u, 40 * u), (32 * u, 18 * u), (59 * u, 40 * u)], fill=(180, 40, 30))
-        d.rectangle([27 * u, 62 * u, 38 * u, ground], fill=(110, 70, 40))
-        boxes.append((int(6 * u), int(18 * u), int(59 * u) + 1, int(ground) + 1))
-        boxes.append(_person(d, 70 * u + j, ground, 48 * u, col1))
-    elif scene == "stage":
-        d.rectangle([10 * u, 60 * u, 90 * u, 72 * u], fill=(110, 60, 30))
-        for x in (20, 80):
-            d.polygon([(x * u, 0), ((x - 8) * u, 60 * u), ((x + 8) * u, 60 * u)], fill=(250, 235, 120))
-        boxes.append(_person(d, 50 * u + j, 60 * u, 44 * u, col1))
-        for k in range(7):
-            d.ellipse([(8 + 12 * k) * u, 78 * u, (16 + 12 * k) * u, 86 * u], fill=(70, 70, 90))
-        boxes.append((int(8 * u), int(78 * u), int(92 * u) + 1, int(86 * u) + 1))
-    elif scene == "office":
-        d.rectangle([30 * u + j, 10 * u, 70 * u + j, ground], fill=(150, 160, 175), outline=(40, 40, 50))
-        for row in range(6):
-            for col in range(3):
-                x0, y0 = 35 * u + col * 12 * u + j, 22 * u + row * 10 * u
-                d.rectangle([x0, y0, x0 + 6 * u, y0 + 6 * u], fill=(200, 230, 250))
-        d.rectangle([34 * u + j, 12 * u, 66 * u + j, 19 * u], fill=col1)
-        boxes.append((int(30 * u + j), int(10 * u), int(70 * u + j) + 1, int(ground) + 1))
-        boxes.append((int(34 * u + j), int(12 * u), int(66 * u + j) + 1, int(19 * u) + 1))
-    elif scene == "festival":
-        for k, x in enumerate((22, 50, 78)):
-            col = col1 if k % 2 == 0 else col2
-            d.polygon(
-                [((x - 13) * u, ground), (x * u, 55 * u), ((x + 13) * u, ground)],
-                fill=col,
-                outline=(30, 30, 30),
-            )
-            d.line([x * u, 55 * u, x * u, 40 * u], fill=(30, 30, 30), width=max(1, int(u)))
-            d.polygon([(x * u, 40 * u), ((x + 7) * u, 43 * u), (x * u, 46 * u)], fill=(250, 220, 0))
-            boxes.append((int((x - 13) * u), int(40 * u), int((x + 13) * u) + 1, int(ground) + 1))
-    elif scene == "child":
-        boxes.append(_person(d, 38 * u + j, ground, 56 * u, col1))
-        boxes.append(_person(d, 62 * u + j, ground, 28 * u, col2))
-    elif scene == "trophy":
-        boxes.append(_person(d, 50 * u + j, ground, 50 * u, col1))
-        d.rectangle([44 * u + j, 22 * u, 56 * u + j, 32 * u], fill=(240, 190, 20))
-        d.rectangle([48 * u + j, 32 * u, 52 * u + j, 37 * u], fill=(200, 150, 10))
-        boxes.append((int(42 * u + j), int(20 * u), int(58 * u + j) + 1, int(38 * u) + 1))
-    elif scene == "landscape":
-        d.ellipse([-20 * u, 60 * u, 60 * u, 110 * u], fill=(110, 170, 90))
-        d.ellipse([40 * u, 65 * u, 130 * u, 115 * u], fill=(95, 155, 80))
-        d.ellipse([75 * u, 8 * u, 92 * u, 25 * u], fill=(250, 210, 40))
-        d.rectangle([28 * u + j, 50 * u, 32 * u + j, 75 * u], fill=(110, 70, 40))
-        d.ellipse([18 * u + j, 32 * u, 42 * u + j, 56 * u], fill=(40, 120, 50))
-        boxes.append((int(18 * u + j), int(32 * u), int(42 * u + j) + 1, int(75 * u) + 1))
-        boxes.append((int(75 * u), int(8 * u), int(92 * u) + 1, int(25 * u) + 1))
-    else:  # pragma: no cover - SCENE_CUES and this function list the same scenes
+        boxes = _draw_two_people(canvas, scene)
+    elif scene in _SCENE_DRAWERS:
+        boxes = _SCENE_DRAWERS[scene](canvas)
+    else:  # pragma: no cover - SCENE_CUES and the drawers list the same scenes
         raise ValueError(scene)
     return img, [_clip(b, size) for b in boxes]
+
+
+@dataclass
+class _Canvas:
+    """What a scene drawer draws with: the pen, the unit (1/100 of the side), the jitter, the ground line and
+    the scene's two colours."""
+
+    d: ImageDraw.ImageDraw
+    u: float
+    j: float
+    ground: float
+    col1: tuple[int, int, int]
+    col2: tuple[int, int, int]
+
+
+def _draw_two_people(c: _Canvas, scene: str) -> list[Box]:
+    d, u, j = c.d, c.u, c.j
+    gap = {"hands": 14, "jerseys": 18, "apart": 34, "people": 22}[scene] * u
+    shirt2 = c.col1 if scene == "jerseys" else c.col2
+    boxes = [
+        _person(d, 50 * u - gap + j, c.ground, 50 * u, c.col1, number=scene == "jerseys"),
+        _person(d, 50 * u + gap + j, c.ground, 50 * u, shirt2, number=scene == "jerseys"),
+    ]
+    if scene == "hands":
+        d.line(
+            [50 * u - 4 * u + j, 62 * u, 50 * u + 4 * u + j, 62 * u],
+            fill=(240, 200, 160),
+            width=max(2, int(3 * u)),
+        )
+        hx, hy = 50 * u + j, 22 * u
+        d.polygon([(hx - 6 * u, hy), (hx + 6 * u, hy), (hx, hy + 8 * u)], fill=(220, 20, 60))
+        d.ellipse([hx - 6 * u, hy - 3 * u, hx, hy + 3 * u], fill=(220, 20, 60))
+        d.ellipse([hx, hy - 3 * u, hx + 6 * u, hy + 3 * u], fill=(220, 20, 60))
+    return boxes
+
+
+def _draw_logo(c: _Canvas) -> list[Box]:
+    d, u = c.d, c.u
+    d.rectangle([15 * u, 6 * u, 85 * u, 30 * u], fill=(250, 250, 250), outline=(20, 20, 20))
+    d.ellipse([42 * u, 9 * u, 58 * u, 27 * u], fill=c.col2)
+    d.polygon([(50 * u, 11 * u), (44 * u, 24 * u), (56 * u, 24 * u)], fill=(255, 255, 255))
+    return [
+        (int(15 * u), int(6 * u), int(85 * u) + 1, int(30 * u) + 1),
+        _person(d, 50 * u + c.j, c.ground, 52 * u, c.col1),
+    ]
+
+
+def _draw_house(c: _Canvas) -> list[Box]:
+    d, u, ground = c.d, c.u, c.ground
+    d.rectangle([10 * u, 40 * u, 55 * u, ground], fill=(230, 210, 170), outline=(60, 40, 30))
+    d.polygon([(6 * u, 40 * u), (32 * u, 18 * u), (59 * u, 40 * u)], fill=(180, 40, 30))
+    d.rectangle([27 * u, 62 * u, 38 * u, ground], fill=(110, 70, 40))
+    return [
+        (int(6 * u), int(18 * u), int(59 * u) + 1, int(ground) + 1),
+        _person(d, 70 * u + c.j, ground, 48 * u, c.col1),
+    ]
+
+
+def _draw_stage(c: _Canvas) -> list[Box]:
+    d, u = c.d, c.u
+    d.rectangle([10 * u, 60 * u, 90 * u, 72 * u], fill=(110, 60, 30))
+    for x in (20, 80):
+        d.polygon([(x * u, 0), ((x - 8) * u, 60 * u), ((x + 8) * u, 60 * u)], fill=(250, 235, 120))
+    boxes = [_person(d, 50 * u + c.j, 60 * u, 44 * u, c.col1)]
+    for k in range(7):
+        d.ellipse([(8 + 12 * k) * u, 78 * u, (16 + 12 * k) * u, 86 * u], fill=(70, 70, 90))
+    return [*boxes, (int(8 * u), int(78 * u), int(92 * u) + 1, int(86 * u) + 1)]
+
+
+def _draw_office(c: _Canvas) -> list[Box]:
+    d, u, j = c.d, c.u, c.j
+    d.rectangle([30 * u + j, 10 * u, 70 * u + j, c.ground], fill=(150, 160, 175), outline=(40, 40, 50))
+    for row in range(6):
+        for col in range(3):
+            x0, y0 = 35 * u + col * 12 * u + j, 22 * u + row * 10 * u
+            d.rectangle([x0, y0, x0 + 6 * u, y0 + 6 * u], fill=(200, 230, 250))
+    d.rectangle([34 * u + j, 12 * u, 66 * u + j, 19 * u], fill=c.col1)
+    return [
+        (int(30 * u + j), int(10 * u), int(70 * u + j) + 1, int(c.ground) + 1),
+        (int(34 * u + j), int(12 * u), int(66 * u + j) + 1, int(19 * u) + 1),
+    ]
+
+
+def _draw_festival(c: _Canvas) -> list[Box]:
+    d, u, ground = c.d, c.u, c.ground
+    boxes = []
+    for k, x in enumerate((22, 50, 78)):
+        col = c.col1 if k % 2 == 0 else c.col2
+        d.polygon(
+            [((x - 13) * u, ground), (x * u, 55 * u), ((x + 13) * u, ground)], fill=col, outline=(30, 30, 30)
+        )
+        d.line([x * u, 55 * u, x * u, 40 * u], fill=(30, 30, 30), width=max(1, int(u)))
+        d.polygon([(x * u, 40 * u), ((x + 7) * u, 43 * u), (x * u, 46 * u)], fill=(250, 220, 0))
+        boxes.append((int((x - 13) * u), int(40 * u), int((x + 13) * u) + 1, int(ground) + 1))
+    return boxes
+
+
+def _draw_child(c: _Canvas) -> list[Box]:
+    return [
+        _person(c.d, 38 * c.u + c.j, c.ground, 56 * c.u, c.col1),
+        _person(c.d, 62 * c.u + c.j, c.ground, 28 * c.u, c.col2),
+    ]
+
+
+def _draw_trophy(c: _Canvas) -> list[Box]:
+    d, u, j = c.d, c.u, c.j
+    boxes = [_person(d, 50 * u + j, c.ground, 50 * u, c.col1)]
+    d.rectangle([44 * u + j, 22 * u, 56 * u + j, 32 * u], fill=(240, 190, 20))
+    d.rectangle([48 * u + j, 32 * u, 52 * u + j, 37 * u], fill=(200, 150, 10))
+    return [*boxes, (int(42 * u + j), int(20 * u), int(58 * u + j) + 1, int(38 * u) + 1)]
+
+
+def _draw_landscape(c: _Canvas) -> list[Box]:
+    d, u, j = c.d, c.u, c.j
+    d.ellipse([-20 * u, 60 * u, 60 * u, 110 * u], fill=(110, 170, 90))
+    d.ellipse([40 * u, 65 * u, 130 * u, 115 * u], fill=(95, 155, 80))
+    d.ellipse([75 * u, 8 * u, 92 * u, 25 * u], fill=(250, 210, 40))
+    d.rectangle([28 * u + j, 50 * u, 32 * u + j, 75 * u], fill=(110, 70, 40))
+    d.ellipse([18 * u + j, 32 * u, 42 * u + j, 56 * u], fill=(40, 120, 50))
+    return [
+        (int(18 * u + j), int(32 * u), int(42 * u + j) + 1, int(75 * u) + 1),
+        (int(75 * u), int(8 * u), int(92 * u) + 1, int(25 * u) + 1),
+    ]
+
+
+_SCENE_DRAWERS = {
+    "logo": _draw_logo,
+    "house": _draw_house,
+    "stage": _draw_stage,
+    "office": _draw_office,
+    "festival": _draw_festival,
+    "child": _draw_child,
+    "trophy": _draw_trophy,
+    "landscape": _draw_landscape,
+}
 
 
 def _clip(b: Box, size: int) -> Box:
@@ -550,6 +615,22 @@ def _save_jpeg(img: Image.Image, path: Path) -> None:
     img.save(path, format="JPEG", quality=90, optimize=False, progressive=False)
 
 
+@dataclass
+class _SplitParts:
+    """What a split's files hold, collected sample by sample (dicts keep first-appearance order)."""
+
+    samples: list[dict] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)  # img_id -> caption
+    image_boxes: dict[str, list[Box]] = field(default_factory=dict)
+    generated_boxes: dict[str, list[Box]] = field(default_factory=dict)
+    open_twin: dict[str, int] = field(default_factory=dict)  # relation -> a sample whose image is reused once
+    crops: dict[int, list[str]] = field(default_factory=dict)
+    dif_boxes: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    scores: list[tuple[str, float, float]] = field(default_factory=list)  # (img_id, strong_ori, strong_dif)
+    phrases: dict[str, str] = field(default_factory=dict)
+
+
 def _write_split(
     root: Path, split: str, n: int, cfg: WorldConfig, pools: dict[str, list[str]]
 ) -> SplitSummary:
@@ -557,82 +638,91 @@ def _write_split(
     counts = split_counts(n, cfg.mix)
     cells = [cell for cell, k in counts.items() for _ in range(k)]
     rng.shuffle(cells)
-
-    img_dir = root / "img_org" / split
-    crop_dir = root / "img_vg" / split / "crops"
-    gen_dir = root / "diffusion_pic" / split
-    for p in (img_dir, crop_dir, gen_dir):
+    dirs = (root / "img_org" / split, root / "img_vg" / split / "crops", root / "diffusion_pic" / split)
+    for p in dirs:
         p.mkdir(parents=True, exist_ok=True)
-
-    samples: list[dict] = []
-    groups: list[str] = []
-    captions: dict[str, str] = {}  # img_id -> caption, in first-appearance order
-    image_boxes: dict[str, list[Box]] = {}
-    generated_boxes: dict[str, list[Box]] = {}
-    open_twin: dict[str, int] = {}  # relation -> index of a sample whose image can be reused once
-    crops: dict[int, list[str]] = {}
-    dif_boxes: dict[int, list[torch.Tensor]] = {}
-    scores: list[tuple[str, float, float]] = []  # (img_id, strong_ori, strong_dif), one per sample
-    phrases: dict[str, str] = {}
+    parts = _SplitParts()
     crop_counter = rng.randrange(10_000, 20_000)
-    colours = list(_COLOURS)
-
     for idx, cell in enumerate(cells):
-        group, _, rel = cell.partition(":")
-        scene = GROUPS[group][rel]
-        text_key = group if group in AMBIGUOUS_GROUPS else rel
-        twin_of = open_twin.pop(rel, None) if rel in (COUPLE, PEER) and rng.random() < cfg.twin_rate else None
-        if twin_of is not None:  # same picture, the twin's entities swapped, a fresh sentence
-            base = samples[twin_of]
-            h_tokens, t_tokens = base["t"]["name"].split(), base["h"]["name"].split()
-            tokens, hpos, tpos = _fill(_template("pair", rng), h_tokens, t_tokens)
-            head, tail = {"name": " ".join(h_tokens), "pos": hpos}, {"name": " ".join(t_tokens), "pos": tpos}
-            img_id = base["img_id"]
-        else:
-            tokens, head, tail = _text(text_key, rng, pools)
-            img_id = f"synth_{split}_{idx:05d}.jpg"
-            c1, c2 = rng.sample(colours[:-1], 2)
-            bg = rng.choice(list(_BACKGROUNDS))
-            img, boxes = _draw_scene(scene, cfg.image_size, rng, c1, c2, bg)
-            _save_jpeg(img, img_dir / img_id)
-            captions[img_id] = _caption(scene, rng, c1, c2, bg)
-            image_boxes[img_id] = boxes
-            gen, gboxes = _draw_generated(text_key, cfg.generated_size, rng)
-            _save_jpeg(gen, gen_dir / img_id)
-            generated_boxes[img_id] = gboxes
-            if rel in (COUPLE, PEER):
-                open_twin[rel] = idx
-        samples.append({"token": tokens, "h": head, "t": tail, "img_id": img_id, "relation": rel})
-        groups.append(group)
+        img_id, group = _add_sample(parts, idx, cell, split, cfg, pools, rng, dirs)
+        crop_counter = _crop_objects(parts, idx, img_id, dirs, crop_counter, rng)
+        decisive = group in AMBIGUOUS_GROUPS
+        strong_ori = rng.uniform(0.35, 0.95) if decisive else 10 ** rng.uniform(-4, -1)
+        strong_dif = 10 ** rng.uniform(-3, -0.5)
+        parts.scores.append((img_id, strong_ori, strong_dif))
+        head, tail = parts.samples[-1]["h"], parts.samples[-1]["t"]
+        parts.phrases[str(idx)] = " ".join(w.lstrip("@") for w in (head["name"] + " " + tail["name"]).split())
+    _write_split_files(root, split, cfg, parts, rng)
+    return _summarise(parts.samples, parts.groups, images=len(parts.captions))
 
-        # object crops of the original image, one file per (sample, object) as in HVPNeT's crops folder
-        names = []
-        original = Image.open(img_dir / img_id)
-        for box in image_boxes[img_id][:3]:
+
+def _add_sample(
+    parts: _SplitParts, idx: int, cell: str, split: str, cfg: WorldConfig, pools, rng, dirs
+) -> tuple[str, str]:
+    """Sample ``idx`` of its cell ("group:relation"): a new drawn post with its caption and generated image,
+    or (``cfg.twin_rate``) a couple/peer twin that reuses an earlier picture with its entities swapped and a
+    fresh sentence. Returns its img_id and group."""
+    img_dir, _, gen_dir = dirs
+    group, _, rel = cell.partition(":")
+    scene = GROUPS[group][rel]
+    text_key = group if group in AMBIGUOUS_GROUPS else rel
+    twin_of = (
+        parts.open_twin.pop(rel, None) if rel in (COUPLE, PEER) and rng.random() < cfg.twin_rate else None
+    )
+    if twin_of is not None:
+        base = parts.samples[twin_of]
+        h_tokens, t_tokens = base["t"]["name"].split(), base["h"]["name"].split()
+        tokens, hpos, tpos = _fill(_template("pair", rng), h_tokens, t_tokens)
+        head, tail = {"name": " ".join(h_tokens), "pos": hpos}, {"name": " ".join(t_tokens), "pos": tpos}
+        img_id = base["img_id"]
+    else:
+        tokens, head, tail = _text(text_key, rng, pools)
+        img_id = f"synth_{split}_{idx:05d}.jpg"
+        c1, c2 = rng.sample(list(_COLOURS)[:-1], 2)
+        bg = rng.choice(list(_BACKGROUNDS))
+        img, boxes = _draw_scene(scene, cfg.image_size, rng, c1, c2, bg)
+        _save_jpeg(img, img_dir / img_id)
+        parts.captions[img_id] = _caption(scene, rng, c1, c2, bg)
+        parts.image_boxes[img_id] = boxes
+        gen, gboxes = _draw_generated(text_key, cfg.generated_size, rng)
+        _save_jpeg(gen, gen_dir / img_id)
+        parts.generated_boxes[img_id] = gboxes
+        if rel in (COUPLE, PEER):
+            parts.open_twin[rel] = idx
+    parts.samples.append({"token": tokens, "h": head, "t": tail, "img_id": img_id, "relation": rel})
+    parts.groups.append(group)
+    return img_id, group
+
+
+def _crop_objects(parts: _SplitParts, idx: int, img_id: str, dirs, crop_counter: int, rng) -> int:
+    """Object crops of the original image, one file per (sample, object) as in HVPNeT's crops folder, and the
+    generated image's boxes; returns the crop counter for the next sample."""
+    img_dir, crop_dir, _ = dirs
+    names = []
+    with Image.open(img_dir / img_id) as original:
+        for box in parts.image_boxes[img_id][:3]:
             crop_counter += rng.randrange(1, 50)
             name = f"{idx}_pred_yolo_crop_{crop_counter}.png"
             original.crop(box).save(crop_dir / name, format="PNG", optimize=False)
             names.append(name)
-        original.close()
-        crops[idx] = names
-        dif_boxes[idx] = [torch.tensor(b, dtype=torch.float32) for b in generated_boxes[img_id][:3]]
+    parts.crops[idx] = names
+    parts.dif_boxes[idx] = [torch.tensor(b, dtype=torch.float32) for b in parts.generated_boxes[img_id][:3]]
+    return crop_counter
 
-        decisive = group in AMBIGUOUS_GROUPS
-        strong_ori = rng.uniform(0.35, 0.95) if decisive else 10 ** rng.uniform(-4, -1)
-        strong_dif = 10 ** rng.uniform(-3, -0.5)
-        scores.append((img_id, strong_ori, strong_dif))
-        phrases[str(idx)] = " ".join(w.lstrip("@") for w in (head["name"] + " " + tail["name"]).split())
 
-    txt = root / "txt"
+def _write_split_files(
+    root: Path, split: str, cfg: WorldConfig, parts: _SplitParts, rng: random.Random
+) -> None:
+    """The split's files in the released layout: samples, captions (.txt and .json), correlation scores
+    (a permutation of the samples, as released), object dictionaries and phrases."""
+    txt, cap_dir = root / "txt", root / "caption"
     with open(txt / f"ours_{split}.txt", "w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(repr(s) + "\n")
-    cap_dir = root / "caption"
+        f.writelines(repr(s) + "\n" for s in parts.samples)
     with open(cap_dir / f"{cfg.caption_source}_{split}.txt", "w", encoding="utf-8") as f:
-        for img_id, text in captions.items():
-            f.write(repr({"img_id": img_id, "text": text}) + "\n")
+        f.writelines(repr({"img_id": i, "text": t}) + "\n" for i, t in parts.captions.items())
     with open(cap_dir / f"{cfg.caption_source}_{split}.json", "w", encoding="utf-8") as f:
-        json.dump({Path(k).stem: v for k, v in captions.items()}, f, ensure_ascii=False)
+        json.dump({Path(k).stem: v for k, v in parts.captions.items()}, f, ensure_ascii=False)
+    scores = parts.scores
     order = list(range(len(scores)))
     rng.shuffle(order)  # score lines are a permutation of the samples, as released
     for prefix, col in ((f"{split}_weight", 1), (f"dif_{split}_weight", 2)):
@@ -644,11 +734,10 @@ def _write_split(
                 strong = scores[i][col]
                 fs.write(f"{scores[i][0]}\t{strong!r}\n")
                 fw.write(f"{scores[i][0]}\t{1.0 - strong!r}\n")
-    torch.save(crops, txt / f"mre_{split}_dict.pth")
-    torch.save(dif_boxes, txt / f"mre_dif_{split}_dict.pth")
+    torch.save(parts.crops, txt / f"mre_{split}_dict.pth")
+    torch.save(parts.dif_boxes, txt / f"mre_dif_{split}_dict.pth")
     with open(txt / f"phrase_text_{split}.json", "w", encoding="utf-8") as f:
-        json.dump(phrases, f, ensure_ascii=False)
-    return _summarise(samples, groups, images=len(captions))
+        json.dump(parts.phrases, f, ensure_ascii=False)
 
 
 def generate_world(output_dir: str | Path, config: WorldConfig | None = None) -> WorldSummary:

@@ -58,6 +58,28 @@ def default_labels(
     return LabelSet.infer(relations, negative=negative)
 
 
+def _checked_modalities(
+    modalities: Iterable[str],
+    caption_source: str | Path | None,
+    on_error: str,
+    on_missing: str,
+    max_objects: int,
+) -> tuple[str, ...]:
+    """The requested modalities, once each and without ``caption`` when there is no caption source;
+    ``ValueError`` for an unknown modality or option (a programming error, not a data problem)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if on_missing not in ("raise", "fallback"):
+        raise ValueError(f"on_missing must be 'raise' or 'fallback', got {on_missing!r}")
+    modalities = tuple(dict.fromkeys(modalities))
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ValueError(f"unknown modalities {unknown}; choose from {list(MODALITIES)}")
+    if max_objects < 0:
+        raise ValueError("max_objects must be >= 0")
+    return tuple(m for m in modalities if m != "caption") if caption_source is None else modalities
+
+
 class MNREDataset(torch.utils.data.Dataset):
     """One split of an MNRE-style data folder (see ``docs/architecture.md``, Contract 1).
 
@@ -95,19 +117,7 @@ class MNREDataset(torch.utils.data.Dataset):
         encoding: str = DEFAULT_ENCODING,
         caption_shuffle_seed: int | None = None,
     ):
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if on_missing not in ("raise", "fallback"):
-            raise ValueError(f"on_missing must be 'raise' or 'fallback', got {on_missing!r}")
-        modalities = tuple(dict.fromkeys(modalities))
-        unknown = [m for m in modalities if m not in MODALITIES]
-        if unknown:
-            raise ValueError(f"unknown modalities {unknown}; choose from {list(MODALITIES)}")
-        if caption_source is None:
-            modalities = tuple(m for m in modalities if m != "caption")
-        if max_objects < 0:
-            raise ValueError("max_objects must be >= 0")
-
+        modalities = _checked_modalities(modalities, caption_source, on_error, on_missing, max_objects)
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
             raise DataError("data folder not found", self.data_dir)
@@ -129,7 +139,6 @@ class MNREDataset(torch.utils.data.Dataset):
         self.labels: LabelSet = (
             labels if labels is not None else default_labels(self.data_dir, self.layout, negative, encoding)
         )
-
         self.samples_path = self.layout.samples_path(self.data_dir, split)
         self.examples: list[MNREExample] = read_samples(
             self.samples_path,
@@ -141,7 +150,12 @@ class MNREDataset(torch.utils.data.Dataset):
         )
         if self.problems:
             self.report["skipped_lines"] += len(self.problems)
+        self._load_modalities(caption_source, caption_model)
 
+    def _load_modalities(self, caption_source: str | Path | None, caption_model: str | None) -> None:
+        """Read what the requested modalities need at construction (captions, scores, phrases, object
+        dictionaries) and check that the images without a fallback exist; images are read per sample."""
+        modalities = self.modalities
         self.caption_path: Path | None = None
         self._captions: list[str] | None = None
         if "caption" in modalities:

@@ -271,82 +271,26 @@ class ImageCache:
         modalities = [m for m in IMAGE_MODALITIES if m in getattr(dataset, "modalities", IMAGE_MODALITIES)]
         if not modalities:
             raise CamimError("the dataset loads no image modality; nothing to cache")
-        if index_path.is_file():
-            index = _read_index(index_path)
-            if index["spec"] != asdict(spec):
-                raise CamimError(
-                    f"{index_path}: cache built with {index['spec']}, asked for {asdict(spec)}; use another folder"
-                )
-        else:
-            index = {
-                "format": FORMAT,
-                "spec": asdict(spec),
-                "modalities": modalities,
-                "kinds": [],
-                "crc": [],
-                "digests": {},
-                "samples": {},
-                "report": {},
-                "complete": False,
-            }
-        if index["samples"] and set(modalities) != set(index["modalities"]):
-            raise CamimError(
-                f"{index_path}: cache holds {index['modalities']}, the dataset loads {modalities}; "
-                "load the same image modalities or use another folder"
-            )
-        index["modalities"] = modalities
+        index = _open_index(index_path, spec, modalities)
         row_bytes = spec.image_size**2 * 3
-        n_rows = len(index["kinds"])
-        with open(data_path, "ab"):
-            pass
-        if data_path.stat().st_size < n_rows * row_bytes:
-            raise DataError(
-                f"cache data truncated below its {n_rows} committed rows; delete the folder", data_path
-            )
-        os.truncate(data_path, n_rows * row_bytes)  # drop rows written after the last commit
+        _truncate_to_committed(data_path, len(index["kinds"]), row_bytes)
         pending = [p for p in range(len(dataset)) if str(p) not in index["samples"]]
         report = Counter(index["report"])
         loader = torch.utils.data.DataLoader(
-            pending,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_Prepare(dataset, spec),
+            pending, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(dataset, spec)
         )
         done = 0
         with open(data_path, "r+b") as fh:
-            fh.seek(n_rows * row_bytes)
-
-            def add(kind: str, arr: np.ndarray) -> int:
-                raw = arr.tobytes()
-                digest = hashlib.blake2b(kind.encode() + raw, digest_size=16).hexdigest()
-                row = index["digests"].get(digest)
-                if row is None:
-                    row = len(index["kinds"])
-                    fh.write(raw)
-                    index["kinds"].append(kind)
-                    index["crc"].append(zlib.crc32(raw))
-                    index["digests"][digest] = row
-                return row
-
-            for items in loader:
-                for item in items:
-                    rec: dict[str, Any] = {"index": item["index"], "img_id": item["img_id"]}
-                    for m in modalities:
-                        value = item[m]
-                        if value is None:
-                            report[f"missing_{m}"] += 1
-                            rec[m] = None
-                        elif isinstance(value, list):
-                            rec[m] = [add(k, a) for k, a in value]
-                        else:
-                            rec[m] = add(*value)
-                    index["samples"][str(item["position"])] = rec
-                    done += 1
-                    if done % commit_every == 0:
-                        cls._commit(fh, index, report, index_path)
-                    if stop_after is not None and done >= stop_after:
-                        cls._commit(fh, index, report, index_path)
-                        return cls(directory)
+            fh.seek(len(index["kinds"]) * row_bytes)
+            rows = _RowWriter(fh, index)
+            for item in (item for items in loader for item in items):
+                index["samples"][str(item["position"])] = _sample_record(item, modalities, rows, report)
+                done += 1
+                if done % commit_every == 0:
+                    cls._commit(fh, index, report, index_path)
+                if stop_after is not None and done >= stop_after:
+                    cls._commit(fh, index, report, index_path)
+                    return cls(directory)
             index["complete"] = len(index["samples"]) >= len(dataset)
             cls._commit(fh, index, report, index_path)
         return cls(directory)
@@ -357,6 +301,74 @@ class ImageCache:
         os.fsync(fh.fileno())
         index["report"] = dict(report)
         atomic_write_text(index_path, json.dumps(index))
+
+
+def _open_index(index_path: Path, spec: ImageCacheSpec, modalities: list[str]) -> dict:
+    """The index of the cache being built: the committed one (same spec and modalities, else refused) or a
+    new empty one."""
+    if not index_path.is_file():
+        return {"format": FORMAT, "spec": asdict(spec), "modalities": modalities, "kinds": [], "crc": [],
+                "digests": {}, "samples": {}, "report": {}, "complete": False}  # fmt: skip
+    index = _read_index(index_path)
+    if index["spec"] != asdict(spec):
+        raise CamimError(
+            f"{index_path}: cache built with {index['spec']}, asked for {asdict(spec)}; use another folder"
+        )
+    if index["samples"] and set(modalities) != set(index["modalities"]):
+        raise CamimError(
+            f"{index_path}: cache holds {index['modalities']}, the dataset loads {modalities}; "
+            "load the same image modalities or use another folder"
+        )
+    index["modalities"] = modalities
+    return index
+
+
+def _truncate_to_committed(data_path: Path, n_rows: int, row_bytes: int) -> None:
+    """Drop the rows written after the last commit (an interrupted build); a file shorter than its committed
+    rows is refused."""
+    with open(data_path, "ab"):
+        pass
+    if data_path.stat().st_size < n_rows * row_bytes:
+        raise DataError(
+            f"cache data truncated below its {n_rows} committed rows; delete the folder", data_path
+        )
+    os.truncate(data_path, n_rows * row_bytes)
+
+
+class _RowWriter:
+    """Appends pixel rows to the data file, each distinct (kind, pixels) once: a repeated image (MNRE reuses
+    an image for every entity pair of its post) gets the row of its first copy."""
+
+    def __init__(self, fh, index: dict):
+        self.fh, self.index = fh, index
+
+    def add(self, kind: str, arr: np.ndarray) -> int:
+        raw = arr.tobytes()
+        digest = hashlib.blake2b(kind.encode() + raw, digest_size=16).hexdigest()
+        row = self.index["digests"].get(digest)
+        if row is None:
+            row = len(self.index["kinds"])
+            self.fh.write(raw)
+            self.index["kinds"].append(kind)
+            self.index["crc"].append(zlib.crc32(raw))
+            self.index["digests"][digest] = row
+        return row
+
+
+def _sample_record(item: dict, modalities: list[str], rows: _RowWriter, report: Counter) -> dict[str, Any]:
+    """One sample's index entry: the row (or rows, for object crops) of each modality; absent images are
+    ``None``, counted as ``missing_<modality>``."""
+    rec: dict[str, Any] = {"index": item["index"], "img_id": item["img_id"]}
+    for m in modalities:
+        value = item[m]
+        if value is None:
+            report[f"missing_{m}"] += 1
+            rec[m] = None
+        elif isinstance(value, list):
+            rec[m] = [rows.add(k, a) for k, a in value]
+        else:
+            rec[m] = rows.add(*value)
+    return rec
 
 
 def open_or_build(dataset: Any, directory: str | Path, spec: ImageCacheSpec, **kwargs: Any) -> ImageCache:
