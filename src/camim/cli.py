@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except CamimError as exc:
         print(f"camim: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("camim: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # camim.errors.Interrupted says where a rerun resumes
+        print("camim: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (e.g. `camim evaluate --json | head`): stop quietly, as other tools do.

@@ -29,3 +29,8 @@ class ImageError(DataError):
     ):
         super().__init__(problem, path, line)
         self.too_large = too_large
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a long job; the message says where running it again resumes. The CLI prints
+    ``camim: interrupted; <message>`` and exits 130."""

@@ -173,9 +173,24 @@ class RunFolder:
 
     # ---- writing (each file atomically: a reader sees the old file or the new one, never a mix) ---------
     def write_config(self, config: Mapping[str, Any]) -> Path:
-        return atomic_write_text(
-            self.config_path, yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
-        )
+        """``config.yaml``, with the paths inside this folder written relative to it (:meth:`relative`)."""
+        text = yaml.safe_dump(self.relative(config), sort_keys=False, allow_unicode=True)
+        return atomic_write_text(self.config_path, text)
+
+    def relative(self, config: Any) -> Any:
+        """``config`` (a mapping, list or value) as this folder records it: an absolute path that lies inside
+        the folder (an offline run's ``offline_encoder``) becomes relative to it, so the folder can be moved,
+        copied or mounted elsewhere and still be resumed or reused. Other values are left as they are."""
+        if isinstance(config, Mapping):
+            return {k: self.relative(v) for k, v in config.items()}
+        if isinstance(config, (list, tuple)):
+            return [self.relative(v) for v in config]
+        if isinstance(config, str) and config.startswith("/"):
+            try:
+                return Path(config).relative_to(self.path.resolve()).as_posix()
+            except ValueError:
+                return config
+        return config
 
     def write_predictions(self, rows: Iterable[Mapping[str, Any]]) -> Path:
         return atomic_write_text(

@@ -33,7 +33,7 @@ import torch
 from camim.errors import CamimError
 from camim.io import atomic_write_text, check_encoding
 from camim.pretraining.offline import OfflineConfig
-from camim.trainer import Precision, quiet_lightning
+from camim.trainer import Precision, interruptible, quiet_lightning
 from camim.typed import apply_overrides, differing_keys, from_mapping, to_plain
 
 log = logging.getLogger(__name__)
@@ -322,12 +322,20 @@ def pretrain(
     out = Path(output_dir)
     settings = to_plain(cfg)
     settings_key = {**settings, "data_dir": str(Path(data_dir).resolve())}
-    card_path, work = out / CARD, out / "checkpoints"
     finished = _held_pretraining(out, settings_key)
     if finished is not None:
         log.info("pretraining in %s is finished with these settings: reused", out)
         return PretrainResult(out, finished)
     quiet_lightning()
+    with interruptible(lambda: _resume_hint(out / "checkpoints" / "last.ckpt")):
+        return _pretrain(cfg, data_dir, out, settings, settings_key, callbacks or [])
+
+
+def _pretrain(
+    cfg: PretrainConfig, data_dir: str | Path, out: Path, settings: dict, settings_key: dict, callbacks: list
+) -> PretrainResult:
+    """The pretraining itself (corpus, model, Lightning fit, the output folder and its card)."""
+    card_path, work = out / CARD, out / "checkpoints"
     t0 = time.time()
     corpus, counts, files = pretraining_corpus(cfg, data_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -337,7 +345,7 @@ def pretrain(
     loader = _mlm_loader(cfg, tok, corpus)
     total = cfg.max_steps if cfg.max_steps > 0 else len(loader) * cfg.epochs
     module = MLMModule(model, cfg, total)
-    trainer = _mlm_trainer(cfg, work, callbacks or [])
+    trainer = _mlm_trainer(cfg, work, callbacks)
     last = work / "last.ckpt"
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.is_file() else None)
     model.save_pretrained(str(out))  # model.safetensors + config.json
@@ -363,6 +371,12 @@ def pretrain(
     atomic_write_text(card_path, json.dumps(card, indent=1))  # written last: marks the folder finished
     shutil.rmtree(work, ignore_errors=True)
     return PretrainResult(out, card)
+
+
+def _resume_hint(last: Path) -> str:
+    if last.is_file():
+        return f"run the same command again to resume from {last}"
+    return "no epoch was saved yet; the same command starts the pretraining again from the beginning"
 
 
 #: settings that do not change what a pretraining computes (a folder may be resumed or reused with others)

@@ -26,13 +26,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from camim.errors import CamimError
 from camim.io import read_json
 from camim.runs import Differences, RunFolder, prediction_row
-from camim.trainer import quiet_lightning
+from camim.trainer import interruptible, quiet_lightning
 from camim.training.config import (
+    RUN_NEUTRAL_KEYS,
     DataConfig,
     OptimConfig,
     RunConfig,
     TrainerConfig,
-    config_differences,
     config_from_dict,
     load_config,
     load_paper_results,
@@ -42,8 +42,8 @@ from camim.training.datamodule import MNREDataModule
 from camim.training.loggers import LogRunConfig, build_loggers, log_test_metrics
 from camim.training.module import MRELightningModule
 from camim.training.progress import throttled_progress_bar
-from camim.training.selection import DevCheckpoint
-from camim.typed import apply_overrides
+from camim.training.selection import DevCheckpoint, RunCheckpoint
+from camim.typed import apply_overrides, differing_keys
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,16 @@ def _prediction_rows(records: list[dict], names: list[str], ds) -> list[dict]:
 
 def differences_from(cfg: RunConfig) -> Differences:
     """For a run folder's checks (:meth:`RunFolder.conflict`, :meth:`RunFolder.reusable`): the dotted keys in
-    which the run config at a ``config.yaml`` differs from ``cfg``."""
-    return lambda path: config_differences(load_run_config(path), cfg)
+    which the run config at a ``config.yaml`` differs from ``cfg``, both as that folder records them (paths
+    inside it relative, :meth:`RunFolder.relative`: a moved folder still holds the same run; one written with
+    absolute paths before that, unmoved, too)."""
+
+    def differences(path: Path) -> list[str]:
+        folder = RunFolder(path.parent)
+        held = folder.relative(load_run_config(path).to_dict())
+        return differing_keys(held, folder.relative(cfg.to_dict()), ignore=RUN_NEUTRAL_KEYS)
+
+    return differences
 
 
 def train_run(
@@ -198,15 +206,27 @@ def train_run(
     checkpoints are gone, is refused; with ``overwrite`` that run's outputs are removed and training starts
     afresh (a folder that would not be refused is resumed as usual).
     """
-    from camim.models import build_model
-
     quiet_lightning()
     cfg = resolve_run_config(config, overrides, data_dir, output_dir)  # everything parsed and validated
     folder = RunFolder(Path(output_dir))
     labels = _labels(cfg)
     _claim(folder, cfg, overwrite)  # nothing was written before; from here on the run folder is ours
-    _prepare_encoder(cfg, folder.path)
-    folder.write_config(cfg.to_dict())
+    with interruptible(lambda: _resume_hint(folder)):
+        _prepare_encoder(cfg, folder.path)
+        folder.write_config(cfg.to_dict())
+        return _train(cfg, folder, labels, callbacks or [])
+
+
+def _resume_hint(folder: RunFolder) -> str:
+    """Where running ``camim train`` again picks up (the line Ctrl-C prints)."""
+    if folder.resumable:
+        return f"run the same command again to resume from {folder.last_checkpoint}"
+    return f"no epoch was saved yet; the same command starts {folder.path} again from the beginning"
+
+
+def _train(cfg: RunConfig, folder: RunFolder, labels, callbacks: list) -> RunResult:
+    """Fit, select, score and write the run folder (the steps of :func:`train_run` after the checks)."""
+    from camim.models import build_model
 
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
     model = build_model(cfg.model, labels=labels.names)
@@ -217,7 +237,7 @@ def train_run(
     loggers = build_loggers(
         cfg.trainer.loggers, folder.path, run_name=folder.path.name, tags={"preset": cfg.name}
     )
-    callbacks = [checkpoint, LogRunConfig(cfg.to_dict()), *(callbacks or [])]
+    callbacks = [checkpoint, LogRunConfig(cfg.to_dict()), *callbacks]
     trainer = _trainer(cfg, folder.path, callbacks, loggers or False)
     last = folder.last_checkpoint
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
@@ -295,7 +315,7 @@ def _checkpoint_callback(cfg: RunConfig, folder: RunFolder) -> ModelCheckpoint:
     common = {"dirpath": str(folder.checkpoints_dir), "filename": "best-epoch{epoch}", "save_last": True,
               "auto_insert_metric_name": False}  # fmt: skip
     if cfg.optim.select_on == "train_loss":
-        return ModelCheckpoint(
+        return RunCheckpoint(
             **common, monitor="train/loss_epoch", mode="min", save_top_k=1, save_on_train_epoch_end=True
         )
     return DevCheckpoint(**common, monitor="val/f1", ties=cfg.optim.selection_tie)
@@ -319,8 +339,8 @@ def _evaluation_trainer(
 
 
 def _write_outputs(folder: RunFolder, cfg: RunConfig, model, module, dm, metrics: dict) -> None:
-    """``model/`` (with its card), ``predictions.jsonl``, then ``metrics.json`` (the run is finished once it
-    exists) and ``report.md``."""
+    """``model/`` (with its card), ``predictions.jsonl``, ``report.md``, and last ``metrics.json``: the run is
+    finished once it exists, so a run stopped before it (even by SIGKILL) is resumed, never half reused."""
     from camim.models.card import CardRun
     from camim.reports import write_run_report
 
@@ -329,8 +349,8 @@ def _write_outputs(folder: RunFolder, cfg: RunConfig, model, module, dm, metrics
     )
     model.save_pretrained(folder.model_dir, card=card)
     folder.write_predictions(_prediction_rows(module.test_records, list(model.labels), dm.dataset("test")))
-    folder.write_metrics(metrics)
     write_run_report(folder.path, cfg.to_dict(), metrics, list(model.labels))
+    folder.write_metrics(metrics)
 
 
 def _run_notes(cfg: RunConfig, out: Path) -> list[str]:

@@ -1,13 +1,18 @@
-"""Model selection on dev micro-F1 with the released tie rules (reference §2 and §5.1).
+r"""Model selection on dev micro-F1 with the released tie rules (reference §2 and §5.1).
 
 The released TMR / CAMIM trainer saves an epoch when its dev F1 is strictly greater than the best so far
 (``>``: of equal bests, the first is kept); the released HVPNeT trainer uses ``>=`` (the last is kept).
 Lightning's ``ModelCheckpoint`` compares with ``torch.gt`` for ``mode="max"`` and offers no tie option
 (Lightning-AI/pytorch-lightning#16504, closed as won't fix), so :class:`DevCheckpoint` overrides its public
 ``check_monitor_top_k`` decision; everything else (files, resume state, DDP agreement) is Lightning's.
+
+Both checkpoint callbacks of a run are :class:`RunCheckpoint`\ s, whose resume state follows a run folder that
+was moved or copied (issue 29): Lightning keeps the absolute paths of the best and last checkpoints in it.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -17,7 +22,39 @@ from camim.errors import CamimError
 TIES = ("first", "last")
 
 
-class DevCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose resume state follows a moved run folder: paths it saved under the
+    checkpoint folder of another location (best, last, the k best) are read as the same files under this one.
+    Lightning itself would keep only ``best_model_path``, still pointing at the old place, and forget the rest."""
+
+    @property
+    def state_key(self) -> str:
+        # the key ModelCheckpoint stores its resume state under, so that run folders written before these
+        # subclasses existed resume with their best-so-far intact
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            state_dict = _moved_state(state_dict, str(old), str(new))
+        super().load_state_dict(state_dict)
+
+
+def _moved_state(state: dict, old: str, new: str) -> dict:
+    """``state`` with every path under the folder ``old`` moved under ``new`` (other paths unchanged)."""
+
+    def move(path):
+        if isinstance(path, str) and path.startswith(old.rstrip(os.sep) + os.sep):
+            return new.rstrip(os.sep) + path[len(old.rstrip(os.sep)) :]
+        return path
+
+    moved = {k: move(v) for k, v in state.items()}
+    moved["best_k_models"] = {move(k): v for k, v in (state.get("best_k_models") or {}).items()}
+    moved["dirpath"] = new
+    return moved
+
+
+class DevCheckpoint(RunCheckpoint):
     """``ModelCheckpoint(mode="max", save_top_k=1)`` whose ties go to the first (``>``) or last (``>=``) epoch."""
 
     def __init__(self, *args, ties: str = "first", **kwargs):
@@ -29,12 +66,6 @@ class DevCheckpoint(ModelCheckpoint):
         if self.mode != "max" or self.save_top_k != 1:
             raise CamimError("DevCheckpoint keeps the single best epoch of a maximised metric")
         self.ties = ties
-
-    @property
-    def state_key(self) -> str:
-        # the key ModelCheckpoint stores its resume state under, so that run folders written before this
-        # subclass existed resume with their best-so-far intact
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
         if self.ties == "first" or current is None or not self.best_k_models:

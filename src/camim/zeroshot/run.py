@@ -227,8 +227,8 @@ def zero_shot(
     run_config = _run_config(config, backend, builder, descriptions is not None)
     folder.write_config(run_config)
     folder.write_predictions(rows)
-    folder.write_metrics(metrics)
     _write_report(folder.path, run_config, metrics, labels.names, report, next(iter(requests.values()), None))
+    folder.write_metrics(metrics)  # last: the run folder is complete
     return ZeroShotResult(metrics=metrics, output_dir=folder.path, report=report)
 
 
