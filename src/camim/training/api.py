@@ -237,7 +237,11 @@ def _train(cfg: RunConfig, folder: RunFolder, labels, callbacks: list) -> RunRes
     loggers = build_loggers(
         cfg.trainer.loggers, folder.path, run_name=folder.path.name, tags={"preset": cfg.name}
     )
-    callbacks = [checkpoint, LogRunConfig(cfg.to_dict()), *callbacks]
+    callbacks = [
+        checkpoint,
+        LogRunConfig(folder.relative(cfg.to_dict())),
+        *callbacks,
+    ]  # as config.yaml holds it
     trainer = _trainer(cfg, folder.path, callbacks, loggers or False)
     last = folder.last_checkpoint
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)

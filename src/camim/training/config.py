@@ -12,7 +12,7 @@ every setting, and :func:`load_config` reads it back to an equal object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -244,7 +244,23 @@ def load_config(preset_or_yaml: str | Path, overrides: list[str] | dict | None =
     """Load a preset name (``tmr-cam-mi``) or a YAML file (a run folder's ``config.yaml`` included), apply
     overrides, parse and validate."""
     raw = _resolve_raw(preset_or_yaml)
-    return config_from_dict(apply_overrides(raw, overrides))
+    cfg = config_from_dict(apply_overrides(raw, overrides))
+    path = Path(preset_or_yaml)
+    return _anchored(cfg, path.parent) if path.is_file() else cfg
+
+
+def _anchored(cfg: RunConfig, folder: Path) -> RunConfig:
+    """An offline run's encoder folder in its model keys (``offline.model_keys``), relative in the
+    ``config.yaml`` of a run folder (camim.runs writes its own contents so), made absolute against ``folder``:
+    the run reads as fully resolved wherever the folder now is. Absolute values are left as they are."""
+    if not cfg.offline.enabled:
+        return cfg
+    model = cfg.model
+    for key in cfg.offline.model_keys:
+        value = getattr(model, key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            model = replace(model, **{key: str((folder / value).resolve())})
+    return replace(cfg, model=model)
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -256,7 +272,7 @@ def load_run_config(path: str | Path) -> RunConfig:
         if data["max_objects"] == model.get("max_objects", ModelConfig().max_objects):
             del data["max_objects"]
     try:
-        return config_from_dict(raw)
+        return _anchored(config_from_dict(raw), Path(path).parent)
     except CamimError as exc:
         raise CamimError(f"{path}: {exc}") from None
 
