@@ -4,10 +4,10 @@
 # (torch, transformers, lightning and torchmetrics must be present). It ends within CAMIM_GPU_CHECK_S seconds
 # (default 465, under 8 minutes): each stage has its own budget, which the benchmark treats as an end time,
 # and no stage runs past the overall deadline. JSON and logs are written under OUT_DIR as they go, so a run cut
-# short still leaves what it measured. A variant or run that fails is said and written as failed, the stage goes on
-# with the next, and the stage exits 1; gpu_check exits 1 when any stage did (or was stopped), naming them.
+# short still leaves what it measured. A variant or run that fails is said and written as failed, the stage
+# goes on with the next and exits 1; gpu_check exits 1 when any stage did (or was killed), naming them.
 #
-#   benchmarks/gpu_check.sh [OUT_DIR] [--small]     # --small: tiny sizes, about a minute's CPU check
+#   benchmarks/gpu_check.sh [OUT_DIR] [--small]     # --small: tiny sizes, a CPU check of under 4 minutes
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-gpu-check}"

@@ -240,8 +240,8 @@ def failed_exit(rows: list[dict], what: str = "variants") -> int:
     failed = [r for r in rows if r.get("status") == "failed"]
     if not failed:
         return 0
-    names = ", ".join(" ".join(str(v) for k, v in r.items() if k in ("variant", "preset", "mode", "batch", "seed"))
-                      for r in failed)  # fmt: skip
+    keys = ("variant", "preset", "mode", "batch", "seed")  # what names a row in each benchmark
+    names = ", ".join(" ".join(str(v) for k, v in r.items() if k in keys) for r in failed)
     print(f"{len(failed)} of {len(rows)} {what} failed: {names}", flush=True)
     return 1
 
@@ -328,9 +328,10 @@ def profile_variant(name: str, step, run_batch: MREBatch, args, device, left: fl
     with survive(row, f"  profile {name}", budget_cut=left is not None), time_limit(left):
         row.update(profile_step(step, run_batch, args.profile, device))
     if row["status"] == "ok":
-        print(f"  profile {name}: wall {row['wall_ms_per_step']} ms/step, GPU busy {row['gpu_busy_ms_per_step']} "
-              f"ms/step, {row['kernels_per_step']} kernels/step, {row['aten_ops_per_step']} aten ops/step, "
-              f"{row['casts_per_step']} casts/step", flush=True)  # fmt: skip
+        print(f"  profile {name}: wall {row['wall_ms_per_step']} ms/step, GPU busy "
+              f"{row['gpu_busy_ms_per_step']} ms/step, {row['kernels_per_step']} kernels/step, "
+              f"{row['aten_ops_per_step']} aten ops/step, {row['casts_per_step']} casts/step",
+              flush=True)  # fmt: skip
         print(row["top"], flush=True)
     return row
 

@@ -1,5 +1,6 @@
-"""The benchmarks are scripts, not a package: ``bench(name)`` imports ``benchmarks/<name>.py`` with that folder
-on ``sys.path`` (as when it runs as a file, so ``from step_speed import ...`` finds the same module)."""
+"""The benchmarks are scripts, not a package: ``bench(name)`` imports ``benchmarks/<name>.py`` with that
+folder on ``sys.path`` (as when it runs as a file, so ``from step_speed import ...`` finds the same
+module)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ def test_step_speed_goes_on_after_a_failing_and_a_hanging_variant(bench, tmp_pat
         ("fast", "ok"),  # the variant after the failures still ran
     ]
     assert rows[1]["error"] == (
-        "RuntimeError: backend='inductor' raised: TimeoutError: compile worker timed out Set TORCH_LOGS=+dynamo"
+        "RuntimeError: backend='inductor' raised: TimeoutError: compile worker timed out "
+        "Set TORCH_LOGS=+dynamo"
     )
     assert rows[2]["error"] == "TimeoutError: over its 4 s limit"
     assert rows[3]["samples_per_s"] > 0 and rows[3]["ratio"] > 0

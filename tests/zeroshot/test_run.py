@@ -239,7 +239,8 @@ def test_a_refusing_server_stops_the_run_in_its_words_and_a_rerun_resumes(tiny_d
     the rerun against a healthy server asks only for the other 11 and completes."""
     exs = examples(tiny_data)
     out = tmp_path / "run"
-    detail = "The prompt has {tokens} tokens, but the model takes at most 100, prompt and answer (`--max-model-len`)."
+    detail = "The prompt has {tokens} tokens, but the model takes at most 100, prompt and answer "
+    detail += "(`--max-model-len`)."
     refusing = {"refusal": (400, {"detail": detail}), "refuse_after": 5}
     with FakeChatServer(script=gold_script(exs), **refusing) as server:
         assert main(_args(tiny_data, out, server, "--concurrency", "1")) == 1

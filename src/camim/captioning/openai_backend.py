@@ -60,6 +60,11 @@ _REFUSAL_HINT = {401: "the API key was rejected", 403: "access denied", 404: "un
 _MAX_MESSAGE = 300  # characters of a server's message kept in one line
 
 
+def _status(status: int) -> str:
+    """``HTTP 401 (the API key was rejected)``: a status, with what it means when that is always the same."""
+    return f"HTTP {status}" + (f" ({_REFUSAL_HINT[status]})" if status in _REFUSAL_HINT else "")
+
+
 class RefusalStop(CamimError):
     """The run stopped sending after ``max_refusals`` refusals in a row that retrying cannot fix."""
 
@@ -261,7 +266,7 @@ class OpenAICaptioner:
                 if not _is_retryable_status(status):
                     if refusals.refused(status, said):
                         raise self._stop(status, said, refusals) from None
-                    return CaptionResult(key, "failed", error=f"HTTP {status}: {said}", retries=retries)
+                    return CaptionResult(key, "failed", error=f"{_status(status)}: {said}", retries=retries)
                 error, detail, failure = f"HTTP {status}", f": {said}", exc
             except openai.APIConnectionError as exc:  # includes APITimeoutError
                 error = "timeout" if isinstance(exc, openai.APITimeoutError) else f"connection error: {exc}"
@@ -290,10 +295,9 @@ class OpenAICaptioner:
 
     def _stop(self, status: int, said: str, refusals: Refusals) -> RefusalStop:
         """The one-line reason a run stops sending, in the server's words."""
-        hint = f" ({_REFUSAL_HINT[status]})" if status in _REFUSAL_HINT else ""
         return RefusalStop(
-            f"{self._base_url() or 'api.openai.com'} refused {refusals.row} requests in a row with HTTP {status}"
-            f'{hint}, model {self.model!r}: "{said}"; stopped sending (retrying cannot fix this); what was '
-            f"answered before is kept ({refusals.answered} answers in this run); fix the cause, then rerun the "
-            "same command to resume"
+            f"{self._base_url() or 'api.openai.com'} refused {refusals.row} requests in a row with "
+            f'{_status(status)}, model {self.model!r}: "{said}"; stopped sending (retrying cannot fix '
+            f"this); what was answered before is kept ({refusals.answered} answers in this run); fix the "
+            "cause, then rerun the same command to resume"
         )

@@ -249,7 +249,8 @@ def _build_labels(state: dict[str, torch.Tensor], hvpnet: bool, labels: list[str
     rows = state[fc].shape[0] if fc in state else None
     if rows is None or rows == len(MNRE_LABELS):
         return MNRE_LABELS, None
-    problem = f"the classifier ({fc}) has {rows} rows, not MNRE's {len(MNRE_LABELS)}: pass the label names (--labels)"
+    problem = f"the classifier ({fc}) has {rows} rows, not MNRE's {len(MNRE_LABELS)}: "
+    problem += "pass the label names (--labels)"
     return [f"label_{i}" for i in range(rows)], problem
 
 
