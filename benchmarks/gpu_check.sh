@@ -4,9 +4,10 @@
 # (torch, transformers, lightning and torchmetrics must be present). It ends within CAMIM_GPU_CHECK_S seconds
 # (default 465, under 8 minutes): each stage has its own budget, which the benchmark treats as an end time,
 # and no stage runs past the overall deadline. JSON and logs are written under OUT_DIR as they go, so a run cut
-# short still leaves what it measured.
+# short still leaves what it measured. A variant or run that fails is said and written as failed, the stage
+# goes on with the next and exits 1; gpu_check exits 1 when any stage did (or was killed), naming them.
 #
-#   benchmarks/gpu_check.sh [OUT_DIR] [--small]     # --small: tiny sizes, about a minute's CPU check
+#   benchmarks/gpu_check.sh [OUT_DIR] [--small]     # --small: tiny sizes, a CPU check of under 4 minutes
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-gpu-check}"
@@ -70,10 +71,17 @@ run_stage() {
     timeout -k 5 $((budget + 10)) "$@" --budget-s "$budget" --started-at "$(date +%s.%N)"
 }
 
+# stage_done NAME STATUS: say a stage's exit status and remember the stages that failed
+failed=""
+stage_done() {
+    echo "$1 exit $2"
+    [ "$2" -eq 0 ] || failed="${failed:+$failed, }$1"
+}
+
 run_stage step_speed "$step_budget" $((rerun_budget + e2e_budget + 35)) \
     "$py" benchmarks/step_speed.py "${step_args[@]}" \
     --compile-cache "${CAMIM_COMPILE_CACHE:-/tmp/camim-compile-cache}" --json "$out/step_speed.json" 2>&1 | tee "$out/step_speed.log"
-echo "step_speed exit ${PIPESTATUS[0]}"
+stage_done step_speed "${PIPESTATUS[0]}"
 
 echo "== step_speed again: fast-regional with the compile caches of the run above (second-run warm-up)"
 # a second run only if the first one finished its regional compile; say which this is
@@ -90,9 +98,10 @@ PY
 run_stage "step_speed rerun" "$rerun_budget" $((e2e_budget + 15)) \
     "$py" benchmarks/step_speed.py "${rerun_args[@]}" \
     --compile-cache "${CAMIM_COMPILE_CACHE:-/tmp/camim-compile-cache}" --json "$out/step_speed_rerun.json" 2>&1 | tee "$out/step_speed_rerun.log"
-echo "step_speed rerun exit ${PIPESTATUS[0]}"
+stage_done "step_speed rerun" "${PIPESTATUS[0]}"
 
 run_stage gpu_e2e "$e2e_budget" 0 \
     "$py" benchmarks/gpu_e2e.py "${e2e_args[@]}" --json "$out/gpu_e2e.json" 2>&1 | tee "$out/gpu_e2e.log"
-echo "gpu_e2e exit ${PIPESTATUS[0]}"
-echo "gpu_check done in $((SECONDS - start)) s"
+stage_done gpu_e2e "${PIPESTATUS[0]}"
+echo "gpu_check done in $((SECONDS - start)) s${failed:+; stages with failures: $failed}"
+[ -z "$failed" ]

@@ -27,8 +27,11 @@ the Python API with a timing callback, and one line per run is printed (flushed)
 ``--image-cache`` lets the fast runs read the decoded-image cache (``data.image_cache_dir``, built by the
 first of them). ``fast`` runs twice by default (``--repeat-fast 2``), the second time with the first run's
 compile cache and image cache in place. ``--json PATH`` is rewritten after every run. ``--budget-s S`` is an
-end time: a run still going when S seconds have passed is stopped (reported as failed), and a run is not
-started with less than ``MIN_RUN_S`` (20 s) left (said in the output). ``--small`` uses tiny encoders and
+end time: a run still going when S seconds have passed is stopped (``"status": "stopped"``), and a run is
+not started with less than ``MIN_RUN_S`` (20 s) left (said in the output); neither is a failure. A run that
+fails (its process exits non-zero, e.g. on a compile error, or runs past ``--run-timeout-s``) is printed and
+written in the JSON with ``"status": "failed"`` and its one-line ``error``, and the next run starts; the exit
+status is 1 when any run failed. ``--small`` uses tiny encoders and
 images (CPU check).
 
     python benchmarks/gpu_e2e.py [--presets tmr-cam-mi hvpnet-cam-mi] [--train 960] [--json out.json]
@@ -198,7 +201,38 @@ def one_run(args) -> None:
     print(RESULT_PREFIX + json.dumps(row), flush=True)
 
 
-def main() -> None:
+def child_run(cmd: list[str], env: dict, limit: float | None) -> dict:
+    """Run one child process (``--child``) within ``limit`` seconds -> its RESULT row; an exception saying
+    why when it fails (its exit status and last lines) or runs over its limit."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"over its {limit:.0f} s limit") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def print_run(row: dict, preset: str, label: str, profile_batches: int) -> None:
+    """The line of a finished run (and its profile's summary)."""
+    num = lambda v, w, f=".1f": f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+    print(f"{preset:<16}{label:<8}{num(row['wall_s'], 8)}{num(row['epoch_s'], 9)}{num(row['warmup_s'], 11)}"
+          f"{num(row['samples_per_s'], 11)}{num(row['vs_plain'], 9, '.2f')}{'x' if row['vs_plain'] else ' '}"
+          f"{num(row['between_ms_per_batch'], 12)}{num(row['step_ms_per_batch'], 9)}", flush=True)  # fmt: skip
+    prof = row.get("profile")
+    if prof and "skipped" in prof:
+        print(f"  profile skipped: {prof['skipped']}", flush=True)
+    elif prof:
+        print(f"  profile of the last {profile_batches} batches: wall {prof['wall_ms_per_step']} ms/batch, "
+              f"GPU busy {prof['gpu_busy_ms_per_step']} ms/batch, {prof['kernels_per_step']} kernels/batch, "
+              f"{prof['aten_ops_per_step']} aten ops/batch", flush=True)  # fmt: skip
+        print(prof["top"], flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--child``, one run); the exit status is 1 when a run failed."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tmr-cam-mi", "hvpnet-cam-mi"])
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
@@ -230,16 +264,17 @@ def main() -> None:
     ap.add_argument("--world", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.warm_batches < 1:
         ap.error("--warm-batches must be at least 1 (the steady state starts after them)")
     if args.child:
         one_run(args)
-        return
+        return 0
 
     import torch
-    from step_speed import budget_clock  # benchmarks/ is on sys.path: this script runs as a file
+    from step_speed import budget_clock, failed_exit, survive  # benchmarks/ is on sys.path (run as a file)
 
+    from camim.io import atomic_write_text
     from camim.synthetic import WorldConfig, generate_world
 
     t_start = budget_clock(args.started_at)
@@ -262,10 +297,10 @@ def main() -> None:
     print(f"{'preset':<16}{'mode':<8}{'wall s':>8}{'epoch s':>9}{'warm-up s':>11}{'samples/s':>11}{'vs plain':>10}"
           f"{'between ms':>12}{'step ms':>9}", flush=True)  # fmt: skip
 
-    def save() -> None:
+    def save() -> None:  # atomic: a benchmark killed while writing leaves the previous JSON whole
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+            atomic_write_text(args.json, json.dumps(results, indent=1))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # plain and fast for every preset first (the target), then the released step (the step benchmark's
@@ -279,7 +314,7 @@ def main() -> None:
         label = mode if k <= 1 else f"fast#{k}"
         row = {"preset": preset, "mode": label}
         used = time.perf_counter() - t_start
-        limit = args.run_timeout_s
+        limit, budget_cut = args.run_timeout_s, False
         if args.budget_s is not None:  # the budget is an end time: a run gets at most what is left
             left = args.budget_s - used
             if left < MIN_RUN_S:
@@ -290,41 +325,24 @@ def main() -> None:
                 results["runs"].append(row)
                 save()
                 continue
-            limit = left if limit is None else min(limit, left)
+            budget_cut = limit is None or left < limit  # a timeout then is the budget's end, not a failure
+            limit = left if budget_cut else limit
         out = work / f"{preset}-{mode}-{k}"
         cmd = [sys.executable, __file__, "--child", "--preset", preset, "--world", str(world), "--out", str(out),
                "--warm-batches", str(args.warm_batches),
                "--profile-batches", str(args.profile_batches if (mode, k) == ("fast", 1) else 0), "--overrides",
                *overrides_for(preset, text, vision, args, mode, work)]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=limit)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                raise RuntimeError(f"exit {proc.returncode}: {' | '.join(tail)}"[:400])
-            row.update(json.loads(lines[-1][len(RESULT_PREFIX) :]))
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            row["error"] = f"{type(exc).__name__}: {exc}"[:400]
-            print(f"{preset:<16}{label:<8}  failed: {row['error']}", flush=True)
-        else:
+        results["runs"].append(row)
+        with survive(row, f"{preset:<16}{label:<8}", budget_cut):
+            save()  # "running": a benchmark killed during this run leaves it so
+            row.update(child_run(cmd, env, limit))
+        if row["status"] == "ok":
             rate = row["samples_per_s"]
             if k == 1 and rate:
                 rates[(preset, mode)] = rate
             plain_rate = rates.get((preset, "plain"))
             row["vs_plain"] = round(rate / plain_rate, 2) if rate and plain_rate else None
-            num = lambda v, w, f=".1f": f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
-            print(f"{preset:<16}{label:<8}{num(row['wall_s'], 8)}{num(row['epoch_s'], 9)}{num(row['warmup_s'], 11)}"
-                  f"{num(rate, 11)}{num(row['vs_plain'], 9, '.2f')}{'x' if row['vs_plain'] else ' '}"
-                  f"{num(row['between_ms_per_batch'], 12)}{num(row['step_ms_per_batch'], 9)}", flush=True)  # fmt: skip
-            prof = row.get("profile")
-            if prof and "skipped" in prof:
-                print(f"  profile skipped: {prof['skipped']}", flush=True)
-            elif prof:
-                print(f"  profile of the last {args.profile_batches} batches: wall {prof['wall_ms_per_step']} ms/batch, "
-                      f"GPU busy {prof['gpu_busy_ms_per_step']} ms/batch, {prof['kernels_per_step']} kernels/batch, "
-                      f"{prof['aten_ops_per_step']} aten ops/batch", flush=True)  # fmt: skip
-                print(prof["top"], flush=True)
-        results["runs"].append(row)
+            print_run(row, preset, label, args.profile_batches)
         save()
     for preset in args.presets:  # the ratio step_speed.py reports, here for a whole epoch
         fast, released = rates.get((preset, "fast")), rates.get((preset, "released"))
@@ -339,7 +357,8 @@ def main() -> None:
     print(f"total {results['total_s']} s", flush=True)
     if tmp:
         tmp.cleanup()
+    return failed_exit(results["runs"], "runs")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,8 +28,11 @@ Each variant's line is printed (flushed) the moment it is measured: samples/s of
 ``--rounds`` rounds of ``--steps`` steps), the ratio to ``released`` at the same batch size, and the warm-up
 seconds (the ``--warmup`` untimed steps: compile, graph capture, cuDNN autotuning) in a column of its own.
 ``--json PATH`` rewrites a JSON file after every variant. ``--budget-s S`` is an end time: a variant running
-when S seconds have passed is stopped (reported as failed, "over its limit") and what no longer fits is
-skipped (said in the output); ``--variant-timeout-s`` stops one variant that hangs (e.g. in compile) sooner.
+when S seconds have passed is stopped (``"status": "stopped"``, "over its limit") and what no longer fits is
+skipped (said in the output); neither is a failure. ``--variant-timeout-s`` stops one variant that hangs
+(e.g. in compile) sooner, as a failure. A variant that fails (an exception, a compile error, its timeout) is
+printed and written in the JSON with ``"status": "failed"`` and its one-line ``error``, and the next variant
+runs; the exit status is 1 when any variant (or profile) failed.
 
 ``--small`` (the default without CUDA; ``--real`` overrides it): tiny BERT (2 x 128) / ResNet (4 basic stages, 16..128 channels),
 64-px images. Without ``--small`` on a GPU: bert-base and ResNet-50 configs, 224-px images (the paper's
@@ -48,12 +51,14 @@ import copy
 import dataclasses
 import json
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from camim.io import atomic_write_text
 from camim.models import build_model
 from camim.models.batch import MREBatch
 from camim.optim import build_optimizer
@@ -200,6 +205,47 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of ``exc`` on one line of at most ``limit`` characters (an inductor compile error
+    spans a page; its first lines say which)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def survive(row: dict, label: str, budget_cut: bool = False):
+    """One variant or run of a benchmark (also used by gpu_e2e.py and offline_mnre.py): ``row["status"]``
+    is ``running`` inside (write the JSON then: a process killed mid-variant leaves it so), ``ok`` after,
+    or ``failed`` with ``row["error"]`` the one-line reason when it raised (a compile error, ``time_limit``'s
+    timeout, a failed child run). A failure is printed and swallowed, so the benchmark goes on with the
+    next; Ctrl-C is not caught. ``budget_cut``: its time limit is the ``--budget-s`` end time, so a timeout
+    is ``stopped`` (the budget's choice, as a variant skipped for it), not a failure. Test
+    ``row["status"] == "ok"`` after the block."""
+    row["status"] = "running"
+    try:
+        yield row
+    except Exception as exc:  # noqa: BLE001 - any failure of one variant: report it and go on
+        stopped = budget_cut and isinstance(exc, TimeoutError)
+        row.update(status="stopped" if stopped else "failed", error=one_line(exc))
+        print(
+            f"{label}  {'stopped at the end of the budget' if stopped else 'failed'}: {row['error']}",
+            flush=True,
+        )
+    else:
+        row["status"] = "ok"
+
+
+def failed_exit(rows: list[dict], what: str = "variants") -> int:
+    """The exit status of a benchmark over ``rows``: 1 (and a line naming them) when some failed, else 0."""
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if not failed:
+        return 0
+    keys = ("variant", "preset", "mode", "batch", "seed")  # what names a row in each benchmark
+    names = ", ".join(" ".join(str(v) for k, v in r.items() if k in keys) for r in failed)
+    print(f"{len(failed)} of {len(rows)} {what} failed: {names}", flush=True)
+    return 1
+
+
 def budget_clock(started_at: float | None) -> float:
     """The ``time.perf_counter()`` reading at which a ``--budget-s`` clock starts: ``started_at`` (Unix time,
     e.g. a launcher's, so the imports count), else now (also used by gpu_e2e.py)."""
@@ -240,7 +286,58 @@ def profile_summary(prof, steps: int, wall_s: float, device: torch.device) -> di
     }
 
 
-def main() -> None:
+def measure(base, batch: MREBatch, speed_cfg: SpeedConfig, frozen: bool, device, args, row: dict):
+    """One variant at one batch size: its model (a copy of ``base``), optimiser and step, ``--warmup``
+    untimed steps (``row["warmup_s"]``), then the best samples/s of ``--rounds`` -> (step, batch, rate)."""
+    model, run_batch = copy.deepcopy(base), batch
+    if frozen:
+        model, run_batch = frozen_visual(model.to(device), batch, device)
+    model = apply_fast_mode(model, speed_cfg, device).train()
+    opt = build_optimizer(model, lr=2e-5, multi_tensor=bool(speed_cfg.resolved(device).fused_optimizer))
+    step, run_batch = FastStep(model, opt, speed_cfg, device), run_batch.to(device)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step(run_batch)
+    sync(device)
+    row["warmup_s"] = round(time.perf_counter() - t0, 2)
+    rate = max(time_steps(step, run_batch, args.steps, device) for _ in range(args.rounds))
+    return step, run_batch, rate
+
+
+def report_variant(row: dict, name: str, b: int, rate: float, released: float | None, step, graphs_on: bool):
+    """Fill ``row`` with a measured variant's figures (the ratio against ``released`` at the same batch
+    size) and print its line."""
+    row["samples_per_s"] = round(rate, 1)
+    row["ratio"] = round(rate / released, 2) if released else None
+    graphs = step.forward_backward.stats.as_dict()
+    if graphs_on:
+        row["graphs"] = graphs
+    row["compiled_regions"] = len(step.compiled_regions)
+    ratio = f"{row['ratio']:>7.2f}x" if row["ratio"] else f"{'-':>8}"
+    note = f"  (eager steps: {graphs['eager_reasons']})" if graphs["eager_steps"] and graphs_on else ""
+    print(f"{name:<24}{b:>6}{rate:>11.1f}{ratio}{row['warmup_s']:>11.1f}{note}", flush=True)
+
+
+def profile_variant(name: str, step, run_batch: MREBatch, args, device, left: float | None) -> dict:
+    """torch.profiler over ``args.profile`` steps of a measured variant, within the budget ``left``: its
+    summary, ``{"skipped": why}`` without time left, or a failed row (a profile that fails is a failure)."""
+    if left is not None and left < MIN_VARIANT_S:
+        print(f"  profile {name} skipped: no time left in the budget", flush=True)
+        return {"variant": name, "skipped": "no time left in the budget"}
+    row: dict = {"variant": name}
+    with survive(row, f"  profile {name}", budget_cut=left is not None), time_limit(left):
+        row.update(profile_step(step, run_batch, args.profile, device))
+    if row["status"] == "ok":
+        print(f"  profile {name}: wall {row['wall_ms_per_step']} ms/step, GPU busy "
+              f"{row['gpu_busy_ms_per_step']} ms/step, {row['kernels_per_step']} kernels/step, "
+              f"{row['aten_ops_per_step']} aten ops/step, {row['casts_per_step']} casts/step",
+              flush=True)  # fmt: skip
+        print(row["top"], flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; the exit status is 1 when a variant (or a profile) failed."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny configs (the default without CUDA)")
     ap.add_argument(
@@ -267,7 +364,7 @@ def main() -> None:
     ap.add_argument("--compile-cache", default=None, help="inductor cache folder (speed.compile_cache_dir)")
     ap.add_argument("--profile", type=int, default=0, help="profile --profile-variants for N steps")
     ap.add_argument("--profile-variants", nargs="+", default=["released", "fast"], choices=list(VARIANTS))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t_start = budget_clock(args.started_at)
 
     def budget_left() -> float | None:
@@ -299,10 +396,10 @@ def main() -> None:
           f"after {args.warmup} warm-up steps", flush=True)  # fmt: skip
     print(f"{'variant':<24}{'batch':>6}{'samples/s':>11}{'ratio':>8}{'warm-up s':>11}", flush=True)
 
-    def save() -> None:
+    def save() -> None:  # atomic: a process killed while writing leaves the previous JSON whole
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+            atomic_write_text(args.json, json.dumps(results, indent=1))
 
     batches = {b: random_batch(b, size, args.real_crops, vocab, gen) for b in args.batch_sizes}
     released: dict[int, float] = {}
@@ -312,6 +409,7 @@ def main() -> None:
                 results["skipped"].append({"variant": name, "batch": b, "reason": "--first-batch-only"})
                 continue
             limit, left = args.variant_timeout_s, budget_left()
+            budget_cut = False  # whether the limit is the budget's end time rather than --variant-timeout-s
             if left is not None:  # the budget is an end time: a variant gets at most what is left
                 if left < MIN_VARIANT_S:
                     used = time.perf_counter() - t_start
@@ -320,63 +418,28 @@ def main() -> None:
                     results["skipped"].append({"variant": name, "batch": b, "reason": "budget"})
                     save()
                     continue
-                limit = left if limit is None else min(limit, left)
+                budget_cut = limit is None or left < limit
+                limit = left if budget_cut else limit
             speed_cfg, frozen = VARIANTS[name]
             if args.compile_cache:
                 speed_cfg = SpeedConfig(**{**speed_cfg.__dict__, "compile_cache_dir": args.compile_cache})
             row = {"variant": name, "batch": b}
+            results["rows"].append(row)
             step = run_batch = None
-            try:
+            with survive(row, f"{name:<24}{b:>6}", budget_cut):
+                save()  # "running": a process killed in this variant leaves it so
                 with time_limit(limit):
-                    model, run_batch = copy.deepcopy(base), batch
-                    if frozen:
-                        model, run_batch = frozen_visual(model.to(device), batch, device)
-                    model = apply_fast_mode(model, speed_cfg, device).train()
-                    opt = build_optimizer(
-                        model, lr=2e-5, multi_tensor=bool(speed_cfg.resolved(device).fused_optimizer)
-                    )
-                    step, run_batch = FastStep(model, opt, speed_cfg, device), run_batch.to(device)
-                    t0 = time.perf_counter()
-                    for _ in range(args.warmup):
-                        step(run_batch)
-                    sync(device)
-                    row["warmup_s"] = round(time.perf_counter() - t0, 2)
-                    rate = max(time_steps(step, run_batch, args.steps, device) for _ in range(args.rounds))
-            except Exception as exc:  # noqa: BLE001 - report and go on with the next variant
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                print(f"{name:<24}{b:>6}  failed: {row['error']}", flush=True)
-            else:
+                    step, run_batch, rate = measure(base, batch, speed_cfg, frozen, device, args, row)
+            if row["status"] == "ok":
                 if name == "released":
                     released[b] = rate
-                row["samples_per_s"] = round(rate, 1)
-                row["ratio"] = round(rate / released[b], 2) if released.get(b) else None
-                graphs = step.forward_backward.stats.as_dict()
-                if speed_cfg.resolved(device).cuda_graphs:
-                    row["graphs"] = graphs
-                row["compiled_regions"] = len(step.compiled_regions)
-                ratio = f"{row['ratio']:>7.2f}x" if row["ratio"] else f"{'-':>8}"
-                note = ""
-                if graphs["eager_steps"] and speed_cfg.resolved(device).cuda_graphs:
-                    note = f"  (eager steps: {graphs['eager_reasons']})"
-                print(f"{name:<24}{b:>6}{rate:>11.1f}{ratio}{row['warmup_s']:>11.1f}{note}", flush=True)
+                report_variant(
+                    row, name, b, rate, released.get(b), step, speed_cfg.resolved(device).cuda_graphs
+                )
                 if args.profile and name in args.profile_variants and b == args.batch_sizes[0]:
-                    left = budget_left()
-                    try:
-                        if left is not None and left < MIN_VARIANT_S:
-                            raise TimeoutError("no time left in the budget")
-                        with time_limit(left):
-                            prof = profile_step(step, run_batch, args.profile, device)
-                    except TimeoutError as exc:
-                        results["profile"][name] = {"skipped": str(exc)}
-                        print(f"  profile {name} skipped: {exc}", flush=True)
-                    else:
-                        results["profile"][name] = prof
-                        print(f"  profile {name}: wall {prof['wall_ms_per_step']} ms/step, GPU busy "
-                              f"{prof['gpu_busy_ms_per_step']} ms/step, {prof['kernels_per_step']} kernels/step, "
-                              f"{prof['aten_ops_per_step']} aten ops/step, {prof['casts_per_step']} casts/step",
-                              flush=True)  # fmt: skip
-                        print(prof["top"], flush=True)
-            results["rows"].append(row)
+                    results["profile"][name] = profile_variant(
+                        name, step, run_batch, args, device, budget_left()
+                    )
             save()
             del step, run_batch
             if cuda:
@@ -384,7 +447,8 @@ def main() -> None:
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     save()
     print(f"total {results['total_s']} s", flush=True)
+    return failed_exit(results["rows"] + list(results["profile"].values()))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -141,3 +141,69 @@ def test_a_bad_sample_line_of_a_split_is_named_as_the_data_layer_names_it(tmp_pa
         split_image_ids(data, "val")
     (data / "val.jsonl").write_text('{"img_id": "a.jpg"}\n{"img_id": 553009}\n', encoding="utf-8")
     assert split_image_ids(data, "val") == ["a.jpg", "553009"]
+
+
+@pytest.mark.parametrize(
+    "refusal, said",
+    [
+        (
+            {
+                "refusal": (
+                    400,
+                    {"error": {"message": "The prompt has 2008 tokens, but the model takes at most 256"}},
+                )
+            },
+            "HTTP 400, model 'm': \"The prompt has 2008 tokens, but the model takes at most 256\"",
+        ),
+        (
+            {"api_key": "right"},
+            "HTTP 401 (the API key was rejected), model 'm': \"Incorrect API key provided\"",
+        ),
+        (
+            {"models": {"other"}},
+            "HTTP 404 (unknown model or endpoint), model 'm': \"The model `m` does not exist.\"",
+        ),
+    ],
+)
+def test_caption_stops_on_refusals_in_its_words_keeps_the_cache_and_resumes(
+    tmp_path: Path, capsys, monkeypatch, refusal: dict, said: str
+):
+    """`camim caption` against a server that refuses what retrying cannot fix: one line in the server's words
+    after --max-refusals (3) requests, not one per image; the captions already cached stay; a rerun against a
+    healthy server asks only for the missing images."""
+    monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+    items = draw_images(tmp_path / "images", 12)
+    out = tmp_path / "captions.jsonl"
+    args = ["caption", "--images", str(tmp_path / "images"), "--model", "m", "--output", str(out)]
+    args += ["--concurrency", "1", "--no-progress"]
+    with FakeChatServer() as server:
+        assert main([*args, "--base-url", server.base_url, "--limit", "4"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    with FakeChatServer(**refusal) as server:
+        assert main([*args, "--base-url", server.base_url]) == 1
+        assert len(server.requests) == 3  # --max-refusals, then it stopped sending
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("camim: error: ")
+    assert f"refused 3 requests in a row with {said}; stopped sending" in err
+    assert "what was answered before is kept (0 answers in this run)" in err
+    assert out.read_bytes() == before  # the cache is untouched
+    with FakeChatServer() as server:
+        assert main([*args, "--base-url", server.base_url]) == 0
+        assert len(server.requests) == 8  # only the missing images
+    assert "12 images: 8 captioned now" in capsys.readouterr().out
+    final = read_cache(out)
+    assert sorted(r.img_id for r in final.records) == sorted(i.img_id for i in items)
+    assert not final.bad_lines and not final.partial_tail
+
+
+def test_caption_retries_transient_errors_and_succeeds(tmp_path: Path, capsys):
+    items = draw_images(tmp_path / "images", 4)
+    out = tmp_path / "captions.jsonl"
+    with FakeChatServer(faults=[429, 503]) as server:
+        args = ["caption", "--images", str(tmp_path / "images"), "--model", "m", "--output", str(out)]
+        assert main([*args, "--base-url", server.base_url, "--backoff", "0.01", "--no-progress"]) == 0
+        assert [r.status for r in server.requests].count(200) == 4 and len(server.requests) == 12
+    printed = capsys.readouterr().out
+    assert "4 captioned now" in printed and "0 failed; 8 retries" in printed
+    assert {r.img_id for r in read_cache(out).records} == {i.img_id for i in items}

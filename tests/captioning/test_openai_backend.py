@@ -8,7 +8,7 @@ import pytest
 from camim.captioning.base import GenerationConfig
 from camim.captioning.cache import PAPER_PROMPT, prompt_hash, read_cache
 from camim.captioning.images import ImageItem
-from camim.captioning.openai_backend import OpenAIBackendConfig, OpenAICaptioner
+from camim.captioning.openai_backend import OpenAIBackendConfig, OpenAICaptioner, Refusals, RefusalStop
 from camim.captioning.runner import caption_images
 from camim.captioning.testing import expected_caption
 from camim.errors import CamimError
@@ -109,18 +109,85 @@ def test_exhausted_retries_fail_the_image_and_a_rerun_completes(server, images, 
 def test_bad_key_and_unknown_model_stop_the_run(server, images, tmp_path, monkeypatch):
     server.state.api_key = "right"
     monkeypatch.setenv("MY_KEY", "wrong")
-    with pytest.raises(CamimError, match="API key was rejected"):
-        caption_images(images, _captioner(server, api_key_env="MY_KEY"), tmp_path / "c.jsonl", progress=False)
-    assert len(server.requests) < len(images)  # stopped early, not one failure per image
+    with pytest.raises(CamimError, match='API key was rejected.*: "Incorrect API key provided"; stopped'):
+        caption_images(
+            images,
+            _captioner(server, api_key_env="MY_KEY", concurrency=2),
+            tmp_path / "c.jsonl",
+            progress=False,
+        )
+    assert 3 <= len(server.requests) <= 4  # max_refusals (3) plus the other request in flight, not 12
     monkeypatch.setenv("MY_KEY", "right")
     server.state.models = {"other-model"}
-    with pytest.raises(CamimError, match="unknown model"):
+    with pytest.raises(CamimError, match='unknown model.*: "The model `tiny-vlm` does not exist."'):
         caption_images(images, _captioner(server, api_key_env="MY_KEY"), tmp_path / "c.jsonl", progress=False)
     server.state.models = None
     report = caption_images(
         images[:2], _captioner(server, api_key_env="MY_KEY"), tmp_path / "c.jsonl", progress=False
     )
     assert report.captioned == 2 and server.requests[-1].authorization == "Bearer right"
+
+
+@pytest.mark.parametrize(
+    "body, said",
+    [
+        ({"error": {"message": "image too large"}}, "image too large"),  # OpenAI, vLLM
+        ({"object": "error", "message": "image too large", "code": 400}, "image too large"),
+        ({"detail": "image too large"}, "image too large"),  # FastAPI: transformers serve
+        (
+            {"detail": [{"loc": ["body", "max_tokens"], "msg": "must be > 0"}, {"msg": "bad"}]},
+            "must be > 0; bad",
+        ),
+        ("image\n   too large", "image too large"),  # a text body, on one line
+        ({"error": {"code": 400}}, "Error code: 400"),  # nothing said: the client's words
+    ],
+)
+def test_a_refusal_fails_its_request_with_the_servers_words(server, images, tmp_path, body, said):
+    server.state.refusal = (400, body)
+    out = tmp_path / "c.jsonl"
+    report = caption_images(images[:2], _captioner(server, concurrency=1), out, progress=False)
+    assert (report.failed, report.retries, len(server.requests)) == (2, 0, 2)  # no retry, no stop (2 < 3)
+    assert report.problems["failed"] == [f"{i.img_id}: HTTP 400: {said}" for i in images[:2]]
+    assert read_cache(out).records == []
+
+
+def test_refusals_in_a_row_stop_sending_and_keep_what_was_answered(server, images, tmp_path):
+    out = tmp_path / "c.jsonl"
+    message = "The prompt has 2008 tokens, but the model takes at most 256 tokens"
+    server.state.refusal, server.state.refuse_after = (400, {"error": {"message": message}}), 4
+    with pytest.raises(RefusalStop) as stop:
+        caption_images(images, _captioner(server, concurrency=1), out, progress=False)
+    said = str(stop.value)
+    assert (
+        f"refused 3 requests in a row with HTTP 400, model 'tiny-vlm': \"{message}\"; stopped sending" in said
+    )
+    assert "what was answered before is kept (4 answers in this run)" in said and "\n" not in said
+    assert len(server.requests) == 4 + 3  # 4 answers, then 3 refusals: not the 8 images left
+    _assert_all_captioned(out, images[:4])
+    # more requests in flight: the run stops within max_refusals + concurrency - 1 requests
+    server.state.requests.clear()
+    with pytest.raises(RefusalStop):
+        caption_images(images, _captioner(server, concurrency=4, max_refusals=2), out, progress=False)
+    assert 2 <= len(server.requests) <= 2 + 4 - 1
+    server.state.refusal = None  # a healthy server: the rerun asks only for the 8 missing images
+    server.state.requests.clear()
+    report = caption_images(images, _captioner(server), out, progress=False)
+    assert (report.skipped_done, report.captioned, len(server.requests)) == (4, 8, 8)
+    _assert_all_captioned(out, images)
+
+
+def test_only_identical_refusals_in_a_row_count_numbers_aside():
+    refusals = Refusals(3)
+    assert not refusals.refused(400, "The prompt has 2008 tokens, at most 256")
+    assert not refusals.refused(400, "The prompt has 2011 tokens, at most 256")  # another prompt's length
+    assert refusals.refused(400, "The prompt has 1999 tokens, at most 256")
+    refusals.answer()  # an answer breaks the row
+    assert [refusals.refused(400, "image too large") for _ in range(3)] == [False, False, True]
+    refusals.refused(401, "image too large")  # another status starts a new row
+    assert (refusals.row, refusals.answered) == (1, 1)
+    assert not refusals.refused(400, "image too large") and not refusals.refused(
+        400, "no image in the request"
+    )
 
 
 def test_no_key_and_no_server_is_a_clear_error(images, tmp_path, monkeypatch):

@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 
 from camim.captioning.cache import read_cache
-from camim.captioning.released import export_released, import_released, read_released_json, source_of
+from camim.captioning.released import (
+    export_released,
+    import_released,
+    read_released_json,
+    read_released_txt,
+    source_of,
+)
 from camim.errors import CamimError, DataError
 
 ROWS = [
@@ -17,6 +23,7 @@ ROWS = [
 
 
 def _txt(path: Path, rows=ROWS, newline: str = "\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes("".join(repr(r) + newline for r in rows).encode("utf-8"))
     return path
 
@@ -163,7 +170,7 @@ def test_import_keeps_the_last_of_duplicate_captions_and_warns(tmp_path: Path, c
     assert main(["caption", "import", str(src), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert (
-        f"warning: {src}: 1 img_ids have several different captions; the last one is kept (first: 'a.jpg')"
+        f"warning: {src}: 1 img_ids have several different captions, the last one is used (first: 'a.jpg')"
         in printed
     )
     assert "4 captions read, 2 written" in printed
@@ -182,3 +189,38 @@ def test_import_keeps_the_last_of_duplicate_captions_and_warns(tmp_path: Path, c
         == 0
     )
     assert read_cache(tmp_path / "l.jsonl").records[0].text == "café"
+
+
+def test_import_warns_on_captions_that_differ_across_files_as_validate_does(tmp_path: Path, capsys):
+    """Of two files captioning the same image differently, import keeps the first (.txt before .json; then
+    the order given; the output's own caption before any file's) and warns with `camim data validate`'s
+    words for the same pair; texts equal up to whitespace are not a difference."""
+    from tests.training.conftest import write_tiny_mnre
+
+    from camim.cli import main
+
+    data = write_tiny_mnre(tmp_path / "data", n_train=4, n_eval=2)
+    txt = data / "caption" / "minicpm_train.txt"
+    rows = [{"img_id": r.img_id, "text": r.text} for r in read_released_txt(txt)]
+    texts = {Path(r["img_id"]).stem: r["text"] for r in rows}
+    texts["train_1"] = "another caption"  # differs
+    texts["train_2"] = "  " + texts["train_2"].replace(" ", "   ") + "\n"  # whitespace only: the same
+    json_file = data / "caption" / "minicpm_train.json"
+    json_file.write_text(json.dumps(texts))
+    assert main(["data", "validate", str(data)]) in (0, 1)
+    validate = [ln for ln in capsys.readouterr().out.splitlines() if "captions differ" in ln]
+    assert validate == [f"warning: {json_file}: 1 captions differ from {txt}"]
+    out = tmp_path / "c.jsonl"
+    assert main(["caption", "import", str(json_file), str(txt), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [ln for ln in printed if "captions differ" in ln] == [
+        f"{validate[0]}, whose captions are kept (first: 'train_1.jpg')"
+    ]
+    imported = {r.img_id: r.text for r in read_cache(out).records}
+    assert imported == {r["img_id"]: r["text"] for r in rows}  # the .txt's captions: the first kept
+    # a second .txt after the first, and the output itself as the earlier source
+    other = _txt(tmp_path / "other" / "minicpm_train.txt", [{"img_id": "train_0.jpg", "text": "changed"}])
+    report = import_released([other], out)
+    assert report.written == 0 and report.differ == {str(other): {str(out): ["train_0.jpg"]}}
+    assert f"warning: {other}: 1 captions differ from {out}, whose captions are kept" in report.summary()
+    assert read_cache(out).latest()["train_0.jpg"].text == rows[0]["text"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tests.models.conftest import LABELS, make_examples, tiny_config
@@ -105,3 +107,49 @@ def test_convert_cli(camim_checkpoint, text_dir, vision_dir, tmp_path, capsys):
     loaded = load_model(tmp_path / "out")
     assert loaded.config.max_length == 128  # CLI uses the default lengths
     assert main(["convert", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "x")]) == 1
+
+
+def test_convert_names_unknown_and_missing_keys_whatever_the_labels(
+    camim_checkpoint, text_dir, vision_dir, tmp_path, capsys
+):
+    """Unknown and missing keys are named (a count and the first names, on one line) with or without
+    --labels; before, a checkpoint without its classifier said only "classifier has None rows"."""
+    _, path = camim_checkpoint
+    state = torch.load(path, weights_only=True)["state_dict"]
+    encoders = ["--text-encoder", str(text_dir), "--vision-encoder", str(vision_dir)]
+
+    def convert(state: dict, *flags: str) -> str:
+        torch.save(state, tmp_path / "ckpt.pth")  # a plain state dict, read back with weights_only=True
+        assert (
+            main(["convert", str(tmp_path / "ckpt.pth"), "--output", str(tmp_path / "o"), *encoders, *flags])
+            == 1
+        )
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    renamed = {k.replace("fc.", "head."): v for k, v in state.items()}  # the classifier under another name
+    renamed["sentence_encoder.mystery.weight"] = torch.zeros(1)
+    err = convert(renamed)
+    assert "refusing a partial load: 3 checkpoint keys have no place in the model: " in err
+    assert "['head.weight', 'head.bias', 'sentence_encoder.mystery.weight']" in err
+    assert (
+        "2 model tensors are absent from the checkpoint: ['fc.bias (model tensor classifier.fc.bias)', "
+        in err
+    )
+    assert "None rows" not in err
+    rel2id = tmp_path / "rel2id.json"
+    rel2id.write_text(json.dumps({name: i for i, name in enumerate(MNRE_LABELS)}))
+    assert convert(renamed, "--labels", str(rel2id)) == err  # the same answer with the labels
+    # a classifier of another size and an unknown key: both said, in one line
+    five = {**state, "fc.weight": torch.zeros(5, state["fc.weight"].shape[1]), "fc.bias": torch.zeros(5)}
+    err = convert({**five, "sentence_encoder.mystery.weight": torch.zeros(1)})
+    assert "1 checkpoint keys have no place in the model: ['sentence_encoder.mystery.weight']" in err
+    assert "the classifier (fc.weight) has 5 rows, not MNRE's 23: pass the label names (--labels)" in err
+    err = convert(five)  # its keys all fit: only the labels are missing
+    assert err.endswith(
+        "ckpt.pth: the classifier (fc.weight) has 5 rows, not MNRE's 23: pass the label names (--labels)\n"
+    )
+    err = convert({"encoder.layer.0.weight": torch.zeros(1), "head.weight": torch.zeros(1)})
+    assert "not a released CAMIM/TMR or HVPNeT checkpoint" in err
+    assert "its 2 keys begin ['encoder.layer.0.weight', 'head.weight']" in err

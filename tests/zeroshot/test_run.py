@@ -230,3 +230,43 @@ def test_a_killed_run_loses_nothing_and_the_rerun_repeats_no_call(tmp_path, caps
     assert len(keys) == len(set(keys)) == 40  # nothing lost, nothing twice
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == 100.0 and metrics["answers"]["json"] == 40
+
+
+def test_a_refusing_server_stops_the_run_in_its_words_and_a_rerun_resumes(tiny_data, tmp_path, capsys):
+    """The issue's `transformers serve` case: every prompt too long for the model's context, refused with HTTP
+    400 and FastAPI's ``detail`` (each prompt's own token count). After 5 answers the server starts refusing:
+    the run stops after --max-refusals (3), says why in one line with the server's words, keeps the 5 answers;
+    the rerun against a healthy server asks only for the other 11 and completes."""
+    exs = examples(tiny_data)
+    out = tmp_path / "run"
+    detail = "The prompt has {tokens} tokens, but the model takes at most 100, prompt and answer "
+    detail += "(`--max-model-len`)."
+    refusing = {"refusal": (400, {"detail": detail}), "refuse_after": 5}
+    with FakeChatServer(script=gold_script(exs), **refusing) as server:
+        assert main(_args(tiny_data, out, server, "--concurrency", "1")) == 1
+        statuses = [r.status for r in server.requests]
+        tokens = [len(r.prompt.split()) for r in server.requests[5:]]
+    assert statuses == [200] * 5 + [400] * 3  # 3 refusals, then no more requests: not the whole split
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and err.startswith("camim: error: ") and "Traceback" not in err
+    assert "refused 3 requests in a row with HTTP 400, model 'tiny-vlm': \"The prompt has " in err
+    assert f"The prompt has {tokens[-1]} tokens, but the model takes at most 100, prompt and answer" in err
+    assert "what was answered before is kept (5 answers in this run)" in err
+    assert not (out / "metrics.json").exists()  # no scores of a run that was cut short
+    kept = read_cache(out / "answers.jsonl")
+    assert len(kept.records) == 5 and not kept.bad_lines and not kept.partial_tail
+    with FakeChatServer(script=gold_script(exs)) as server:
+        assert main(_args(tiny_data, out, server)) == 0
+        assert len(server.requests) == 11  # only the samples without an answer
+    assert "16 samples, 16 requests: 11 sent now, 5 from the cache, 0 failed" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] is True and metrics["test"]["accuracy"] == 100.0
+
+
+def test_transient_errors_are_retried_and_the_run_completes(tiny_data, tmp_path, capsys):
+    exs = examples(tiny_data)
+    with FakeChatServer(script=gold_script(exs), faults=[429, 503]) as server:
+        assert main(_args(tiny_data, tmp_path / "run", server, "--limit", "3", "--max-retries", "2")) == 0
+        assert [r.status for r in server.requests].count(200) == 3 and len(server.requests) == 9
+    assert "3 sent now, 0 from the cache, 0 failed, 6 retries" in capsys.readouterr().out

@@ -39,6 +39,12 @@ def add_backend_arguments(p: argparse.ArgumentParser, max_tokens: int = 512) -> 
     oa.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     oa.add_argument("--max-retries", type=int, default=5, help="per request, on 429/5xx/timeouts")
     oa.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
+    oa.add_argument(
+        "--max-refusals",
+        type=int,
+        default=3,
+        help="stop after N refusals in a row that retrying cannot fix (HTTP 4xx, same message; default 3)",
+    )
     oa.add_argument("--max-image-side", type=int, help="downscale larger images before sending")
     tf = p.add_argument_group("transformers backend")
     tf.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
@@ -125,6 +131,7 @@ def build_backend(args: argparse.Namespace, prompt: str | None = None):
                 max_retries=args.max_retries,
                 backoff=args.backoff,
                 max_image_side=args.max_image_side,
+                max_refusals=args.max_refusals,
             )
             return OpenAICaptioner(config, generation)
         from camim.captioning.transformers_backend import TransformersBackendConfig, TransformersCaptioner

@@ -5,8 +5,12 @@ Each image goes as a base64 ``data:`` URL next to the prompt in one user message
 loop with at most ``concurrency`` in flight. Rate limits (429), server errors (5xx, 408, 409),
 timeouts and dropped connections are retried with exponential backoff and jitter (honouring a server's
 ``Retry-After``); the ``openai`` client's own retries are switched off so that retries are counted per image
-and the backoff is configurable. A bad API key, a forbidden or unknown model stops the run (``CamimError``);
-any other rejected request (say, an image too large) fails that image only.
+and the backoff is configurable. Any other 4xx answer is a refusal that retrying cannot fix: it fails that
+request only (say, an image too large), with the server's own words (:func:`server_message`), unless
+``max_refusals`` refusals come in a row with the same status and message (numbers aside: a prompt-length
+refusal names each prompt's token count), as a bad API key, an unknown model or a context too short for every
+prompt gives. Then the run stops sending (:class:`RefusalStop`, a ``CamimError`` of one line with the
+server's words); the answers received so far have been handed over, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +43,7 @@ class OpenAIBackendConfig:
     max_backoff: float = 30.0
     max_image_side: int | None = None  # downscale larger images before sending (None: send the file as is)
     extra_body: dict = field(default_factory=dict)  # server-specific request fields, e.g. vLLM's top_k
+    max_refusals: int = 3  # refusals in a row with the same status and message that stop the run
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -46,9 +52,70 @@ class OpenAIBackendConfig:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if self.max_refusals < 1:
+            raise ValueError(f"max_refusals must be >= 1, got {self.max_refusals}")
 
 
-_FATAL_STATUS = {401: "the API key was rejected", 403: "access denied", 404: "unknown model or endpoint"}
+_REFUSAL_HINT = {401: "the API key was rejected", 403: "access denied", 404: "unknown model or endpoint"}
+_MAX_MESSAGE = 300  # characters of a server's message kept in one line
+
+
+def _status(status: int) -> str:
+    """``HTTP 401 (the API key was rejected)``: a status, with what it means when that is always the same."""
+    return f"HTTP {status}" + (f" ({_REFUSAL_HINT[status]})" if status in _REFUSAL_HINT else "")
+
+
+class RefusalStop(CamimError):
+    """The run stopped sending after ``max_refusals`` refusals in a row that retrying cannot fix."""
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def server_message(body: object) -> str | None:
+    """The server's own words in an error body, on one line: ``error.message`` (OpenAI, vLLM), ``message``,
+    ``detail`` (FastAPI, e.g. ``transformers serve``; of a list of validation errors, their messages), an
+    ``error`` string, or a text body; ``None`` when it has none."""
+    if isinstance(body, str):
+        return _one_line(body) if body.strip() else None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    said_in = (
+        error.get("message") if isinstance(error, dict) else error,
+        body.get("message"),
+        body.get("detail"),
+    )
+    for said in said_in:
+        if isinstance(said, list):  # FastAPI's validation errors
+            said = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in said)
+        if isinstance(said, str) and said.strip():
+            return _one_line(said)
+    return None
+
+
+class Refusals:
+    """Counts refusals in a row across one run's requests (the decision to stop, in one place): an answer
+    breaks the row, and so does a refusal with another status or message (numbers masked)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.row = 0
+        self.last: tuple[int, str] | None = None
+        self.answered = 0
+
+    def answer(self) -> None:
+        self.row, self.last = 0, None
+        self.answered += 1
+
+    def refused(self, status: int, message: str) -> bool:
+        """Count one refusal; ``True`` when it makes ``limit`` in a row of the same kind."""
+        kind = (status, re.sub(r"\d+", "#", message))
+        self.row = self.row + 1 if kind == self.last else 1
+        self.last = kind
+        return self.row >= self.limit
 
 
 def _is_retryable_status(status: int) -> bool:
@@ -140,10 +207,11 @@ class OpenAICaptioner:
         pending = iter(requests)
         ready: list[CaptionResult] = []  # finished, not yet handed over
         wake = asyncio.Event()
+        refusals = Refusals(self.config.max_refusals)
 
         async def worker() -> None:
             for request in pending:  # the shared iterator hands each request to exactly one worker
-                ready.append(await self._answer_one(client, request))
+                ready.append(await self._answer_one(client, request, refusals))
                 wake.set()
 
         def flush() -> None:
@@ -176,7 +244,7 @@ class OpenAICaptioner:
             flush()  # what finished before an interruption is kept
             await client.close()
 
-    async def _answer_one(self, client, request: ChatRequest) -> CaptionResult:
+    async def _answer_one(self, client, request: ChatRequest, refusals: Refusals) -> CaptionResult:
         openai = self._openai
         key = request.key
         try:
@@ -194,21 +262,19 @@ class OpenAICaptioner:
                     **({"extra_body": self.config.extra_body} if self.config.extra_body else {}),
                 )
             except openai.APIStatusError as exc:
-                status = exc.status_code
-                if status in _FATAL_STATUS:
-                    raise CamimError(
-                        f"{self._base_url() or 'api.openai.com'}: {_FATAL_STATUS[status]} "
-                        f"(HTTP {status}, model {self.model!r}): {exc.message}"
-                    ) from None
+                status, said = exc.status_code, server_message(exc.body) or exc.message
                 if not _is_retryable_status(status):
-                    return CaptionResult(key, "failed", error=f"HTTP {status}: {exc.message}")
-                error, failure = f"HTTP {status}", exc
+                    if refusals.refused(status, said):
+                        raise self._stop(status, said, refusals) from None
+                    return CaptionResult(key, "failed", error=f"{_status(status)}: {said}", retries=retries)
+                error, detail, failure = f"HTTP {status}", f": {said}", exc
             except openai.APIConnectionError as exc:  # includes APITimeoutError
                 error = "timeout" if isinstance(exc, openai.APITimeoutError) else f"connection error: {exc}"
-                failure = exc
+                detail, failure = "", exc
             else:
                 if not response.choices:
                     return CaptionResult(key, "failed", error="response has no choices", retries=retries)
+                refusals.answer()
                 choice = response.choices[0]
                 return CaptionResult(
                     key,
@@ -218,10 +284,20 @@ class OpenAICaptioner:
                     finish_reason=choice.finish_reason,
                 )
             if retries >= self.config.max_retries:
-                return CaptionResult(key, "failed", error=f"{error} after {retries} retries", retries=retries)
+                error = f"{error} after {retries} retries{detail}"
+                return CaptionResult(key, "failed", error=error, retries=retries)
             delay = _retry_after(failure)
             if delay is None:
                 delay = min(self.config.backoff * 2.0**retries, self.config.max_backoff)
                 delay *= 1.0 - 0.25 * random.random()  # jitter keeps concurrent retries apart
             retries += 1
             await asyncio.sleep(delay)
+
+    def _stop(self, status: int, said: str, refusals: Refusals) -> RefusalStop:
+        """The one-line reason a run stops sending, in the server's words."""
+        return RefusalStop(
+            f"{self._base_url() or 'api.openai.com'} refused {refusals.row} requests in a row with "
+            f'{_status(status)}, model {self.model!r}: "{said}"; stopped sending (retrying cannot fix '
+            f"this); what was answered before is kept ({refusals.answered} answers in this run); fix the "
+            "cause, then rerun the same command to resume"
+        )

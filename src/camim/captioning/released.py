@@ -16,7 +16,7 @@ from pathlib import Path
 
 from camim.captioning.cache import CaptionCache, CaptionRecord, read_cache, utc_now
 from camim.data._literal import describe_literal_error, parse_literal
-from camim.data.captions import keep_last
+from camim.data.captions import keep_last, normalise_whitespace
 from camim.data.layout import CAPTION_SOURCES
 from camim.errors import CamimError, DataError
 from camim.io import DEFAULT_ENCODING, atomic_write_bytes, decode_text
@@ -39,10 +39,13 @@ _FILE_NAME = re.compile(r"^(?P<prefix>.+)_(?P<split>train|val|test)$")
 class ImportReport:
     """Per input file: (lines read, lines written); the lines read but not written were already in the
     output. ``conflicts``: per input file, the img_ids it gives several different captions (the last one is
-    imported, as the data layer's reader keeps the last)."""
+    imported, as the data layer's reader keeps the last). ``differ``: per input file, per earlier source (an
+    earlier file of this import, or the output itself), the img_ids whose caption differs from the one kept
+    from that source (whitespace aside, as ``camim data validate`` compares them)."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
+    differ: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def read(self) -> int:
@@ -57,11 +60,17 @@ class ImportReport:
         lines.append(
             f"total: {self.read} read, {self.written} written, {self.read - self.written} already present"
         )
-        for name, ids in self.conflicts.items():
+        for name, ids in self.conflicts.items():  # camim data validate's wording
             lines.append(
-                f"warning: {name}: {len(ids)} img_ids have several different captions; the last one is kept "
+                f"warning: {name}: {len(ids)} img_ids have several different captions, the last one is used "
                 f"(first: {ids[0]!r})"
             )
+        for name, sources in self.differ.items():
+            for earlier, ids in sources.items():
+                lines.append(
+                    f"warning: {name}: {len(ids)} captions differ from {earlier}, whose captions are kept "
+                    f"(first: {ids[0]!r})"
+                )
         return "\n".join(lines)
 
 
@@ -159,10 +168,14 @@ def import_released(
     """Append released caption files (``.txt`` or ``.json``) to the JSONL ``output``; captions already there
     (same img_id, model, prompt hash) are skipped, so importing twice changes nothing. Of the lines of one
     file that caption the same image, the last is imported (the data layer's rule); those with different
-    texts are counted in ``ImportReport.conflicts``."""
+    texts are counted in ``ImportReport.conflicts``. Across files, the caption imported first is kept (it is
+    in the output already); later ones that differ are counted in ``ImportReport.differ``."""
     report = ImportReport()
     # .txt before .json: of two forms of one set, the .txt (full img_ids) is the one kept.
     ordered = sorted(map(Path, paths), key=lambda p: p.suffix != ".txt")
+    kept: dict = {}  # cache key -> (whitespace-normalised text, where it comes from), the first one per key
+    for record in read_cache(output).records:
+        kept.setdefault(record.key, (normalise_whitespace(record.text), str(output)))
     with CaptionCache(output) as cache:
         for p in ordered:
             if not p.is_file():
@@ -177,8 +190,23 @@ def import_released(
             last = keep_last(((r.key, r) for r in records), conflicts, value=lambda r: r.text)
             if conflicts:
                 report.conflicts[str(p)] = [key[0] for key in conflicts]
+            differ = _differing(last.values(), kept, str(p))
+            if differ:
+                report.differ[str(p)] = differ
             report.files[str(p)] = (len(records), cache.extend(last.values()))
     return report
+
+
+def _differing(records, kept: dict, source: str) -> dict[str, list[str]]:
+    """Per earlier source, the img_ids of ``records`` whose caption differs (whitespace aside) from the one
+    ``kept`` for the same key; ``records`` new to ``kept`` are added to it as coming from ``source``."""
+    out: dict[str, list[str]] = {}
+    for record in records:
+        text = normalise_whitespace(record.text)
+        earlier = kept.setdefault(record.key, (text, source))
+        if earlier[0] != text:
+            out.setdefault(earlier[1], []).append(record.img_id)
+    return out
 
 
 def export_released(

@@ -8,8 +8,11 @@ an answer without content (cut by the server's content filter, as a refusal can 
 error status answered every time; a request that no key matches gets HTTP 400. It records
 every request, tracks how many are in flight, and injects faults: a fixed ``delay``, and per request (its
 images and last text) a list of failures answered before success (``429``, ``500``... or ``"hang"``: wait
-``hang_seconds`` so the client times out). Standalone: ``python -m camim.captioning.testing --port 8000
---delay 0.2``.
+``hang_seconds`` so the client times out). A ``refusal`` ``(status, body)`` is answered to every request
+after the first ``refuse_after`` (as a server refuses what retrying cannot fix): a ``dict`` body is sent as
+JSON, a ``str`` as plain text, and ``{tokens}`` in either becomes the word count of the request's last user
+turn (a prompt-length refusal names each prompt's own length). Standalone: ``python -m
+camim.captioning.testing --port 8000 --delay 0.2``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class ServerState:
     script: dict[str, str | int | None] | None = (
         None  # text in the last user turn -> answer (module docstring)
     )
+    refusal: tuple[int, dict | str] | None = None  # (status, body) answered after refuse_after requests
+    refuse_after: int = 0
+    received: int = 0  # requests received so far
     requests: list[RecordedRequest] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -77,10 +83,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
 
-    def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, status: int, body: dict | str, headers: dict | None = None) -> None:
+        text = isinstance(body, str)
+        data = body.encode() if text else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -117,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
             attempt = state.attempts.get(request_key, 0)
             state.attempts[request_key] = attempt + 1
+            index = state.received
+            state.received += 1
         record = RecordedRequest(
             model=body.get("model"),
             image_hash=image_hash,
@@ -140,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif state.models is not None and record.model not in state.models:
                 record.status = 404
                 self._send(404, {"error": {"message": f"The model `{record.model}` does not exist."}})
+            elif state.refusal is not None and index >= state.refuse_after:
+                record.status, body = state.refusal
+                self._send(record.status, _with_tokens(body, len(user_text.split())))
             elif isinstance(fault, int):
                 record.status = fault
                 headers = {}
@@ -187,6 +199,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
             },
         )
+
+
+def _with_tokens(body: dict | str, tokens: int) -> dict | str:
+    """``body`` with ``{tokens}`` in its strings replaced by ``tokens``."""
+    if isinstance(body, str):
+        return body.replace("{tokens}", str(tokens))
+    return json.loads(json.dumps(body).replace("{tokens}", str(tokens)))
 
 
 class FakeChatServer:

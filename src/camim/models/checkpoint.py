@@ -196,7 +196,8 @@ def released_layout(state: dict[str, torch.Tensor]) -> str:
         return "hvpnet"
     raise CamimError(
         "not a released CAMIM/TMR or HVPNeT checkpoint: no sentence_encoder.model_resnet50.* keys "
-        "(CAMIM/TMR) and no image_model.resnet.* + gates.* keys (HVPNeT's HMNeTREModel)"
+        f"(CAMIM/TMR) and no image_model.resnet.* + gates.* keys (HVPNeT's HMNeTREModel); its {len(state)} "
+        f"keys begin {list(state)[:5]}"
     )
 
 
@@ -236,28 +237,28 @@ def load_reference_checkpoint(
     return load_reference_state_dict(read_reference_state_dict(path), config, labels, source=str(path))
 
 
-def load_reference_state_dict(
-    state: dict[str, torch.Tensor],
-    config: ModelConfig | dict | None = None,
-    labels: list[str] | None = None,
-    source: str = "state dict",
-):
-    """:func:`load_reference_checkpoint` for a state dict already in memory (``source`` names it in errors)."""
-    from camim.models import build_model
+def _build_labels(state: dict[str, torch.Tensor], hvpnet: bool, labels: list[str] | None):
+    """The label names to build the model with, and why they are not the right ones (``None`` when they are).
 
-    cfg = infer_config(state, config)
-    hvpnet = cfg.name == "hvpnet"
-    if labels is None:
-        fc = "classifier.weight" if hvpnet else "fc.weight"
-        n = state[fc].shape[0] if fc in state else None
-        if n != len(MNRE_LABELS):
-            raise CamimError(f"{source}: classifier has {n} rows; pass the label names explicitly")
-        labels = MNRE_LABELS
-    with torch.device("meta"):  # the expected names and shapes, without allocating or initialising weights
-        skeleton = build_model(cfg, labels)
+    Without ``labels``, a 23-row classifier gets MNRE's labels; another row count gets placeholder names of
+    that count, so that the keys are still checked and named in the same error, with the request to pass the
+    names. A checkpoint without the classifier gets MNRE's: the classifier is then named as a missing key."""
+    if labels is not None:
+        return labels, None
+    fc = "classifier.weight" if hvpnet else "fc.weight"
+    rows = state[fc].shape[0] if fc in state else None
+    if rows is None or rows == len(MNRE_LABELS):
+        return MNRE_LABELS, None
+    problem = f"the classifier ({fc}) has {rows} rows, not MNRE's {len(MNRE_LABELS)}: "
+    problem += "pass the label names (--labels)"
+    return [f"label_{i}" for i in range(rows)], problem
+
+
+def _place(state: dict[str, torch.Tensor], skeleton, hvpnet: bool, report: ConversionReport):
+    """Map every checkpoint key onto ``skeleton``'s -> (our tensors by key, the problems: keys with no
+    place, model keys absent from the checkpoint, shape mismatches; each a count and the first names)."""
     unused, position_ids = (_HVPNET_UNUSED, _HVPNET_POSITION_IDS) if hvpnet else (_UNUSED, _POSITION_IDS)
     to_ours = _hvpnet_to_ours if hvpnet else _released_to_ours
-    report = ConversionReport()
     ours: dict[str, torch.Tensor] = {}
     source_key: dict[str, str] = {}  # our key -> the checkpoint's
     unplaced = []
@@ -279,7 +280,7 @@ def load_reference_state_dict(
         f"{released_name(k, layout, skeleton.resnet.is_timm)} (model tensor {k})"
         for k in sorted(set(expected) - set(ours))
     ]
-    unplaced += sorted(set(ours) - set(expected))
+    unplaced += sorted(source_key[k] for k in set(ours) - set(expected))
     bad_shape = [k for k in ours if k in expected and ours[k].shape != expected[k].shape]
     problems = []
     if unplaced:
@@ -291,9 +292,34 @@ def load_reference_state_dict(
             f"{source_key[k]} {tuple(ours[k].shape)} vs {tuple(expected[k].shape)}" for k in bad_shape[:5]
         ]
         problems.append(f"{len(bad_shape)} shape mismatches (check the encoder configs): {shapes}")
+    return ours, problems
+
+
+def load_reference_state_dict(
+    state: dict[str, torch.Tensor],
+    config: ModelConfig | dict | None = None,
+    labels: list[str] | None = None,
+    source: str = "state dict",
+):
+    """:func:`load_reference_checkpoint` for a state dict already in memory (``source`` names it in errors).
+
+    The keys are checked whatever the labels: unknown and missing keys are named in the same one-line error
+    as a classifier that needs ``labels``."""
+    from camim.models import build_model
+
+    cfg = infer_config(state, config)
+    hvpnet = cfg.name == "hvpnet"
+    names, label_problem = _build_labels(state, hvpnet, labels)
+    with torch.device("meta"):  # the expected names and shapes, without allocating or initialising weights
+        skeleton = build_model(cfg, names)
+    report = ConversionReport()
+    ours, problems = _place(state, skeleton, hvpnet, report)
     if problems:
+        problems += [label_problem] if label_problem else []
         raise CamimError(f"{source}: refusing a partial load: " + "; ".join(problems))
-    model = build_model(cfg, labels)
+    if label_problem:
+        raise CamimError(f"{source}: {label_problem}")
+    model = build_model(cfg, names)
     model.load_state_dict(ours, strict=True)
     report.matched = len(ours)
     model.eval()
