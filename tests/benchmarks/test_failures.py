@@ -108,8 +108,8 @@ def test_gpu_e2e_goes_on_after_a_failed_and_a_timed_out_run(bench, tmp_path, cap
 
 def test_offline_mnre_scores_the_runs_that_finished(bench, tmp_path, capsys, monkeypatch):
     offline_mnre = bench("offline_mnre")
-    import camim.training.experiment as experiment
-    import camim.training.offline as offline
+    import camim.experiments.grids as experiment
+    import camim.pretraining.offline as offline
 
     def one(preset, data_dir, run_dir, overrides, threads):
         if preset == "offline-bert" and "optim.seed=2" in overrides:
