@@ -60,3 +60,27 @@ def test_from_pretrained_pairs_save_pretrained(text_dir, vision_dir, tmp_path):
         torch.testing.assert_close(loaded(batch).logits, model(batch).logits, rtol=0, atol=0)
     with pytest.raises(CamimError, match="holds a BertRE model, not a TMR"):
         TMR.from_pretrained(tmp_path / "m")
+
+
+def test_the_load_report_is_shown_only_for_weights_not_left_out_on_purpose(tmp_path, capfd):
+    """A `camim pretrain` folder keeps its masked-LM head, which every fine-tuning run leaves out: transformers'
+    LOAD REPORT of those UNEXPECTED keys is expected and dropped; a missing weight still shows the report."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertForMaskedLM
+
+    from camim.models.encoders import load_text_encoder
+
+    cfg = BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    mlm = tmp_path / "mlm"
+    BertForMaskedLM(cfg).save_pretrained(mlm)
+    capfd.readouterr()
+    load_text_encoder(str(mlm))  # transformers logs through its own handler on stderr
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    weights = load_file(mlm / "model.safetensors")
+    del weights["bert.encoder.layer.0.output.dense.weight"]
+    save_file(weights, mlm / "model.safetensors", metadata={"format": "pt"})
+    load_text_encoder(str(mlm))
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" in err and "encoder.layer.0.output.dense.weight" in err and "MISSING" in err

@@ -7,6 +7,8 @@ of an extractor stores the encoder configs so ``load_model`` rebuilds them witho
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,12 +41,57 @@ def load_text_encoder(source: str | PretrainedConfig, pretrained: bool = True) -
         if pretrained:
             # from_pretrained returns the model in eval mode; every camim model is built in train mode like
             # any nn.Module (Lightning keeps the modes it finds, so eval here meant no dropout in fine-tuning)
-            return AutoModel.from_pretrained(source, add_pooling_layer=False).train()
+            return _encoder_from_pretrained(source).train()
         return AutoModel.from_config(AutoConfig.from_pretrained(source), add_pooling_layer=False)
     except CamimError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise _wrap("text encoder", str(getattr(source, "name_or_path", source)), exc) from exc
+
+
+#: weights of a checkpoint that a text encoder leaves out on purpose: the pooler (built without one) and the
+#: pretraining heads (the masked-LM head a `camim pretrain` folder keeps, BERT's next-sentence head)
+LEFT_OUT_ON_PURPOSE = ("pooler", "cls.predictions", "cls.seq_relationship", "lm_head")
+
+
+class _HeldReports(logging.Filter):
+    """Holds back transformers' LOAD REPORT records (and lets everything else through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+
+def _encoder_from_pretrained(source: str) -> nn.Module:
+    """``AutoModel.from_pretrained`` without a pooler. transformers' LOAD REPORT is shown as usual unless all it
+    reports is weights left out on purpose (:data:`LEFT_OUT_ON_PURPOSE`, e.g. the masked-LM head of every
+    fine-tuning run that starts from a `camim pretrain` folder): missing or mismatched weights, or any other
+    unexpected one, still show the whole report."""
+    reporter = logging.getLogger("transformers.modeling_utils")
+    held = _HeldReports()
+    reporter.addFilter(held)
+    try:
+        model, info = AutoModel.from_pretrained(source, add_pooling_layer=False, output_loading_info=True)
+    finally:
+        reporter.removeFilter(held)
+    expected = (
+        not info.get("missing_keys")
+        and not info.get("mismatched_keys")
+        and all(
+            key.startswith(LEFT_OUT_ON_PURPOSE) or f".{LEFT_OUT_ON_PURPOSE[0]}" in key
+            for key in info.get("unexpected_keys", ())
+        )
+    )
+    if not expected:
+        for record in held.records:
+            reporter.handle(record)
+    return model
 
 
 class VisionBackbone(nn.Module):
