@@ -241,3 +241,11 @@ def test_downscaling_re_encodes_large_images(server, tmp_path):
     assert report.captioned == 1
     assert read_cache(out).records[0].text != expected_caption(big)  # the server saw other (smaller) bytes
     assert read_cache(out).records[0].settings["max_image_side"] == 64
+
+
+def test_a_captioning_run_in_a_log_prints_plain_progress_lines(server, images, tmp_path, capsys):
+    """stderr is not a terminal here (captured): no bar frames, a line at the end (and every 30 s)."""
+    caption_images(images, _captioner(server), tmp_path / "c.jsonl", progress=None)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert f"captioning (tiny-vlm): {len(images)}/{len(images)} img (100.0%), " in err

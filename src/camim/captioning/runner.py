@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from camim.captioning.base import CaptionBackend, CaptionResult
 from camim.captioning.cache import CaptionCache, CaptionRecord
+from camim.progress import progress as progress_display
 
 _MAX_LISTED = 20  # problems listed per kind in a report
 
@@ -91,8 +90,7 @@ def caption_images(
         report.skipped_done = report.total - len(todo)
         if limit is not None:
             todo = todo[:limit]
-        bar = tqdm(total=len(todo), disable=(None if progress is None else not progress), unit="img")
-        bar.set_description(f"captioning ({model})")
+        bar = progress_display(len(todo), f"captioning ({model})", "img", enabled=progress)
 
         def on_results(results: list[CaptionResult]) -> None:
             records = []

@@ -89,12 +89,17 @@ def resolve_device(device: str | None = None):
 
 
 def progress_bar(items: Iterable, total: int, desc: str, enabled: bool = True):
-    """A tqdm progress bar over ``items`` (a plain iterator when disabled)."""
+    """``items`` with a progress display (:func:`camim.progress.progress`: a bar on a terminal, a line every
+    30 s in a log); a plain iterator when disabled."""
     if not enabled:
-        return items
-    from tqdm.auto import tqdm
+        yield from items
+        return
+    from camim.progress import progress
 
-    return tqdm(items, total=total, desc=desc, unit="item", dynamic_ncols=True)
+    with progress(total, desc, "item") as shown:
+        for item in items:
+            yield item
+            shown.update(1)
 
 
 @dataclass

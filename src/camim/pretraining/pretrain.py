@@ -33,7 +33,7 @@ import torch
 from camim.errors import CamimError
 from camim.io import atomic_write_text, check_encoding
 from camim.pretraining.offline import OfflineConfig
-from camim.trainer import Precision, interruptible, quiet_lightning
+from camim.trainer import Precision, interruptible, progress_callbacks, quiet_lightning
 from camim.typed import apply_overrides, differing_keys, from_mapping, to_plain
 
 log = logging.getLogger(__name__)
@@ -414,6 +414,10 @@ def _mlm_loader(cfg: PretrainConfig, tok, corpus: list[str]) -> torch.utils.data
     )  # fmt: skip
 
 
+def _last_epoch_loss(trainer: L.Trainer, module: MLMModule) -> float | None:
+    return module.epoch_losses[-1] if module.epoch_losses else None
+
+
 def _mlm_trainer(cfg: PretrainConfig, work: Path, callbacks: list) -> L.Trainer:
     """Lightning's trainer, writing ``work/last.ckpt`` (and the latest epoch) after every epoch."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -426,9 +430,11 @@ def _mlm_trainer(cfg: PretrainConfig, work: Path, callbacks: list) -> L.Trainer:
         save_on_train_epoch_end=True,
         auto_insert_metric_name=False,  # "epoch2.ckpt", not "epochepoch=2.ckpt"
     )
+    # a bar on a terminal, epoch lines in a log (with the card's epoch MLM loss)
+    bar, lines = progress_callbacks(cfg.progress_bar, "mlm_loss", epoch_loss=_last_epoch_loss)
     return L.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
-        precision=_precision(cfg), logger=False, enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False, callbacks=[checkpoint, *callbacks], limit_val_batches=0,
+        precision=_precision(cfg), logger=False, enable_progress_bar=bar,
+        enable_model_summary=False, callbacks=[checkpoint, *lines, *callbacks], limit_val_batches=0,
         num_sanity_val_steps=0, log_every_n_steps=10,
     )  # fmt: skip

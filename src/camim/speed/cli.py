@@ -29,7 +29,7 @@ def cache_images(args: argparse.Namespace) -> int:
             args.data_dir, split, caption_source=None, modalities=args.modalities, on_missing=args.on_missing
         )
         start = time.perf_counter()
-        cache = ImageCache.build(ds, folder, spec, num_workers=args.workers)
+        cache = ImageCache.build(ds, folder, spec, num_workers=args.workers, progress=None)
         print(
             f"{split}: {len(ds)} samples, {len(cache)} unique images, "
             f"{cache.data_path.stat().st_size / 2**20:.1f} MiB in {folder} "

@@ -40,6 +40,7 @@ from camim.data.types import IMAGE_MODALITIES
 from camim.errors import CamimError, DataError
 from camim.io import atomic_write_text
 from camim.models.processing import resize_center_crop
+from camim.progress import progress as progress_display
 
 FORMAT = "camim-image-cache/1"
 FULL_GEOMETRIES = ("stretch", "crop")
@@ -258,12 +259,14 @@ class ImageCache:
         batch_size: int = 16,
         commit_every: int = 256,
         stop_after: int | None = None,
+        progress: bool | None = False,
     ) -> ImageCache:
         """Cache the image modalities of ``dataset`` (an ``MNREDataset`` loading some of them).
 
         Resumes an interrupted build and adds positions missing from an earlier one; ``stop_after`` stops
         after that many newly cached samples (used to test resumption). Samples are read through the
-        dataset, so its fallbacks (``on_missing``) apply; absent images are recorded and counted.
+        dataset, so its fallbacks (``on_missing``) apply; absent images are recorded and counted. ``progress``:
+        ``None`` a bar on a terminal and a line every 30 s in a log (``camim cache-images``), ``False`` none.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -280,10 +283,12 @@ class ImageCache:
             pending, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(dataset, spec)
         )
         done = 0
-        with open(data_path, "r+b") as fh:
+        with open(data_path, "r+b") as fh, progress_display(len(pending), f"caching {directory.name}",
+                                                           "sample", enabled=progress) as shown:  # fmt: skip
             fh.seek(len(index["kinds"]) * row_bytes)
             rows = _RowWriter(fh, index)
             for item in (item for items in loader for item in items):
+                shown.update(1)
                 index["samples"][str(item["position"])] = _sample_record(item, modalities, rows, report)
                 done += 1
                 if done % commit_every == 0:

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from camim.errors import CamimError
 from camim.io import read_json
 from camim.runs import Differences, RunFolder, prediction_row
-from camim.trainer import interruptible, quiet_lightning
+from camim.trainer import interruptible, progress_callbacks, quiet_lightning
 from camim.training.config import (
     RUN_NEUTRAL_KEYS,
     DataConfig,
@@ -116,11 +116,17 @@ def _offline_folder(cfg: RunConfig, out: Path) -> Path:
 def _trainer(
     cfg: RunConfig, out: Path, callbacks: list, logger: Any = False, device: torch.device | None = None
 ) -> L.Trainer:
-    """The run's ``lightning.Trainer``; ``device`` pins it to that one device (single-process strategy)."""
+    """The run's ``lightning.Trainer``; ``device`` pins it to that one device (single-process strategy). With
+    ``trainer.progress_bar``, Lightning's bar on a terminal, and one line per epoch in a log file
+    (:func:`camim.trainer.progress_callbacks`)."""
     t = cfg.trainer
     accelerator, devices, strategy = t.accelerator, t.devices, t.strategy
-    if t.progress_bar and cfg.speed.fast:
-        callbacks = [*callbacks, throttled_progress_bar(t.log_every_n_steps)]
+    bar, lines = progress_callbacks(
+        t.progress_bar, "train/loss", None if cfg.optim.select_on == "train_loss" else "val/f1"
+    )
+    callbacks = [*callbacks, *lines]
+    if bar and cfg.speed.fast:
+        callbacks.append(throttled_progress_bar(t.log_every_n_steps))
     if device is not None:
         accelerator = "cpu" if device.type == "cpu" else t.accelerator
         devices = 1 if device.index is None else [device.index]
@@ -138,7 +144,7 @@ def _trainer(
         log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=0,
         limit_val_batches=0 if cfg.optim.select_on == "train_loss" else None,  # no val split to select on
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         callbacks=callbacks,
         logger=logger,

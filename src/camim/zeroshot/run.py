@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from camim.captioning.base import CaptionBackend, CaptionResult, ChatRequest
 from camim.captioning.cache import CaptionCache, CaptionRecord, read_cache
@@ -27,6 +26,7 @@ from camim.data import MNREDataset, default_labels
 from camim.data.descriptions import relation_descriptions
 from camim.data.layout import DataLayout
 from camim.errors import CamimError
+from camim.progress import progress as progress_display
 from camim.runs import RunFolder, prediction_row
 from camim.training.metrics import MREMetrics
 from camim.zeroshot.parse import EMPTY, JSON, TEXT, UNPARSEABLE, AnswerParser
@@ -139,8 +139,7 @@ def _ask(
     todo = [r for r in requests if (r.key, model, hashes[r.key]) not in cache.done]
     report.cached += len(requests) - len(todo)
     problems: dict[str, CaptionResult] = {}
-    bar = tqdm(total=len(todo), disable=(None if progress is None else not progress), unit="req")
-    bar.set_description(f"zero-shot ({model})")
+    bar = progress_display(len(todo), f"zero-shot ({model})", "req", enabled=progress)
 
     def on_results(results: list[CaptionResult]) -> None:
         records = []
@@ -148,6 +147,7 @@ def _ask(
             report.retries += result.retries
             if result.kind != "ok":
                 problems[result.img_id] = result
+                bar.set_postfix(failed=len(problems))
                 continue
             report.sent += 1
             report.truncated += result.finish_reason == "length"
