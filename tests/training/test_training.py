@@ -279,7 +279,9 @@ def test_speed_fast_runs_convert_no_step_metric_per_batch(tiny_mnre, tmp_path, m
     from camim.training.progress import ThrottledRichProgressBar, ThrottledTQDMProgressBar
 
     count = CountConversions(monkeypatch)
-    monkeypatch.setattr("camim.trainer.on_terminal", lambda *a: True)  # the bar is a terminal's (a log gets lines)
+    monkeypatch.setattr(
+        "camim.trainer.on_terminal", lambda *a: True
+    )  # the bar is a terminal's (a log gets lines)
     overrides = [*TINY, "optim.epochs=1", "trainer.progress_bar=true", "trainer.log_every_n_steps=100"]
     train_run("offline-bert", tiny_mnre, tmp_path / "run", overrides=[*overrides, f"speed.fast={str(fast).lower()}"],
               callbacks=[count])  # fmt: skip
