@@ -15,6 +15,21 @@ def mnre_dir() -> Path:
     return SHARED_MNRE
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped, before any fixture is built, where CUDA is absent; on a GPU machine
+    they run with the rest, or alone with ``-m gpu``."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker; run with -m gpu on a GPU machine)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """The tests run tiny models on 2 CPU cores: one intra-op thread is several times faster than

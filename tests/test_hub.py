@@ -129,6 +129,12 @@ def test_push_failures_are_one_line_errors(run, monkeypatch, tmp_path, capsys):
     assert hub.calls == []  # nothing was sent for a folder or id that is not valid
 
 
+def test_a_push_failure_with_an_empty_message_names_its_type(run, monkeypatch, tmp_path, capsys):
+    FakeHub(tmp_path / "remote", fail_with=OSError()).install(monkeypatch)
+    assert main(["push", str(run.model_dir), "me/x", "--keep-card"]) == 1
+    assert capsys.readouterr().err == "camim: error: push to me/x failed: OSError\n"
+
+
 def test_keep_card_uploads_the_card_as_it_is(run, monkeypatch, tmp_path):
     hub = FakeHub(tmp_path / "remote")
     hub.install(monkeypatch)

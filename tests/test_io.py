@@ -20,6 +20,7 @@ from camim.io import (
     atomic_write_text,
     checked_image,
     open_image,
+    read_jsonl,
     settings_hash,
     short_hash,
 )
@@ -95,6 +96,25 @@ def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
     out = io.BytesIO()
     Image.new(mode, size, 3).save(out, format="PNG")
     return out.getvalue()
+
+
+def test_read_jsonl_returns_the_objects_and_names_file_and_line_of_a_bad_one(tmp_path):
+    path = tmp_path / "p.jsonl"
+    # a byte-order mark, a CRLF line end, a blank line and no final newline
+    path.write_bytes(b'\xef\xbb\xbf{"id": 0, "p": [0.25]}\r\n\n{"id": 1}')
+    assert read_jsonl(path) == [{"id": 0, "p": [0.25]}, {"id": 1}]
+    path.write_text('{"id": 0}\n\n{"id": 1,}\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_jsonl(path)
+    assert (
+        str(err.value)
+        == f"{path}:3: not valid JSON: Expecting property name enclosed in double quotes (column 10)"
+    )
+    path.write_text('{"id": 0}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"p\.jsonl:2: expected a JSON object, got list$"):
+        read_jsonl(path)
+    with pytest.raises(DataError, match=r"missing\.jsonl: file not found"):
+        read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_open_image_decodes_to_rgb_from_a_path_bytes_or_an_image(tmp_path):

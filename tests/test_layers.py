@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("camim", "camim.errors"),
     # shared helpers: files, typed config loading, optimisers, the run folder (contract 3), Lightning settings
-    ("camim.io", "camim.typed", "camim.optim", "camim.runs", "camim.trainer"),
+    ("camim.io", "camim.typed", "camim.optim", "camim.runs", "camim.trainer", "camim.progress"),
     ("camim.data", "camim.reports"),  # reports: report.md, plots and comparison tables of finished runs
     ("camim.models",),
     ("camim.speed",),  # fast paths the training side switches on; never imports training

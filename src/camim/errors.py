@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, for a one-line error; its type name when the message is empty
+    (``OSError()``, ``RuntimeError("")``): libraries raise both multi-line and empty messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip() if text else type(exc).__name__
+
+
 class CamimError(Exception):
     """Base class of camim's user-facing errors (the CLI prints them without a traceback)."""
 

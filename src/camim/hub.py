@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from camim.errors import CamimError
+from camim.errors import CamimError, first_line
 from camim.runs import RunFolder
 
 
@@ -94,8 +94,7 @@ def push_model(
             ignore_patterns=[".*", "**/.*", "*.tmp"],
         )
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CamimError(f"push to {repo_id} failed: {message}") from None
+        raise CamimError(f"push to {repo_id} failed: {first_line(exc)}") from None
     return PushResult(repo_id, folder, str(repo_url), getattr(commit, "commit_url", None))
 
 

@@ -112,6 +112,22 @@ def read_json(path: str | Path, encoding: str = DEFAULT_ENCODING) -> object:
         raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
 
 
+def read_jsonl(path: str | Path, encoding: str = DEFAULT_ENCODING) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line (strict decoding as :func:`iter_lines`);
+    ``DataError`` naming the file and the line of the first line that is not JSON or not an object. For a
+    finished file read whole; a log that may end in a torn line is read with :class:`JsonlLog`."""
+    rows = []
+    for lineno, line in iter_lines(path, encoding):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", path, lineno)
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:

@@ -86,6 +86,18 @@ def test_untrusted_pickle_rejected(tmp_path, capsys):
         read_object_dict(tmp_path / "plain.pth")
 
 
+def test_a_torch_load_failure_with_an_empty_message_is_still_a_one_line_error(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("")  # some loaders fail without a message
+
+    monkeypatch.setattr(torch, "load", fail)
+    path = tmp_path / "o.pth"
+    path.write_bytes(b"x")
+    with pytest.raises(DataError) as err:
+        read_object_dict(path)
+    assert str(err.value) == f"{path}: cannot load as a weights-only torch file: RuntimeError"
+
+
 @pytest.mark.parametrize(
     "data,reader,problem",
     [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tests.factories import TINY_BERT, TINY_RESNET, bert_folder, resnet_folder
 
 from camim.data.types import Entity, MNREExample
 
@@ -51,38 +52,22 @@ def _train_wordpiece(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_text_dir(tmp_path_factory) -> Path:
-    """A 2-layer BERT (hidden 32) with random weights and a WordPiece vocab trained on a small corpus."""
-    from transformers import BertConfig, BertTokenizerFast
+    """A 2-layer BERT (hidden 32, config only: random weights) and a WordPiece vocab trained on a small
+    corpus."""
+    from transformers import BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny_bert")
-    vocab = _train_wordpiece(folder)
-    words = vocab.read_text(encoding="utf-8").splitlines()
-    # transformers 5 takes the vocabulary as `vocab` (a dict); the 4.x `vocab_file=` keyword is ignored there
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    words = _train_wordpiece(folder).read_text(encoding="utf-8").splitlines()
+    bert_folder(folder, words, **{**TINY_BERT, "num_attention_heads": 2, "max_position_embeddings": 128})
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
     assert tokenizer.tokenize("jack plays titans") == ["jack", "plays", "titans"]
-    tokenizer.save_pretrained(folder)
-    cfg = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    cfg.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_vision_dir(tmp_path_factory) -> Path:
     """A tiny transformers ResNet config (random weights are built from it)."""
-    from transformers import ResNetConfig
-
-    folder = tmp_path_factory.mktemp("tiny_resnet")
-    ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic"
-    ).save_pretrained(folder)
-    return folder
+    return resnet_folder(tmp_path_factory.mktemp("tiny_resnet"), **TINY_RESNET)
 
 
 def training_examples(n: int = 32, seed: int = 0) -> list[MNREExample]:

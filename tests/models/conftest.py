@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tests.factories import TINY_BERT, TINY_RESNET, bert_folder, resnet_folder
 
 from camim.data.types import Entity, MNREExample, Scores
 
@@ -21,37 +22,18 @@ LABELS = ["None", "/per/per/peer", "/per/org/member_of", "/misc/misc/part_of"]
 
 @pytest.fixture(scope="session")
 def text_dir(tmp_path_factory) -> Path:
-    """A 2-layer BERT (hidden 32) with a WordPiece vocab whose first rows mimic bert-base-uncased."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
+    """A 2-layer BERT (hidden 32, random weights) with a WordPiece vocab whose first rows mimic
+    bert-base-uncased."""
     vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(6)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab += sorted(set(WORDS)) + ["##ham", "##g", ":", "##s"]
     vocab += list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=160,
-    )
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
-    return folder
+    return bert_folder(tmp_path_factory.mktemp("tiny_bert"), vocab, weights=True, **TINY_BERT)
 
 
 @pytest.fixture(scope="session")
 def vision_dir(tmp_path_factory) -> Path:
-    """A tiny transformers ResNet (4 stages, 8..64 channels)."""
-    from transformers import ResNetConfig, ResNetModel
-
-    folder = tmp_path_factory.mktemp("tiny_resnet")
-    cfg = ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic"
-    )
-    ResNetModel(cfg).save_pretrained(folder)
-    return folder
+    """A tiny transformers ResNet (4 stages, 8..32 channels, random weights)."""
+    return resnet_folder(tmp_path_factory.mktemp("tiny_resnet"), weights=True, **TINY_RESNET)
 
 
 @pytest.fixture(scope="session")
@@ -59,14 +41,10 @@ def base_dirs(tmp_path_factory) -> dict:
     """Model-config keys for bert-base-uncased / ResNet-50 shapes (``BertConfig()``, ``ResNetConfig()``, a
     30,522-entry vocabulary with bert-base's special rows), random weights: build on ``torch.device("meta")``
     unless the test needs values."""
-    from transformers import BertConfig, BertTokenizerFast, ResNetConfig
-
-    text, vision = tmp_path_factory.mktemp("bert_base"), tmp_path_factory.mktemp("resnet50")
     vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab += [f"w{i}" for i in range(30522 - len(vocab))]
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(text)
-    BertConfig().save_pretrained(text)
-    ResNetConfig().save_pretrained(vision)
+    text = bert_folder(tmp_path_factory.mktemp("bert_base"), vocab)  # BertConfig()'s sizes
+    vision = resnet_folder(tmp_path_factory.mktemp("resnet50"))  # ResNetConfig()'s sizes
     return {
         "text_encoder": str(text),
         "vision_encoder": str(vision),

@@ -127,7 +127,7 @@ def test_object_path(fusion, cam, masked):
 
 
 def test_gate_and_final(fusion):
-    """ori_final = strong · full + weak · objects; O_final = tanh(linear_extend_pic(ori_final))."""
+    """O_gated = strong · full + weak · objects; O_final = tanh(linear_extend_pic(O_gated))."""
     strong, weak = torch.tensor([0.25, 1.0]), torch.tensor([0.75, 0.0])
     full, objects = torch.tensor([[1.0, -2.0], [3.0, 4.0]]), torch.tensor([[4.0, 8.0], [9.0, 9.0]])
     got = gate(strong, full, weak, objects)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from tests.factories import TINY_RESNET
 
 SAMPLES = [
     {
@@ -167,13 +168,7 @@ def grounding_dino_dir(tmp_path_factory) -> Path:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # transformers 5 takes the vocabulary as `vocab` (a dict); the 4.x `vocab_file=` keyword is ignored there
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    backbone = ResNetConfig(
-        embedding_size=8,
-        hidden_sizes=[8, 16, 24, 32],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        out_features=["stage2", "stage3", "stage4"],
-    )
+    backbone = ResNetConfig(**TINY_RESNET, out_features=["stage2", "stage3", "stage4"])
     text = BertConfig(
         vocab_size=len(vocab),
         hidden_size=16,

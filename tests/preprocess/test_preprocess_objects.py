@@ -107,6 +107,18 @@ def test_unsupported_detector_is_a_clear_error(vilt_dir):
         ObjectDetector.from_pretrained(DetectorConfig(model=str(vilt_dir)))
 
 
+def test_a_detector_load_failure_with_an_empty_message_is_a_one_line_error(monkeypatch):
+    from transformers import AutoProcessor
+
+    def fail(*args, **kwargs):
+        raise OSError()
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", fail)
+    with pytest.raises(CamimError) as err:
+        ObjectDetector.from_pretrained(DetectorConfig(model="some/detector", device="cpu"))
+    assert str(err.value) == "cannot load detector 'some/detector': OSError"
+
+
 def test_prepare_objects_writes_released_layout_and_resumes(data_dir, detector):
     reports = prepare_objects(data_dir, "train", detector, progress=False)
     assert [r.step for r in reports] == ["objects", "generated_objects"]

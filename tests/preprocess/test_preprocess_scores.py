@@ -76,6 +76,18 @@ def test_non_vilt_model_is_a_clear_error(owlvit_dir):
         ScoreEstimator.from_pretrained(ScoreConfig(model="/nonexistent/folder"))
 
 
+def test_a_score_model_load_failure_with_an_empty_message_is_a_one_line_error(monkeypatch):
+    from transformers import AutoConfig
+
+    def fail(*args, **kwargs):
+        raise ValueError("")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", fail)
+    with pytest.raises(CamimError) as err:
+        ScoreEstimator.from_pretrained(ScoreConfig(model="some/vilt", device="cpu"))
+    assert str(err.value) == "cannot load score model 'some/vilt': ValueError"
+
+
 def test_prepare_scores_with_itm_writes_per_sample_values_and_resumes(data_dir, estimator):
     report = prepare_scores(data_dir, "train", estimator, progress=False)
     assert report.processed == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 from tests.preprocess.conftest import SAMPLES, CallCounter, write_data_dir
 
 from camim.errors import CamimError
+from camim.preprocess import translation
 from camim.preprocess.translation import (
     TranslationConfig,
     TranslationGenerator,
@@ -37,6 +39,17 @@ def test_missing_diffusers_is_a_clear_error(monkeypatch):
         import_diffusers()
     with pytest.raises(CamimError, match="diffusers"):
         TranslationGenerator.from_pretrained(TranslationConfig(model="unused"))
+
+
+def test_a_pipeline_load_failure_with_an_empty_message_is_a_one_line_error(monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError()
+
+    pipelines = SimpleNamespace(AutoPipelineForText2Image=SimpleNamespace(from_pretrained=fail))
+    monkeypatch.setattr(translation, "import_diffusers", lambda: pipelines)
+    with pytest.raises(CamimError) as err:
+        TranslationGenerator.from_pretrained(TranslationConfig(model="some/sd", device="cpu"))
+    assert str(err.value) == "cannot load diffusion model 'some/sd': OSError"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """What CPU can check of the GPU speed path: no graph breaks, compiled = eager, regional compilation, and the
-step that owns its backward (the CUDA-graph path's contract) training exactly like the plain step."""
+step that owns its backward (the CUDA-graph path's contract) training exactly like the plain step. The tests
+marked ``gpu`` check the same on CUDA: graph replay and compiled code against the eager step (they are
+skipped without a CUDA device; ``pytest -m gpu`` runs them alone)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from camim.optim import build_optimizer
 from camim.speed.config import SpeedConfig
 from camim.speed.fast import FastStep, apply_fast_mode, compile_cache_dir, compile_regions
 from camim.speed.graphs import ForwardBackward, GraphedForwardBackward, batch_signature
+
+FP32 = {"fast": True, "bf16": False, "fused_optimizer": True, "channels_last": False}  # the fast step, fp32
 
 VARIANTS = [
     ("bert", {}),
@@ -116,8 +120,19 @@ def test_speed_config_refuses_inconsistent_switches():
             SpeedConfig(fast=True, cuda_graphs=True, compile=mode)
     with pytest.raises(CamimError, match=r"need speed.fast: true \(speed.cuda_graphs is set\)"):
         SpeedConfig(cuda_graphs=True)
+
+
+def test_cuda_graphs_are_chosen_on_cuda_unless_crops_are_skipped(monkeypatch):
+    """What ``resolved("cuda")`` decides, checked without a GPU by making CUDA look available (the config
+    only asks ``torch.cuda.is_available()``; no tensor is moved)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_cuda = SpeedConfig(fast=True).resolved("cuda")
+    assert (on_cuda.cuda_graphs, on_cuda.bf16, on_cuda.fused_optimizer, on_cuda.channels_last) == (True,) * 4
     # skipping crops makes shapes vary: graphs are never chosen automatically then, even on CUDA
     assert SpeedConfig(fast=True, skip_padded_crops=True).resolved("cuda").cuda_graphs is False
+    assert SpeedConfig(fast=True).resolved("cpu").cuda_graphs is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert SpeedConfig(fast=True).resolved("cuda").cuda_graphs is False  # asked for CUDA, none there
 
 
 def test_cuda_graphs_refuse_cpu(text_dir, vision_dir):
@@ -185,3 +200,76 @@ def test_graph_warm_up_restores_the_persistent_buffers_only(text_dir, vision_dir
     assert id(model.resnet.features_0) not in ids
     running = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert running and all(id(r) in ids for r in running)
+
+
+# ------------------------------------------------------------------------------------------ on CUDA only
+
+
+def _fast_steps(model, **switches) -> tuple[FastStep, FastStep]:
+    """An eager fp32 fast step and one with ``switches``, each on its own copy of ``model`` on CUDA (the
+    other switches resolved for CUDA alike)."""
+    steps = []
+    for cfg in (SpeedConfig(**FP32, compile="none", cuda_graphs=False), SpeedConfig(**FP32, **switches)):
+        copy_ = apply_fast_mode(copy.deepcopy(model), cfg, "cuda")
+        steps.append(FastStep(copy_, build_optimizer(copy_, lr=1e-3), cfg, "cuda"))
+    return steps[0], steps[1]
+
+
+def _assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_trains_like_the_eager_step(text_dir, vision_dir):
+    """Replayed steps give the eager step's losses and updates: on a new batch of the same shapes (the static
+    inputs are refilled), and on a smaller batch (a graph of its own, param.grad pointed at its buffers).
+    Eval mode: no dropout, whose masks a replay draws at other RNG offsets than the eager step."""
+    model, batch_a = _model_and_batch(text_dir, vision_dir, "tmr", {"cam": "both", "mi": True})
+    batch_b = model.processor(make_examples(4, seed=1))
+    batch_c = model.processor(make_examples(3, seed=2))
+    assert batch_signature(batch_b) == batch_signature(batch_a) != batch_signature(batch_c)
+    eager, graphed = _fast_steps(model, compile="none", cuda_graphs=True)
+    assert isinstance(graphed.forward_backward, GraphedForwardBackward)
+    for batch in (batch_a, batch_b, batch_a, batch_c):
+        torch.testing.assert_close(graphed(batch), eager(batch), rtol=1e-4, atol=1e-6)
+    _assert_same_parameters(eager.model, graphed.model)
+    stats = graphed.forward_backward.stats
+    assert (stats.captures, stats.replays, stats.eager_steps) == (2, 4, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,extra", [VARIANTS[0], VARIANTS[2], VARIANTS[5]], ids=lambda v: str(v))
+def test_compiled_logits_equal_eager_on_cuda(text_dir, vision_dir, name, extra):
+    torch._dynamo.reset()
+    model, batch = _model_and_batch(text_dir, vision_dir, name, extra)
+    model, batch = model.to("cuda"), batch.to("cuda")
+    with torch.no_grad():
+        ref = model(batch)
+        compiled = torch.compile(model, backend="inductor", dynamic=False)(batch)
+    torch.testing.assert_close(compiled.logits, ref.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.loss, ref.loss, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["regional", "default"])
+def test_compiled_training_step_equals_eager_on_cuda(text_dir, vision_dir, tmp_path, monkeypatch, mode):
+    """Forward, loss and backward through the compiled model give the eager losses and gradients (compared
+    before any optimiser step: AdamW's first update is about lr * sign(g), which would magnify rounding in a
+    near-zero gradient into a visible parameter change)."""
+    torch._dynamo.reset()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))  # restored after the test
+    model, batch = _model_and_batch(text_dir, vision_dir, "tmr", {"cam": "both", "mi": True})
+    # cuda_graphs stated: left automatic it would resolve on, and compile inside graphs is refused
+    eager, compiled = _fast_steps(
+        model, compile=mode, cuda_graphs=False, compile_cache_dir=str(tmp_path / "cache")
+    )
+    assert compiled.cfg.compile == mode
+    assert (len(compiled.compiled_regions) == 5) == (mode == "regional")
+    for seed in (0, 1):  # the second call runs the compiled code again (no recompile for equal shapes)
+        batch = model.processor(make_examples(4, seed=seed))
+        ref, out = (step.forward_backward(step.prepare(batch)) for step in (eager, compiled))
+        torch.testing.assert_close(out.loss, ref.loss, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
+        for (name, p), q in zip(eager.model.named_parameters(), compiled.model.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)

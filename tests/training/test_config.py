@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.factories import TINY_RESNET, resnet_folder
 
 from camim.errors import CamimError
 from camim.experiments.grids import grid_rows, load_grids
@@ -141,8 +142,6 @@ def test_epoch_seeded_sampler_is_a_permutation_fixed_by_seed_and_epoch():
 @pytest.fixture(scope="module")
 def tiny_encoders(tiny_mnre, tmp_path_factory):
     """A tiny offline BERT folder (own vocabulary) and a tiny transformers ResNet folder."""
-    from transformers import ResNetConfig, ResNetModel
-
     from camim.pretraining.offline import build_offline_encoder
 
     from .conftest import TINY
@@ -150,9 +149,7 @@ def tiny_encoders(tiny_mnre, tmp_path_factory):
     root = tmp_path_factory.mktemp("enc")
     cfg = load_config("offline-bert", TINY)
     text = build_offline_encoder(cfg.offline, tiny_mnre, root / "bert")
-    vision = root / "resnet"
-    rc = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 16], depths=[1, 1, 1, 1], layer_type="basic")
-    ResNetModel(rc).save_pretrained(vision)
+    vision = resnet_folder(root / "resnet", weights=True, **{**TINY_RESNET, "hidden_sizes": [8, 8, 8, 16]})
     return text, vision
 
 

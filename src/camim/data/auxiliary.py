@@ -19,7 +19,7 @@ from pathlib import Path
 from camim.data.captions import image_stem
 from camim.data.samples import OnError
 from camim.data.types import Scores
-from camim.errors import DataError
+from camim.errors import DataError, first_line
 from camim.io import DEFAULT_ENCODING, iter_lines, read_json
 
 # The documented fallback for a sample without scores: both paths weighted equally.
@@ -126,9 +126,7 @@ def _load_torch_dict(path: Path) -> dict:
     except FileNotFoundError:
         raise DataError("file not found", path) from None
     except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError ...
-        raise DataError(
-            f"cannot load as a weights-only torch file: {str(exc).splitlines()[0]}", path
-        ) from None
+        raise DataError(f"cannot load as a weights-only torch file: {first_line(exc)}", path) from None
     return data
 
 

@@ -6,8 +6,8 @@ correlation gating and the shared final projection (reference §1.5).
     full path     = fine + P(Σ_q O_F),  P = tanh with CAM, identity for TMR        (full_image_path)
     coarse        = Σ_m tanh(att(linear_q_coarse(o_m), linear_k_coarse(H_phr), linear_v_coarse(H_phr)))
     object path   = coarse + tanh(mean_m o_m) with CAM, + Σ_m o_m for TMR          (object_path)
-    ori_final     = strong_ori · full path + weak_ori · object path                (gate)
-    O_final       = tanh(linear_extend_pic(ori_final)), G_final likewise (shared layer)
+    O_gated       = strong_ori · full path + weak_ori · object path                (gate; released: ori_final)
+    O_final       = tanh(linear_extend_pic(O_gated)), G_final likewise (shared layer)
 
 The attention keys are the main text encoder's states H_text (the paper's T_W), unmasked as released;
 given masks, padded keys are masked and padded query rows dropped from the sums. With ``sum_pooling=False``

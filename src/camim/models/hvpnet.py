@@ -144,10 +144,9 @@ class HVPNeT(MREModel):
             if batch.caption_input_ids is None:
                 raise CamimError("hvpnet + CAM needs captions (batch.caption_input_ids is None)")
             c_mask = batch.caption_attention_mask
-            c_w = self.bert2(
-                input_ids=batch.caption_input_ids, attention_mask=c_mask
-            ).last_hidden_state  # C_W
-            c_s = mean_pool(c_w, c_mask, cfg.fidelity.pad_inclusive_mean)  # C_S
+            # C_W and C_S: the caption's word- and sentence-level features
+            c_w = self.bert2(input_ids=batch.caption_input_ids, attention_mask=c_mask).last_hidden_state
+            c_s = mean_pool(c_w, c_mask, cfg.fidelity.pad_inclusive_mean)
             guide = (c_s, c_w, None if cfg.fidelity.unmasked_attention else c_mask)
         past, main_tokens = self.visual_prefix(batch, guide)
         n_prefix = past[0][0].shape[2]

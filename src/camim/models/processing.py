@@ -176,9 +176,8 @@ class MREProcessor:
                 rows.append(tok.convert_tokens_to_ids(tok.tokenize(p)))
         ids, mask = self._pad(rows, self.config.phrase_max_length)
         if self.config.fidelity.phrase_unmasked:
-            mask = torch.ones_like(
-                mask
-            )  # what 4.11.3 computed from the released all-zero mask (reference §7.4)
+            # what transformers 4.11.3 computed from the released all-zero mask (reference §7.4)
+            mask = torch.ones_like(mask)
         return ids, mask
 
     # -------------------------------------------------------------- images

@@ -10,7 +10,8 @@ projected by ``linear_pic``:
 - +CAM: the Caption-Aware Module (one shared instance) runs per stream -- guided by the caption (C_S, C_W)
   on the original side and by the text window (T_S, T_W) on the generated side -- giving O_F / G_F and
   per-object 89-token maps; pooled terms tanh(Σ O_F) and tanh(mean_m Σ O_obj[m]).
-- Fusion (Eq. 15-16), strong/weak gating by the correlation scores, O_final / G_final, classifier over
+- Fusion (Eq. 15-16): strong/weak gating by the correlation scores gives O_gated / G_gated (the released
+  ``ori_final`` / ``dif_final``), projected to O_final / G_final; classifier over
   [h_head ; h_tail ; phrase ; O_final ; G_final] (Eq. 17-18), InfoNCE (Eq. 20-22), loss (Eq. 23).
 
 Text-caption mode (``visual_mode="text-caption"``, ``_text_caption_forward``; the offline regime: text + captions, no images, objects
@@ -19,7 +20,7 @@ or scores). The two branches keep their roles with the caption standing in for t
 - original branch = caption-guided attention over the text: P_O = linear_pic(T_W), guided by (C_S, C_W);
 - generated branch = text-guided attention over the caption: P_G = linear_pic(C_W), guided by (T_S, T_W)
   (the generated image is a rendering of the text; the caption is the other modality's description);
-- no object path and no scores: ori_final = fine + pooled (the released gate with strong = 1).
+- no object path and no scores: O_gated = fine + pooled (the released gate with strong = 1).
 Everything else (fusion over the main text states, classifier, InfoNCE between O_final and G_final) is the
 released computation, so the caption reaches the prediction through CAM and through the MI loss.
 """
@@ -140,21 +141,18 @@ class TMR(MREModel):
         if self.config.uses_cam:
             s, w, w_mask = guide
             rep = lambda t: None if t is None else t.repeat_interleave(m, dim=0)  # noqa: E731
-            feats, mask = self.cam(
-                self.linear_pic(F_obj.flatten(0, 1)), rep(s), rep(w), rep(w_mask)
-            )  # per object
+            # Eq. (5)-(14) per object: the m crops of each sample are m rows of one CAM batch
+            feats, mask = self.cam(self.linear_pic(F_obj.flatten(0, 1)), rep(s), rep(w), rep(w_mask))
             o = masked_sum(feats, self._mask(mask)).view(b, m, -1)  # o_m: Σ over the 89 tokens of each object
-        else:
-            o = self.linear_pic(
-                F_obj.sum(dim=2)
-            )  # TMR: Σ over the 49 patches of each object, then linear_pic
+        else:  # TMR: Σ over the 49 patches of each object, then linear_pic
+            o = self.linear_pic(F_obj.sum(dim=2))
         return self.fusion.object_path(o, H_phr, phr_mask, cam=self.config.uses_cam)
 
     # -------------------------------------------------------------- forward
     def _images_forward(
         self, batch: MREBatch, guides: dict | None, H_text, text_mask, H_phr, phr_mask
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The paper's setting (images mode) -> (ori_final, dif_final), the gated inputs of Eq. (15)/(16)'s
+        """The paper's setting (images mode) -> (O_gated, G_gated), the gated inputs of Eq. (15)/(16)'s
         final projection."""
         for name in ("image", "generated_image", "objects", "generated_objects"):
             if getattr(batch, name) is None and getattr(batch, f"{name}_rows") is None:
@@ -172,31 +170,31 @@ class TMR(MREModel):
         O_F, O_mask = self._stream(self.linear_pic(F_V), None, guide_O)  # Eq. (5), (7)-(11): O_F
         G_F, G_mask = self._stream(self.linear_pic(F_VT), None, guide_G)  # Eq. (6), (12)-(14): G_F
         weak_ori, strong_ori, weak_dif, strong_dif = batch.scores.unbind(dim=1)
-        ori_final = gate(
+        O_gated = gate(  # Eq. (15) before its final projection (released: ori_final)
             strong_ori,
             self._full_path(O_F, self._mask(O_mask), H_text, text_mask),
             weak_ori,
             self._object_path(F_O, guide_O, H_phr, phr_mask),
         )
-        dif_final = gate(
+        G_gated = gate(  # Eq. (16) before its final projection (released: dif_final)
             strong_dif,
             self._full_path(G_F, self._mask(G_mask), H_text, text_mask),
             weak_dif,
             self._object_path(F_OT, guide_G, H_phr, phr_mask),
         )
-        return ori_final, dif_final
+        return O_gated, G_gated
 
     def _text_caption_forward(self, guides: dict, H_text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """The offline regime (module docstring): the text stands in for the original image's tokens and the
-        caption for the generated image's; no objects, no scores (strong = 1) -> (ori_final, dif_final)."""
+        caption for the generated image's; no objects, no scores (strong = 1) -> (O_gated, G_gated)."""
         T_W, C_W, T_mask, C_mask = guides["T_W"], guides["C_W"], guides["T_mask"], guides["C_mask"]
         guide_O = (guides["C_S"], C_W, C_mask) if self.config.uses_cam else None  # caption-guided
         guide_G = (guides["T_S"], T_W, T_mask) if self.config.uses_cam else None  # text-guided
         O_F, O_mask = self._stream(self.linear_pic(T_W), T_mask, guide_O)  # O_F (Eq. 11), over the text
         G_F, G_mask = self._stream(self.linear_pic(C_W), C_mask, guide_G)  # G_F (Eq. 14), over the caption
-        ori_final = self._full_path(O_F, self._mask(O_mask), H_text, text_mask)
-        dif_final = self._full_path(G_F, self._mask(G_mask), H_text, text_mask)
-        return ori_final, dif_final
+        O_gated = self._full_path(O_F, self._mask(O_mask), H_text, text_mask)  # Eq. (15), strong = 1
+        G_gated = self._full_path(G_F, self._mask(G_mask), H_text, text_mask)  # Eq. (16), strong = 1
+        return O_gated, G_gated
 
     def encode(self, batch: MREBatch):
         cfg = self.config
@@ -209,11 +207,11 @@ class TMR(MREModel):
         phr_mask = None if cfg.fidelity.phrase_unmasked else phr_mask
         guides = self._guides(batch) if self.needs_bert2 else None
         if self.images:
-            ori_final, dif_final = self._images_forward(batch, guides, H_text, text_mask, H_phr, phr_mask)
+            O_gated, G_gated = self._images_forward(batch, guides, H_text, text_mask, H_phr, phr_mask)
         else:
-            ori_final, dif_final = self._text_caption_forward(guides, H_text, text_mask)
-        O_final = self.fusion.final(ori_final)  # Eq. (15): O_final
-        G_final = self.fusion.final(dif_final)  # Eq. (16): G_final
+            O_gated, G_gated = self._text_caption_forward(guides, H_text, text_mask)
+        O_final = self.fusion.final(O_gated)  # Eq. (15)
+        G_final = self.fusion.final(G_gated)  # Eq. (16)
         T = entity_states(H_text, batch.head_pos, batch.tail_pos)
         phrase = self.linear_phrases(masked_sum(H_phr, phr_mask))
         logits, F_final = self.classifier(torch.cat([T, phrase, O_final, G_final], dim=-1))  # Eq. (17)-(18)

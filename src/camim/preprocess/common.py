@@ -11,14 +11,15 @@ settings (model, thresholds, ...), so changing a setting redoes the work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from camim.data.layout import DataLayout
 from camim.data.samples import OnError, read_samples
 from camim.data.types import MNREExample
-from camim.errors import DataError
+from camim.errors import CamimError, DataError, first_line
 from camim.io import JsonlLog, checked_image, settings_hash
 
 PROGRESS_DIR = "progress"
@@ -86,6 +87,16 @@ def resolve_device(device: str | None = None):
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextmanager
+def loading_pretrained(what: str, model: str) -> Iterator[None]:
+    """Around Hugging Face ``from_pretrained`` calls: a missing or unusable ``model`` (hub id or folder;
+    ``OSError``/``ValueError``) becomes the one-line ``cannot load {what} {model!r}: <first line>``."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise CamimError(f"cannot load {what} {model!r}: {first_line(exc)}") from None
 
 
 def progress_bar(items: Iterable, total: int, desc: str, enabled: bool = True):

@@ -36,6 +36,7 @@ from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
     load_split,
+    loading_pretrained,
     progress_bar,
     progress_path,
     resolve_device,
@@ -176,13 +177,11 @@ class ObjectDetector:
         config = config or DetectorConfig()
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        try:
+        with loading_pretrained("detector", config.model):
             processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
             model = AutoModelForZeroShotObjectDetection.from_pretrained(
                 config.model, revision=config.revision
             )
-        except (OSError, ValueError) as exc:
-            raise CamimError(f"cannot load detector {config.model!r}: {str(exc).splitlines()[0]}") from None
         return cls(model.to(resolve_device(config.device)), processor, config)
 
     def detect(self, image: Image.Image, queries: Sequence[str] | None = None) -> list[Detection]:

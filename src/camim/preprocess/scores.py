@@ -42,6 +42,7 @@ from camim.preprocess.common import (
     PrepareReport,
     ProgressLog,
     load_split,
+    loading_pretrained,
     progress_bar,
     progress_path,
     resolve_device,
@@ -92,7 +93,7 @@ class ScoreEstimator:
         config = config or ScoreConfig()
         from transformers import AutoConfig, AutoProcessor, ViltForImageAndTextRetrieval
 
-        try:
+        with loading_pretrained("score model", config.model):
             model_config = AutoConfig.from_pretrained(config.model, revision=config.revision)
             if model_config.model_type != "vilt":
                 raise CamimError(
@@ -101,10 +102,6 @@ class ScoreEstimator:
                 )
             processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
             model = ViltForImageAndTextRetrieval.from_pretrained(config.model, revision=config.revision)
-        except (OSError, ValueError) as exc:
-            raise CamimError(
-                f"cannot load score model {config.model!r}: {str(exc).splitlines()[0]}"
-            ) from None
         return cls(model.to(resolve_device(config.device)), processor, config)
 
     def probability(self, image: Image.Image, text: str) -> float:

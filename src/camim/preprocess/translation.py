@@ -28,6 +28,7 @@ from camim.preprocess.common import (
     ProgressLog,
     is_valid_image,
     load_split,
+    loading_pretrained,
     progress_bar,
     progress_path,
     resolve_device,
@@ -107,18 +108,12 @@ class TranslationGenerator:
         dtype = config.dtype
         if dtype == "auto":
             dtype = "float16" if device.type == "cuda" else "float32"
-        try:
-            with (
-                warnings.catch_warnings()
-            ):  # newer diffusers prefer dtype=, older ones only know torch_dtype=
-                warnings.simplefilter("ignore", FutureWarning)
-                pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-                    config.model, revision=config.revision, torch_dtype=getattr(torch, dtype)
-                )
-        except (OSError, ValueError) as exc:
-            raise CamimError(
-                f"cannot load diffusion model {config.model!r}: {str(exc).splitlines()[0]}"
-            ) from None
+        with loading_pretrained("diffusion model", config.model), warnings.catch_warnings():
+            # newer diffusers prefer dtype=, older ones only know torch_dtype=
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
+                config.model, revision=config.revision, torch_dtype=getattr(torch, dtype)
+            )
         if config.scheduler == "euler":
             pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         return cls(pipe.to(device), config)
