@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from camim.errors import CamimError
 from camim.io import atomic_write_text, iter_lines, read_json
-from camim.typed import read_yaml_mapping
+from camim.typed import dump_yaml, read_yaml_mapping
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
@@ -174,7 +172,7 @@ class RunFolder:
     # ---- writing (each file atomically: a reader sees the old file or the new one, never a mix) ---------
     def write_config(self, config: Mapping[str, Any]) -> Path:
         """``config.yaml``, with the paths inside this folder written relative to it (:meth:`relative`)."""
-        text = yaml.safe_dump(self.relative(config), sort_keys=False, allow_unicode=True)
+        text = dump_yaml(self.relative(config))
         return atomic_write_text(self.config_path, text)
 
     def relative(self, config: Any) -> Any:

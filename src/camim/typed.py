@@ -305,18 +305,30 @@ _YamlLoader.yaml_implicit_resolvers = {
     first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:float"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+_YAML12_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
 )
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings that the YAML 1.2 loader would read as numbers (``"1e5"``):
+    it decides quoting with the same resolvers, so what it writes reads back equal."""
+
+
+_YamlDumper.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """``data`` as YAML that :func:`yaml_value` reads back equal (keys in their order; non-ASCII escaped, since
+    PyYAML writes some characters raw that its reader takes for line breaks, e.g. U+0085; ``options`` go to
+    ``yaml.dump``, e.g. ``default_flow_style=True`` for a ``--set`` value)."""
+    return yaml.dump(data, Dumper=_YamlDumper, **{"sort_keys": False, **options})
 
 
 def yaml_value(text: str) -> Any:

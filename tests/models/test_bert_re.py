@@ -62,25 +62,44 @@ def test_from_pretrained_pairs_save_pretrained(text_dir, vision_dir, tmp_path):
         TMR.from_pretrained(tmp_path / "m")
 
 
-def test_the_load_report_is_shown_only_for_weights_not_left_out_on_purpose(tmp_path, capfd):
+def test_the_load_report_is_shown_only_for_weights_not_left_out_on_purpose(tmp_path):
     """A `camim pretrain` folder keeps its masked-LM head, which every fine-tuning run leaves out: transformers'
     LOAD REPORT of those UNEXPECTED keys is expected and dropped; a missing weight still shows the report."""
+    import logging
+
     from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertForMaskedLM
 
     from camim.models.encoders import load_text_encoder
 
-    cfg = BertConfig(
-        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
-    )
-    mlm = tmp_path / "mlm"
-    BertForMaskedLM(cfg).save_pretrained(mlm)
-    capfd.readouterr()
-    load_text_encoder(str(mlm))  # transformers logs through its own handler on stderr
-    assert "LOAD REPORT" not in capfd.readouterr().err
-    weights = load_file(mlm / "model.safetensors")
-    del weights["bert.encoder.layer.0.output.dense.weight"]
-    save_file(weights, mlm / "model.safetensors", metadata={"format": "pt"})
-    load_text_encoder(str(mlm))
-    err = capfd.readouterr().err
-    assert "LOAD REPORT" in err and "encoder.layer.0.output.dense.weight" in err and "MISSING" in err
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    collect = Collect()
+    library = logging.getLogger("transformers")  # its own handlers get every record of the library
+    library.addHandler(collect)
+    try:
+        cfg = BertConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+        mlm = tmp_path / "mlm"
+        BertForMaskedLM(cfg).save_pretrained(mlm)
+        load_text_encoder(str(mlm))
+        assert not [m for m in collect.messages if "LOAD REPORT" in m]
+        weights = load_file(mlm / "model.safetensors")
+        del weights["bert.encoder.layer.0.output.dense.weight"]
+        save_file(weights, mlm / "model.safetensors", metadata={"format": "pt"})
+        load_text_encoder(str(mlm))
+        reports = [m for m in collect.messages if "LOAD REPORT" in m]
+        assert (
+            len(reports) == 1
+            and "encoder.layer.0.output.dense.weight" in reports[0]
+            and "MISSING" in reports[0]
+        )
+    finally:
+        library.removeHandler(collect)

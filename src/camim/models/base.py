@@ -19,7 +19,7 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
-from camim.errors import CamimError
+from camim.errors import CamimError, first_line
 from camim.io import atomic_path, atomic_write_text, read_json
 from camim.models.batch import MREBatch, MREOutput
 from camim.models.card import CardRun, write_model_card
@@ -136,9 +136,8 @@ class MREModel(nn.Module):
         out = MREOutput(logits=logits, mi_loss=mi_loss, features=features)
         if batch.labels is not None:
             out.ce_loss = F.cross_entropy(logits, batch.labels)  # Eq. (19)
-            out.loss = (
-                out.ce_loss if mi_loss is None else out.ce_loss + self.config.mi_alpha * mi_loss
-            )  # Eq. (23)
+            weighted_mi = None if mi_loss is None else self.config.mi_alpha * mi_loss
+            out.loss = out.ce_loss if weighted_mi is None else out.ce_loss + weighted_mi  # Eq. (23)
         return out
 
     def mutual_information(self, pair: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -195,7 +194,7 @@ class MREModel(nn.Module):
                     encoder_configs[sub.name] = AutoConfig.from_pretrained(sub)
                 except Exception as exc:  # noqa: BLE001 - a corrupt or foreign config.json: one line naming it
                     raise CamimError(
-                        f"{sub / 'config.json'}: cannot read the encoder config: {_first_line(exc)}"
+                        f"{sub / 'config.json'}: cannot read the encoder config: {first_line(exc)}"
                     ) from exc
         weights = directory / "model.safetensors"
         if not weights.is_file():
@@ -205,22 +204,17 @@ class MREModel(nn.Module):
         except CamimError as exc:
             raise CamimError(
                 f"{_bad_tokenizer_file(directory)}: cannot load the tokenizer: "
-                f"{_first_line(exc.__cause__ or exc)}"
+                f"{first_line(exc.__cause__ or exc)}"
             ) from exc
         model = model_cls(cfg, data["labels"], tokenizer=tokenizer, encoder_configs=encoder_configs)
         try:
             load_safetensors(model, str(weights), strict=True)
         except RuntimeError as exc:
-            raise CamimError(f"{weights}: weights do not match the model: {_first_line(exc)}") from exc
+            raise CamimError(f"{weights}: weights do not match the model: {first_line(exc)}") from exc
         except Exception as exc:  # noqa: BLE001 - SafetensorError (truncated/corrupt file), OSError ...
-            raise CamimError(f"{weights}: not a readable safetensors file ({_first_line(exc)})") from exc
+            raise CamimError(f"{weights}: not a readable safetensors file ({first_line(exc)})") from exc
         model.eval()
         return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

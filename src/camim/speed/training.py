@@ -115,9 +115,8 @@ class TrainingSpeed:
                     "speed.foreach_casts is off: DDP (every gradient would come out at the end of backward, so "
                     "the all-reduce could not overlap it)"
                 )
-            apply_fast_mode(
-                model, resolved, self.device
-            )  # moves the model; Lightning's later move is a no-op
+            # moves the model; Lightning's later move is a no-op
+            apply_fast_mode(model, resolved, self.device)
             self.step = FastStep(model, None, resolved, self.device)
 
     @property

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from camim.errors import CamimError
 from camim.io import check_encoding
 from camim.models.config import ModelConfig
@@ -30,6 +28,7 @@ from camim.typed import (
     deep_merge,
     describe,
     differing_keys,
+    dump_yaml,
     field_types,
     from_mapping,
     parse,
@@ -146,7 +145,7 @@ class RunConfig:
         return to_plain(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
 
 def list_presets() -> list[str]:
@@ -252,13 +251,14 @@ def load_config(preset_or_yaml: str | Path, overrides: list[str] | dict | None =
 def _anchored(cfg: RunConfig, folder: Path) -> RunConfig:
     """An offline run's encoder folder in its model keys (``offline.model_keys``), relative in the
     ``config.yaml`` of a run folder (camim.runs writes its own contents so), made absolute against ``folder``:
-    the run reads as fully resolved wherever the folder now is. Absolute values are left as they are."""
+    the run reads as fully resolved wherever the folder now is. Absolute values, and names that are no folder
+    there (a hub id), are left as they are."""
     if not cfg.offline.enabled:
         return cfg
     model = cfg.model
     for key in cfg.offline.model_keys:
         value = getattr(model, key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).is_dir():
             model = replace(model, **{key: str((folder / value).resolve())})
     return replace(cfg, model=model)
 
