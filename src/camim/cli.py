@@ -11,6 +11,7 @@ import sys
 
 from camim import __version__
 from camim.errors import CamimError
+from camim.io import NO_SPACE, no_space_message
 
 # (command module, help) pairs; each module defines register(subparsers).
 COMMAND_MODULES = [
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``camim`` command; 1 on a :class:`CamimError` (one line), 130 on Ctrl-C (also while the command
-    modules are still importing), 141 when stdout's reader went away."""
+    modules are still importing), 141 when stdout's reader went away, 1 with one line on a full disk."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -66,4 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `camim evaluate --json | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush
         return 141
+    except OSError as exc:
+        if (
+            exc.errno not in NO_SPACE
+        ):  # a full disk where camim does not write itself (Lightning's checkpoints)
+            raise
+        kept = "what was written before is intact (camim writes files whole); free space and run it again"
+        print(f"camim: error: {no_space_message(exc.filename, kept)}", file=sys.stderr)
+        return 1
     return int(rc or 0)

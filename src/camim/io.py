@@ -8,13 +8,14 @@ This module sits just above ``camim.errors``: it imports nothing else of camim, 
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import io
 import json
 import os
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,30 @@ def read_jsonl(path: str | Path, encoding: str = DEFAULT_ENCODING) -> list[dict]
     return rows
 
 
+# ------------------------------------------------------------------------------------------ a full disk
+#: the errors of a write that found no room: the device is full, or the user's quota is spent
+NO_SPACE = frozenset(
+    e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e is not None
+)
+
+
+def no_space_message(path: str | Path | None, kept: str) -> str:
+    """``<path>: no space left on device; <kept>``: the one line a full disk gives."""
+    return f"{path}: no space left on device; {kept}" if path else f"no space left on device; {kept}"
+
+
+@contextmanager
+def no_space_is_an_error(path: str | Path, kept: str | Callable[[], str]) -> Iterator[None]:
+    """A write inside that fails for want of space (:data:`NO_SPACE`) ends as one ``CamimError`` naming
+    ``path`` and saying what was kept (``kept``, or what it returns then), instead of an ``OSError`` traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise CamimError(no_space_message(path, kept if isinstance(kept, str) else kept())) from None
+        raise
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -138,14 +163,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     never share one; the file gets the usual permissions (it is created by the caller, not ``mkstemp``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with no_space_is_an_error(path, "not written: the file is as it was before (or absent)"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -301,14 +327,20 @@ class JsonlLog:
             return 0
         data = "".join(lines).encode("utf-8")
         fd = self._fd if self._fd >= 0 else self._open()
+        size = os.fstat(fd).st_size
         try:
             if self._ends_mid_line(fd):  # a previous writer died mid-line: start a fresh line after it
                 data = b"\n" + data
-            written = os.write(fd, data)
-            if written != len(data):  # pragma: no cover - only on a full disk
-                raise CamimError(f"{self.path}: short write ({written} of {len(data)} bytes)")
-            if self.fsync:
-                os.fsync(fd)
+            with no_space_is_an_error(self.path, "the lines appended before are intact"):
+                try:
+                    written = os.write(fd, data)
+                    if written != len(data):  # a full disk can take part of a write
+                        raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                    if self.fsync:
+                        os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)  # no torn line left behind: the file as it was before this append
+                    raise
         finally:
             if fd != self._fd:
                 os.close(fd)

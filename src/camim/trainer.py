@@ -1,6 +1,7 @@
 """What every Lightning run of camim shares: the precision values a ``lightning.Trainer`` takes, the console it
 prints to (Lightning's info logs and the warnings camim expects silenced), what Ctrl-C does
-(:func:`interruptible`), and what a run shows when its output goes to a log file (:class:`EpochLines`).
+(:func:`interruptible`), what a run shows when its output goes to a log file (:class:`EpochLines`), and how its
+checkpoints reach the disk (:class:`AtomicCheckpointIO`).
 
 ``camim train`` (:mod:`camim.training`) and ``camim pretrain`` (:mod:`camim.pretraining`) both build their
 trainers with these, so a setting is spelt and checked the same way in both.
@@ -8,6 +9,7 @@ trainers with these, so a setting is spelt and checked the same way in both.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import signal
@@ -21,8 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from camim.errors import Interrupted
+from camim.io import atomic_path
 from camim.progress import EVERY_S, duration, on_terminal
 
 # Lightning's precision values (lightning.Trainer(precision=...)): refused up front if misspelt
@@ -186,3 +191,18 @@ class EpochLines(L.Callback):
 
 def _number(value) -> float | None:
     return None if value is None else float(value)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each checkpoint to a temporary file beside it and renaming it into
+    place (:func:`camim.io.atomic_path`): a SIGKILL or a full disk in the middle of a save leaves the previous
+    ``last.ckpt`` whole. Lightning's own writer copies a temporary file into place, which a full disk cuts short,
+    leaving a torn ``last.ckpt`` that the next run cannot resume from."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()  # serialised first: torch's zip writer turns a full disk into a RuntimeError
+        torch.save(checkpoint, buffer)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())

@@ -31,9 +31,9 @@ import lightning as L
 import torch
 
 from camim.errors import CamimError
-from camim.io import atomic_write_text, check_encoding
+from camim.io import atomic_write_text, check_encoding, no_space_is_an_error
 from camim.pretraining.offline import OfflineConfig
-from camim.trainer import Precision, interruptible, progress_callbacks, quiet_lightning
+from camim.trainer import AtomicCheckpointIO, Precision, interruptible, progress_callbacks, quiet_lightning
 from camim.typed import apply_overrides, differing_keys, from_mapping, to_plain
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,11 @@ def pretrain(
         log.info("pretraining in %s is finished with these settings: reused", out)
         return PretrainResult(out, finished)
     quiet_lightning()
-    with interruptible(lambda: _resume_hint(out / "checkpoints" / "last.ckpt")):
+    hint = lambda: _resume_hint(out / "checkpoints" / "last.ckpt")  # noqa: E731
+    full_disk = no_space_is_an_error(
+        out, lambda: "what was written before is intact; free space and " + hint()
+    )
+    with interruptible(hint), full_disk:
         return _pretrain(cfg, data_dir, out, settings, settings_key, callbacks or [])
 
 
@@ -436,5 +440,5 @@ def _mlm_trainer(cfg: PretrainConfig, work: Path, callbacks: list) -> L.Trainer:
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
         precision=_precision(cfg), logger=False, enable_progress_bar=bar,
         enable_model_summary=False, callbacks=[checkpoint, *lines, *callbacks], limit_val_batches=0,
-        num_sanity_val_steps=0, log_every_n_steps=10,
+        num_sanity_val_steps=0, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
     )  # fmt: skip

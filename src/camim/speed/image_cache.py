@@ -38,7 +38,7 @@ from PIL import Image
 
 from camim.data.types import IMAGE_MODALITIES
 from camim.errors import CamimError, DataError
-from camim.io import atomic_write_text
+from camim.io import atomic_write_text, no_space_is_an_error
 from camim.models.processing import resize_center_crop
 from camim.progress import progress as progress_display
 
@@ -283,8 +283,11 @@ class ImageCache:
             pending, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(dataset, spec)
         )
         done = 0
-        with open(data_path, "r+b") as fh, progress_display(len(pending), f"caching {directory.name}",
-                                                           "sample", enabled=progress) as shown:  # fmt: skip
+        full_disk = no_space_is_an_error(
+            data_path, "the rows committed before are intact; the build resumes there"
+        )
+        with full_disk, open(data_path, "r+b") as fh, progress_display(len(pending), f"caching {directory.name}",
+                                                                      "sample", enabled=progress) as shown:  # fmt: skip
             fh.seek(len(index["kinds"]) * row_bytes)
             rows = _RowWriter(fh, index)
             for item in (item for items in loader for item in items):

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from camim.errors import CamimError
-from camim.io import read_json
+from camim.io import no_space_is_an_error, read_json
 from camim.runs import Differences, RunFolder, prediction_row
-from camim.trainer import interruptible, progress_callbacks, quiet_lightning
+from camim.trainer import AtomicCheckpointIO, interruptible, progress_callbacks, quiet_lightning
 from camim.training.config import (
     RUN_NEUTRAL_KEYS,
     DataConfig,
@@ -148,6 +148,7 @@ def _trainer(
         enable_model_summary=False,
         callbacks=callbacks,
         logger=logger,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -217,7 +218,11 @@ def train_run(
     folder = RunFolder(Path(output_dir))
     labels = _labels(cfg)
     _claim(folder, cfg, overwrite)  # nothing was written before; from here on the run folder is ours
-    with interruptible(lambda: _resume_hint(folder)):
+    # a full disk where camim does not write itself (Lightning's checkpoints, the trackers): one line too
+    full_disk = no_space_is_an_error(
+        folder.path, "what was written before is intact; free space and " + _resume_hint(folder)
+    )
+    with interruptible(lambda: _resume_hint(folder)), full_disk:
         _prepare_encoder(cfg, folder.path)
         folder.write_config(cfg.to_dict())
         return _train(cfg, folder, labels, callbacks or [])
