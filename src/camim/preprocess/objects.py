@@ -319,62 +319,94 @@ def prepare_objects(
         log = ProgressLog(progress_path(data_dir, k.step, split), settings)
         report.note_log(log)
         crops_dir = layout.path(data_dir, layout.crops_dir, split)
-        entries: dict[int, list] = {}
+        job = _ObjectJob(kind, detector, crops_dir, report, log, overwrite)
         image_dir = layout.path(data_dir, k.image_dir, split)
         if kind == "generated" and on_missing == "raise" and not image_dir.is_dir():
             raise DataError(
                 "no generated images: run `camim prepare translate` first, or pass --images original",
                 image_dir,
             )
+        entries: dict[int, list] = {}
         for ex in progress_bar(samples, len(samples), f"{k.step} {split}", progress):
-            key = str(ex.index)
             queries = build_queries(ex, phrases.get(ex.index))
-            rec = None if overwrite else log.done.get(key)
-            if rec is not None and (rec.get("img_id"), rec.get("queries")) != (ex.img_id, queries):
-                rec = None  # the sample (or its phrase) changed since: redo it
-            if (
-                rec is not None
-                and kind == "original"
-                and not all((crops_dir / c).is_file() for c in rec["crops"])
-            ):
-                rec = None  # a crop went missing: redo this sample
-            if rec is not None:
-                report.skipped_done += 1
-            else:
-                try:
-                    image = load_image(find_image(image_dir, ex.img_id) or image_dir / ex.img_id)
-                except DataError:
-                    if on_missing == "raise":
-                        raise
-                    report.count("missing_image")
-                    entries[ex.index] = []
-                    continue
-                dets = detector.detect(image, queries)
-                rec = {
-                    "img_id": ex.img_id,
-                    "queries": queries,
-                    "boxes": [[round(v, 2) for v in d.box] for d in dets],
-                    "scores": [round(d.score, 4) for d in dets],
-                    "labels": [d.label for d in dets],
-                }
-                if kind == "original":
-                    rec["crops"] = []
-                    for n, crop in enumerate(crop_objects(image, dets)):
-                        name = CROP_NAME.format(index=ex.index, n=n)
-                        atomic_save_image(crop, crops_dir / name)
-                        rec["crops"].append(name)
-                rec = log.append(key, rec)
-                report.processed += 1
-            entries[ex.index] = rec["crops"] if kind == "original" else rec["boxes"]
-            if not entries[ex.index]:
-                report.count("no_objects_above_threshold")
-        out_path = layout.path(data_dir, k.dict_template, split)
-        write_index_dict_json(entries, out_path)
-        report.outputs.append(str(out_path))
-        first = layout.first_existing(data_dir, k.templates, split)
-        if first is not None and first != out_path:
-            report.notes.append(
-                f"{first} exists and is read before {out_path.name}; move it away to use the new one"
-            )
+            entries[ex.index] = job.objects(ex, queries, image_dir, on_missing)
+        _write_dictionary(data_dir, split, layout, k, entries, report)
         reports.append(report)
     return reports
+
+
+@dataclass
+class _ObjectJob:
+    """One image kind's detections, sample by sample: from the progress log when done with the same settings
+    (and, for crops, their files still there), else detected now and appended to it."""
+
+    kind: str
+    detector: ObjectDetector
+    crops_dir: Path
+    report: PrepareReport
+    log: ProgressLog
+    overwrite: bool
+
+    def objects(self, ex, queries, image_dir: Path, on_missing: str) -> list:
+        """The sample's crop names (original) or boxes (generated); ``[]`` for a missing image under fallback."""
+        rec = self._done(ex, queries)
+        if rec is not None:
+            self.report.skipped_done += 1
+        else:
+            try:
+                image = load_image(find_image(image_dir, ex.img_id) or image_dir / ex.img_id)
+            except DataError:
+                if on_missing == "raise":
+                    raise
+                self.report.count("missing_image")
+                return []
+            rec = self.log.append(str(ex.index), self._detect(ex, queries, image))
+            self.report.processed += 1
+        found = rec["crops"] if self.kind == "original" else rec["boxes"]
+        if not found:
+            self.report.count("no_objects_above_threshold")
+        return found
+
+    def _done(self, ex, queries) -> dict | None:
+        rec = None if self.overwrite else self.log.done.get(str(ex.index))
+        if rec is not None and (rec.get("img_id"), rec.get("queries")) != (ex.img_id, queries):
+            return None  # the sample (or its phrase) changed since: redo it
+        crops = rec.get("crops", []) if rec is not None else []
+        if (
+            rec is not None
+            and self.kind == "original"
+            and not all((self.crops_dir / c).is_file() for c in crops)
+        ):
+            return None  # a crop went missing: redo this sample
+        return rec
+
+    def _detect(self, ex, queries, image) -> dict:
+        dets = self.detector.detect(image, queries)
+        rec = {
+            "img_id": ex.img_id,
+            "queries": queries,
+            "boxes": [[round(v, 2) for v in d.box] for d in dets],
+            "scores": [round(d.score, 4) for d in dets],
+            "labels": [d.label for d in dets],
+        }
+        if self.kind == "original":
+            rec["crops"] = []
+            for n, crop in enumerate(crop_objects(image, dets)):
+                name = CROP_NAME.format(index=ex.index, n=n)
+                atomic_save_image(crop, self.crops_dir / name)
+                rec["crops"].append(name)
+        return rec
+
+
+def _write_dictionary(
+    data_dir: Path, split: str, layout: DataLayout, k, entries: dict, report: PrepareReport
+) -> None:
+    """The split's object dictionary (JSON), and a note when an older file is read before it."""
+    out_path = layout.path(data_dir, k.dict_template, split)
+    write_index_dict_json(entries, out_path)
+    report.outputs.append(str(out_path))
+    first = layout.first_existing(data_dir, k.templates, split)
+    if first is not None and first != out_path:
+        report.notes.append(
+            f"{first} exists and is read before {out_path.name}; move it away to use the new one"
+        )

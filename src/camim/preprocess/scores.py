@@ -170,56 +170,14 @@ def prepare_scores(
     report = PrepareReport(step="scores", split=split, total=len(samples))
     if problems:
         report.count("skipped_bad_lines", len(problems))
-    strong: dict[int, tuple[float, float]] = {}
     if estimator is None:
         report.notes.append("uniform default: strong = weak = 0.5 for every sample")
         strong = {ex.index: (UNIFORM_SCORE, UNIFORM_SCORE) for ex in samples}
         report.processed = len(samples)
     else:
-        log = ProgressLog(progress_path(data_dir, "scores", split), estimator.config.output_settings())
-        report.note_log(log)
-        dirs = {
-            "ori": layout.path(data_dir, layout.image_dir, split),
-            "dif": layout.path(data_dir, layout.generated_image_dir, split),
-        }
-        if on_missing == "raise" and not dirs["dif"].is_dir():
-            raise DataError(
-                "no generated images: run `camim prepare translate` first, or pass --on-missing fallback "
-                "(uniform scores for the generated image)",
-                dirs["dif"],
-            )
-        for ex in progress_bar(samples, len(samples), f"scores {split}", progress):
-            key = str(ex.index)
-            rec = None if overwrite else log.done.get(key)
-            if rec is not None and (rec.get("img_id"), rec.get("text")) != (ex.img_id, short_hash(ex.text)):
-                rec = None  # the sample changed since: redo it
-            if rec is not None:
-                report.skipped_done += 1
-                strong[ex.index] = (rec["strong_ori"], rec["strong_dif"])
-                continue
-            values, complete = {}, True
-            for which, folder in dirs.items():
-                try:
-                    image = load_image(find_image(folder, ex.img_id) or folder / ex.img_id)
-                except DataError:
-                    if on_missing == "raise":
-                        raise
-                    report.count("missing_image" if which == "ori" else "missing_generated_image")
-                    values[which], complete = UNIFORM_SCORE, False
-                    continue
-                values[which] = estimator.probability(image, ex.text)
-            if complete:
-                log.append(
-                    key,
-                    {
-                        "img_id": ex.img_id,
-                        "text": short_hash(ex.text),
-                        "strong_ori": values["ori"],
-                        "strong_dif": values["dif"],
-                    },
-                )
-            strong[ex.index] = (values["ori"], values["dif"])
-            report.processed += 1
+        strong = _estimated_scores(
+            data_dir, split, samples, estimator, layout, overwrite, on_missing, report, progress
+        )
     for prefix, pos in (("ori", 0), ("dif", 1)):
         for kind in ("strong", "weak"):
             template = getattr(layout, f"{kind}_{prefix}")
@@ -231,3 +189,57 @@ def prepare_scores(
             atomic_write_text(path, "".join(lines))
             report.outputs.append(str(path))
     return report
+
+
+def _estimated_scores(
+    data_dir: Path, split: str, samples, estimator: ScoreEstimator, layout: DataLayout, overwrite: bool,
+    on_missing: str, report: PrepareReport, progress: bool,
+) -> dict[int, tuple[float, float]]:  # fmt: skip
+    """(strong_ori, strong_dif) per sample: from the progress log when done with the same settings, else
+    estimated now (and logged when both images were there)."""
+    log = ProgressLog(progress_path(data_dir, "scores", split), estimator.config.output_settings())
+    report.note_log(log)
+    dirs = {
+        "ori": layout.path(data_dir, layout.image_dir, split),
+        "dif": layout.path(data_dir, layout.generated_image_dir, split),
+    }
+    if on_missing == "raise" and not dirs["dif"].is_dir():
+        raise DataError(
+            "no generated images: run `camim prepare translate` first, or pass --on-missing fallback "
+            "(uniform scores for the generated image)",
+            dirs["dif"],
+        )
+    strong: dict[int, tuple[float, float]] = {}
+    for ex in progress_bar(samples, len(samples), f"scores {split}", progress):
+        rec = None if overwrite else log.done.get(str(ex.index))
+        if rec is not None and (rec.get("img_id"), rec.get("text")) == (ex.img_id, short_hash(ex.text)):
+            report.skipped_done += 1
+            strong[ex.index] = (rec["strong_ori"], rec["strong_dif"])
+            continue  # (a sample that changed since is redone)
+        values, complete = _pair_scores(ex, dirs, estimator, on_missing, report)
+        if complete:
+            logged = {"img_id": ex.img_id, "text": short_hash(ex.text), "strong_ori": values["ori"],
+                      "strong_dif": values["dif"]}  # fmt: skip
+            log.append(str(ex.index), logged)
+        strong[ex.index] = (values["ori"], values["dif"])
+        report.processed += 1
+    return strong
+
+
+def _pair_scores(
+    ex, dirs: dict[str, Path], estimator: ScoreEstimator, on_missing: str, report: PrepareReport
+):
+    """The sample's text against its original and its generated image -> ({"ori", "dif"}, both found); a
+    missing image raises, or under fallback gets the uniform score, counted."""
+    values, complete = {}, True
+    for which, folder in dirs.items():
+        try:
+            image = load_image(find_image(folder, ex.img_id) or folder / ex.img_id)
+        except DataError:
+            if on_missing == "raise":
+                raise
+            report.count("missing_image" if which == "ori" else "missing_generated_image")
+            values[which], complete = UNIFORM_SCORE, False
+            continue
+        values[which] = estimator.probability(image, ex.text)
+    return values, complete
