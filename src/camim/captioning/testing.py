@@ -101,23 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return
-        image_bytes, prompt, hashes, user_text = None, None, [], ""
         messages = body.get("messages", [])
-        for message in messages:
-            content = message.get("content")
-            parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
-            texts = []
-            for part in parts:
-                if part.get("type") == "image_url":
-                    url = part["image_url"]["url"]
-                    image_bytes = base64.b64decode(url.split(",", 1)[1])
-                    hashes.append(hashlib.sha1(image_bytes).hexdigest())
-                elif part.get("type") == "text":
-                    prompt = part["text"]
-                    texts.append(part["text"])
-            if message.get("role") == "user":
-                user_text = "\n".join(texts)
-        image_hash = hashes[-1] if hashes else None
+        image_bytes, prompt, hashes, user_text = _read_messages(messages)
         request_key = hashlib.sha1("".join([*hashes, user_text]).encode()).hexdigest()
         with state.lock:
             state.in_flight += 1
@@ -128,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.received += 1
         record = RecordedRequest(
             model=body.get("model"),
-            image_hash=image_hash,
+            image_hash=hashes[-1] if hashes else None,
             prompt=prompt,
             max_tokens=body.get("max_tokens"),
             temperature=body.get("temperature"),
@@ -141,37 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             fault = state.faults[attempt] if attempt < len(state.faults) else None
             time.sleep(state.hang_seconds if fault == "hang" else state.delay)
-            if state.api_key is not None and record.authorization != f"Bearer {state.api_key}":
-                record.status = 401
-                self._send(
-                    401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
-                )
-            elif state.models is not None and record.model not in state.models:
-                record.status = 404
-                self._send(404, {"error": {"message": f"The model `{record.model}` does not exist."}})
-            elif state.refusal is not None and index >= state.refuse_after:
-                record.status, body = state.refusal
-                self._send(record.status, _with_tokens(body, len(user_text.split())))
-            elif isinstance(fault, int):
-                record.status = fault
-                headers = {}
-                if state.retry_after_ms is not None and fault in (429, 503):
-                    headers["retry-after-ms"] = str(state.retry_after_ms)
-                self._send(fault, {"error": {"message": f"injected {fault}"}}, headers)
-            elif state.script is not None:
-                keys = [k for k in state.script if k in user_text]
-                answer = state.script[max(keys, key=len)] if keys else 400
-                if isinstance(answer, int):
-                    record.status = answer
-                    message = "scripted error" if keys else "no scripted answer for this request"
-                    self._send(answer, {"error": {"message": message}})
-                else:
-                    self._send_answer(record, answer)
-            elif image_bytes is None:
-                record.status = 400
-                self._send(400, {"error": {"message": "no image in the request"}})
-            else:
-                self._send_answer(record, caption_for_bytes(image_bytes))
+            self._respond(record, fault, index, user_text, image_bytes)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
             record.status = -1
         finally:
@@ -179,6 +134,43 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.in_flight -= 1
                 state.requests.append(record)
+
+    def _respond(self, record: RecordedRequest, fault, index: int, user_text: str, image_bytes) -> None:
+        """The answer the server's state calls for, in order: a wrong key (401), an unknown model (404), a
+        refusal after ``refuse_after`` requests, an injected fault, a scripted answer, no image (400), or the
+        image's caption; ``record.status`` says which."""
+        state = self.state
+        if state.api_key is not None and record.authorization != f"Bearer {state.api_key}":
+            record.status = 401
+            self._send(
+                401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+            )
+        elif state.models is not None and record.model not in state.models:
+            record.status = 404
+            self._send(404, {"error": {"message": f"The model `{record.model}` does not exist."}})
+        elif state.refusal is not None and index >= state.refuse_after:
+            record.status, body = state.refusal
+            self._send(record.status, _with_tokens(body, len(user_text.split())))
+        elif isinstance(fault, int):
+            record.status = fault
+            headers = {}
+            if state.retry_after_ms is not None and fault in (429, 503):
+                headers["retry-after-ms"] = str(state.retry_after_ms)
+            self._send(fault, {"error": {"message": f"injected {fault}"}}, headers)
+        elif state.script is not None:
+            keys = [k for k in state.script if k in user_text]
+            answer = state.script[max(keys, key=len)] if keys else 400
+            if isinstance(answer, int):
+                record.status = answer
+                message = "scripted error" if keys else "no scripted answer for this request"
+                self._send(answer, {"error": {"message": message}})
+            else:
+                self._send_answer(record, answer)
+        elif image_bytes is None:
+            record.status = 400
+            self._send(400, {"error": {"message": "no image in the request"}})
+        else:
+            self._send_answer(record, caption_for_bytes(image_bytes))
 
     def _send_answer(self, record: RecordedRequest, text: str | None) -> None:
         """A chat completion whose message is ``text`` (``None``: no content, cut by the content filter)."""
@@ -260,3 +252,22 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual dr
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _read_messages(messages: list) -> tuple[bytes | None, str | None, list[str], str]:
+    """(the last image's bytes, the last text part, the SHA-1 of every image, the user turn's text) of a chat."""
+    image_bytes, prompt, hashes, user_text = None, None, [], ""
+    for message in messages:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        texts = []
+        for part in parts:
+            if part.get("type") == "image_url":
+                image_bytes = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+                hashes.append(hashlib.sha1(image_bytes).hexdigest())
+            elif part.get("type") == "text":
+                prompt = part["text"]
+                texts.append(part["text"])
+        if message.get("role") == "user":
+            user_text = "\n".join(texts)
+    return image_bytes, prompt, hashes, user_text
