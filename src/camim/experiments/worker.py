@@ -1,9 +1,9 @@
 """One training run of an experiment, wherever it is scheduled: in this process, in a worker of the local
 pool, or in a Ray task (:mod:`camim.experiments.launch`).
 
-This module imports only the standard library at module level: a pool worker reads its GPU from
-:func:`init_pool_worker` and sets ``CUDA_VISIBLE_DEVICES`` before anything imports torch, so the run sees
-only its device. Every mode trains through :func:`train_job`, which fixes torch's thread count for the run
+This module imports only the standard library at module level: a fresh pool worker takes its GPU in
+:func:`init_pool_worker` and sets ``CUDA_VISIBLE_DEVICES`` before torch is imported or CUDA initialised in
+it, so the run sees only its device. Every mode trains through :func:`train_job`, which fixes torch's thread count for the run
 (``RunJob.threads``), so a run's result does not depend on how it was scheduled.
 """
 
@@ -97,7 +97,7 @@ def init_pool_worker(devices) -> None:
     from multiprocessing.util import Finalize
 
     _held_device = devices.get()
-    os.environ["CUDA_VISIBLE_DEVICES"] = _held_device  # before torch is imported in this process
+    os.environ["CUDA_VISIBLE_DEVICES"] = _held_device  # read when torch initialises CUDA, which is later
     Finalize(None, devices.put, args=(_held_device,), exitpriority=100)
 
 
@@ -107,9 +107,13 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
+    import multiprocessing
     import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except OSError:  # no glibc: the run is not tied to its parent
         return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the call above
+        os._exit(1)
