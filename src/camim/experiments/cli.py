@@ -61,6 +61,7 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=1,
+        metavar="N",
         help="train up to N runs at once on this machine: one per GPU (each run sees only its GPU), else N "
         "CPU slots (default 1: one after another in this process); with --launcher ray and a local Ray, "
         "N x threads CPUs",
