@@ -229,6 +229,93 @@ def test_ddp_runs_are_refused_side_by_side(tiny_mnre, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()
 
 
+class FakeRay:
+    """Ray's API as `_ray` uses it, on a pretend cluster: records what each task asks for and runs it here."""
+
+    def __init__(self, resources: dict):
+        self.resources, self.asked, self.initialised = resources, [], True
+
+    def is_initialized(self):
+        return self.initialised
+
+    def cluster_resources(self):
+        return self.resources
+
+    def remote(self, **options):
+        def wrap(fn):
+            ray = self
+
+            class Task:
+                def remote(self, job):
+                    ray.asked.append((options, job.threads))
+                    return FakeRef(fn(job))
+
+            return Task()
+
+        return wrap
+
+    def wait(self, pending, num_returns):
+        return pending[:num_returns], pending[num_returns:]
+
+    def get(self, ref):
+        return ref.value
+
+
+class FakeRef:  # an ObjectRef: hashable by identity
+    def __init__(self, value):
+        self.value = value
+
+
+def _fake_task(job):
+    return worker.JobOutcome(job, scores={"f1": 1.0})
+
+
+def test_ray_tasks_ask_for_one_gpu_each_on_a_gpu_cluster(monkeypatch):
+    """A cluster of 16 CPUs and 8 GPUs: each run asks for 1 GPU and 2 CPUs and trains on 2 threads (the CPUs
+    per GPU); on CPUs only, for T CPUs; a thread count the cluster cannot give is refused, not queued forever."""
+    fake = FakeRay({"CPU": 16.0, "GPU": 8.0})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(launch, "train_job", _fake_task)
+    jobs = [RunJob("r", s, "p", "d", f"out{s}", ()) for s in (1, 2)]
+    outcomes = launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=True, report=lambda o: None)
+    assert [o.job.output for o in outcomes] == ["out1", "out2"]
+    assert fake.asked == [({"num_gpus": 1, "num_cpus": 2, "max_calls": 1}, 2)] * 2
+    fake.asked.clear()  # runs set to the CPU (trainer.accelerator=cpu): CPUs only, one thread each
+    launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=False, report=lambda o: None)
+    assert fake.asked == [({"num_gpus": 0, "num_cpus": 1, "max_calls": 1}, 1)] * 2
+    with pytest.raises(CamimError, match="each run would ask Ray for 32 CPUs, and the cluster has 16"):
+        launch.run_jobs(jobs, Launch(launcher="ray", threads=32), use_gpus=False, report=lambda o: None)
+
+
+def test_jobs_on_gpus_are_capped_at_one_run_per_gpu(monkeypatch, capsys):
+    """--jobs 4 on a machine with two GPUs: two workers, each given one GPU; CPUs per GPU threads per run."""
+    seen = {}
+
+    def fake_pool(jobs, workers, gpus, report):
+        seen.update(workers=workers, gpus=gpus, threads={j.threads for j in jobs})
+        return [worker.JobOutcome(j, scores={}) for j in reversed(jobs)]
+
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["2", "3"])
+    monkeypatch.setattr(launch, "_pool", fake_pool)
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 16)
+    jobs = [RunJob("r", s, "p", "d", f"out{s}", ()) for s in range(5)]
+    outcomes = launch.run_jobs(jobs, Launch(jobs=4), use_gpus=True, report=lambda o: None)
+    assert seen == {"workers": 2, "gpus": ["2", "3"], "threads": {8}}
+    assert [o.job.output for o in outcomes] == [f"out{s}" for s in range(5)]  # in the order of the jobs
+    assert "5 run(s) to train, 2 at once on 2 GPU(s), 8 torch thread(s) per run" in capsys.readouterr().out
+
+
+def test_visible_gpus_keep_the_ids_cuda_visible_devices_names(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")
+    assert launch.visible_gpus() == ["4", "6"]  # a worker given "6" sees the parent's sixth GPU
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert launch.visible_gpus() == ["0", "1"]
+
+
 def test_launch_options_are_checked(monkeypatch):
     with pytest.raises(CamimError, match="--jobs must be >= 1"):
         Launch(jobs=0)

@@ -145,14 +145,23 @@ def _ray(jobs: list[RunJob], launch: Launch, use_gpus: bool, report: Report) -> 
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
+        address = launch.ray_address or os.environ.get("RAY_ADDRESS")
         options: dict = {"address": launch.ray_address} if launch.ray_address else {}
-        if not launch.ray_address and launch.jobs > 1:
+        if not address and launch.jobs > 1:  # a Ray of our own: --jobs runs at once
             options["num_cpus"] = launch.jobs * (launch.threads or 1)
-        ray.init(**options, include_dashboard=False, logging_level="WARNING")
+        try:
+            ray.init(**options, include_dashboard=False, logging_level="WARNING")
+        except Exception as exc:  # noqa: BLE001 - a wrong address, a cluster that is down
+            raise CamimError(f"--launcher ray: could not start or reach Ray ({one_line(exc)})") from None
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) if use_gpus else 0
         threads = launch.threads or default_threads(resources.get("CPU", 1), gpus)
+        if threads > resources.get("CPU", 0):  # Ray would wait for such a task forever
+            raise CamimError(
+                f"--threads-per-run {threads}: each run would ask Ray for {threads} CPUs, and the cluster has "
+                f"{resources.get('CPU', 0):g}"
+            )
         each = "1 GPU" if gpus else f"{threads} CPU(s)"
         print(f"{len(jobs)} run(s) to train as Ray tasks, {each} each (cluster: {resources.get('CPU', 0):g} "
               f"CPUs, {gpus:g} GPUs), {threads} torch thread(s) per run")  # fmt: skip
