@@ -9,8 +9,11 @@ import pytest
 from tests.training.conftest import TINY
 
 from camim.cli import main
+from camim.errors import CamimError
 from camim.experiments import grids
+from camim.experiments.worker import JobOutcome
 from camim.reports import aggregate, comparison_table, mean_std
+from camim.runs import SCORE_KEYS
 
 
 def test_mean_std_is_sample_std():
@@ -31,24 +34,115 @@ def test_comparison_table_puts_paper_beside_ours():
 
 
 def test_grid_writes_table_and_plots_with_paper_numbers(tmp_path, monkeypatch):
-    calls = []
+    plans = []
 
-    def fake_run_seeds(preset, data_dir, out, seeds, overrides, overwrite=False):
-        calls.append((preset, tuple(overrides)))
-        f1 = 10.0 + len(calls)
-        return {
-            "test": {k: {"mean": f1, "std": 0.5, "n": 2} for k in ("accuracy", "precision", "recall", "f1")}
-        }
+    def fake_run_plans(planned, launch):  # every row's seeds "trained": f1 10, 11, ... per row
+        plans.extend(planned)
+        return [
+            [JobOutcome(job, scores={k: 10.0 + i for k in SCORE_KEYS}) for job in p.jobs]
+            for i, p in enumerate(planned)
+        ]
 
-    monkeypatch.setattr(grids, "run_seeds", fake_run_seeds)
-    path = grids.run_grid("fig4", "unused", tmp_path, seeds=[1, 2], overrides=["optim.epochs=1"])
-    text = path.read_text()
-    assert ("tmr-cam-mi", ('model.mi_pair="O&G"', "optim.epochs=1")) in calls
-    assert ("hvpnet-cam-mi", ('model.cam="sentence"', "optim.epochs=1")) in calls
-    assert "| O&G | 11.00 ± 0.50 | 90.62 |" in text  # ours beside the paper's 0.9062
-    assert "| 0.1 |" in text and "89.43" in text
+    monkeypatch.setattr(grids, "run_plans", fake_run_plans)
+    report = grids.run_grid("fig4", "unused", tmp_path, seeds=[1, 2], overrides=["optim.lr=1e-5"])
+    text = report.path.read_text()
+    overrides = {p.label: p.jobs[0].overrides for p in plans}
+    assert overrides["mi_pair:O&G"] == ("model.mi_pair=O&G", "optim.lr=1e-5", "optim.seed=1")
+    assert overrides["caption_level:S"] == ("model.cam=sentence", "optim.lr=1e-5", "optim.seed=1")
+    assert [p.out.name for p in plans][:2] == ["mi_pair_O_G", "mi_pair_O_G_F"]
+    assert "| O&G | 10.00 ± 0.00 | 90.62 |" in text  # ours beside the paper's 0.9062
+    assert "| 0.1 | 18.00 ± 0.00 | 90.62 |" in text
     for panel in ("mi_pair", "caption_level", "alpha"):
         assert (tmp_path / f"fig4_{panel}.png").stat().st_size > 1000
+    # the paper presets with their swept key: only the --set differs, per paper preset's own lr
+    section = text[text.index("## Settings that differ from the paper") : text.index("## mi_pair")]
+    assert "| `optim.lr` | `2e-05` | `1e-05` | mi_pair:O&G, " in section
+    assert (
+        "| `optim.lr` | `3e-05` | `1e-05` | caption_level:W&S, caption_level:S, caption_level:W |" in section
+    )
+    assert sum(line.startswith("| `") for line in section.splitlines()) == 2  # no other key
+    assert report.warning.startswith("warning: not a reproduction of the paper: these runs differ from its ")
+    assert "in 1 key(s) (optim.lr)" in report.warning and not report.failed
+
+
+def test_offline_grids_keep_the_run_folders_of_the_running_ablations():
+    """The lead's background runs were started with these rows: labels (hence folders), presets and
+    overrides must stay exactly so, or the runs would not be reused."""
+    dapt = "offline-tmr-cam-mi-dapt"
+    t1 = [
+        (r["label"], r["preset"], r["overrides"], r["paper_preset"])
+        for r in grids.grid_rows("offline-table1")
+    ]
+    assert t1 == [
+        ("bert", "offline-bert-dapt", [], "bert"),
+        ("tmr", dapt, ["model.cam=none", "model.mi=false"], "tmr"),
+        ("tmr-mi", dapt, ["model.cam=none"], "tmr-mi"),
+        ("tmr-cam", dapt, ["model.mi=false"], "tmr-cam"),
+        ("tmr-cam-mi", dapt, [], "tmr-cam-mi"),
+        ("tmr-cam-mi-shuffled", dapt, ["data.caption_shuffle_seed=7"], "tmr-cam-mi"),
+    ]
+    t2 = grids.grid_rows("offline-table2")
+    sources = ["blip2", "instruct", "llavanext", "qwenvl", "cogvlm", "minicpm"]
+    assert [grids._slug(r["label"]) for r in t2] == [f"{s}_tmr-cam-mi" for s in sources]
+    assert [r["overrides"] for r in t2] == [[f"data.caption_source={s}"] for s in sources]
+    assert t2[0]["paper"]["f1"] == 89.63 and {r["preset"] for r in t2} == {dapt}
+    f4 = grids.grid_rows("offline-fig4")
+    assert [(grids._slug(r["label"]), r["overrides"]) for r in f4] == [
+        ("alpha_0.05", ["model.mi_alpha=0.05"]),
+        ("alpha_0.1", ["model.mi_alpha=0.1"]),
+        ("alpha_0.3", ["model.mi_alpha=0.3"]),
+        ("alpha_0.5", ["model.mi_alpha=0.5"]),
+        ("caption_level_W_S", ["model.cam=both"]),
+        ("caption_level_S", ["model.cam=sentence"]),
+        ("caption_level_W", ["model.cam=word"]),
+    ]
+    assert [r["paper"]["f1"] for r in f4] == [89.03, 90.62, 89.03, 89.43, 84.66, 82.91, 81.69]
+    assert "Fig. 4b is on HVPNeT" in f4[-1]["note"] and f4[-1]["paper_preset"] == "hvpnet-cam-mi"
+
+
+def test_row_differences_name_every_setting_that_is_not_the_papers():
+    from camim.experiments.paper import differences_section, row_differences
+    from camim.training.config import load_config
+
+    ours = load_config(
+        "offline-tmr-cam-mi-dapt", ["data.caption_shuffle_seed=7", "offline.pretrained_encoder=E"]
+    )
+    diff = row_differences("tmr-cam-mi-shuffled", ours, "tmr-cam-mi", []).differences
+    assert diff["data.caption_shuffle_seed"] == (None, 7)
+    assert diff["model.visual_mode"] == ("images", "text-caption")
+    assert diff["offline.enabled"] == (False, True) and diff["optim.lr"] == (2e-5, 5e-4)
+    assert diff["optim.epochs"] == (8, 4) and diff["model.text_encoder"] == ("bert-base-uncased", None)
+    assert "optim.seed" not in diff and "name" not in diff  # seeds and names are not settings compared
+    # a paper preset with the row's swept key: nothing differs; a preset without paper_row: not compared
+    same = load_config("tmr-cam-mi", ["data.caption_source=blip2"])
+    assert row_differences("blip2", same, "tmr-cam-mi", ["data.caption_source=blip2"]).differences == {}
+    alone = row_differences("x", ours, "offline-bert", [])
+    assert alone.paper_preset is None
+    md = "\n".join(differences_section([alone]))
+    assert "No row of this grid names a paper preset: nothing here is comparable with the paper." in md
+
+
+def test_unknown_grid_is_one_line_naming_the_grids(tmp_path, capsys):
+    assert main(["experiment", "tabel1", "--data-dir", "d", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "camim: error: unknown grid 'tabel1'; grids: table1, table2, fig4, offline-table1, offline-table2, "
+        "offline-fig4 (or cases)"
+    )
+
+
+def test_a_bad_grid_file_names_the_file_and_key(tmp_path, monkeypatch):
+    spec = tmp_path / "grids.yaml"
+    monkeypatch.setattr(grids, "GRIDS_FILE", spec)
+    spec.write_text("g:\n  - {group: a, preset: bert, colour: red}\n")
+    with pytest.raises(CamimError, match=r"grids.yaml: g\[0\].colour: unknown key"):
+        grids.load_grids()
+    spec.write_text("g:\n  - {group: a, rows: [{label: x, preset: bert}], key: model.cam, values: [word]}\n")
+    with pytest.raises(CamimError, match=r"grids.yaml: g\[0\]: give either rows, or key and values"):
+        grids.load_grids()
+    spec.write_text("g:\n  - {group: a, preset: bert, rows: [{label: a b}, {label: a_b}]}\n")
+    with pytest.raises(CamimError, match=r"^grid g: rows 'a b' and 'a_b' share the folder a_b$"):
+        grids.run_grid("g", "d", tmp_path)
 
 
 def test_experiment_cli_over_two_seeds(tiny_mnre, tmp_path, capsys):

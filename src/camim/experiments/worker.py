@@ -1,0 +1,119 @@
+"""One training run of an experiment, wherever it is scheduled: in this process, in a worker of the local
+pool, or in a Ray task (:mod:`camim.experiments.launch`).
+
+This module imports only the standard library at module level: a fresh pool worker takes its GPU in
+:func:`init_pool_worker` and sets ``CUDA_VISIBLE_DEVICES`` before torch is imported or CUDA initialised in
+it, so the run sees only its device. Every mode trains through :func:`train_job`, which fixes torch's thread count for the run
+(``RunJob.threads``), so a run's result does not depend on how it was scheduled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+#: the GPU this pool worker holds (a CUDA_VISIBLE_DEVICES entry), None for a CPU slot
+_held_device: str | None = None
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """A run to train: ``train_run(preset, data_dir, output, overrides, overwrite=...)`` on ``threads``
+    torch threads. ``label``/``seed`` name it in messages; plain values only (it travels to other processes)."""
+
+    label: str
+    seed: int
+    preset: str
+    data_dir: str
+    output: str
+    overrides: tuple[str, ...]
+    overwrite: bool = False
+    threads: int = 1
+
+
+@dataclass
+class JobOutcome:
+    """What a run produced: its test ``scores`` (``metrics.json``'s ``test``), or ``error``, a one-line reason.
+    ``primary`` is False on the non-zero DDP ranks, which train but score nothing."""
+
+    job: RunJob
+    scores: dict | None = None
+    error: str | None = None
+    primary: bool = True
+    seconds: float = 0.0
+    device: str | None = field(default=None)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a camim error's own text, else its type and first line."""
+    from camim.errors import CamimError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, CamimError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def train_job(job: RunJob) -> JobOutcome:
+    """Train ``job`` in this process with ``job.threads`` torch threads (the previous count is restored).
+    A failure is returned as the outcome's one-line ``error`` (its traceback printed to stderr), so the other
+    runs of an experiment go on; Ctrl-C still stops everything."""
+    import time
+
+    import torch
+
+    from camim.training.api import train_run
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(job.threads)
+    start = time.perf_counter()
+    try:
+        result = train_run(job.preset, job.data_dir, job.output, overrides=list(job.overrides),
+                           overwrite=job.overwrite)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - reported as this run's failure, the grid goes on
+        traceback.print_exc(file=sys.stderr)
+        return JobOutcome(job, error=one_line(exc), seconds=time.perf_counter() - start, device=_held_device)
+    finally:
+        torch.set_num_threads(previous)
+    scores = result.metrics.get("test") if result.primary else None
+    return JobOutcome(job, scores=scores, primary=result.primary, seconds=time.perf_counter() - start,
+                      device=_held_device)  # fmt: skip
+
+
+def init_pool_worker(devices) -> None:
+    """The local pool's worker initialiser (a fresh spawned process): die with the parent (a killed grid
+    leaves no run training on), and, with a GPU queue, take one GPU for this process's lifetime: the run sees
+    only it. It goes back to the queue when the process exits (after one run, ``max_tasks_per_child=1``)."""
+    global _held_device
+    _die_with_parent()
+    if devices is None:
+        return
+    from multiprocessing.util import Finalize
+
+    _held_device = devices.get()
+    os.environ["CUDA_VISIBLE_DEVICES"] = _held_device  # read when torch initialises CUDA, which is later
+    Finalize(None, devices.put, args=(_held_device,), exitpriority=100)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the process that started it dies (prctl PR_SET_PDEATHSIG), so
+    killing a grid never leaves a run writing into a folder that the next invocation trains again."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import multiprocessing
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # no glibc: the run is not tied to its parent
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the call above
+        os._exit(1)

@@ -1,0 +1,30 @@
+"""Tasks for the local pool's tests: standard library only, so a spawned worker starts in a fraction of a
+second (the pool imports this module in each fresh process)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def report_device(job):
+    """What a pool worker saw: its CUDA_VISIBLE_DEVICES, its pid, and when it held its slot."""
+    from camim.experiments import worker
+
+    start = time.monotonic()
+    time.sleep(0.5)  # long enough for the two workers to overlap
+    seen = {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid(), "start": start,
+            "end": time.monotonic()}  # fmt: skip
+    return worker.JobOutcome(job, scores=seen, device=worker._held_device)
+
+
+def fail_or_die(job):
+    """A run that fails with a camim error (job "bad"), or a worker killed mid-run (any other job)."""
+    from camim.errors import CamimError
+    from camim.experiments import worker
+
+    if job.label == "bad":
+        return worker.JobOutcome(
+            job, error=worker.one_line(CamimError("offline.pretrained_encoder: no such folder"))
+        )
+    os._exit(9)
