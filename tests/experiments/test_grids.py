@@ -207,3 +207,22 @@ def test_experiment_reuses_a_finished_run_only_with_an_equal_config(tiny_mnre, t
     monkeypatch.undo()  # --overwrite trains that seed again with the new settings
     assert main([*args, "--set", "optim.lr=1e-3", "--overwrite"]) == 0
     assert metrics.stat().st_mtime_ns > stamp and "lr: 0.001" in (out / "seed5" / "config.yaml").read_text()
+
+
+def test_each_finished_run_prints_a_line_with_elapsed_time_eta_and_failures(monkeypatch, capsys):
+    """A grid in a log file: one line per finished run with done/total, the time so far, an ETA from the runs
+    done, and the failures so far (issue 29 §1)."""
+    from camim.experiments.worker import JobOutcome, RunJob
+
+    clock = iter([100.0, 160.0, 220.0, 400.0])  # start, then after each of three runs
+    monkeypatch.setattr(grids.time, "monotonic", lambda: next(clock))
+    report = grids._announce(3)
+    job = RunJob("tmr", 1, "p", "d", "o", ())
+    report(JobOutcome(job, scores={"f1": 40.0}, seconds=60))
+    report(JobOutcome(RunJob("tmr", 2, "p", "d", "o2", ()), error="o2: RuntimeError: boom", seconds=60))
+    report(JobOutcome(RunJob("tmr", 3, "p", "d", "o3", ()), scores={"f1": 41.0}, seconds=180))
+    assert capsys.readouterr().out.splitlines() == [
+        "[1/3] tmr seed 1 (60 s): f1 40.00 (60 s elapsed, ETA 2.0 min)",
+        "[2/3] tmr seed 2 (60 s): failed: o2: RuntimeError: boom (2.0 min elapsed, ETA 60 s, 1 failed so far)",
+        "[3/3] tmr seed 3 (180 s): f1 41.00 (5.0 min elapsed, 1 failed so far)",
+    ]

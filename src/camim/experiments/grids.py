@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from camim.errors import CamimError
 from camim.experiments.launch import Launch, run_jobs
 from camim.experiments.worker import JobOutcome, RunJob
 from camim.io import atomic_write_text
+from camim.progress import duration
 from camim.reports import aggregate, comparison_table, plot_bars
 from camim.runs import SCORE_KEYS, RunFolder, format_scores
 from camim.training.config import CONFIG_DIR, RunConfig, load_config, load_paper_results
@@ -236,15 +238,21 @@ def run_plans(plans: list[SeedPlan], launch: Launch | None) -> list[list[JobOutc
 
 
 def _announce(total: int):
-    """A reporter printing one line per finished (or failed) run."""
-    done = [0]
+    """A reporter printing one line per finished (or failed) run, with the time so far, an ETA from the runs
+    done and the failures so far: the grid's progress, readable in a log file."""
+    done, failed, start = [0], [0], time.monotonic()
 
     def report(o: JobOutcome) -> None:
         done[0] += 1
+        failed[0] += bool(o.error)
         what = f"failed: {o.error}" if o.error else format_scores(o.scores or {})
         where = f" on GPU {o.device}" if o.device is not None else ""
+        elapsed = time.monotonic() - start
+        eta = f", ETA {duration(elapsed / done[0] * (total - done[0]))}" if done[0] < total else ""
+        so_far = f", {failed[0]} failed so far" if failed[0] else ""
         print(
-            f"[{done[0]}/{total}] {o.job.label} seed {o.job.seed}{where} ({o.seconds:.0f} s): {what}",
+            f"[{done[0]}/{total}] {o.job.label} seed {o.job.seed}{where} ({o.seconds:.0f} s): {what}"
+            f" ({duration(elapsed)} elapsed{eta}{so_far})",
             flush=True,
         )
 
