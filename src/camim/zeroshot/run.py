@@ -125,49 +125,74 @@ def _inputs(ds: MNREDataset, limit: int | None, with_caption: bool, layout: Data
     return out
 
 
-def _ask(
-    requests: list[ChatRequest],
-    hashes: dict[str, str],
-    backend: CaptionBackend,
-    cache: CaptionCache,
-    report: ZeroShotReport,
-    progress: bool | None,
-) -> dict[str, CaptionResult]:
-    """Send the requests not in the cache; answers go to the cache as they arrive. Returns the results
-    that were not answers (failed, missing or unreadable image) by request key."""
-    model, settings = backend.model, backend.settings()
-    todo = [r for r in requests if (r.key, model, hashes[r.key]) not in cache.done]
-    report.cached += len(requests) - len(todo)
-    problems: dict[str, CaptionResult] = {}
-    bar = progress_display(len(todo), f"zero-shot ({model})", "req", enabled=progress)
+@dataclass
+class _Asker:
+    """Sends a run's requests through ``backend``: what the cache holds is not asked again, answers go to the
+    cache as they arrive, and ``report`` counts them."""
 
-    def on_results(results: list[CaptionResult]) -> None:
-        records = []
-        for result in results:
-            report.retries += result.retries
-            if result.kind != "ok":
-                problems[result.img_id] = result
-                bar.set_postfix(failed=len(problems))
-                continue
-            report.sent += 1
-            report.truncated += result.finish_reason == "length"
-            records.append(
-                CaptionRecord(
-                    img_id=result.img_id,
-                    text=result.text or "",
-                    model=model,
-                    prompt_hash=hashes[result.img_id],
-                    settings={**settings, "finish_reason": result.finish_reason},
+    backend: CaptionBackend
+    cache: CaptionCache
+    report: ZeroShotReport
+    hashes: dict[str, str]  # request key -> request hash (what the cache is keyed by)
+    progress: bool | None
+
+    def ask(self, requests: list[ChatRequest]) -> dict[str, CaptionResult]:
+        """Send the requests not in the cache; the results that were not answers (failed, missing or
+        unreadable image) by request key."""
+        backend, report, hashes = self.backend, self.report, self.hashes
+        model, settings = backend.model, backend.settings()
+        todo = [r for r in requests if (r.key, model, hashes[r.key]) not in self.cache.done]
+        report.cached += len(requests) - len(todo)
+        problems: dict[str, CaptionResult] = {}
+        bar = progress_display(len(todo), f"zero-shot ({model})", "req", enabled=self.progress)
+
+        def on_results(results: list[CaptionResult]) -> None:
+            records = []
+            for result in results:
+                report.retries += result.retries
+                if result.kind != "ok":
+                    problems[result.img_id] = result
+                    bar.set_postfix(failed=len(problems))
+                    continue
+                report.sent += 1
+                report.truncated += result.finish_reason == "length"
+                records.append(
+                    CaptionRecord(
+                        img_id=result.img_id,
+                        text=result.text or "",
+                        model=model,
+                        prompt_hash=hashes[result.img_id],
+                        settings={**settings, "finish_reason": result.finish_reason},
+                    )
                 )
-            )
-        cache.extend(records)  # one write + fsync per batch that finished together
-        bar.update(len(results))
+            self.cache.extend(records)  # one write + fsync per batch that finished together
+            bar.update(len(results))
 
-    try:
-        backend.answer(todo, on_results)
-    finally:
-        bar.close()
-    return problems
+        try:
+            backend.answer(todo, on_results)
+        finally:
+            bar.close()
+        return problems
+
+    def ask_text_only(
+        self,
+        problems: dict[str, CaptionResult],
+        by_key: dict[str, PromptInput],
+        builder: PromptBuilder,
+        requests: dict[str, ChatRequest],
+    ) -> dict[str, CaptionResult]:
+        """An image that exists but cannot be read: ask again text-only (said so in the prompt), counted; the
+        results that were still no answer."""
+        unreadable = [k for k, r in problems.items() if r.kind in ("missing", "corrupt")]
+        if not unreadable:
+            return {}
+        self.report.unreadable_images = len(unreadable)
+        for k in unreadable:
+            self.report.problems.append(f"{k}: {problems.pop(k).error}; sent text-only")
+            q = by_key[k]
+            requests[k] = builder.request(k, PromptInput(q.example, None, q.caption))
+            self.hashes[k] = request_hash(requests[k])
+        return self.ask([requests[k] for k in unreadable])
 
 
 def zero_shot(
@@ -210,9 +235,9 @@ def zero_shot(
     report.requests = len(requests)
     hashes = {k: request_hash(r) for k, r in requests.items()}
     with CaptionCache(folder.path / ANSWERS_FILE, fsync=fsync) as cache:
-        problems = _ask(list(requests.values()), hashes, backend, cache, report, progress)
-        problems.update(_ask_text_only(problems, dict(zip(keys, queries)), builder, requests, hashes,
-                                       backend, cache, report, progress))  # fmt: skip
+        asker = _Asker(backend, cache, report, hashes, progress)
+        problems = asker.ask(list(requests.values()))
+        problems.update(asker.ask_text_only(problems, dict(zip(keys, queries)), builder, requests))
     report.failed = len(problems)
     report.problems += [f"{k}: {r.error}" for k, r in problems.items()]
     # the cached answers of exactly these requests (this model, these prompts)
@@ -256,31 +281,6 @@ def _shots(config: ZeroShotConfig, labels, report: ZeroShotReport) -> list[Promp
                 image = None
         shots.append(PromptInput(ex, image, caption))
     return shots
-
-
-def _ask_text_only(
-    problems: dict[str, CaptionResult],
-    by_key: dict[str, PromptInput],
-    builder: PromptBuilder,
-    requests: dict[str, ChatRequest],
-    hashes: dict[str, str],
-    backend: CaptionBackend,
-    cache: CaptionCache,
-    report: ZeroShotReport,
-    progress: bool | None,
-) -> dict[str, CaptionResult]:
-    """An image that exists but cannot be read: ask again text-only (said so in the prompt), counted; the
-    results that were still no answer."""
-    unreadable = [k for k, r in problems.items() if r.kind in ("missing", "corrupt")]
-    if not unreadable:
-        return {}
-    report.unreadable_images = len(unreadable)
-    for k in unreadable:
-        report.problems.append(f"{k}: {problems.pop(k).error}; sent text-only")
-        q = by_key[k]
-        requests[k] = builder.request(k, PromptInput(q.example, None, q.caption))
-        hashes[k] = request_hash(requests[k])
-    return _ask([requests[k] for k in unreadable], hashes, backend, cache, report, progress)
 
 
 def _score(
