@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -41,6 +44,43 @@ def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+FAILPOINT_SCRIPT = """
+import os, sys
+from camim.io import failpoint
+for i in range(1, 4):
+    print(i, flush=True)
+    failpoint("test.point", os.write, 1, b"half ")
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "out", "killed"),
+    [
+        ("test.point:2", "1\n2\nhalf ", True),  # the second time it is reached: before_kill, then SIGKILL
+        ("other.point:1,test.point:3", "1\n2\n3\nhalf ", True),
+        ("test.point:9", "1\n2\n3\ndone\n", False),  # never reached 9 times
+        ("", "1\n2\n3\ndone\n", False),
+    ],
+)
+def test_failpoint_kills_the_process_the_nth_time_the_named_point_is_reached(spec, out, killed):
+    env = {**os.environ, "CAMIM_FAILPOINT": spec}
+    proc = subprocess.run([sys.executable, "-c", FAILPOINT_SCRIPT], env=env, capture_output=True, text=True)
+    assert proc.stdout == out
+    assert proc.returncode == (-signal.SIGKILL if killed else 0)
+    assert ("camim: failpoint test.point:" in proc.stderr) == killed
+
+
+def test_a_malformed_failpoint_setting_is_refused(monkeypatch):
+    from camim.io import failpoint
+
+    monkeypatch.setenv("CAMIM_FAILPOINT", "test.point")
+    with pytest.raises(CamimError, match="CAMIM_FAILPOINT: 'test.point' is not name:N"):
+        failpoint("test.point")
+    monkeypatch.delenv("CAMIM_FAILPOINT")
+    failpoint("test.point")  # unset: nothing happens
 
 
 def test_short_hashes_are_sha256_prefixes():

@@ -14,6 +14,8 @@ import io
 import json
 import os
 import secrets
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -153,6 +155,51 @@ def no_space_is_an_error(path: str | Path, kept: str | Callable[[], str]) -> Ite
         raise
 
 
+# --------------------------------------------------------------------------------------------- failpoints
+#: the test hook naming where a process kills itself (docs/architecture.md, "Failpoints"); not a user setting
+FAILPOINT_ENV = "CAMIM_FAILPOINT"
+_failpoint_spec: tuple[str, dict[str, int]] | None = None  # (the variable's value, name -> N), parsed once
+_failpoint_hits: dict[str, int] = {}  # name -> times this process reached it
+_failpoint_lock = threading.Lock()
+
+
+def failpoint(name: str, before_kill: Callable[..., object] | None = None, *args: object) -> None:
+    """A named point where a test can SIGKILL this process (in the style of etcd's gofail and FoundationDB's
+    buggify). Nothing happens unless the environment variable ``CAMIM_FAILPOINT`` names the point as
+    ``name:N`` (several separated by commas): the N-th time this process reaches it, ``before_kill(*args)``
+    runs (e.g. writes half a line) and the process kills itself. Unset, it costs one environment lookup."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if spec:
+        _failpoint_reached(spec, name, before_kill, args)
+
+
+def _failpoint_reached(spec: str, name: str, before_kill: Callable[..., object] | None, args: tuple) -> None:
+    global _failpoint_spec
+    if _failpoint_spec is None or _failpoint_spec[0] != spec:
+        _failpoint_spec = (spec, _parse_failpoints(spec))
+    target = _failpoint_spec[1].get(name)
+    if target is None:
+        return
+    with _failpoint_lock:
+        _failpoint_hits[name] = reached = _failpoint_hits.get(name, 0) + 1
+    if reached != target:
+        return
+    if before_kill is not None:
+        before_kill(*args)
+    os.write(2, f"camim: failpoint {name}:{target} reached: SIGKILL\n".encode())
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _parse_failpoints(spec: str) -> dict[str, int]:
+    points = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, count = item.rpartition(":")
+        if not name or not count.isdigit() or int(count) < 1:
+            raise CamimError(f"{FAILPOINT_ENV}: {item!r} is not name:N (N >= 1)")
+        points[name] = int(count)
+    return points
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -168,7 +215,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             yield tmp
+            failpoint("atomic_path.before_replace")
             os.replace(tmp, path)
+            failpoint("atomic_path.after_replace")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -333,9 +382,11 @@ class JsonlLog:
                 data = b"\n" + data
             with no_space_is_an_error(self.path, "the lines appended before are intact"):
                 try:
+                    failpoint("jsonl.torn_line", _write_torn, fd, data)  # a test's kill mid-write
                     written = os.write(fd, data)
                     if written != len(data):  # a full disk can take part of a write
                         raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                    failpoint("jsonl.before_flush")  # written, not yet flushed to disk
                     if self.fsync:
                         os.fsync(fd)
                 except OSError:
@@ -353,6 +404,12 @@ class JsonlLog:
         with open(self.path, "rb") as f:
             f.seek(size - 1)
             return f.read(1) != b"\n"
+
+
+def _write_torn(fd: int, data: bytes) -> None:
+    """Write the first half of ``data``, never ending at a line's end: what a kill mid-write leaves."""
+    cut = len(data) // 2
+    os.write(fd, data[: cut + (data[cut - 1 : cut] == b"\n")])
 
 
 # ------------------------------------------------------------------------------------------------- images
