@@ -272,11 +272,12 @@ class JsonlLog:
     ``O_APPEND`` descriptor.
 
     A killed writer loses at most the batch it had in flight. A line cut short by a crash is the file's
-    last line: :meth:`read` leaves it unread and sets ``partial_tail``, and the next :meth:`append` starts a
-    fresh line after it (it then reads as one undecodable line, listed in ``bad_lines``), or
-    :meth:`drop_partial_tail` cuts it off. With ``lock=True`` an exclusive ``fcntl`` lock is available
-    through :meth:`locked` so that several processes can re-read and append without writing a key twice;
-    with ``fsync=True`` every append is flushed to disk before it returns. ``what`` names the file in errors.
+    last line: :meth:`read` leaves it unread and sets ``partial_tail``; the one writer of the file, or a
+    writer holding :meth:`locked`, cuts it off with :meth:`drop_partial_tail` (and counts it), otherwise the
+    next :meth:`append` starts a fresh line after it (it then reads as one undecodable line, listed in
+    ``bad_lines``). :meth:`locked` holds an exclusive ``fcntl`` lock so that several processes can re-read
+    and append without writing a key twice; with ``fsync=True`` every append is flushed to disk before it
+    returns. ``what`` names the file in errors.
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False, what: str = "file"):
@@ -357,16 +358,21 @@ class JsonlLog:
         self._next_line += data[:end].count(b"\n")
         return values
 
-    def drop_partial_tail(self) -> None:
-        """Cut an unfinished last line off the file (for a single writer that wants a clean file)."""
-        size = self.path.stat().st_size if self.path.exists() else 0
+    def drop_partial_tail(self) -> bool:
+        """Cut an unfinished last line (a write cut short) off the file; whether there was one. Only for the
+        file's one writer, or one holding :meth:`locked`: another writer's line may still be arriving."""
+        if not self.path.exists():
+            self.partial_tail = False
+            return False
         with open(self.path, "rb") as f:
             data = f.read()
         keep = data.rfind(b"\n") + 1
-        if keep < size:
+        cut = keep < len(data)
+        if cut:
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
         self.partial_tail = False
+        return cut
 
     # -- writing
     def append(self, values: Iterable[object]) -> int:

@@ -210,6 +210,10 @@ def zero_shot(
     report.requests = len(requests)
     hashes = {k: request_hash(r) for k, r in requests.items()}
     with CaptionCache(folder.path / ANSWERS_FILE, fsync=fsync) as cache:
+        if cache.torn_lines:
+            report.problems.append(
+                f"{ANSWERS_FILE}: an unfinished last line (a killed run's) cut off; asked again"
+            )
         problems = _ask(list(requests.values()), hashes, backend, cache, report, progress)
         problems.update(_ask_text_only(problems, dict(zip(keys, queries)), builder, requests, hashes,
                                        backend, cache, report, progress))  # fmt: skip
