@@ -24,6 +24,7 @@ from camim.io import (
     checked_image,
     open_image,
     read_jsonl,
+    remove_stale_temporaries,
     settings_hash,
     short_hash,
 )
@@ -44,6 +45,29 @@ def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write_into_their_folder(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    stale = tmp_path / f".last.ckpt.{dead}.0badc0de.tmp"
+    live = tmp_path / f".last.ckpt.{alive}.12345678.tmp"  # a writer still at work
+    other = tmp_path / f".notes.{dead}.tmp"  # not atomic_path's name
+    for p in (stale, live, other):
+        p.write_bytes(b"x" * 10)
+    assert remove_stale_temporaries(tmp_path) == 1 and not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "missing") == 0
+    stale.write_bytes(b"x")
+    atomic_write_text(tmp_path / "a.txt", "a")  # the process's first write into the folder sweeps it
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"x")
+    atomic_write_text(tmp_path / "b.txt", "b")  # once per folder and process: no second scan
+    assert stale.exists()
 
 
 FAILPOINT_SCRIPT = """

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import threading
@@ -208,10 +209,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The name is unique per call (process id and a random part), so concurrent writers (e.g. DDP ranks)
     never share one; the file gets the usual permissions (it is created by the caller, not ``mkstemp``).
+    The first write of a process into a folder removes the temporaries that killed writers left there
+    (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     with no_space_is_an_error(path, "not written: the file is as it was before (or absent)"):
         path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.path.abspath(path.parent)
+        if folder not in _swept_folders:
+            _swept_folders.add(folder)
+            remove_stale_temporaries(folder)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             yield tmp
@@ -221,6 +228,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # atomic_path's names: .<name>.<pid>.<random>.tmp
+_swept_folders: set[str] = set()  # the folders this process has removed stale temporaries from
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Remove :func:`atomic_path`'s temporary files in ``folder`` whose writer is gone, and return how many:
+    a SIGKILL between writing one and renaming it leaves it behind (for a checkpoint or a model's weights,
+    the size of the model each time). Those of a live process are kept; the process ids are this
+    machine's, so one machine at a time is assumed to write into a folder (as camim's commands do)."""
+    try:
+        found = [(e.name, int(m.group(1))) for e in os.scandir(folder) if (m := _TEMPORARY.fullmatch(e.name))]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for name, pid in found:
+        if not _process_alive(pid):
+            Path(folder, name).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (POSIX; elsewhere every process counts as alive)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
