@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -21,6 +24,7 @@ from camim.io import (
     checked_image,
     open_image,
     read_jsonl,
+    remove_stale_temporaries,
     settings_hash,
     short_hash,
 )
@@ -41,6 +45,66 @@ def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write_into_their_folder(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    stale = tmp_path / f".last.ckpt.{dead}.0badc0de.tmp"
+    live = tmp_path / f".last.ckpt.{alive}.12345678.tmp"  # a writer still at work
+    other = tmp_path / f".notes.{dead}.tmp"  # not atomic_path's name
+    for p in (stale, live, other):
+        p.write_bytes(b"x" * 10)
+    assert remove_stale_temporaries(tmp_path) == 1 and not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "missing") == 0
+    stale.write_bytes(b"x")
+    atomic_write_text(tmp_path / "a.txt", "a")  # the process's first write into the folder sweeps it
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"x")
+    atomic_write_text(tmp_path / "b.txt", "b")  # once per folder and process: no second scan
+    assert stale.exists()
+
+
+FAILPOINT_SCRIPT = """
+import os, sys
+from camim.io import failpoint
+for i in range(1, 4):
+    print(i, flush=True)
+    failpoint("test.point", os.write, 1, b"half ")
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "out", "killed"),
+    [
+        ("test.point:2", "1\n2\nhalf ", True),  # the second time it is reached: before_kill, then SIGKILL
+        ("other.point:1,test.point:3", "1\n2\n3\nhalf ", True),
+        ("test.point:9", "1\n2\n3\ndone\n", False),  # never reached 9 times
+        ("", "1\n2\n3\ndone\n", False),
+    ],
+)
+def test_failpoint_kills_the_process_the_nth_time_the_named_point_is_reached(spec, out, killed):
+    env = {**os.environ, "CAMIM_FAILPOINT": spec}
+    proc = subprocess.run([sys.executable, "-c", FAILPOINT_SCRIPT], env=env, capture_output=True, text=True)
+    assert proc.stdout == out
+    assert proc.returncode == (-signal.SIGKILL if killed else 0)
+    assert ("camim: failpoint test.point:" in proc.stderr) == killed
+
+
+def test_a_malformed_failpoint_setting_is_refused(monkeypatch):
+    from camim.io import failpoint
+
+    monkeypatch.setenv("CAMIM_FAILPOINT", "test.point")
+    with pytest.raises(CamimError, match="CAMIM_FAILPOINT: 'test.point' is not name:N"):
+        failpoint("test.point")
+    monkeypatch.delenv("CAMIM_FAILPOINT")
+    failpoint("test.point")  # unset: nothing happens
 
 
 def test_short_hashes_are_sha256_prefixes():

@@ -13,7 +13,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -153,6 +156,51 @@ def no_space_is_an_error(path: str | Path, kept: str | Callable[[], str]) -> Ite
         raise
 
 
+# --------------------------------------------------------------------------------------------- failpoints
+#: the test hook naming where a process kills itself (docs/architecture.md, "Failpoints"); not a user setting
+FAILPOINT_ENV = "CAMIM_FAILPOINT"
+_failpoint_spec: tuple[str, dict[str, int]] | None = None  # (the variable's value, name -> N), parsed once
+_failpoint_hits: dict[str, int] = {}  # name -> times this process reached it
+_failpoint_lock = threading.Lock()
+
+
+def failpoint(name: str, before_kill: Callable[..., object] | None = None, *args: object) -> None:
+    """A named point where a test can SIGKILL this process (in the style of etcd's gofail and FoundationDB's
+    buggify). Nothing happens unless the environment variable ``CAMIM_FAILPOINT`` names the point as
+    ``name:N`` (several separated by commas): the N-th time this process reaches it, ``before_kill(*args)``
+    runs (e.g. writes half a line) and the process kills itself. Unset, it costs one environment lookup."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if spec:
+        _failpoint_reached(spec, name, before_kill, args)
+
+
+def _failpoint_reached(spec: str, name: str, before_kill: Callable[..., object] | None, args: tuple) -> None:
+    global _failpoint_spec
+    if _failpoint_spec is None or _failpoint_spec[0] != spec:
+        _failpoint_spec = (spec, _parse_failpoints(spec))
+    target = _failpoint_spec[1].get(name)
+    if target is None:
+        return
+    with _failpoint_lock:
+        _failpoint_hits[name] = reached = _failpoint_hits.get(name, 0) + 1
+    if reached != target:
+        return
+    if before_kill is not None:
+        before_kill(*args)
+    os.write(2, f"camim: failpoint {name}:{target} reached: SIGKILL\n".encode())
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _parse_failpoints(spec: str) -> dict[str, int]:
+    points = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, count = item.rpartition(":")
+        if not name or not count.isdigit() or int(count) < 1:
+            raise CamimError(f"{FAILPOINT_ENV}: {item!r} is not name:N (N >= 1)")
+        points[name] = int(count)
+    return points
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -161,17 +209,59 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The name is unique per call (process id and a random part), so concurrent writers (e.g. DDP ranks)
     never share one; the file gets the usual permissions (it is created by the caller, not ``mkstemp``).
+    The first write of a process into a folder removes the temporaries that killed writers left there
+    (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     with no_space_is_an_error(path, "not written: the file is as it was before (or absent)"):
         path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.path.abspath(path.parent)
+        if folder not in _swept_folders:
+            _swept_folders.add(folder)
+            remove_stale_temporaries(folder)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             yield tmp
+            failpoint("atomic_path.before_replace")
             os.replace(tmp, path)
+            failpoint("atomic_path.after_replace")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # atomic_path's names: .<name>.<pid>.<random>.tmp
+_swept_folders: set[str] = set()  # the folders this process has removed stale temporaries from
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Remove :func:`atomic_path`'s temporary files in ``folder`` whose writer is gone, and return how many:
+    a SIGKILL between writing one and renaming it leaves it behind (for a checkpoint or a model's weights,
+    the size of the model each time). Those of a live process are kept; the process ids are this
+    machine's, so one machine at a time is assumed to write into a folder (as camim's commands do)."""
+    try:
+        found = [(e.name, int(m.group(1))) for e in os.scandir(folder) if (m := _TEMPORARY.fullmatch(e.name))]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for name, pid in found:
+        if not _process_alive(pid):
+            Path(folder, name).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (POSIX; elsewhere every process counts as alive)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -223,11 +313,12 @@ class JsonlLog:
     ``O_APPEND`` descriptor.
 
     A killed writer loses at most the batch it had in flight. A line cut short by a crash is the file's
-    last line: :meth:`read` leaves it unread and sets ``partial_tail``, and the next :meth:`append` starts a
-    fresh line after it (it then reads as one undecodable line, listed in ``bad_lines``), or
-    :meth:`drop_partial_tail` cuts it off. With ``lock=True`` an exclusive ``fcntl`` lock is available
-    through :meth:`locked` so that several processes can re-read and append without writing a key twice;
-    with ``fsync=True`` every append is flushed to disk before it returns. ``what`` names the file in errors.
+    last line: :meth:`read` leaves it unread and sets ``partial_tail``; the one writer of the file, or a
+    writer holding :meth:`locked`, cuts it off with :meth:`drop_partial_tail` (and counts it), otherwise the
+    next :meth:`append` starts a fresh line after it (it then reads as one undecodable line, listed in
+    ``bad_lines``). :meth:`locked` holds an exclusive ``fcntl`` lock so that several processes can re-read
+    and append without writing a key twice; with ``fsync=True`` every append is flushed to disk before it
+    returns. ``what`` names the file in errors.
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False, what: str = "file"):
@@ -308,16 +399,21 @@ class JsonlLog:
         self._next_line += data[:end].count(b"\n")
         return values
 
-    def drop_partial_tail(self) -> None:
-        """Cut an unfinished last line off the file (for a single writer that wants a clean file)."""
-        size = self.path.stat().st_size if self.path.exists() else 0
+    def drop_partial_tail(self) -> bool:
+        """Cut an unfinished last line (a write cut short) off the file; whether there was one. Only for the
+        file's one writer, or one holding :meth:`locked`: another writer's line may still be arriving."""
+        if not self.path.exists():
+            self.partial_tail = False
+            return False
         with open(self.path, "rb") as f:
             data = f.read()
         keep = data.rfind(b"\n") + 1
-        if keep < size:
+        cut = keep < len(data)
+        if cut:
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
         self.partial_tail = False
+        return cut
 
     # -- writing
     def append(self, values: Iterable[object]) -> int:
@@ -333,9 +429,11 @@ class JsonlLog:
                 data = b"\n" + data
             with no_space_is_an_error(self.path, "the lines appended before are intact"):
                 try:
+                    failpoint("jsonl.torn_line", _write_torn, fd, data)  # a test's kill mid-write
                     written = os.write(fd, data)
                     if written != len(data):  # a full disk can take part of a write
                         raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                    failpoint("jsonl.before_flush")  # written, not yet flushed to disk
                     if self.fsync:
                         os.fsync(fd)
                 except OSError:
@@ -353,6 +451,12 @@ class JsonlLog:
         with open(self.path, "rb") as f:
             f.seek(size - 1)
             return f.read(1) != b"\n"
+
+
+def _write_torn(fd: int, data: bytes) -> None:
+    """Write the first half of ``data``, never ending at a line's end: what a kill mid-write leaves."""
+    cut = len(data) // 2
+    os.write(fd, data[: cut + (data[cut - 1 : cut] == b"\n")])
 
 
 # ------------------------------------------------------------------------------------------------- images

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from camim.errors import Interrupted
-from camim.io import atomic_path
+from camim.io import atomic_path, failpoint
 from camim.progress import EVERY_S, duration, on_terminal
 
 # Lightning's precision values (lightning.Trainer(precision=...)): refused up front if misspelt
@@ -206,3 +206,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         with atomic_path(path) as tmp:
             tmp.write_bytes(buffer.getbuffer())
+            failpoint("checkpoint.before_rename")  # a test's kill: written whole, not yet in place

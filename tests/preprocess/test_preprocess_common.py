@@ -20,16 +20,21 @@ def test_progress_log_keeps_done_items_per_settings(tmp_path):
     assert settings_hash({"a": 1, "b": 2}) == settings_hash({"b": 2, "a": 1}) != settings_hash({"a": 1})
 
 
-def test_progress_log_ignores_a_cut_short_line_and_counts_unreadable_ones(tmp_path):
+def test_progress_log_drops_a_cut_short_line_and_counts_it_and_unreadable_ones(tmp_path):
     path = tmp_path / "log.jsonl"
     ProgressLog(path, {}).append("0", {"x": 1})
+    whole = path.read_bytes()
     with path.open("ab") as f:
         f.write(b'{"key": "1", "sett')  # a write cut short by a crash
     log = ProgressLog(path, {})
-    assert list(log.done) == ["0"] and log.partial_tail and log.bad_lines == 0
-    log.append("1", {"x": 2})  # starts on a fresh line
+    assert list(log.done) == ["0"] and log.torn_lines == 1 and log.bad_lines == 0
+    assert path.read_bytes() == whole  # cut off: item 1 is redone
+    report = PrepareReport("objects", "train")
+    report.note_log(log)
+    assert report.fallbacks == {"torn_lines_dropped": 1} and "torn_lines_dropped: 1" in report.summary()
+    log.append("1", {"x": 2})
     reread = ProgressLog(path, {})
-    assert sorted(reread.done) == ["0", "1"] and reread.bad_lines == 1  # the cut line, now terminated
+    assert sorted(reread.done) == ["0", "1"] and reread.bad_lines == 0 and reread.torn_lines == 0
 
     h = settings_hash({})
     path.write_text(

@@ -49,8 +49,12 @@ def test_mlm_loss_falls_and_the_folder_reloads_with_auto_classes(pretrained, tin
     key = "bert.embeddings.word_embeddings.weight"
     assert torch.equal(model.embeddings.word_embeddings.weight.detach(), mlm[key])
     assert not (folder / "checkpoints").exists()  # finished: the resume checkpoint is gone
-    # rerun with the same settings: reused, not retrained
+    # rerun with the same settings: reused, not retrained; the checkpoints of a run killed after writing its
+    # card (before removing them) go
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"a model-sized file")
     assert pretrain(_scratch(), tiny_mnre, folder).card == card
+    assert not (folder / "checkpoints").exists()
     with pytest.raises(CamimError, match="other settings.*epochs"):
         pretrain(_scratch(["epochs=4"]), tiny_mnre, folder)
 

@@ -133,6 +133,22 @@ def test_dev_checkpoint_resume_state_key_and_arguments(tmp_path):
         DevCheckpoint(monitor="val/f1", ties="middle")
 
 
+def test_resume_removes_the_best_checkpoint_a_killed_run_saved_after_its_last_one(tmp_path):
+    """Killed between saving best-epoch1.ckpt (and removing best-epoch0.ckpt) and saving last.ckpt: the resumed
+    state (last.ckpt's) knows best-epoch0 only; the orphan goes, so that redoing epoch 1 saves best-epoch1.ckpt
+    again rather than best-epoch1-v1.ckpt beside it. Files of other names stay."""
+    kw = {"dirpath": str(tmp_path), "filename": "best-epoch{epoch}", "monitor": "val/f1", "save_last": True,
+          "auto_insert_metric_name": False}  # fmt: skip
+    for name in ("best-epoch0.ckpt", "best-epoch1.ckpt", "best-epoch1-v1.ckpt", "last.ckpt", "notes.ckpt"):
+        (tmp_path / name).write_bytes(b"x")
+    best = str(tmp_path / "best-epoch0.ckpt")
+    state = {"dirpath": str(tmp_path), "best_model_score": torch.tensor(50.0), "best_model_path": best,
+             "best_k_models": {best: torch.tensor(50.0)}, "kth_best_model_path": best, "kth_value": torch.tensor(50.0),
+             "last_model_path": str(tmp_path / "last.ckpt")}  # fmt: skip
+    DevCheckpoint(**kw).load_state_dict(state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-epoch0.ckpt", "last.ckpt", "notes.ckpt"]
+
+
 def test_warmup_by_ratio_unrounded():
     """Released HVPNeT: num_warmup_steps = warmup_ratio * total (a float): 0.06 * 55 = 3.3 steps."""
     assert warmup_steps_for(55, None, 0.06) == 3

@@ -8,10 +8,13 @@ Each line is one JSON object (Contract 1 in docs/architecture.md)::
 
 Durability (:class:`camim.io.JsonlLog`): each record, or each batch of records that finished together, is
 written with a single ``os.write`` on an ``O_APPEND`` descriptor while holding an exclusive ``fcntl`` lock,
-then ``fsync``-ed. A killed writer therefore loses at most the requests it had in flight; a line cut short by a crash (power loss, full disk) is the file's last line, which readers ignore
-and count (``partial_tail``), and the next writer starts a fresh line after it. Concurrent writers (several
-processes on one file) never interleave bytes, and a writer re-reads what others appended before writing,
-so the same key is never written twice.
+then ``fsync``-ed. A killed writer therefore loses at most the requests it had in flight; a line cut short by
+a crash (SIGKILL mid-write, power loss, full disk) is the file's last line, which readers ignore and count
+(``partial_tail``), and which the next :class:`CaptionCache` cuts off under the lock when it opens the file
+(counted in ``torn_lines``; ``camim caption`` and ``camim zero-shot`` say so), so the file stays one record
+per line for the data layer's strict reader. Concurrent writers (several processes on one file) never
+interleave bytes, and a writer re-reads what others appended before writing, so the same key is never written
+twice.
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ class CaptionCache:
 
     ``cache.done`` is the set of keys already present; ``cache.append(record)`` writes one record durably and
     returns ``False`` (writing nothing) when its key is already in the file, including when another process
-    wrote it since this one last looked.
+    wrote it since this one last looked. ``torn_lines`` is 1 when opening it cut off a last line that a killed
+    writer left unfinished (its image is captioned again).
     """
 
     def __init__(self, path: str | Path, fsync: bool = True):
@@ -150,6 +154,8 @@ class CaptionCache:
         self.bad_lines: list[tuple[int, str]] = self._log.bad_lines
         with self._log.locked():
             self._catch_up()
+            # every writer appends under this lock: an unfinished last line now is one whose writer died
+            self.torn_lines = int(self._log.partial_tail and self._log.drop_partial_tail())
 
     def close(self) -> None:
         self._log.close()

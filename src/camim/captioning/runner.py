@@ -23,6 +23,7 @@ class CaptionRunReport:
     skipped_done: int = 0
     captioned: int = 0
     already_written: int = 0  # captioned here but written meanwhile by a concurrent run (not duplicated)
+    torn_lines: int = 0  # an unfinished last line a killed run left in the cache, cut off (its image redone)
     empty: int = 0  # captions with empty text (stored; the model answered nothing)
     truncated: int = 0  # finish_reason "length": the answer hit max_tokens
     missing: int = 0
@@ -58,6 +59,10 @@ class CaptionRunReport:
                 f"{self.empty} empty captions, {self.truncated} cut at max tokens, "
                 f"{self.already_written} written meanwhile by another run"
             )
+        if self.torn_lines:
+            lines.append(
+                f"{self.torn_lines} unfinished last line (a killed run's) cut off the cache; its image asked again"
+            )
         for kind, messages in self.problems.items():
             lines.extend(f"  {kind}: {m}" for m in messages)
         if self.failed:
@@ -84,6 +89,7 @@ def caption_images(
     settings = backend.settings()
     report = CaptionRunReport()
     with CaptionCache(output, fsync=fsync) as cache:
+        report.torn_lines = cache.torn_lines
         unique = list({item.img_id: item for item in items}.values())
         report.total = len(unique)
         todo = [item for item in unique if (item.img_id, model, phash) not in cache.done]

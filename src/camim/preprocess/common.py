@@ -4,9 +4,11 @@ selection and the per-run report.
 Progress log: one append-only JSONL file per step and split (``{data_dir}/progress/{step}_{split}.jsonl``).
 Each finished item is one line ``{"key": ..., "settings": <hash>, ...result}`` written with a single
 ``os.write`` on an ``O_APPEND`` descriptor (:class:`camim.io.JsonlLog`), so an interrupted run loses at most
-the item in flight. A line cut short by a crash, or any other undecodable line, is ignored and counted, and
-its item is redone. A rerun treats an item as done when the log holds a line for its key made with the same
-settings (model, thresholds, ...), so changing a setting redoes the work.
+the item in flight. A last line cut short by a crash (SIGKILL mid-write) is cut off when the log is opened
+and counted (``torn_lines_dropped`` in the step's report); any other undecodable line is ignored and counted
+(``unreadable_progress_lines``); their items are redone. A rerun treats an item as done when the log holds a
+line for its key made with the same settings (model, thresholds, ...), so changing a setting redoes the work.
+One process writes a split's log at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class ProgressLog:
         self.other_settings = 0  # lines made with different settings (ignored)
         self._log = JsonlLog(self.path, what="progress log")
         records = self._log.read()
-        self.partial_tail = self._log.partial_tail  # the last write was cut short
+        # the last write was cut short: cut off (this process is the log's one writer), its item redone
+        self.torn_lines = int(self._log.partial_tail and self._log.drop_partial_tail())
         self.bad_lines = len(self._log.bad_lines)  # undecodable lines (ignored: their items are redone)
         for _, rec in records:
             if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
@@ -134,6 +137,8 @@ class PrepareReport:
             )
         if log.bad_lines:
             self.count("unreadable_progress_lines", log.bad_lines)
+        if log.torn_lines:
+            self.count("torn_lines_dropped", log.torn_lines)
 
     def count(self, what: str, n: int = 1) -> None:
         self.fallbacks[what] = self.fallbacks.get(what, 0) + n

@@ -325,6 +325,7 @@ def pretrain(
     finished = _held_pretraining(out, settings_key)
     if finished is not None:
         log.info("pretraining in %s is finished with these settings: reused", out)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # left by a run killed after writing its card
         return PretrainResult(out, finished)
     quiet_lightning()
     hint = lambda: _resume_hint(out / "checkpoints" / "last.ckpt")  # noqa: E731

@@ -7,12 +7,16 @@ Lightning's ``ModelCheckpoint`` compares with ``torch.gt`` for ``mode="max"`` an
 ``check_monitor_top_k`` decision; everything else (files, resume state, DDP agreement) is Lightning's.
 
 Both checkpoint callbacks of a run are :class:`RunCheckpoint`\ s, whose resume state follows a run folder that
-was moved or copied (issue 29): Lightning keeps the absolute paths of the best and last checkpoints in it.
+was moved or copied (issue 29): Lightning keeps the absolute paths of the best and last checkpoints in it. On
+resume they also remove the checkpoints a killed run saved after its ``last.ckpt`` (issue 29 §3).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
+from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -38,6 +42,23 @@ class RunCheckpoint(ModelCheckpoint):
         if old and new and old != new:
             state_dict = _moved_state(state_dict, str(old), str(new))
         super().load_state_dict(state_dict)
+        self._remove_unknown_checkpoints()
+
+    def _remove_unknown_checkpoints(self) -> None:
+        """Remove the checkpoints of this callback's file name that the resume state does not know. A run
+        killed after saving a new best checkpoint (and removing the previous one) but before saving
+        ``last.ckpt`` leaves one; the resumed run redoes that epoch and, finding the name taken, would save
+        ``best-epoch2-v1.ckpt`` beside it: a second model-sized file, and another ``best_checkpoint`` in
+        metrics.json than an uninterrupted run's."""
+        if not self.dirpath or not self.filename or not os.path.isdir(self.dirpath):
+            return
+        known = [*self.best_k_models, self.best_model_path, self.last_model_path]
+        known = {os.path.abspath(p) for p in known if p}
+        pattern = re.sub(r"\{[^}]*\}", "*", self.filename) + "*" + self.FILE_EXTENSION  # best-epoch*.ckpt
+        for name in fnmatch.filter(os.listdir(self.dirpath), pattern):
+            path = os.path.abspath(os.path.join(self.dirpath, name))
+            if path not in known and name != self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION:
+                Path(path).unlink(missing_ok=True)
 
 
 def _moved_state(state: dict, old: str, new: str) -> dict:

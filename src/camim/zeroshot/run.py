@@ -235,6 +235,10 @@ def zero_shot(
     report.requests = len(requests)
     hashes = {k: request_hash(r) for k, r in requests.items()}
     with CaptionCache(folder.path / ANSWERS_FILE, fsync=fsync) as cache:
+        if cache.torn_lines:
+            report.problems.append(
+                f"{ANSWERS_FILE}: an unfinished last line (a killed run's) cut off; asked again"
+            )
         asker = _Asker(backend, cache, report, hashes, progress)
         problems = asker.ask(list(requests.values()))
         problems.update(asker.ask_text_only(problems, dict(zip(keys, queries)), builder, requests))
