@@ -103,6 +103,22 @@ def test_a_cancelled_submission_costs_no_forward():
     assert engine.drain(10) and ran == ["busy", "kept"]
 
 
+def test_threads_of_the_engine_do_not_outlive_their_work():
+    """An idle engine's worker thread ends (a Predictor that is no longer used holds no thread)."""
+    from camim.inference import batching
+
+    engine = batching.BatchEngine(lambda items: items, max_wait_ms=0, name="camim-batcher-idle-test")
+    assert engine.submit(1).result(timeout=10) == 1
+    worker = next(t for t in threading.enumerate() if t.name == "camim-batcher-idle-test")
+    original, batching.IDLE_EXIT_S = batching.IDLE_EXIT_S, 0.05
+    try:
+        assert engine.submit(2).result(timeout=10) == 2  # the worker now waits 0.05 s for more, then ends
+        worker.join(timeout=10)
+    finally:
+        batching.IDLE_EXIT_S = original
+    assert not worker.is_alive() and engine.submit(3).result(timeout=10) == 3  # and starts again
+
+
 # ------------------------------------------------------------------ the Predictor's engine, a real model
 class Captioner:
     """Captions an image by its size; fails on 13-pixel-wide images (a captioning server erroring)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image (encoded)")
     s.add_argument("--max-request-mb", type=float, default=16.0, help="largest accepted request body")
+    _serving_args(s)
     _captioner_args(s)
     s.set_defaults(func=run_serve)
+
+
+def _serving_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("serving traffic (docs/inference.md, 'Serving in production')")
+    g.add_argument("--max-batch-size", type=int, default=16, help="posts per model forward (1: no batching)")
+    g.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest wait of a forward for posts still being decoded",
+    )
+    g.add_argument("--max-queue", type=int, default=256, help="prediction requests in flight; beyond: 503")
+    g.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds to answer a request; then 504"
+    )
+    g.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="on SIGTERM/SIGINT: seconds to finish requests"
+    )
+    g.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    g.add_argument("--threads", type=int, help="torch intra-op threads per process (default: torch's)")
+    g.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="require 'Authorization: Bearer <the value of environment variable VAR>' on the API and /metrics",
+    )
 
 
 def _captioner_args(p: argparse.ArgumentParser) -> None:
@@ -151,16 +179,78 @@ def _predict_single(predictor: Predictor, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ serve
-def run_serve(args: argparse.Namespace) -> int:
-    from camim.inference.server import ServeConfig, serve
+SERVE_SETTINGS_ENV = "CAMIM_SERVE_SETTINGS"  # how `--workers` processes get the parent's flags
+_SERVE_KEYS = (
+    "model", "device", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
+    "max_queue", "request_timeout", "api_key_env", "caption_model", "caption_base_url", "caption_timeout",
+)  # fmt: skip
 
-    config = ServeConfig(
-        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-        max_image_bytes=int(args.max_image_mb * 1024 * 1024),
-    )
-    predictor = _load(args)
+
+def run_serve(args: argparse.Namespace) -> int:
+    from camim.inference.server import serve
+
+    for flag in ("max_batch_size", "max_queue", "workers"):
+        if getattr(args, flag) < 1:
+            raise CamimError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0 or args.request_timeout <= 0 or args.graceful_timeout < 0:
+        raise CamimError("--max-wait-ms, --request-timeout and --graceful-timeout must be positive")
+    if _api_key(args.api_key_env) is None and not _is_loopback(args.host):
+        print(
+            f"camim serve: warning: listening on {args.host} without --api-key-env: anyone who can reach it can "
+            "use the API",
+            file=sys.stderr,
+        )
+    if args.workers > 1:
+        _load(args)  # fail here, once, on a bad model or captioner flag; each worker loads its own copy
+        os.environ[SERVE_SETTINGS_ENV] = json.dumps({k: getattr(args, k) for k in _SERVE_KEYS})
+        app: Any = "camim.inference.cli:app_from_environment"
+    else:
+        app = build_app(args)
     print(
         f"camim serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr
     )
-    serve(predictor, host=args.host, port=args.port, config=config)
+    serve(app, host=args.host, port=args.port, graceful_timeout_s=args.graceful_timeout, workers=args.workers)
     return 0
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """The app of ``camim serve`` for ``args`` (sets torch's threads for this process)."""
+    from camim.inference.server import ServeConfig, create_app
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = ServeConfig(
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+    )
+    return create_app(_load(args), config, api_key=_api_key(args.api_key_env))
+
+
+def app_from_environment() -> Any:
+    """uvicorn's app factory in each process of ``camim serve --workers N``: the parent's flags, from the
+    environment."""
+    return build_app(argparse.Namespace(**json.loads(os.environ[SERVE_SETTINGS_ENV])))
+
+
+def _api_key(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "")
+    if not key.strip():
+        raise CamimError(f"--api-key-env {variable}: the environment variable {variable} is not set or empty")
+    return key
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
