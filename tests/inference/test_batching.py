@@ -48,6 +48,33 @@ def test_a_lone_submission_does_not_wait_for_company():
     assert time.monotonic() - start < 30  # nothing announced: the 60 s window is not waited for
 
 
+def test_the_callers_a_forward_answered_are_waited_for():
+    """Four client loops: each sends its next item when it has its answer. The worker waits for all four
+    to come back (up to max_wait_ms) instead of running the first one back alone."""
+    sizes = []
+    engine = BatchEngine(echo, max_batch_size=4, max_wait_ms=5000, on_batch=lambda n, s: sizes.append(n))
+    assert [f.result(timeout=10) for f in engine.submit_many([0, 1, 2, 3])] == ["<0>", "<1>", "<2>", "<3>"]
+
+    def client(k):
+        time.sleep(0.05 * k)  # the four come back at different times
+        return engine.submit(10 + k).result(timeout=10)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(client, range(4))) == ["<10>", "<11>", "<12>", "<13>"]
+    assert sizes == [4, 4]
+    lone = BatchEngine(echo, max_batch_size=4, max_wait_ms=60_000)
+    assert lone.submit_many([1, 2])[1].result(timeout=10) == "<2>"
+    # the two answered callers do not come back, a third arrives: it waits at most max_wait_ms (here 60 s,
+    # so shorten it: the worker reads max_wait_ms afresh whenever it is woken)
+    late = lone.submit(3)
+    time.sleep(0.2)  # the worker is now waiting for the two that answered
+    assert not late.done()
+    lone.max_wait_ms = 0
+    with lone.expect():  # entering and leaving wakes the worker
+        pass
+    assert late.result(timeout=10) == "<3>"
+
+
 def test_batches_are_cut_at_max_batch_size_in_arrival_order():
     seen = []
     gate = threading.Event()

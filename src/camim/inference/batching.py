@@ -2,10 +2,18 @@
 
 In the manner of TorchServe's and Triton's dynamic batchers: a caller submits one item and gets a
 :class:`concurrent.futures.Future`; one worker thread takes the waiting items, at most ``max_batch_size`` at
-a time, and hands them to ``run`` in one call. The worker waits up to ``max_wait_ms`` (counted from the
-oldest waiting item) for more items only while callers have announced ones still on their way
-(:meth:`BatchEngine.expect`: a post being decoded or captioned), so a lone request never waits for company
-that is not coming, and under load a batch is whatever queued up during the previous forward.
+a time, and hands them to ``run`` in one call. While fewer than ``max_batch_size`` items wait, the worker
+waits for more -- at most ``max_wait_ms``, counted from the oldest waiting item or from the end of the
+previous forward, whichever is later -- but only for items it has reason to expect:
+
+- items announced by callers still preparing them (:meth:`BatchEngine.expect`: a post being decoded or
+  captioned);
+- the next items of the callers the previous forward answered, who have not submitted again yet (a client
+  loop or a dashboard sends its next post when it gets its answer). Without this, a closed loop of N clients
+  settles into two alternating half batches: the half answered last comes back while the other half runs.
+
+So a lone caller never waits for company that is not coming, and under load a batch is whatever queued up
+during the previous forward.
 
 ``run(items) -> list[result | Exception]`` answers every item: an exception in its slot fails that item's
 future alone. A future cancelled before its batch starts (its client left, its deadline passed) is skipped
@@ -25,9 +33,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-IDLE_EXIT_S = (
-    5.0  # an idle worker thread ends (and starts again on the next submit): no thread per idle engine
-)
+IDLE_EXIT_S = 5.0  # an idle worker thread ends (and starts again on the next submit): no idle threads
 
 
 class BatchFuture(Future):
@@ -61,6 +67,8 @@ class BatchEngine(Generic[T, R]):
         self._cond = threading.Condition()
         self._queue: deque[tuple[float, T, BatchFuture]] = deque()
         self._expected = 0  # items announced by callers and not yet submitted
+        self._returning = 0  # items answered by the last forward whose callers have not submitted again
+        self._free_since = 0.0  # when the last forward ended
         self._running = 0  # items in the forward now
         self._thread: threading.Thread | None = None
 
@@ -87,9 +95,9 @@ class BatchEngine(Generic[T, R]):
         now = time.monotonic()
         with self._cond:
             self._queue.extend((now, item, fut) for item, fut in zip(items, futures))
+            self._returning = max(0, self._returning - len(items))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                self._thread.start()
+                self._start()
             self._cond.notify_all()
         return futures
 
@@ -110,23 +118,32 @@ class BatchEngine(Generic[T, R]):
         return True
 
     # ------------------------------------------------------------------ worker
+    def _start(self) -> None:
+        """Start the worker thread (called with the lock held)."""
+        self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+        self._thread.start()
+
     def _work(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._answer(batch)
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._answer(batch)
+        except BaseException:  # a bug must not strand the queued items: another worker takes them
+            with self._cond:
+                self._thread = None
+                if self._queue:
+                    self._start()
+            raise
 
     def _next_batch(self) -> list[tuple[T, BatchFuture]] | None:
         """The next items to run together; None (and the thread ends) after ``IDLE_EXIT_S`` with no work."""
         with self._cond:
             while not self._queue:
                 if not self._cond.wait(IDLE_EXIT_S) and not self._queue:
-                    self._thread = None
+                    self._thread = None  # under the lock: a submit from now on starts a new worker
                     return None
-            deadline = self._queue[0][0] + self.max_wait_ms / 1000
-            while len(self._queue) < self.max_batch_size and self._expected > 0:
-                left = deadline - time.monotonic()
+            while len(self._queue) < self.max_batch_size and (self._expected > 0 or self._returning > 0):
+                since = max(self._queue[0][0], self._free_since)  # max_wait_ms read afresh on each wake-up
+                left = since + self.max_wait_ms / 1000 - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
@@ -151,6 +168,9 @@ class BatchEngine(Generic[T, R]):
             outcomes = [exc] * len(batch)
         if self.on_batch is not None:  # before the answers, so a caller that got one sees its batch counted
             self.on_batch(len(batch), time.perf_counter() - start)
+        with self._cond:  # before the answers: a caller's next submit counts as its return
+            self._returning = len(batch)
+            self._free_since = time.monotonic()
         for (_, fut), outcome in zip(batch, outcomes):
             fut.batch_size = len(batch)
             if isinstance(outcome, BaseException):
