@@ -76,7 +76,7 @@ def _serving_args(s: argparse.ArgumentParser) -> None:
         "--max-wait-ms",
         type=float,
         default=5.0,
-        help="longest wait of a forward for posts still being decoded",
+        help="longest wait of a forward for posts on their way (being decoded, or from clients just answered)",
     )
     g.add_argument("--max-queue", type=int, default=256, help="prediction requests in flight; beyond: 503")
     g.add_argument(

@@ -72,7 +72,7 @@ class ServeConfig:
     max_caption_chars: int = 2000
     max_batch: int = 64  # posts in one /api/predict_batch request
     max_batch_size: int = 16  # posts in one model forward (1: batching off)
-    max_wait_ms: float = 5.0  # how long a forward waits for posts still being decoded
+    max_wait_ms: float = 5.0  # how long a forward may wait for posts on their way (batching.py)
     max_queue: int = 256  # prediction requests in flight; the next one gets 503
     request_timeout_s: float = 30.0  # a request without its answer by then gets 504
 
