@@ -110,6 +110,8 @@ def test_errors_fail_their_own_item_or_their_batch_and_never_the_worker():
     with pytest.raises(RuntimeError, match="the forward failed"):
         engine.submit("boom").result(timeout=10)
     assert engine.submit("after").result(timeout=10) == "after"
+    engine.on_batch = lambda n, s: 1 / 0  # a broken metrics hook
+    assert engine.submit("still answered").result(timeout=10) == "still answered"
 
 
 def test_a_cancelled_submission_costs_no_forward():

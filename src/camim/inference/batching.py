@@ -22,6 +22,7 @@ and costs no forward. ``max_batch_size=1`` turns batching off (one item per forw
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+LOG = logging.getLogger(__name__)
 IDLE_EXIT_S = 5.0  # an idle worker thread ends (and starts again on the next submit): no idle threads
 
 
@@ -167,7 +169,10 @@ class BatchEngine(Generic[T, R]):
         except Exception as exc:  # a failed forward fails its batch, never the worker
             outcomes = [exc] * len(batch)
         if self.on_batch is not None:  # before the answers, so a caller that got one sees its batch counted
-            self.on_batch(len(batch), time.perf_counter() - start)
+            try:
+                self.on_batch(len(batch), time.perf_counter() - start)
+            except Exception:  # a broken observer must not strand the answers
+                LOG.exception("on_batch failed")
         with self._cond:  # before the answers: a caller's next submit counts as its return
             self._returning = len(batch)
             self._free_since = time.monotonic()
