@@ -90,13 +90,14 @@ class Ceiling:
     """Posts/s of ``Predictor.predict_batch`` at batch 16 (and of one post at a time) in this process, with
     the server's torch threads; measured before and after the servers' load phases (background load drifts)."""
 
-    def __init__(self, model_dir: Path, posts: list[dict], threads: int, device: str, rounds: int):
+    def __init__(self, model_dir: Path, posts: list[dict], threads: int | None, device: str, rounds: int):
         import torch
 
         sys.path.insert(0, str(ROOT / "src"))
         from camim.inference import Predictor
 
-        torch.set_num_threads(threads)
+        if threads:
+            torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         self.predictor = Predictor.from_pretrained(model_dir, device=device)
         items = [{**p, "head": tuple(p["head"]["pos"]), "tail": tuple(p["tail"]["pos"])} for p in posts]
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, help="MNRE-layout folder whose test posts are sent")
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
-        "--threads", type=int, help="torch threads of the server and the ceiling (default: torch's)"
+        "--threads", type=int, help="torch threads of the server and the ceiling (default: the server's)"
     )
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
     ap.add_argument(
@@ -458,9 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
 
-    import torch  # the ceiling's process: its default thread count is the server's default too
+    sys.path.insert(0, str(ROOT / "src"))
+    from camim.inference.cli import serving_threads
 
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or (serving_threads() if args.device == "cpu" else None)
     posts, source = load_posts(args.model_dir, args.data_dir)
     bodies = [json.dumps(p).encode() for p in posts]
     print(
@@ -470,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "threads": threads, "posts": source, "loadavg_start": os.getloadavg()}}  # fmt: skip
     ceiling = Ceiling(args.model_dir, posts, threads, args.device, args.ceiling_rounds)
-    common = ["--threads", str(threads), "--device", args.device, "--max-queue", str(args.max_queue),
-              "--max-wait-ms", str(args.max_wait_ms), "--request-timeout", str(args.timeout)]  # fmt: skip
+    common = ["--device", args.device, "--max-queue", str(args.max_queue), "--max-wait-ms", str(args.max_wait_ms),
+              "--request-timeout", str(args.timeout), *(["--threads", str(threads)] if threads else [])]  # fmt: skip
     servers: dict[str, Server] = {}
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         try:
