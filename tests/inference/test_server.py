@@ -189,3 +189,6 @@ def test_page_info_and_openapi(server):
     schema = httpx.get(server + "/openapi.json", timeout=10).json()
     assert "/api/predict" in schema["paths"]
     assert "PredictRequest" in schema["components"]["schemas"]
+    answer = schema["paths"]["/api/predict"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
+    assert {"/healthz", "/readyz", "/metrics"} <= set(schema["paths"])

@@ -23,7 +23,7 @@ import inspect
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,19 @@ class Prediction:
     notes: list[str] = field(default_factory=list)  # what was generated, what the model did instead
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["distribution"] = [{"relation": r, "probability": p} for r, p in self.distribution]
-        d["head"] = {"name": self.head.name, "pos": [self.head.start, self.head.end]}
-        d["tail"] = {"name": self.tail.name, "pos": [self.tail.start, self.tail.end]}
-        return d
+        """JSON-ready (written out field by field: ``dataclasses.asdict`` deep-copies, per served request)."""
+        return {
+            "relation": self.relation,
+            "probability": self.probability,
+            "distribution": [{"relation": r, "probability": p} for r, p in self.distribution],
+            "tokens": list(self.tokens),
+            "head": {"name": self.head.name, "pos": [self.head.start, self.head.end]},
+            "tail": {"name": self.tail.name, "pos": [self.tail.start, self.tail.end]},
+            "caption": self.caption,
+            "caption_source": self.caption_source,
+            "absent_modalities": list(self.absent_modalities),
+            "notes": list(self.notes),
+        }
 
 
 @dataclass

@@ -196,19 +196,21 @@ def _add_api(app: FastAPI, predictor: Predictor, config: ServeConfig) -> None:
         """The loaded model: its labels, the modalities it reads and the helpers that fill missing ones."""
         return {**predictor.info(), "limits": asdict(config)}
 
+    # The answers are built from Prediction.to_dict and sent as they are: response_model documents them in
+    # the OpenAPI schema without FastAPI validating every answer against it again.
     @app.post("/api/predict", response_model=PredictResponse, responses=errors)
-    async def predict(req: PredictRequest, request: Request) -> dict[str, Any]:
+    async def predict(req: PredictRequest, request: Request) -> JSONResponse:
         """Predict the relation between ``head`` and ``tail`` in one post."""
-        return (await dispatch(request, [req]))[0]
+        return JSONResponse((await dispatch(request, [req]))[0])
 
     @app.post("/api/predict_batch", response_model=BatchResponse, responses=errors)
-    async def predict_batch(req: BatchRequest, request: Request) -> dict[str, Any]:
+    async def predict_batch(req: BatchRequest, request: Request) -> JSONResponse:
         """Predict several posts in one call (at most ``max_batch``)."""
         if not req.items:
             raise HTTPFailure(422, "items: give at least one post")
         if len(req.items) > config.max_batch:
             raise HTTPFailure(413, f"items: {len(req.items)} posts is over the limit of {config.max_batch}")
-        return {"results": await dispatch(request, req.items)}
+        return JSONResponse({"results": await dispatch(request, req.items)})
 
 
 # ---------------------------------------------------------------------------- requests
@@ -264,7 +266,10 @@ class _Job:
 
     async def run(self) -> tuple[list[Prediction], int]:
         """The predictions, and the largest forward they ran in."""
-        futures = await run_in_threadpool(self._prepare_and_submit)
+        if any(req.image for req in self.reqs) or self.predictor.image_generator is not None:
+            futures = await run_in_threadpool(self._prepare_and_submit)  # decoding, helpers: in parallel
+        else:  # text and spans only: cheaper here than the hop to a worker thread and back
+            futures = self._prepare_and_submit()
         outcomes = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
         for outcome, where in zip(outcomes, self.wheres):
             if isinstance(outcome, CamimError):
