@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=list(LEVELS))
     ap.add_argument(
-        "--requests", type=int, default=600, help="requests per concurrency level (at least 4 x c)"
+        "--requests", type=int, default=2000, help="requests per concurrency level (at least 4 x c)"
     )
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
