@@ -54,9 +54,11 @@ def config(**overrides):
 
 @contextmanager
 def held(predictor, n: int = 100):
-    """Keep the engine's worker waiting for announced posts (up to ``max_wait_ms``): requests queue up."""
+    """Keep the engine's worker waiting for announced posts (up to ``max_wait_ms``): requests queue up.
+    Afterwards the worker waits no more (nor for the callers it answers, who do not come back here)."""
     with predictor.engine.expect(n):
         yield
+        predictor.engine.max_wait_ms = 0
 
 
 def post(url, body, path="/api/predict", **kw):
