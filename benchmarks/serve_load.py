@@ -436,7 +436,7 @@ def targets(res: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", type=Path, help="a training output folder (or its model/)")
     ap.add_argument("--data-dir", type=Path, help="MNRE-layout folder whose test posts are sent")
@@ -457,7 +457,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ceiling-rounds", type=int, default=40, help="batches of 16 timed for the ceiling")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     ap.add_argument("--json", type=Path, help="write the figures here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def run_servers(
+    args: argparse.Namespace, threads: int | None, bodies: list[bytes], ceiling: Ceiling, res: dict
+) -> None:
+    """The server phases: off and on side by side, then overload and soak on the batching one."""
+    common = ["--device", args.device, "--max-queue", str(args.max_queue), "--max-wait-ms", str(args.max_wait_ms),
+              "--request-timeout", str(args.timeout), *(["--threads", str(threads)] if threads else [])]  # fmt: skip
+    servers: dict[str, Server] = {}
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
+        try:
+            servers["off"] = start_server(
+                "off", args.model_dir, Path(tmp), [*common, "--max-batch-size", "1"]
+            )
+            flags = [*common, "--max-batch-size", str(args.max_batch_size)]
+            servers["on"] = start_server("on", args.model_dir, Path(tmp), flags)
+            res.update(compare(servers, bodies, args, ceiling))
+            res["ceiling"] = ceiling.summary()
+            servers["off"].stop()
+            res["overload"] = overload(servers["on"], bodies, args)
+            print(f"overload: {res['overload']['statuses']}", flush=True)
+            res["soak"] = soak(servers["on"], bodies, args)
+        finally:
+            res["exit_status"] = {name: s.stop() for name, s in servers.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "src"))
     from camim.inference.cli import serving_threads
@@ -472,25 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "threads": threads, "posts": source, "loadavg_start": os.getloadavg()}}  # fmt: skip
     ceiling = Ceiling(args.model_dir, posts, threads, args.device, args.ceiling_rounds)
-    common = ["--device", args.device, "--max-queue", str(args.max_queue), "--max-wait-ms", str(args.max_wait_ms),
-              "--request-timeout", str(args.timeout), *(["--threads", str(threads)] if threads else [])]  # fmt: skip
-    servers: dict[str, Server] = {}
-    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
-        try:
-            servers["off"] = start_server(
-                "off", args.model_dir, Path(tmp), [*common, "--max-batch-size", "1"]
-            )
-            servers["on"] = start_server(
-                "on", args.model_dir, Path(tmp), [*common, "--max-batch-size", str(args.max_batch_size)]
-            )
-            res.update(compare(servers, bodies, args, ceiling))
-            res["ceiling"] = ceiling.summary()
-            servers["off"].stop()
-            res["overload"] = overload(servers["on"], bodies, args)
-            print(f"overload: {res['overload']['statuses']}", flush=True)
-            res["soak"] = soak(servers["on"], bodies, args)
-        finally:
-            res["exit_status"] = {name: s.stop() for name, s in servers.items()}
+    run_servers(args, threads, bodies, ceiling, res)
     res["settings"]["loadavg_end"] = os.getloadavg()
     lines = report(res)
     print("\n" + "\n".join(lines))
