@@ -136,6 +136,32 @@ def bert_run(tmp_path_factory, tiny_text_dir) -> TrainedRun:
 
 
 @pytest.fixture(scope="session")
+def tmr_dir(tmp_path_factory, tiny_text_dir, tiny_vision_dir):
+    """A tiny TMR + CAM (images mode: reads the image, caption, objects and scores) saved as a model folder."""
+    from camim.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model(
+        {
+            "name": "tmr",
+            "text_encoder": str(tiny_text_dir),
+            "text_encoder_pretrained": False,
+            "vision_encoder": str(tiny_vision_dir),
+            "vision_encoder_pretrained": False,
+            "max_length": 32,
+            "caption_max_length": 12,
+            "text_window": 12,
+            "image_size": 32,
+            "missing_scores": "uniform",
+        },
+        labels=LABELS,
+    )
+    folder = tmp_path_factory.mktemp("tmr") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def bert_predictor(bert_run):
     from camim.inference import Predictor
 

@@ -18,14 +18,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(predictor, config=None) -> Iterator[str]:
+def running_server(predictor, config=None, api_key=None) -> Iterator[str]:
     """Yield the base URL of a live server for ``predictor``; stop it afterwards."""
     uvicorn = pytest.importorskip("uvicorn")
     from camim.inference.server import create_app
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(predictor, config), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(predictor, config, api_key=api_key), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -39,3 +41,20 @@ def running_server(predictor, config=None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until(condition, timeout: float = 30, what: str = "the condition") -> None:
+    """Poll ``condition()`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of one sample (``name`` with its labels, as written) in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -126,3 +126,48 @@ def test_page_shows_server_errors(browser, page_url, tmp_path):
     assert "occurs 2 times" in error.text
     assert not browser.find_element(By.ID, "result").is_displayed()
     browser.save_screenshot(str(_screenshot_dir(tmp_path) / "camim_page_error.png"))
+
+
+@pytest.fixture(scope="module")
+def keyed_url(bert_run):
+    from camim.inference import Predictor
+
+    with running_server(Predictor.from_pretrained(bert_run.path), api_key="page-key") as url:
+        yield url
+
+
+def test_page_asks_for_the_api_key_once(browser, keyed_url, bert_predictor):
+    from selenium.webdriver.common.by import By
+
+    def shown(element_id):
+        return lambda d: (
+            d.find_element(By.ID, element_id) if d.find_element(By.ID, element_id).is_displayed() else None
+        )
+
+    browser.get(keyed_url)
+    _wait(browser, shown("auth"))  # /api/info answered 401: the page asks for the key
+    assert "needs an API key" in browser.find_element(By.ID, "error").text
+    assert browser.find_element(By.ID, "model-info").text == ""
+    browser.find_element(By.ID, "api-key").send_keys("wrong-key")
+    browser.find_element(By.ID, "api-key-save").click()
+    _wait(browser, lambda d: "was refused" in d.find_element(By.ID, "error").text)
+    browser.find_element(By.ID, "api-key").send_keys("page-key")
+    browser.find_element(By.ID, "api-key-save").click()
+    _wait(browser, lambda d: "relations" in d.find_element(By.ID, "model-info").text)
+    assert not browser.find_element(By.ID, "auth").is_displayed()
+
+    expected = bert_predictor.predict("jack plays for the titans", "jack", "titans")
+    for _ in range(2):  # asked once: the second prediction (and a reload) go through with the kept key
+        browser.find_element(By.ID, "post").clear()
+        browser.find_element(By.ID, "post").send_keys("jack plays for the titans")
+        for which, name in (("head", "jack"), ("tail", "titans")):
+            browser.find_element(By.ID, which).clear()
+            browser.find_element(By.ID, which).send_keys(name)
+        browser.find_element(By.ID, "submit").click()
+        _wait(browser, shown("result"))
+        assert browser.find_element(By.ID, "relation").text == expected.relation
+        assert not browser.find_element(By.ID, "auth").is_displayed()
+        browser.execute_script("document.getElementById('result').hidden = true;")
+    browser.refresh()
+    _wait(browser, lambda d: "relations" in d.find_element(By.ID, "model-info").text)
+    assert not browser.find_element(By.ID, "auth").is_displayed()

@@ -3,39 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from camim.errors import CamimError
 from camim.inference import Predictor
 
-from .conftest import LABELS, draw
+from .conftest import draw
 
 POST = "rt jack plays for the titans today"
-
-
-@pytest.fixture(scope="module")
-def tmr_dir(tmp_path_factory, tiny_text_dir, tiny_vision_dir):
-    from camim.models import build_model
-
-    torch.manual_seed(1)
-    model = build_model(
-        {
-            "name": "tmr",
-            "text_encoder": str(tiny_text_dir),
-            "text_encoder_pretrained": False,
-            "vision_encoder": str(tiny_vision_dir),
-            "vision_encoder_pretrained": False,
-            "max_length": 32,
-            "caption_max_length": 12,
-            "text_window": 12,
-            "image_size": 32,
-            "missing_scores": "uniform",
-        },
-        labels=LABELS,
-    )
-    folder = tmp_path_factory.mktemp("tmr") / "model"
-    model.save_pretrained(folder)
-    return folder
 
 
 class CountingCaptioner:

@@ -23,7 +23,7 @@ import inspect
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from PIL import Image
 
 from camim.data.types import Entity, MNREExample, Scores
 from camim.errors import CamimError
+from camim.inference.batching import BatchEngine
 from camim.inference.text import SpanError, resolve_entity, tokenize
 from camim.io import MAX_IMAGE_PIXELS, ImageLimits, open_image
 
@@ -60,11 +61,19 @@ class Prediction:
     notes: list[str] = field(default_factory=list)  # what was generated, what the model did instead
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["distribution"] = [{"relation": r, "probability": p} for r, p in self.distribution]
-        d["head"] = {"name": self.head.name, "pos": [self.head.start, self.head.end]}
-        d["tail"] = {"name": self.tail.name, "pos": [self.tail.start, self.tail.end]}
-        return d
+        """JSON-ready (written out field by field: ``dataclasses.asdict`` deep-copies, per served request)."""
+        return {
+            "relation": self.relation,
+            "probability": self.probability,
+            "distribution": [{"relation": r, "probability": p} for r, p in self.distribution],
+            "tokens": list(self.tokens),
+            "head": {"name": self.head.name, "pos": [self.head.start, self.head.end]},
+            "tail": {"name": self.tail.name, "pos": [self.tail.start, self.tail.end]},
+            "caption": self.caption,
+            "caption_source": self.caption_source,
+            "absent_modalities": list(self.absent_modalities),
+            "notes": list(self.notes),
+        }
 
 
 @dataclass
@@ -75,6 +84,20 @@ class PreparedInput:
     caption_source: str
     absent: list[str]
     notes: list[str]
+
+
+@dataclass
+class _Media:
+    """The modalities of one post while :meth:`Predictor.prepare` completes them."""
+
+    image: Image.Image | None
+    generated_image: Image.Image | None
+    objects: list[Image.Image] | None
+    caption: str | None
+    caption_source: str  # "given" | "generated" | "none"
+    generated_objects: list[Image.Image] | None = None
+    scores: Scores | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 # What camim.models' processor does for a modality the example lacks (camim/models/processing.py).
@@ -104,6 +127,11 @@ class Predictor:
     ``missing_scores="uniform"`` (default) lets a model that reads TMR correlation scores answer posts that
     have none with strong = weak = 0.5 (noted in each result), through a copy of the model's processor: the
     loaded model itself is left as loaded. ``None`` keeps the model's own setting.
+
+    :meth:`predict` calls from several threads are coalesced into one forward of up to ``max_batch_size``
+    posts by :attr:`engine` (a :class:`~camim.inference.batching.BatchEngine`, waiting at most
+    ``max_wait_ms`` for posts other threads are still preparing); each call still gets exactly its own
+    result. ``max_batch_size=1`` runs one post per forward.
     """
 
     def __init__(
@@ -117,6 +145,8 @@ class Predictor:
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         missing_scores: str | None = "uniform",
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -145,10 +175,12 @@ class Predictor:
             self.processor.config = dataclasses.replace(config, missing_scores=missing_scores)
             self.processor.report = Counter()
             self.missing_scores = missing_scores
-        self.caption_failures = (
-            0  # captioner errors, each answered in no-caption mode (and noted in the result)
-        )
+        self.caption_failures = 0  # captioner errors, each answered in no-caption mode (and noted)
+        self._count_lock = threading.Lock()
         self._lock = threading.Lock()  # one forward at a time: processors and models are not thread-safe
+        self.engine: BatchEngine[PreparedInput, Prediction] = BatchEngine(
+            self.run_prepared, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms
+        )
 
     @classmethod
     def from_pretrained(
@@ -198,7 +230,9 @@ class Predictor:
             generated_image=generated_image,
         )
         item["text" if isinstance(text_or_tokens, str) else "token"] = text_or_tokens
-        return self.predict_batch([item])[0]
+        with self.engine.expect():  # threads preparing posts at the same time share one forward
+            future = self.engine.submit(self.prepare(item))
+        return future.result()
 
     def predict_batch(self, items: Sequence[dict[str, Any]], batch_size: int = 32) -> list[Prediction]:
         """Predict many posts; each item has the keywords of :meth:`predict` (``text`` or ``token``, ``head``,
@@ -216,6 +250,22 @@ class Predictor:
             results.extend(self._result(p, row) for p, row in zip(chunk, probs))
         return results
 
+    def run_prepared(self, prepared: Sequence[PreparedInput]) -> list[Prediction | CamimError]:
+        """One forward for all of ``prepared``; when the model refuses the batch, each input alone, so that a
+        refused input gets its own :class:`CamimError` in its slot and the others their predictions."""
+        try:
+            return list(self.predict_prepared(prepared, batch_size=max(1, len(prepared))))
+        except CamimError as exc:
+            if len(prepared) == 1:
+                return [exc]
+        out: list[Prediction | CamimError] = []
+        for p in prepared:
+            try:
+                out.append(self.predict_prepared([p])[0])
+            except CamimError as exc:
+                out.append(exc)
+        return out
+
     def infer(self, item: dict[str, Any]) -> tuple[str, float]:
         """OpenNRE's call: ``{'text' or 'token', 'h': {'pos'}, 't': {'pos'}, 'image'?, 'caption'?}`` ->
         ``(relation, score)``. As in OpenNRE, ``pos`` counts characters with ``text`` and tokens with ``token``."""
@@ -228,7 +278,37 @@ class Predictor:
 
     # ------------------------------------------------------------------ steps
     def prepare(self, item: dict[str, Any], index: int = 0) -> PreparedInput:
-        """Validate one input item and complete its modalities; raises :class:`CamimError` on bad input."""
+        """Validate one input item and complete its modalities; raises :class:`CamimError` on bad input.
+
+        The steps, in order: the post and its two entities (:meth:`_post`), the media the caller gave
+        (:meth:`_given`), the caption (:meth:`_complete_caption`), the images and object crops
+        (:meth:`_complete_visuals`), the images the model cannot do without (:meth:`_check_required`), the
+        correlation scores (:meth:`_complete_scores`), then a note for every modality still absent."""
+        tokens, head, tail = self._post(item)
+        media = self._given(item)
+        self._complete_caption(media)
+        self._complete_visuals(media, tokens, head, tail)
+        self._check_required(media)
+        self._complete_scores(media, tokens)
+        example = MNREExample(
+            index=index,
+            tokens=tokens,
+            head=head,
+            tail=tail,
+            img_id=str(item.get("img_id") or "input"),
+            caption=media.caption,
+            scores=media.scores,
+            image=media.image,
+            objects=media.objects,
+            generated_image=media.generated_image,
+            generated_objects=media.generated_objects,
+            source=item.get("source"),
+        )
+        absent = self._note_absent(example, media.notes)
+        return PreparedInput(example, media.caption_source, absent, media.notes)
+
+    def _post(self, item: dict[str, Any]) -> tuple[list[str], Entity, Entity]:
+        """The post's tokens and its head and tail entities (marks checked, never overlapping)."""
         if "token" in item and item["token"] is not None:
             tokens = item["token"]
             if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) and t for t in tokens):
@@ -247,7 +327,10 @@ class Predictor:
             raise SpanError(
                 f"head [{head.start}, {head.end}) and tail [{tail.start}, {tail.end}) overlap; mark two different entities"
             )
+        return tokens, head, tail
 
+    def _given(self, item: dict[str, Any]) -> _Media:
+        """The images (decoded within the limits) and caption the caller gave."""
         image = self._image(item.get("image"), "image")
         generated_image = self._image(item.get("generated_image"), "generated_image")
         objects = item.get("objects")
@@ -257,81 +340,100 @@ class Predictor:
         if caption is not None and not isinstance(caption, str):
             raise CamimError("'caption' must be a string")
         caption = caption.strip() if caption else None
+        media = _Media(
+            image=image,
+            generated_image=generated_image,
+            objects=objects,
+            caption=caption,
+            caption_source="given" if caption else "none",
+        )
+        if caption and "caption" not in self.required_modalities:
+            media.notes.append("caption given, but this model does not read captions")
+        return media
 
+    def _complete_caption(self, media: _Media) -> None:
+        """Caption the image when the model reads captions and none was given (a failure is counted and
+        noted: the post is answered in no-caption mode)."""
+        if media.caption is not None or "caption" not in self.required_modalities or self.captioner is None:
+            return
+        if media.image is None:
+            media.notes.append("caption: a captioner is configured but there is no image to caption")
+            return
+        try:
+            media.caption = str(self.captioner(media.image)).strip() or None
+        except Exception as exc:  # a captioning server being down must not fail the prediction
+            with self._count_lock:
+                self.caption_failures += 1
+            media.notes.append(f"captioning failed ({type(exc).__name__}: {exc})")
+        if media.caption:
+            media.caption_source = "generated"
+            media.notes.append(f"caption generated by {_name(self.captioner)}")
+
+    def _complete_visuals(self, media: _Media, tokens: list[str], head: Entity, tail: Entity) -> None:
+        """The translation image, the object crops and the generated image's crops the model reads, from the
+        configured helpers (or the original image standing in for the translation image)."""
         need = self.required_modalities
-        notes: list[str] = []
-        absent: list[str] = []
-        if caption and "caption" not in need:
-            notes.append("caption given, but this model does not read captions")
-        caption_source = "given" if caption else "none"
-        if caption is None and "caption" in need:
-            if self.captioner is not None and image is not None:
-                try:
-                    caption = str(self.captioner(image)).strip() or None
-                except Exception as exc:  # a captioning server being down must not fail the prediction
-                    self.caption_failures += 1
-                    notes.append(f"captioning failed ({type(exc).__name__}: {exc})")
-                if caption:
-                    caption_source = "generated"
-                    notes.append(f"caption generated by {_name(self.captioner)}")
-            elif self.captioner is not None:
-                notes.append("caption: a captioner is configured but there is no image to caption")
-        if generated_image is None and "generated_image" in need and self.image_generator is not None:
-            generated_image = self._image(self.image_generator(" ".join(tokens)), "generated_image")
-            notes.append(f"generated image made by {_name(self.image_generator)}")
-        if objects is None and "objects" in need and self.object_finder is not None and image is not None:
-            objects = [self._image(o, "objects") for o in self._find_objects(image, head, tail, tokens)]
-            notes.append(f"{len(objects)} object crop(s) found by {_name(self.object_finder)}")
-        if generated_image is None and "generated_image" in need and image is not None:
-            generated_image = image
-            notes.append(
+        if media.generated_image is None and "generated_image" in need and self.image_generator is not None:
+            media.generated_image = self._image(self.image_generator(" ".join(tokens)), "generated_image")
+            media.notes.append(f"generated image made by {_name(self.image_generator)}")
+        if (
+            media.objects is None
+            and "objects" in need
+            and self.object_finder is not None
+            and media.image is not None
+        ):
+            found = self._find_objects(media.image, head, tail, tokens)
+            media.objects = [self._image(o, "objects") for o in found]
+            media.notes.append(f"{len(media.objects)} object crop(s) found by {_name(self.object_finder)}")
+        if media.generated_image is None and "generated_image" in need and media.image is not None:
+            media.generated_image = media.image
+            media.notes.append(
                 "generated_image: no image generator configured; the original image stands in for the "
                 "translation image (the model was trained with diffusion images, so expect lower accuracy)"
             )
-        generated_objects = None
-        if "generated_objects" in need and self.object_finder is not None and generated_image is not None:
-            generated_objects = [
-                self._image(o, "generated_objects")
-                for o in self._find_objects(generated_image, head, tail, tokens)
-            ]
-            notes.append(
-                f"{len(generated_objects)} generated-image object(s) found by {_name(self.object_finder)}"
+        if (
+            "generated_objects" in need
+            and self.object_finder is not None
+            and media.generated_image is not None
+        ):
+            found = self._find_objects(media.generated_image, head, tail, tokens)
+            media.generated_objects = [self._image(o, "generated_objects") for o in found]
+            media.notes.append(
+                f"{len(media.generated_objects)} generated-image object(s) found by {_name(self.object_finder)}"
             )
 
-        if "image" in need and image is None:
+    def _check_required(self, media: _Media) -> None:
+        """Refuse a post without an image the model cannot run without."""
+        need = self.required_modalities
+        if "image" in need and media.image is None:
             raise CamimError(f"this {self._model_name()} model needs the image: give the post's image")
-        if "generated_image" in need and generated_image is None:
+        if "generated_image" in need and media.generated_image is None:
             raise CamimError(f"this {self._model_name()} model needs the generated image: give an image")
-        scores = None
-        if "scores" in need and self.score_estimator is not None and (image or generated_image) is not None:
-            scores = self.score_estimator(image, " ".join(tokens), generated_image)
-            notes.append(f"correlation scores estimated by {_name(self.score_estimator)}")
-        if "scores" in need and scores is None and (self.missing_scores or "uniform") != "uniform":
+
+    def _complete_scores(self, media: _Media, tokens: list[str]) -> None:
+        """TMR correlation scores from ``score_estimator`` (which may answer None: no estimate), else uniform
+        ones when allowed."""
+        need = self.required_modalities
+        image_given = (media.image or media.generated_image) is not None
+        if "scores" in need and self.score_estimator is not None and image_given:
+            media.scores = self.score_estimator(media.image, " ".join(tokens), media.generated_image)
+            if media.scores is not None:
+                media.notes.append(f"correlation scores estimated by {_name(self.score_estimator)}")
+        if "scores" in need and media.scores is None and (self.missing_scores or "uniform") != "uniform":
             raise CamimError(
                 f"this {self._model_name()} model needs TMR correlation scores, which a single post does not have; "
                 "build it with missing_scores='uniform' to run without them"
             )
 
-        example = MNREExample(
-            index=index,
-            tokens=tokens,
-            head=head,
-            tail=tail,
-            img_id=str(item.get("img_id") or "input"),
-            caption=caption,
-            scores=scores,
-            image=image,
-            objects=objects,
-            generated_image=generated_image,
-            generated_objects=generated_objects,
-            source=item.get("source"),
-        )
-        for modality in sorted(need):
+    def _note_absent(self, example: MNREExample, notes: list[str]) -> list[str]:
+        """The modalities the model reads that ``example`` lacks, each noted with what the model does instead."""
+        absent = []
+        for modality in sorted(self.required_modalities):
             if getattr(example, modality, None) is None:
                 absent.append(modality)
                 fallback = _MISSING_FALLBACK.get(modality, f"the model ran without {modality}")
                 notes.append(f"{modality}: not given; {fallback}")
-        return PreparedInput(example, caption_source, absent, notes)
+        return absent
 
     def _find_objects(self, image: Image.Image, head: Entity, tail: Entity, tokens: list[str]) -> list:
         """Object crops from ``object_finder``, queried with the two mentions when it takes queries."""

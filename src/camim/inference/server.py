@@ -5,106 +5,76 @@ Endpoints:
 - ``GET /`` -- the web page (plain HTML/JS in ``static/``, no build step).
 - ``GET /api/info`` -- labels, required modalities and configured helpers of the loaded model.
 - ``POST /api/predict`` -- one post; ``POST /api/predict_batch`` -- up to ``max_batch`` posts.
+- ``GET /healthz`` (alive), ``GET /readyz`` (model loaded and warmed up), ``GET /metrics`` (Prometheus).
 
 Images travel as base64 (optionally a ``data:`` URL) in the JSON body. Requests over ``max_request_bytes``
 are refused with 413 before they are read in full; images over ``max_image_bytes`` / ``max_image_pixels``
 give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
-``{"error": message}``. Requests run in FastAPI's thread pool; image decoding and captioning run there in
-parallel, and the :class:`Predictor` serialises the model forward with a lock, so concurrent requests are safe.
+``{"error": message}``.
+
+A request's posts are decoded (and captioned) in FastAPI's thread pool, in parallel with other requests, then
+handed to the predictor's :class:`~camim.inference.batching.BatchEngine`, which runs the posts of concurrent
+requests as one forward (``max_batch_size``, ``max_wait_ms``). Beyond ``max_queue`` requests in flight the
+server answers 503 with ``Retry-After`` at once; a request without its answer after ``request_timeout_s``
+gets 504; a request whose client left is withdrawn before its forward.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
 from camim.errors import CamimError, ImageError
-from camim.inference.predictor import DEFAULT_MAX_IMAGE_BYTES, Predictor
+from camim.inference.batching import BatchFuture
+from camim.inference.metrics import ServerMetrics
+from camim.inference.middleware import (
+    AdmissionMiddleware,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    InFlight,
+    ObserveMiddleware,
+)
+from camim.inference.predictor import DEFAULT_MAX_IMAGE_BYTES, Prediction, Predictor
+from camim.inference.schema import BatchRequest, BatchResponse, ErrorResponse, PredictRequest, PredictResponse
 from camim.io import MAX_IMAGE_PIXELS
 
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, Field
+    from starlette.concurrency import run_in_threadpool
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without the extra
     raise CamimError(
         f"`camim serve` needs the optional serve extra ({exc.name} is missing): pip install 'camim[serve]'"
     ) from None
 
+LOG = logging.getLogger("camim.serve")
+
 
 @dataclass
 class ServeConfig:
-    """Limits of the HTTP API."""
+    """Limits and batching of the HTTP API."""
 
     max_request_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_text_chars: int = 5000
     max_caption_chars: int = 2000
-    max_batch: int = 64
-
-
-# ---------------------------------------------------------------------------- schema
-class EntityIn(BaseModel):
-    """An entity: a token span ``pos`` [start, end), a character span ``char`` [start, end), or a mention ``name``
-    (which must occur exactly once in the post)."""
-
-    pos: list[int] | None = Field(None, min_length=2, max_length=2, examples=[[0, 2]])
-    char: list[int] | None = Field(None, min_length=2, max_length=2, examples=[[0, 12]])
-    name: str | None = Field(None, max_length=500, examples=["Rafael Nadal"])
-
-
-class PredictRequest(BaseModel):
-    """One post. Give ``text`` (raw post, tokenised MNRE-style) or ``token`` (a token list)."""
-
-    text: str | None = Field(None, examples=["Rafael Nadal gets engaged to Mery Perello"])
-    token: list[str] | None = None
-    head: EntityIn | str
-    tail: EntityIn | str
-    image: str | None = Field(None, description="base64 of the encoded image, or a data: URL")
-    caption: str | None = Field(None, description="a caption of the image; generated or omitted when absent")
-    top_k: int | None = Field(None, ge=1, description="return only the k most probable relations")
-
-
-class RelationScore(BaseModel):
-    relation: str
-    probability: float
-
-
-class EntityOut(BaseModel):
-    name: str
-    pos: list[int]
-
-
-class PredictResponse(BaseModel):
-    relation: str
-    probability: float
-    distribution: list[RelationScore]
-    tokens: list[str]
-    head: EntityOut
-    tail: EntityOut
-    caption: str | None
-    caption_source: str
-    absent_modalities: list[str]
-    notes: list[str]
-
-
-class BatchRequest(BaseModel):
-    items: list[PredictRequest]
-
-
-class BatchResponse(BaseModel):
-    results: list[PredictResponse]
-
-
-class ErrorResponse(BaseModel):
-    error: str
+    max_batch: int = 64  # posts in one /api/predict_batch request
+    max_batch_size: int = 16  # posts in one model forward (1: batching off)
+    max_wait_ms: float = 5.0  # how long a forward may wait for posts on their way (batching.py)
+    max_queue: int = 256  # prediction requests in flight; the next one gets 503
+    request_timeout_s: float = 30.0  # a request without its answer by then gets 504
 
 
 class HTTPFailure(Exception):
@@ -116,81 +86,63 @@ class HTTPFailure(Exception):
         self.message = message
 
 
+@dataclass
+class Readiness:
+    """What ``/readyz`` answers: ready once the model has run a warm-up post."""
+
+    ready: bool = False
+    error: str | None = "warming up"
+
+
 # ---------------------------------------------------------------------------- app
-class BodyLimitMiddleware:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared length, or counted while streaming)."""
-
-    def __init__(self, app: Any, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _send_json(
-                send,
-                413,
-                {"error": f"request body of {int(declared)} bytes is over the limit of {self.limit}"},
-            )
-            return
-        # Read the body here (at most `limit` bytes), then replay it: FastAPI turns errors raised while it
-        # reads the body into a generic 400, so the limit must be enforced before the app sees the request.
-        chunks, seen = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.limit:
-                await _send_json(
-                    send, 413, {"error": f"request body is over the limit of {self.limit} bytes"}
-                )
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-async def _send_json(send: Any, status: int, body: dict) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI application serving ``predictor`` with the limits of ``config``."""
+def create_app(
+    predictor: Predictor, config: ServeConfig | None = None, api_key: str | None = None
+) -> FastAPI:
+    """The FastAPI application serving ``predictor`` with the limits of ``config``; with ``api_key``, the API
+    and the metrics need ``Authorization: Bearer <api_key>``. The app sets the predictor's batching to the
+    config's and reports its forwards to the app's metrics (one app per predictor)."""
     config = config or ServeConfig()
     predictor.max_image_bytes = config.max_image_bytes
     predictor.max_image_pixels = config.max_image_pixels
-    static_dir = resources.files("camim.inference") / "static"
+    predictor.engine.max_batch_size = config.max_batch_size
+    predictor.engine.max_wait_ms = config.max_wait_ms
+    in_flight = InFlight()
+    metrics = ServerMetrics(
+        queue_depth=lambda: predictor.engine.depth,
+        in_flight=lambda: in_flight.count,
+        captioner_failures=lambda: predictor.caption_failures,
+    )
+    predictor.engine.on_batch = metrics.observe_batch
+    readiness = Readiness()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(
+            target=_warm_up, args=(predictor, readiness), name="camim-warm-up", daemon=True
+        ).start()
+        yield
+        readiness.ready, readiness.error = False, "shutting down"
+        await run_in_threadpool(predictor.engine.drain, config.request_timeout_s)
 
     app = FastAPI(
         title="camim",
         description="Multimodal relation extraction (CAMIM / TMR / HVPNeT) on a post, its entities and its image.",
         version=_version(),
+        lifespan=lifespan,
     )
-    errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-    }
+    _add_error_handlers(app)
+    _add_page(app)
+    _add_probes(app, readiness, metrics)
+    _add_api(app, predictor, config)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_request_bytes)
+    app.add_middleware(AdmissionMiddleware, in_flight=in_flight, limit=config.max_queue)
+    if api_key:
+        app.add_middleware(AuthMiddleware, key=api_key)
+    app.add_middleware(ObserveMiddleware, observe=metrics.observe_request)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
@@ -203,55 +155,177 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     async def _on_http_failure(_request: Request, exc: HTTPFailure) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
+
+def _add_page(app: FastAPI) -> None:
+    static_dir = resources.files("camim.inference") / "static"
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(str(static_dir / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
+
+def _add_probes(app: FastAPI, readiness: Readiness, metrics: ServerMetrics) -> None:
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers (open even with an API key)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
+    async def readyz() -> Any:
+        """Ready: the model is loaded and has answered a warm-up post (503 before, and while shutting down)."""
+        if readiness.ready:
+            return {"status": "ready"}
+        return JSONResponse({"error": readiness.error or "not ready"}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus_metrics() -> Response:
+        """The metrics in Prometheus' text format."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+
+def _add_api(app: FastAPI, predictor: Predictor, config: ServeConfig) -> None:
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503, 504)
+    }
+    dispatch = _Dispatch(predictor, config)
+
     @app.get("/api/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         """The loaded model: its labels, the modalities it reads and the helpers that fill missing ones."""
         return {**predictor.info(), "limits": asdict(config)}
 
+    # The answers are built from Prediction.to_dict and sent as they are: response_model documents them in
+    # the OpenAPI schema without FastAPI validating every answer against it again.
     @app.post("/api/predict", response_model=PredictResponse, responses=errors)
-    def predict(req: PredictRequest) -> dict[str, Any]:
+    async def predict(req: PredictRequest, request: Request) -> JSONResponse:
         """Predict the relation between ``head`` and ``tail`` in one post."""
-        return _run(predictor, [req], config)[0]
+        return JSONResponse((await dispatch(request, [req]))[0])
 
     @app.post("/api/predict_batch", response_model=BatchResponse, responses=errors)
-    def predict_batch(req: BatchRequest) -> dict[str, Any]:
+    async def predict_batch(req: BatchRequest, request: Request) -> JSONResponse:
         """Predict several posts in one call (at most ``max_batch``)."""
         if not req.items:
             raise HTTPFailure(422, "items: give at least one post")
         if len(req.items) > config.max_batch:
             raise HTTPFailure(413, f"items: {len(req.items)} posts is over the limit of {config.max_batch}")
-        return {"results": _run(predictor, req.items, config)}
-
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_request_bytes)
-    return app
+        return JSONResponse({"results": await dispatch(request, req.items)})
 
 
-def _run(predictor: Predictor, reqs: list[PredictRequest], config: ServeConfig) -> list[dict[str, Any]]:
-    prepared = []
-    for k, req in enumerate(reqs):
-        where = f"items[{k}]: " if len(reqs) > 1 else ""
-        item = _to_item(req, config, where)
+# ---------------------------------------------------------------------------- requests
+class _Dispatch:
+    """Runs a request's posts through the batching engine, within the deadline, while its client waits."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig):
+        self.predictor = predictor
+        self.config = config
+
+    async def __call__(self, request: Request, reqs: list[PredictRequest]) -> list[dict[str, Any]]:
+        job = _Job(self.predictor, self.config, reqs)
+        work = asyncio.ensure_future(job.run())
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            prepared.append(predictor.prepare(item, index=k))
-        except CamimError as exc:
-            raise _as_http_failure(exc, where) from None
+            done, _ = await asyncio.wait(
+                {work, gone}, timeout=self.config.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:  # an answer not waited for is withdrawn: its posts never reach a forward
+            gone.cancel()
+            if not work.done():
+                job.cancel()
+                work.cancel()
+        if work not in done:
+            if gone in done:
+                raise HTTPFailure(499, "the client closed the request")
+            raise HTTPFailure(
+                504, f"no answer within the request deadline of {self.config.request_timeout_s} s"
+            )
+        results, batch_size = work.result()
+        request.state.batch_size = batch_size
+        return [_response(res, req.top_k) for res, req in zip(results, reqs)]
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Job:
+    """One request's posts: checked, decoded and prepared in a worker thread, then submitted to the engine together; cancel()
+    withdraws those not yet in a forward (or stops them from being submitted at all)."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig, reqs: list[PredictRequest]):
+        self.predictor = predictor
+        self.config = config
+        self.reqs = reqs
+        self.wheres = [f"items[{k}]: " if len(reqs) > 1 else "" for k in range(len(reqs))]
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._futures: list[BatchFuture] = []
+
+    async def run(self) -> tuple[list[Prediction], int]:
+        """The predictions, and the largest forward they ran in."""
+        if any(req.image for req in self.reqs) or self.predictor.image_generator is not None:
+            futures = await run_in_threadpool(self._prepare_and_submit)  # decoding, helpers: in parallel
+        else:  # text and spans only: cheaper here than the hop to a worker thread and back
+            futures = self._prepare_and_submit()
+        outcomes = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        for outcome, where in zip(outcomes, self.wheres):
+            if isinstance(outcome, CamimError):
+                raise _as_http_failure(outcome, where)
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes, max((f.batch_size or 0) for f in futures)
+
+    def _prepare_and_submit(self) -> list[BatchFuture]:
+        engine = self.predictor.engine
+        with engine.expect(len(self.reqs)):  # the engine may wait for these while they are decoded
+            prepared = []
+            for k, (req, where) in enumerate(zip(self.reqs, self.wheres)):
+                item = _to_item(req, self.config, where)  # base64 decoding here, off the event loop
+                try:
+                    prepared.append(self.predictor.prepare(item, index=k))
+                except CamimError as exc:
+                    raise _as_http_failure(exc, where) from None
+            with self._lock:
+                if not self._cancelled:
+                    self._futures = engine.submit_many(prepared)
+                return self._futures
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            for future in self._futures:
+                future.cancel()
+
+
+def _warm_up(predictor: Predictor, readiness: Readiness) -> None:
+    """One post through the model (a given caption: no captioner call), then ready."""
+    from PIL import Image
+
+    item: dict[str, Any] = {
+        "token": ["warm", "up", "post"],
+        "head": (0, 1),
+        "tail": (2, 3),
+        "caption": "a picture",
+    }
+    if "image" in predictor.required_modalities:
+        item["image"] = Image.new("RGB", (64, 64), (128, 128, 128))
     try:
-        results = predictor.predict_prepared(prepared)
-    except CamimError as exc:
-        raise _as_http_failure(exc, "") from None
-    out = []
-    for req, res in zip(reqs, results):
-        d = res.to_dict()
-        if req.top_k:
-            d["distribution"] = d["distribution"][: req.top_k]
-        out.append(d)
-    return out
+        predictor.predict_batch([item])
+    except Exception as exc:  # the server stays up and says why it is not ready
+        readiness.error = f"warm-up failed: {type(exc).__name__}: {exc}"
+        LOG.error("camim serve: %s", readiness.error)
+        return
+    readiness.ready, readiness.error = True, None
+
+
+def _response(result: Prediction, top_k: int | None) -> dict[str, Any]:
+    d = result.to_dict()
+    if top_k:
+        d["distribution"] = d["distribution"][:top_k]
+    return d
 
 
 def _as_http_failure(exc: CamimError, where: str) -> HTTPFailure:
@@ -306,12 +380,50 @@ def _version() -> str:
     return __version__
 
 
+# ---------------------------------------------------------------------------- process
 def serve(
-    predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None
+    app: FastAPI | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    graceful_timeout_s: float = 30.0,
+    workers: int = 1,
 ) -> None:
-    """Run the API and page with uvicorn until interrupted."""
+    """Run ``app`` with uvicorn until SIGTERM or SIGINT, then shut down gracefully and return.
+
+    On either signal uvicorn stops accepting connections, lets the requests in flight finish (at most
+    ``graceful_timeout_s``; the rest are cancelled), then runs the app's shutdown (the batching engine is
+    drained). ``workers > 1`` needs ``app`` as an import string of an app factory
+    (``"module:function"``): uvicorn then runs that many processes on one socket, each with its own model.
+    """
     try:
         import uvicorn
+        from uvicorn.config import LOGGING_CONFIG
     except ModuleNotFoundError:
         raise CamimError("`camim serve` needs uvicorn: pip install 'camim[serve]'") from None
-    uvicorn.run(create_app(predictor, config), host=host, port=port, log_level="info")
+    log_config = {**LOGGING_CONFIG, "loggers": {**LOGGING_CONFIG["loggers"]}}
+    for name in ("camim.access", "camim.serve"):  # one access line per request, in uvicorn's format
+        log_config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=log_config,
+            access_log=False,
+            timeout_graceful_shutdown=graceful_timeout_s,
+            workers=workers,
+            factory=isinstance(app, str),
+        )
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+    """SIGTERM as KeyboardInterrupt. uvicorn handles SIGTERM itself while it serves (graceful shutdown), then
+    re-raises the signal to the handler found before it: raising KeyboardInterrupt there lets ``uvicorn.run``
+    return normally (exit 0), where the default handler would kill the process (status 143)."""
+    raise KeyboardInterrupt

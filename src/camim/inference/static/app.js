@@ -4,6 +4,35 @@
 
 const $ = (id) => document.getElementById(id);
 const marks = { head: null, tail: null }; // character spans [start, end) chosen by selection
+const KEY = "camim-api-key"; // a server started with --api-key-env: the key, asked once, kept for this tab
+let afterKey = null; // what to do again once the key is given
+
+// fetch() with the API key (when one was given); a 401 asks for the key, then `again` runs.
+async function api(path, options, again) {
+  const key = sessionStorage.getItem(KEY);
+  const headers = { ...((options && options.headers) || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+  const resp = await fetch(path, { ...(options || {}), headers });
+  if (resp.status === 401) {
+    sessionStorage.removeItem(KEY);
+    afterKey = again;
+    $("auth").hidden = false;
+    $("api-key").focus();
+    showError(key ? "The API key was refused: enter the right one above." : "This server needs an API key: enter it above.");
+  }
+  return resp;
+}
+
+function useKey() {
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY, key);
+  $("api-key").value = "";
+  $("auth").hidden = true;
+  hideError();
+  const again = afterKey;
+  afterKey = null;
+  if (again) again();
+}
 
 function markSelection(which) {
   const post = $("post");
@@ -85,9 +114,10 @@ async function submit(event) {
   }
   $("submit").disabled = true;
   try {
-    const resp = await fetch("/api/predict", {
+    const resp = await api("/api/predict", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    });
+    }, () => $("form").requestSubmit());
+    if (resp.status === 401) { $("result").hidden = true; return; } // api() asked for the key
     const data = await resp.json().catch(() => ({ error: `HTTP ${resp.status}` }));
     if (!resp.ok) { $("result").hidden = true; showError(data.error || `HTTP ${resp.status}`); return; }
     showResult(data);
@@ -114,7 +144,14 @@ function init() {
     if (file) { img.src = URL.createObjectURL(file); img.hidden = false; } else { img.hidden = true; }
   });
   $("form").addEventListener("submit", submit);
-  fetch("/api/info").then((r) => r.json()).then((info) => {
+  $("api-key-save").addEventListener("click", useKey);
+  $("api-key").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); useKey(); } });
+  loadInfo();
+}
+
+function loadInfo() {
+  api("/api/info", {}, loadInfo).then((r) => (r.ok ? r.json() : null)).then((info) => {
+    if (!info) return;
     const need = info.required_modalities.length ? info.required_modalities.join(", ") : "text only";
     $("model-info").textContent = `Model: ${info.model} - ${info.labels.length} relations - reads: ${need}` +
       (info.captioner ? ` - captioner: ${info.captioner}` : "");
