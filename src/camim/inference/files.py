@@ -175,17 +175,18 @@ def predict_file(
     codec = check_encoding(encoding)
     texts = [decode_text(raw, input_path, codec, line=n) for n, raw in enumerate(lines, start=1)]
     done = _resume(output_path, input_path, lines, overwrite)
+    last = len(texts) if limit is None else min(limit, len(texts))
     with _output(output_path, overwrite) as write:
         run = _FileRun(predictor, input_path, image_dir, top_k, write)
-        for n, line in enumerate(texts, start=1):
-            if limit is not None and n > limit:
-                break
-            if n in done or not line.strip():
+        # a batch is a window of batch_size input lines, whatever is done: a resumed run predicts a line in the
+        # company it had before (a batch cut by a kill is predicted whole again), so its numbers are the same
+        for start in range(1, last + 1, batch_size):
+            window = [n for n in range(start, min(start + batch_size, last + 1)) if texts[n - 1].strip()]
+            if all(n in done for n in window):
                 continue
-            run.add(n, line, line_hash(lines[n - 1]))
-            if run.ready >= batch_size:
-                run.flush(batch_size)
-        run.flush(batch_size)
+            for n in window:
+                run.add(n, texts[n - 1], line_hash(lines[n - 1]), write_it=n not in done)
+            run.flush(batch_size)
     where = output_path if output_path is not None else "stdout"
     print(
         f"camim predict: {run.predicted} prediction(s), {run.failed} failed line(s) -> {where}",
@@ -236,15 +237,12 @@ class _FileRun:
     write: Any  # records -> None
     predicted: int = 0
     failed: int = 0
-    pending: list[tuple[int, PreparedInput | None, dict[str, Any]]] = field(default_factory=list)
+    # (line, prepared input or None for a bad line, its record or None when the output holds it already)
+    pending: list[tuple[int, PreparedInput | None, dict[str, Any] | None]] = field(default_factory=list)
 
-    @property
-    def ready(self) -> int:
-        """Pending lines that will go through the model."""
-        return sum(p is not None for _, p, _ in self.pending)
-
-    def add(self, n: int, line: str, digest: str) -> None:
-        """Parse and prepare input line ``n``; a bad line becomes an error record at once."""
+    def add(self, n: int, line: str, digest: str, write_it: bool = True) -> None:
+        """Parse and prepare input line ``n``; a bad line becomes an error record at once. A line already in
+        the output (``write_it`` False) goes through the model again with its batch and is not written."""
         rec: dict[str, Any] = {"line": n, "input_sha256": digest}
         try:
             obj = _parse_line(line, self.input_path.suffix == ".txt")  # MNRE's txt: Python dict literals
@@ -254,9 +252,10 @@ class _FileRun:
             if isinstance(obj, dict) and obj.get("relation") is not None:
                 rec["gold"] = obj["relation"]
         except CamimError as exc:
-            self._fail(rec, n, exc)
+            if write_it:
+                self._fail(rec, n, exc)
             prep = None
-        self.pending.append((n, prep, rec))
+        self.pending.append((n, prep, rec if write_it else None))
 
     def flush(self, batch_size: int) -> None:
         """Predict the pending lines (a line the model refuses fails alone) and write their records."""
@@ -272,13 +271,16 @@ class _FileRun:
             if prep is None:
                 continue
             result = next(results)
+            if rec is None:  # already in the output
+                continue
             if isinstance(result, CamimError):
                 self._fail(rec, n, result)
             else:
                 rec.update(prediction_record(result, self.top_k))
                 self.predicted += 1
-        if self.pending:
-            self.write([rec for _, _, rec in self.pending])
+        records = [rec for _, _, rec in self.pending if rec is not None]
+        if records:
+            self.write(records)
         self.pending.clear()
 
     def _fail(self, rec: dict[str, Any], n: int, exc: CamimError) -> None:
