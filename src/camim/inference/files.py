@@ -22,6 +22,7 @@ from camim.data.images import find_image
 from camim.errors import CamimError, DataError
 from camim.inference.predictor import Prediction, Predictor, PreparedInput
 from camim.io import DEFAULT_ENCODING, JsonlLog, check_encoding, decode_text, short_hash
+from camim.progress import progress
 
 
 def prediction_record(result: Prediction, top_k: int | None) -> dict[str, Any]:
@@ -176,8 +177,9 @@ def predict_file(
     texts = [decode_text(raw, input_path, codec, line=n) for n, raw in enumerate(lines, start=1)]
     done = _resume(output_path, input_path, lines, overwrite)
     last = len(texts) if limit is None else min(limit, len(texts))
-    with _output(output_path, overwrite) as write:
-        run = _FileRun(predictor, input_path, image_dir, top_k, write)
+    todo = sum(1 for n in range(1, last + 1) if n not in done and texts[n - 1].strip())
+    with _output(output_path, overwrite) as write, progress(todo, "predicting", "line") as shown:
+        run = _FileRun(predictor, input_path, image_dir, top_k, write, shown)
         # a batch is a window of batch_size input lines, whatever is done: a resumed run predicts a line in the
         # company it had before (a batch cut by a kill is predicted whole again), so its numbers are the same
         for start in range(1, last + 1, batch_size):
@@ -235,6 +237,7 @@ class _FileRun:
     image_dir: Path | None
     top_k: int | None
     write: Any  # records -> None
+    shown: Any  # the progress display (camim.progress.progress)
     predicted: int = 0
     failed: int = 0
     # (line, prepared input or None for a bad line, its record or None when the output holds it already)
@@ -281,6 +284,8 @@ class _FileRun:
         records = [rec for _, _, rec in self.pending if rec is not None]
         if records:
             self.write(records)
+        self.shown.update(len(records))
+        self.shown.set_postfix(failed=self.failed)
         self.pending.clear()
 
     def _fail(self, rec: dict[str, Any], n: int, exc: CamimError) -> None:
