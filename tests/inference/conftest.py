@@ -135,30 +135,33 @@ def bert_run(tmp_path_factory, tiny_text_dir) -> TrainedRun:
     return TrainedRun(run, model)
 
 
-@pytest.fixture(scope="session")
-def tmr_dir(tmp_path_factory, tiny_text_dir, tiny_vision_dir):
-    """A tiny TMR + CAM (images mode: reads the image, caption, objects and scores) saved as a model folder."""
+def save_tiny_tmr(folder: Path, text_dir: Path, vision_dir: Path, seed: int, **settings) -> Path:
+    """A tiny TMR + CAM (images mode: reads the image, caption, objects and scores) with ``settings`` on top,
+    saved as a model folder."""
     from camim.models import build_model
 
-    torch.manual_seed(1)
-    model = build_model(
-        {
-            "name": "tmr",
-            "text_encoder": str(tiny_text_dir),
-            "text_encoder_pretrained": False,
-            "vision_encoder": str(tiny_vision_dir),
-            "vision_encoder_pretrained": False,
-            "max_length": 32,
-            "caption_max_length": 12,
-            "text_window": 12,
-            "image_size": 32,
-            "missing_scores": "uniform",
-        },
-        labels=LABELS,
-    )
-    folder = tmp_path_factory.mktemp("tmr") / "model"
-    model.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = {
+        "name": "tmr",
+        "text_encoder": str(text_dir),
+        "text_encoder_pretrained": False,
+        "vision_encoder": str(vision_dir),
+        "vision_encoder_pretrained": False,
+        "max_length": 32,
+        "caption_max_length": 12,
+        "text_window": 12,
+        "image_size": 32,
+        "missing_scores": "uniform",
+        **settings,
+    }
+    build_model(config, labels=LABELS).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tmr_dir(tmp_path_factory, tiny_text_dir, tiny_vision_dir):
+    """A tiny TMR + CAM saved as a model folder (:func:`save_tiny_tmr`)."""
+    return save_tiny_tmr(tmp_path_factory.mktemp("tmr") / "model", tiny_text_dir, tiny_vision_dir, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from camim.data.types import Scores
 from camim.errors import CamimError, ImageError
 from camim.inference import Predictor, SpanError
 from camim.inference.batching import BatchEngine
 
-from .conftest import LABELS, draw, png_bytes
+from .conftest import LABELS, draw, png_bytes, save_tiny_tmr
 
 
 def echo(items):
@@ -171,29 +170,9 @@ def estimate_scores(image, text, generated_image):
 @pytest.fixture(scope="module")
 def tmr_longest(tmp_path_factory, tiny_text_dir, tiny_vision_dir):
     """A tiny TMR + CAM padding each batch to its longest post (so batch-mates change the tensor shapes)."""
-    from camim.models import build_model
-
-    torch.manual_seed(2)
-    model = build_model(
-        {
-            "name": "tmr",
-            "text_encoder": str(tiny_text_dir),
-            "text_encoder_pretrained": False,
-            "vision_encoder": str(tiny_vision_dir),
-            "vision_encoder_pretrained": False,
-            "max_length": 32,
-            "caption_max_length": 12,
-            "text_window": 12,
-            "image_size": 32,
-            "pad_to_longest": True,
-            "fidelity": {"unmasked_attention": False, "pad_inclusive_mean": False, "phrase_unmasked": False},
-            "missing_scores": "uniform",
-        },
-        labels=LABELS,
-    )
     folder = tmp_path_factory.mktemp("tmr_longest") / "model"
-    model.save_pretrained(folder)
-    return folder
+    clean = {"unmasked_attention": False, "pad_inclusive_mean": False, "phrase_unmasked": False}
+    return save_tiny_tmr(folder, tiny_text_dir, tiny_vision_dir, seed=2, pad_to_longest=True, fidelity=clean)
 
 
 def mixed_posts():
