@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from camim.errors import CamimError
-from camim.models.registry import MODEL_NAMES
+from camim.models.registry import model_names
 from camim.typed import from_mapping, to_plain
 
 CAM_LEVELS = ("none", "word", "sentence", "both")
@@ -91,8 +91,8 @@ class ModelConfig:
         # construction are checked too; every message names the run config's dotted key.
         if isinstance(self.fidelity, dict):
             self.fidelity = from_mapping(FidelityConfig, self.fidelity, "model.fidelity")
-        if self.name not in MODEL_NAMES:
-            raise CamimError(f"model.name: model name must be one of {MODEL_NAMES}, got {self.name!r}")
+        if self.name not in model_names():
+            raise CamimError(f"model.name: model name must be one of {model_names()}, got {self.name!r}")
         if self.cam not in CAM_LEVELS:
             raise CamimError(f"model.cam must be one of {CAM_LEVELS}, got {self.cam!r}")
         if self.mi_pair not in MI_PAIRS:

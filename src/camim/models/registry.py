@@ -19,14 +19,19 @@ EXTRACTORS: dict[str, str] = {
     "tmr": "camim.models.tmr.TMR",
     "hvpnet": "camim.models.hvpnet.HVPNeT",
 }
-MODEL_NAMES = tuple(EXTRACTORS)
 #: class name -> model.name (``from camim.models import TMR``)
 CLASS_NAMES = {path.rpartition(".")[2]: name for name, path in EXTRACTORS.items()}
 
 
+def model_names() -> tuple[str, ...]:
+    """The extractor names, in the registry's order."""
+    return tuple(EXTRACTORS)
+
+
 def names_text() -> str:
     """``bert, tmr or hvpnet``: the names as an error message lists them."""
-    return ", ".join(MODEL_NAMES[:-1]) + f" or {MODEL_NAMES[-1]}"
+    names = model_names()
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
 
 
 def model_class(name: str) -> type:

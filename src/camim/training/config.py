@@ -19,7 +19,7 @@ from typing import Literal
 from camim.errors import CamimError
 from camim.io import check_encoding
 from camim.models.config import ModelConfig
-from camim.models.registry import MODEL_NAMES
+from camim.models.registry import model_names
 from camim.pretraining.offline import OfflineConfig
 from camim.speed.config import SpeedConfig
 from camim.trainer import Precision
@@ -181,7 +181,7 @@ def config_from_dict(raw: dict) -> RunConfig:
     model = raw.get("model")
     if not isinstance(model, dict) or "name" not in model:
         raise CamimError(
-            f"config section 'model' must be a mapping with a 'name' ({' | '.join(MODEL_NAMES)})"
+            f"config section 'model' must be a mapping with a 'name' ({' | '.join(model_names())})"
         )
     cfg = from_mapping(RunConfig, raw)
     validate_config(cfg)
