@@ -179,8 +179,10 @@ def verdict(expected_sign: int, comparison: dict | None, noise: float | None) ->
     m = comparison["mean"]
     if comparison["n"] > 1:
         significant = comparison["p"] is not None and comparison["p"] < 0.05
+    elif noise is None:
+        return "pending (one seed, no seed-to-seed spread yet)"
     else:
-        significant = noise is not None and abs(m) > 2 * noise
+        significant = abs(m) > 2 * noise
     if not significant:
         return "within noise"
     return "agrees" if m * expected_sign > 0 else "disagrees"
