@@ -150,25 +150,30 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def cell(values: dict[int, float]) -> str:
+    """``mean ± std (seed values)``, or the one seed's value, or "pending"."""
     if not values:
         return "pending"
     m, s = mean_std(list(values.values()))
-    return f"{m:.2f} ± {s:.2f} (n={len(values)})" if len(values) > 1 else f"{m:.2f} (1 seed)"
+    seeds = ", ".join(f"{v:.2f}" for v in values.values())
+    return f"{m:.2f} ± {s:.2f} ({seeds})" if len(values) > 1 else f"{m:.2f} (1 seed)"
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
-    """``a - b`` on the seeds both have: mean, per seed, and a two-sided paired t-test's p (n >= 2)."""
+    """``a - b`` on the seeds both have: mean, per seed, a two-sided paired t-test's p and the smallest mean
+    difference that test would call significant at 0.05 with these differences' spread, ``needed`` (n >= 2)."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
     diffs = [a[s] - b[s] for s in seeds]
     m, sd = mean_std(diffs)
-    p = None
+    p = needed = None
     if len(diffs) > 1 and sd > 0:
         from scipy.stats import t as student_t
 
-        p = float(2 * student_t.sf(abs(m / (sd / math.sqrt(len(diffs)))), len(diffs) - 1))
-    return {"mean": m, "per_seed": dict(zip(seeds, diffs)), "p": p, "n": len(diffs)}
+        n, df = len(diffs), len(diffs) - 1
+        p = float(2 * student_t.sf(abs(m / (sd / math.sqrt(n))), df))
+        needed = float(student_t.ppf(0.975, df) * sd / math.sqrt(n))
+    return {"mean": m, "per_seed": dict(zip(seeds, diffs)), "p": p, "n": len(diffs), "needed": needed}
 
 
 def verdict(expected_sign: int, comparison: dict | None, noise: float | None) -> str:
@@ -192,7 +197,7 @@ def report(out: Path) -> str:
     t1 = {row["label"]: f1_per_seed(out, "offline-table1", row["label"]) for row in _rows("offline-table1")}
     paper1 = {row["label"]: (row["paper"] or {}).get("f1") for row in _rows("offline-table1")}
     noise = mean_std(list(t1["tmr-cam-mi"].values()))[1] if len(t1["tmr-cam-mi"]) > 1 else None
-    lines = ["## Offline Table 1 (test micro-F1, mean ± std over seeds)", "",
+    lines = ["## Offline Table 1 (test micro-F1, mean ± std over seeds (each seed))", "",
              "| row | ours | paper (with images) |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {cell(v)} | {paper1[k] or '-'} |" for k, v in t1.items()]
     claims = [
@@ -206,13 +211,15 @@ def report(out: Path) -> str:
         ("captions' content matters: real captions beat shuffled ones (control)", "tmr-cam-mi",
          "tmr-cam-mi-shuffled", 1),
     ]  # fmt: skip
-    lines += ["", "| claim | difference (per seed) | paired t-test p | here |", "|---|---|---|---|"]
+    lines += ["", "| claim | difference (per seed) | paired t-test p | significant from | here |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for text, a, b, sign in claims:
         c = paired(t1[a], t1[b])
         per_seed = "" if c is None else ", ".join(f"{d:+.2f}" for d in c["per_seed"].values())
         diff = "pending" if c is None else f"{c['mean']:+.2f} ({per_seed})"
         p = "-" if c is None or c["p"] is None else f"{c['p']:.3f}"
-        lines.append(f"| {text} | {diff} | {p} | {verdict(sign, c, noise)} |")
+        needed = "-" if c is None or c["needed"] is None else f"± {c['needed']:.2f}"
+        lines.append(f"| {text} | {diff} | {p} | {needed} | {verdict(sign, c, noise)} |")
     lines += ["", f"One-seed comparisons below count as beyond noise when over twice the CAM + MI model's seed-to-"
               f"seed std ({'pending' if noise is None else f'{noise:.2f}'}).", ""]  # fmt: skip
     lines += _one_seed_table(out, "offline-table2", "Offline Table 2 (caption sources on CAM + MI)", noise)

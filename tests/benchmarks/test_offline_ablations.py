@@ -1,0 +1,71 @@
+"""The ablation report's arithmetic (issue 30): per-seed cells, the paired t-test and the verdicts, pinned to
+hand-computed values (a t distribution with 2 degrees of freedom has closed forms: sf(t) = (1 - t/sqrt(t^2 + 2))/2
+and ppf(0.975) = 0.95 * sqrt(2 / (1 - 0.95^2)) = 4.30265), and the archive a fresh machine restores from."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+
+def _finished(folder, f1):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: x\n")
+    (folder / "metrics.json").write_text(json.dumps({"test": {"f1": f1}}))
+
+
+def test_paired_differences_t_test_and_the_difference_it_needs(bench):
+    ab = bench("offline_ablations")
+    c = ab.paired({1: 44.0, 2: 45.0, 3: 46.0, 4: 50.0}, {1: 43.0, 2: 43.0, 3: 43.0})  # seed 4 is unpaired
+    assert c["per_seed"] == {1: 1.0, 2: 2.0, 3: 3.0} and c["n"] == 3 and c["mean"] == pytest.approx(2.0)
+    t = 2.0 / (1.0 / math.sqrt(3))  # mean / (sd / sqrt(n)), sd of (1, 2, 3) = 1
+    assert c["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))  # 0.07418
+    assert c["needed"] == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)) / math.sqrt(3))  # 2.48414
+    assert ab.paired({1: 44.0}, {2: 43.0}) is None
+
+
+def test_verdicts_over_seeds_and_for_one_seed(bench):
+    ab = bench("offline_ablations")
+    clear = ab.paired({1: 2.0, 2: 2.1, 3: 1.9}, {1: 0.0, 2: 0.0, 3: 0.0})  # p = 0.0008
+    assert ab.verdict(1, clear, None) == "agrees" and ab.verdict(-1, clear, None) == "disagrees"
+    assert ab.verdict(1, ab.paired({1: 1.0, 2: 2.0, 3: 3.0}, {1: 0, 2: 0, 3: 0}), None) == "within noise"
+    one = {"mean": -1.5, "n": 1, "p": None}
+    assert ab.verdict(1, one, noise=0.5) == "disagrees"  # |-1.5| > 2 x 0.5
+    assert ab.verdict(1, one, noise=1.0) == "within noise"
+    assert ab.verdict(1, one, noise=None).startswith("pending")
+    assert ab.verdict(1, None, noise=1.0) == "pending"
+
+
+def test_report_shows_each_seed_and_the_paired_claims(bench, tmp_path):
+    ab = bench("offline_ablations")
+    for seed, (bert, tmr) in enumerate([(43.0, 44.0), (43.0, 45.0), (43.0, 46.0)], start=1):
+        _finished(tmp_path / "offline-table1" / "bert" / f"seed{seed}", bert)
+        _finished(tmp_path / "offline-table1" / "tmr" / f"seed{seed}", tmr)
+    lines = ab.report(tmp_path).splitlines()
+    assert "| bert | 43.00 ± 0.00 (43.00, 43.00, 43.00) | 59.4 |" in lines
+    assert "| tmr | 45.00 ± 1.00 (44.00, 45.00, 46.00) | 89.05 |" in lines
+    assert "| tmr-mi | pending | 89.21 |" in lines
+    claim = "| the captioned TMR beats text-only BERT (paper +29.65) | +2.00 (+1.00, +2.00, +3.00) | 0.074 | ± 2.48 |"
+    assert f"{claim} within noise |" in lines
+    assert "| TMR + CAM beats TMR (paper +0.91) | pending | - | - | pending |" in lines
+    assert "alpha: pending (0 of 4 points)" in lines
+
+
+def test_archive_keeps_the_small_files_and_restore_never_overwrites(bench, tmp_path):
+    ab = bench("offline_ablations")
+    out, dest, fresh = tmp_path / "out", tmp_path / "archive", tmp_path / "fresh"
+    _finished(out / "offline-table1" / "bert" / "seed1", 41.0)
+    (out / "offline-table1" / "bert" / "seed1" / "model").mkdir()
+    (out / "offline-table1" / "tmr" / "seed1").mkdir(parents=True)  # unfinished: not archived
+    assert ab.archive(out, dest) == 1
+    kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert kept == ["offline-table1/bert/seed1/config.yaml", "offline-table1/bert/seed1/metrics.json"]
+    _finished(fresh / "offline-table1" / "tmr" / "seed1", 45.0)
+    (dest / "offline-table1" / "tmr" / "seed1").mkdir(parents=True)
+    (dest / "offline-table1" / "tmr" / "seed1" / "metrics.json").write_text(json.dumps({"test": {"f1": 1.0}}))
+    (dest / "offline-table1" / "tmr" / "seed1" / "config.yaml").write_text("name: y\n")
+    assert ab.restore(dest, fresh) == 1  # bert only: fresh's own tmr run stays
+    assert ab.f1_per_seed(fresh, "offline-table1", "tmr") == {1: 45.0}
+    assert ab.f1_per_seed(fresh, "offline-table1", "bert") == {1: 41.0}
