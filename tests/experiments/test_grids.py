@@ -226,3 +226,24 @@ def test_each_finished_run_prints_a_line_with_elapsed_time_eta_and_failures(monk
         "[2/3] tmr seed 2 (60 s): failed: o2: RuntimeError: boom (2.0 min elapsed, ETA 60 s, 1 failed so far)",
         "[3/3] tmr seed 3 (180 s): f1 41.00 (5.0 min elapsed, 1 failed so far)",
     ]
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["bert", "tmr", "tmr-mi", "tmr-cam", "tmr-cam-mi", "tmr-cam-mi-shuffled"],  # offline Table 1's rows
+        [f"{s}/tmr-cam-mi" for s in ("blip2", "instruct", "llavanext", "qwenvl", "cogvlm", "minicpm")],
+        ["W&S", "S", "W"],
+    ],
+)
+def test_grid_plot_row_names_do_not_overlap(labels):
+    import matplotlib.pyplot as plt
+
+    from camim.reports import bars_figure
+
+    fig = bars_figure(labels, [{"mean": 40.0, "std": 1.0}] * len(labels), [90.0] * len(labels), "grid")
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in fig.axes[0].get_xticklabels()]
+    plt.close(fig)
+    assert len(boxes) == len(labels)
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
