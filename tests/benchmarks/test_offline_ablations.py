@@ -32,10 +32,17 @@ def test_verdicts_over_seeds_and_for_one_seed(bench):
     assert ab.verdict(1, clear, None) == "agrees" and ab.verdict(-1, clear, None) == "disagrees"
     assert ab.verdict(1, ab.paired({1: 1.0, 2: 2.0, 3: 3.0}, {1: 0, 2: 0, 3: 0}), None) == "within noise"
     one = {"mean": -1.5, "n": 1, "p": None}
-    assert ab.verdict(1, one, noise=0.5) == "disagrees"  # |-1.5| > 2 x 0.5
-    assert ab.verdict(1, one, noise=1.0) == "within noise"
+    assert ab.verdict(1, one, noise=1.0) == "disagrees"  # |-1.5| > 1.0
+    assert ab.verdict(1, one, noise=2.0) == "within noise"
     assert ab.verdict(1, one, noise=None).startswith("pending")
     assert ab.verdict(1, None, noise=1.0) == "pending"
+
+
+def test_one_seed_noise_pools_the_rows_with_several_seeds(bench):
+    ab = bench("offline_ablations")
+    rows = [{1: 44.0, 2: 45.0, 3: 46.0}, {1: 40.0, 2: 43.0}, {1: 50.0}]  # variances 1 and 4.5; one seed: none
+    assert ab.one_seed_noise(rows) == pytest.approx(1.96 * math.sqrt(2 * (1 + 4.5) / 2))  # 4.597
+    assert ab.one_seed_noise([{1: 50.0}]) is None
 
 
 def test_report_shows_each_seed_and_the_paired_claims(bench, tmp_path):
