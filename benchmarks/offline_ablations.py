@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from camim.reports import mean_std  # mean and sample std (ddof 1)
+
 GRIDS = ("offline-table1", "offline-fig4", "offline-table2")
 SMALL_FILES = ("config.yaml", "metrics.json")
 
@@ -142,11 +144,6 @@ def f1_per_seed(out: Path, grid: str, label: str) -> dict[int, float]:
         int(m.parent.name[4:]): json.loads(m.read_text())["test"]["f1"]
         for m in sorted(row.glob("seed*/metrics.json"))
     }
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
 
 
 def cell(values: dict[int, float]) -> str:
