@@ -235,6 +235,21 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def best_point(ours: dict, paper: dict, noise: float | None) -> str:
+    """Where the paper's best point stands among one-seed points: it *agrees* when it is best here too by more
+    than ``noise`` over every other point, *disagrees* when another point beats it by more than ``noise``, else
+    it is *within noise* (whichever point happens to be highest)."""
+    best = max(ours, key=ours.get)
+    paper_best = max(paper, key=lambda k: -math.inf if paper[k] is None else paper[k])
+    margin = ours[paper_best] - max(v for k, v in ours.items() if k != paper_best)
+    if noise is None:
+        call = "pending (one seed, no seed-to-seed spread yet)"
+    else:
+        call = "agrees" if margin > noise else "disagrees" if -margin > noise else "within noise"
+    return (f"best here {best} ({ours[best]:.2f}); the paper's best {paper_best} ({ours[paper_best]:.2f} here, "
+            f"{margin:+.2f} against the best other point): {call}")  # fmt: skip
+
+
 def _one_seed_table(out: Path, grid: str, title: str, noise: float | None) -> list[str]:
     rows = _rows(grid)
     seed1 = {r["label"]: f1_per_seed(out, grid, r["label"]).get(1) for r in rows}
@@ -254,12 +269,7 @@ def _one_seed_table(out: Path, grid: str, title: str, noise: float | None) -> li
         if len(ours) < len(members):
             lines.append(f"\n{group}: pending ({len(ours)} of {len(members)} points)")
             continue
-        best, paper_best = max(ours, key=ours.get), max(paper, key=lambda k: paper[k] or -1)
-        gap = ours[best] - ours.get(paper_best, float("nan"))
-        call = "agrees" if best == paper_best else ("within noise" if noise is not None and gap <= noise else
-                                                     "disagrees")  # fmt: skip
-        lines.append(f"\n{group}: best here {best} ({ours[best]:.2f}); the paper's best {paper_best} "
-                     f"({ours[paper_best]:.2f} here, {gap:+.2f} behind): {call}")  # fmt: skip
+        lines.append(f"\n{group}: {best_point(ours, paper, noise)}")
     return [*lines, ""]
 
 

@@ -45,6 +45,19 @@ def test_one_seed_noise_pools_the_rows_with_several_seeds(bench):
     assert ab.one_seed_noise([{1: 50.0}]) is None
 
 
+def test_the_papers_best_point_is_judged_against_the_best_other_point(bench):
+    ab = bench("offline_ablations")
+    paper = {"0.05": 89.03, "0.1": 90.62, "0.3": 89.03, "0.5": None}
+    here = {"0.05": 43.35, "0.1": 43.29, "0.3": 41.94, "0.5": 43.96}  # the paper's best 0.1: 0.67 below 0.5
+    expected = "best here 0.5 (43.96); the paper's best 0.1 (43.29 here, -0.67 against the best other point)"
+    assert ab.best_point(here, paper, noise=4.07) == f"{expected}: within noise"
+    assert ab.best_point(here, paper, noise=0.5).endswith("-0.67 against the best other point): disagrees")
+    ahead = {**here, "0.1": 45.0}  # best here as in the paper, by 1.04 over 0.5
+    assert ab.best_point(ahead, paper, noise=1.0).endswith("+1.04 against the best other point): agrees")
+    assert ab.best_point(ahead, paper, noise=2.0).endswith("within noise")  # best here too, but not by enough
+    assert ab.best_point(ahead, paper, noise=None).endswith("pending (one seed, no seed-to-seed spread yet)")
+
+
 def test_report_shows_each_seed_and_the_paired_claims(bench, tmp_path):
     ab = bench("offline_ablations")
     for seed, (bert, tmr) in enumerate([(43.0, 44.0), (43.0, 45.0), (43.0, 46.0)], start=1):
