@@ -137,12 +137,14 @@ def restore(src: Path, out: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def f1_per_seed(out: Path, grid: str, label: str) -> dict[int, float]:
-    """Test F1 of each finished seed of a grid row."""
+def f1_per_seed(out: Path, grid: str, label: str, seeds: list[int] | None = None) -> dict[int, float]:
+    """Test F1 of each finished seed of a grid row (of ``seeds`` only, when given), in seed order."""
     row = _folder(out, grid, label, 0).parent
+    found = {int(m.parent.name[4:]): m for m in row.glob("seed*/metrics.json")}
     return {
-        int(m.parent.name[4:]): json.loads(m.read_text())["test"]["f1"]
-        for m in sorted(row.glob("seed*/metrics.json"))
+        s: json.loads(found[s].read_text())["test"]["f1"]
+        for s in sorted(found)
+        if seeds is None or s in seeds
     }
 
 
@@ -164,7 +166,9 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     diffs = [a[s] - b[s] for s in seeds]
     m, sd = mean_std(diffs)
     p = needed = None
-    if len(diffs) > 1 and sd > 0:
+    if len(diffs) > 1 and sd == 0:  # every seed moved by the same amount: t is infinite (or 0/0: no change)
+        p, needed = (1.0 if m == 0 else 0.0), 0.0
+    elif len(diffs) > 1:
         from scipy.stats import t as student_t
 
         n, df = len(diffs), len(diffs) - 1
@@ -198,8 +202,12 @@ def verdict(expected_sign: int, comparison: dict | None, noise: float | None) ->
     return "agrees" if m * expected_sign > 0 else "disagrees"
 
 
-def report(out: Path) -> str:
-    t1 = {row["label"]: f1_per_seed(out, "offline-table1", row["label"]) for row in _rows("offline-table1")}
+def report(out: Path, seeds: list[int] = (1, 2, 3), other_seeds: list[int] = (1,)) -> str:
+    """The three tables: Table 1 over ``seeds``, Table 2 and Fig. 4 over ``other_seeds`` (what was trained)."""
+    t1 = {
+        row["label"]: f1_per_seed(out, "offline-table1", row["label"], seeds)
+        for row in _rows("offline-table1")
+    }
     paper1 = {row["label"]: (row["paper"] or {}).get("f1") for row in _rows("offline-table1")}
     noise = one_seed_noise([v for k, v in t1.items() if k != "bert"])
     lines = ["## Offline Table 1 (test micro-F1, mean ± std over seeds (each seed))", "",
@@ -228,9 +236,11 @@ def report(out: Path) -> str:
     lines += ["", "One-seed comparisons below count as beyond noise when over 1.96 x sqrt(2) x the pooled "
               "seed-to-seed std of Table 1's caption rows (the 95% range of the difference of two runs that differ "
               f"only in their seed): {'pending' if noise is None else f'{noise:.2f}'} F1.", ""]  # fmt: skip
-    lines += _one_seed_table(out, "offline-table2", "Offline Table 2 (caption sources on CAM + MI)", noise)
-    lines += _one_seed_table(
-        out, "offline-fig4", "Offline Fig. 4 (MI weight alpha, caption feature level)", noise
+    lines += _points_table(
+        out, "offline-table2", "Offline Table 2 (caption sources on CAM + MI)", noise, other_seeds
+    )
+    lines += _points_table(
+        out, "offline-fig4", "Offline Fig. 4 (MI weight alpha, caption feature level)", noise, other_seeds
     )
     return "\n".join(lines)
 
@@ -250,27 +260,38 @@ def best_point(ours: dict, paper: dict, noise: float | None) -> str:
             f"{margin:+.2f} against the best other point): {call}")  # fmt: skip
 
 
-def _one_seed_table(out: Path, grid: str, title: str, noise: float | None) -> list[str]:
+def _points_table(out: Path, grid: str, title: str, noise: float | None, seeds: list[int]) -> list[str]:
+    """A grid of points over ``seeds`` (one seed, or a few): each point's F1 beside the paper's, and per group
+    where the paper's best point stands (:func:`best_point`; the noise of a mean over n seeds is 1/sqrt(n) of
+    one seed's)."""
     rows = _rows(grid)
-    seed1 = {r["label"]: f1_per_seed(out, grid, r["label"]).get(1) for r in rows}
+    values = {r["label"]: f1_per_seed(out, grid, r["label"], seeds) for r in rows}
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     lines = [
-        f"## {title} (test micro-F1, seed 1)",
+        f"## {title} (test micro-F1, {over})",
         "",
         "| row | ours | paper (with images) |",
         "|---|---|---|",
     ]
     for r in rows:
-        ours = "pending" if seed1[r["label"]] is None else f"{seed1[r['label']]:.2f}"
+        ours = cell(values[r["label"]]) if len(seeds) > 1 else _one(values[r["label"]])
         lines.append(f"| {r['label']} | {ours} | {(r['paper'] or {}).get('f1', '-')} |")
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
-        ours = {r["x"]: seed1[r["label"]] for r in members if seed1[r["label"]] is not None}
-        paper = {r["x"]: (r["paper"] or {}).get("f1") for r in members}
-        if len(ours) < len(members):
-            lines.append(f"\n{group}: pending ({len(ours)} of {len(members)} points)")
+        done = {r["x"]: values[r["label"]] for r in members if len(values[r["label"]]) == len(seeds)}
+        if len(done) < len(members):
+            lines.append(f"\n{group}: pending ({len(done)} of {len(members)} points)")
             continue
-        lines.append(f"\n{group}: {best_point(ours, paper, noise)}")
+        means = {x: mean_std(list(v.values()))[0] for x, v in done.items()}
+        paper = {r["x"]: (r["paper"] or {}).get("f1") for r in members}
+        lines.append(
+            f"\n{group}: {best_point(means, paper, None if noise is None else noise / math.sqrt(len(seeds)))}"
+        )
     return [*lines, ""]
+
+
+def _one(values: dict[int, float]) -> str:
+    return f"{next(iter(values.values())):.2f}" if values else "pending"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         print(f"restored {restore(args.restore, args.output)} finished runs from {args.restore}", flush=True)
     rc = 0 if args.report_only else run(args)
-    print(report(args.output))
+    print(report(args.output, args.seeds, args.seeds[: args.other_seeds]))
     if args.archive:
         print(f"archived {archive(args.output, args.archive)} finished runs into {args.archive}")
     return rc

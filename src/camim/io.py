@@ -307,6 +307,19 @@ def settings_hash(settings: dict, length: int = 12) -> str:
 
 
 # -------------------------------------------------------------------------------- append-only JSONL logs
+@contextmanager
+def flocked(fd: int) -> Iterator[None]:
+    """Hold an exclusive POSIX ``flock`` on the open file ``fd``, waiting for other processes that hold it
+    (no lock where ``fcntl`` is missing: a single writer is assumed there)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 class JsonlLog:
     """An append-only JSONL file that a long job resumes from (captions, preprocessing progress,
     predictions): one JSON value per line, each batch of lines written by a single ``os.write`` on an
@@ -363,13 +376,8 @@ class JsonlLog:
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the file (POSIX ``flock``) for a read-then-append."""
         self.open()
-        if fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
+        with flocked(self._fd):
             yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # -- reading
     def read(self) -> list[tuple[int, object]]:

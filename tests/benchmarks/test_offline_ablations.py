@@ -24,6 +24,9 @@ def test_paired_differences_t_test_and_the_difference_it_needs(bench):
     assert c["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))  # 0.07418
     assert c["needed"] == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)) / math.sqrt(3))  # 2.48414
     assert ab.paired({1: 44.0}, {2: 43.0}) is None
+    same = ab.paired({1: 44.0, 2: 45.0}, {1: 43.0, 2: 44.0})  # +1 on every seed: no spread, a sure difference
+    assert same["p"] == 0.0 and same["needed"] == 0.0 and ab.verdict(1, same, None) == "agrees"
+    assert ab.paired({1: 44.0, 2: 45.0}, {1: 44.0, 2: 45.0})["p"] == 1.0
 
 
 def test_verdicts_over_seeds_and_for_one_seed(bench):
@@ -71,6 +74,35 @@ def test_report_shows_each_seed_and_the_paired_claims(bench, tmp_path):
     assert f"{claim} within noise |" in lines
     assert "| TMR + CAM beats TMR (paper +0.91) | pending | - | - | pending |" in lines
     assert "alpha: pending (0 of 4 points)" in lines
+
+
+def test_table2_and_fig4_report_the_seeds_that_were_trained(bench, tmp_path):
+    """--seeds 4 5 --other-seeds 2: the points are means over seeds 4 and 5 (seed 1 is not looked for), and the
+    one-seed noise shrinks by sqrt(2) for a mean of two."""
+    ab = bench("offline_ablations")
+    for seed, (a, b) in {4: (44.0, 45.0), 5: (46.0, 46.0), 9: (10.0, 90.0)}.items():  # seed 9: not asked for
+        _finished(tmp_path / "offline-table1" / "tmr-cam" / f"seed{seed}", a)
+        _finished(tmp_path / "offline-table1" / "tmr-cam-mi" / f"seed{seed}", b)
+    for x, f1 in {
+        "0.05": (40.0, 42.0),
+        "0.1": (44.0, 46.0),
+        "0.3": (41.0, 41.0),
+        "0.5": (40.0, 40.0),
+    }.items():
+        for seed, v in zip((4, 5), f1):
+            _finished(tmp_path / "offline-fig4" / f"alpha_{x}" / f"seed{seed}", v)
+    lines = ab.report(tmp_path, [4, 5], [4, 5]).splitlines()
+    assert "| tmr-cam | 45.00 ± 1.41 (44.00, 46.00) | 89.96 |" in lines
+    assert "| alpha:0.1 | 45.00 ± 1.41 (44.00, 46.00) | 90.62 |" in lines
+    # pooled std of the two Table 1 rows: variances 2 and 0.5; noise 1.96 x sqrt(2 x 1.25) = 3.099, /sqrt(2) = 2.191
+    assert (
+        "alpha: best here 0.1 (45.00); the paper's best 0.1 (45.00 here, +4.00 against the best other point): agrees"
+        in lines
+    )
+    assert (
+        "## Offline Fig. 4 (MI weight alpha, caption feature level) (test micro-F1, mean ± std over seeds 4, 5)"
+        in lines
+    )
 
 
 def test_archive_keeps_the_small_files_and_restore_never_overwrites(bench, tmp_path):

@@ -143,6 +143,17 @@ def test_a_bad_grid_file_names_the_file_and_key(tmp_path, monkeypatch):
     spec.write_text("g:\n  - {group: a, preset: bert, rows: [{label: a b}, {label: a_b}]}\n")
     with pytest.raises(CamimError, match=r"^grid g: rows 'a b' and 'a_b' share the folder a_b$"):
         grids.run_grid("g", "d", tmp_path)
+    spec.write_text(
+        "g:\n  - {group: a, preset: bert, rows: [{label: x}]}\n  - {group: b, preset: bert, rows: [{label: x}]}\n"
+    )
+    with pytest.raises(CamimError, match=r"^grid g: row 'x' is listed twice$"):  # two writers of one folder
+        grids.run_grid("g", "d", tmp_path)
+
+
+def test_a_seed_listed_twice_is_refused_before_anything_trains(tmp_path):
+    with pytest.raises(CamimError, match=r"^--seeds: seed 1 is listed twice$"):  # two writers of seed1/
+        grids.plan_seeds("offline-bert", "d", tmp_path / "exp", [1, 2, 1], [], False, "x")
+    assert not (tmp_path / "exp").exists()
 
 
 def test_experiment_cli_over_two_seeds(tiny_mnre, tmp_path, capsys):

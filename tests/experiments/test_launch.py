@@ -193,13 +193,19 @@ def test_threads_per_run_is_set_for_the_run_and_restored(monkeypatch):
     assert seen == [1, 2] and torch.get_num_threads() == before
 
 
-def test_pool_names_a_failed_run_and_a_dead_worker():
+def test_pool_names_a_failed_run_and_a_dead_worker_and_the_others_finish():
+    """A worker killed mid-run fails only its own run: the run training beside it and the runs queued after it
+    finish (with one shared pool, the killed worker broke the pool and every other run with it)."""
     from tests.experiments.pool_helpers import fail_or_die
 
-    jobs = [RunJob("bad", 1, "p", "d", "bad", ()), RunJob("dies", 2, "p", "d", "dies", ())]
-    outcomes = {o.job.output: o for o in launch._pool(jobs, 1, [], lambda o: None, task=fail_or_die)}
+    jobs = [
+        RunJob(label, seed, "p", "d", label, ()) for seed, label in enumerate(["ok1", "dies", "bad", "ok2"])
+    ]
+    outcomes = {o.job.output: o for o in launch._pool(jobs, 2, [], lambda o: None, task=fail_or_die)}
     assert outcomes["bad"].error == "offline.pretrained_encoder: no such folder"
     assert outcomes["dies"].error.startswith("its process died (BrokenProcessPool")
+    assert outcomes["ok1"].ok and outcomes["ok1"].scores == {"f1": 0.0}  # was training when "dies" was killed
+    assert outcomes["ok2"].ok and outcomes["ok2"].scores == {"f1": 3.0}
 
 
 def test_pool_gives_each_worker_its_own_gpu():
@@ -234,6 +240,7 @@ class FakeRay:
 
     def __init__(self, resources: dict):
         self.resources, self.asked, self.initialised = resources, [], True
+        self.cancelled, self.interrupt_after = [], None  # Ctrl-C after that many outcomes
 
     def is_initialized(self):
         return self.initialised
@@ -255,7 +262,12 @@ class FakeRay:
         return wrap
 
     def wait(self, pending, num_returns):
+        if self.interrupt_after is not None and len(pending) + self.interrupt_after == len(self.asked):
+            raise KeyboardInterrupt
         return pending[:num_returns], pending[num_returns:]
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append((ref.value.job.output, force))
 
     def get(self, ref):
         return ref.value
@@ -279,12 +291,27 @@ def test_ray_tasks_ask_for_one_gpu_each_on_a_gpu_cluster(monkeypatch):
     jobs = [RunJob("r", s, "p", "d", f"out{s}", ()) for s in (1, 2)]
     outcomes = launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=True, report=lambda o: None)
     assert [o.job.output for o in outcomes] == ["out1", "out2"]
-    assert fake.asked == [({"num_gpus": 1, "num_cpus": 2, "max_calls": 1}, 2)] * 2
+    assert fake.asked == [({"num_gpus": 1, "num_cpus": 2, "max_calls": 1, "max_retries": 0}, 2)] * 2
     fake.asked.clear()  # runs set to the CPU (trainer.accelerator=cpu): CPUs only, one thread each
     launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=False, report=lambda o: None)
-    assert fake.asked == [({"num_gpus": 0, "num_cpus": 1, "max_calls": 1}, 1)] * 2
+    assert fake.asked == [({"num_gpus": 0, "num_cpus": 1, "max_calls": 1, "max_retries": 0}, 1)] * 2
     with pytest.raises(CamimError, match="each run would ask Ray for 32 CPUs, and the cluster has 16"):
         launch.run_jobs(jobs, Launch(launcher="ray", threads=32), use_gpus=False, report=lambda o: None)
+
+
+def test_interrupted_ray_grid_cancels_the_tasks_still_running(monkeypatch):
+    """Ctrl-C after the first of three outcomes: the two tasks left are cancelled (force: their workers are
+    killed), so no forgotten task on a cluster keeps writing a folder that the rerun trains again."""
+    fake = FakeRay({"CPU": 4.0})
+    fake.interrupt_after = 1
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(launch, "train_job", _fake_task)
+    jobs = [RunJob("r", s, "p", "d", f"out{s}", ()) for s in (1, 2, 3)]
+    reported = []
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=False, report=reported.append)
+    assert [o.job.output for o in reported] == ["out1"]
+    assert fake.cancelled == [("out2", True), ("out3", True)]
 
 
 def test_jobs_on_gpus_are_capped_at_one_run_per_gpu(monkeypatch, capsys):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import pytest
 import torch
@@ -72,6 +74,43 @@ def test_interrupted_build_resumes_to_the_same_cache(world, tmp_path):
     assert resumed.complete and resumed.verify() == []
     assert resumed.index["samples"] == once.index["samples"]
     assert once.data_path.read_bytes() == resumed.data_path.read_bytes()
+
+
+class _Slow:
+    """A dataset whose samples take 20 ms to read (so that two builds started together overlap), counting
+    the reads."""
+
+    def __init__(self, ds):
+        self.ds, self.modalities, self.reads = ds, ds.modalities, 0
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        time.sleep(0.02)
+        return self.ds[i]
+
+
+def test_two_builds_side_by_side_make_one_cache(world, tmp_path):
+    """Runs of a grid trained side by side (--jobs) with one image_cache_dir: the second build waits for the
+    first (the folder's lock) and reads no sample, so each image is prepared once and the cache equals a
+    single build, byte for byte (without the lock both builds prepare every sample and write the one file
+    together, one truncating what the other wrote but had not committed yet)."""
+    ds, spec = dataset(world), ImageCacheSpec(32, "crop")
+    once = ImageCache.build(ds, tmp_path / "once", spec)
+    slow = _Slow(ds)
+    build = lambda: ImageCache.build(slow, tmp_path / "shared", spec, commit_every=1)  # noqa: E731
+    builders = [threading.Thread(target=build) for _ in range(2)]
+    for b in builders:
+        b.start()
+    for b in builders:
+        b.join()
+    assert slow.reads == len(ds)  # one build's reads
+    shared = ImageCache(tmp_path / "shared")
+    assert shared.complete and shared.verify() == []
+    assert shared.index["samples"] == once.index["samples"]
+    assert shared.data_path.read_bytes() == once.data_path.read_bytes()
 
 
 def test_integrity_errors(world, tmp_path):

@@ -192,6 +192,9 @@ def plan_seeds(
 
     base = load_config(preset, overrides)  # a bad setting stops here, before any folder is made
     seeds = list(seeds or [base.optim.seed])
+    twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if twice is not None:  # two processes would train one folder
+        raise CamimError(f"--seeds: seed {twice} is listed twice")
     plan: SeedPlan | None = None
     for seed in seeds:
         folder = RunFolder(out / f"seed{seed}")
@@ -358,11 +361,12 @@ def run_grid(
     rows = grid_rows(grid)
     folders: dict[str, str] = {}
     for r in rows:  # two rows in one folder would train, or report, each other's runs
-        other = folders.setdefault(_slug(r["label"]), r["label"])
-        if other != r["label"]:
-            raise CamimError(
-                f"grid {grid}: rows {other!r} and {r['label']!r} share the folder {_slug(other)}"
-            )
+        slug, first = _slug(r["label"]), folders.get(_slug(r["label"]))
+        if first == r["label"]:
+            raise CamimError(f"grid {grid}: row {first!r} is listed twice")
+        if first is not None:
+            raise CamimError(f"grid {grid}: rows {first!r} and {r['label']!r} share the folder {slug}")
+        folders[slug] = r["label"]
     plans = [
         plan_seeds(
             r["preset"],

@@ -4,15 +4,14 @@ local process pool (``--jobs N``: one run per GPU when there are GPUs, else CPU 
 
 Every mode trains each run through :func:`camim.experiments.worker.train_job` with the same number of torch
 threads (``--threads-per-run``), so a run's result does not depend on how it was scheduled. The pool is
-``concurrent.futures.ProcessPoolExecutor`` (spawn; a fresh process per run on Python >= 3.11); Ray schedules
-its own tasks. A run that fails is an outcome with a one-line reason; the others go on.
+``concurrent.futures.ProcessPoolExecutor``, one spawned process per run (so a run killed by the system
+fails alone); Ray schedules its own tasks. A run that fails is an outcome with a one-line reason; the others go on.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -97,36 +96,42 @@ def _reported(outcome: JobOutcome, report: Report) -> JobOutcome:
 def _pool(
     jobs: list[RunJob], workers: int, gpus: list[str], report: Report, task=train_job
 ) -> list[JobOutcome]:
-    """The local pool: ``workers`` spawned processes, each holding one of ``gpus`` (or a CPU slot), a fresh
-    one per run; ``task(job) -> JobOutcome`` runs in it."""
+    """The local pool: at most ``workers`` runs at once, each in a fresh spawned process of its own (a
+    one-worker ``ProcessPoolExecutor`` per run, so a killed process fails only its run, never the runs beside
+    it), holding one of ``gpus`` (or a CPU slot); ``task(job) -> JobOutcome`` runs in it."""
     ctx = multiprocessing.get_context("spawn")
-    devices = None
-    if gpus:
-        devices = ctx.Queue()
-        for gpu in gpus[:workers]:
-            devices.put(gpu)
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # one run per process
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_pool_worker, initargs=(devices,),
-                               **fresh)  # fmt: skip
+    queued, free = list(jobs), list(gpus[:workers]) or [None] * workers
+    running: dict = {}  # future -> (job, its executor, its GPU)
     outcomes: list[JobOutcome] = []
     try:
-        pending = {pool.submit(task, job): job for job in jobs}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        while queued or running:
+            while queued and free:
+                job, gpu = queued.pop(0), free.pop(0)
+                executor = ProcessPoolExecutor(
+                    1, mp_context=ctx, initializer=init_pool_worker, initargs=(gpu,)
+                )
+                running[executor.submit(task, job)] = (job, executor, gpu)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                job = pending.pop(future)
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool as exc:  # a worker was killed (out of memory, a signal)
-                    outcome = JobOutcome(job, error=f"its process died ({one_line(exc)}); rerun to resume it")
-                except Exception as exc:  # noqa: BLE001 - e.g. a job that could not be sent to the worker
-                    outcome = JobOutcome(job, error=one_line(exc))
-                outcomes.append(_reported(outcome, report))
+                job, executor, gpu = running.pop(future)
+                executor.shutdown()
+                free.append(gpu)  # back to the slots whatever became of the run
+                outcomes.append(_reported(_outcome(job, future), report))
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: start nothing more
+        for _, executor, _ in running.values():  # Ctrl-C: start nothing more
+            executor.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown()
     return outcomes
+
+
+def _outcome(job: RunJob, future) -> JobOutcome:
+    """The outcome a finished future holds, or a one-line reason it holds none."""
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:  # its process was killed (out of memory, a signal)
+        return JobOutcome(job, error=f"its process died ({one_line(exc)}); rerun to resume it")
+    except Exception as exc:  # noqa: BLE001 - e.g. a job that could not be sent to the worker
+        return JobOutcome(job, error=one_line(exc))
 
 
 def import_ray():
@@ -165,9 +170,22 @@ def _ray(jobs: list[RunJob], launch: Launch, use_gpus: bool, report: Report) -> 
         each = "1 GPU" if gpus else f"{threads} CPU(s)"
         print(f"{len(jobs)} run(s) to train as Ray tasks, {each} each (cluster: {resources.get('CPU', 0):g} "
               f"CPUs, {gpus:g} GPUs), {threads} torch thread(s) per run")  # fmt: skip
-        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=threads, max_calls=1)(train_job)
+        # max_retries=0: a task whose worker died fails as a pool run does (a rerun resumes it), rather than
+        # being trained again unseen, e.g. after each out-of-memory kill
+        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=threads, max_calls=1, max_retries=0)(train_job)
         refs = {task.remote(replace(job, threads=threads)): replace(job, threads=threads) for job in jobs}
-        pending, outcomes = list(refs), []
+        return _ray_outcomes(ray, refs, report)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_outcomes(ray, refs: dict, report: Report) -> list[JobOutcome]:
+    """Wait for the Ray tasks ``refs`` (ref -> job), reporting each outcome as it arrives. Interrupted (Ctrl-C),
+    it cancels the tasks still running, also on a cluster that outlives this process: a rerun must not train a
+    run folder that a forgotten task still writes."""
+    pending, outcomes = list(refs), []
+    try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
@@ -175,7 +193,8 @@ def _ray(jobs: list[RunJob], launch: Launch, use_gpus: bool, report: Report) -> 
             except Exception as exc:  # noqa: BLE001 - the task's worker died or the task was cancelled
                 outcome = JobOutcome(refs[done[0]], error=f"its Ray task failed ({one_line(exc)})")
             outcomes.append(_reported(outcome, report))
-        return outcomes
-    finally:
-        if started:
-            ray.shutdown()
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return outcomes

@@ -86,19 +86,15 @@ def train_job(job: RunJob) -> JobOutcome:
                       device=_held_device)  # fmt: skip
 
 
-def init_pool_worker(devices) -> None:
-    """The local pool's worker initialiser (a fresh spawned process): die with the parent (a killed grid
-    leaves no run training on), and, with a GPU queue, take one GPU for this process's lifetime: the run sees
-    only it. It goes back to the queue when the process exits (after one run, ``max_tasks_per_child=1``)."""
+def init_pool_worker(gpu: str | None) -> None:
+    """The local pool's worker initialiser (a fresh spawned process, one run): die with the parent (a killed
+    grid leaves no run training on), and, given a GPU (a ``CUDA_VISIBLE_DEVICES`` entry the pool holds for
+    this run), make it the only device the run sees."""
     global _held_device
     _die_with_parent()
-    if devices is None:
-        return
-    from multiprocessing.util import Finalize
-
-    _held_device = devices.get()
-    os.environ["CUDA_VISIBLE_DEVICES"] = _held_device  # read when torch initialises CUDA, which is later
-    Finalize(None, devices.put, args=(_held_device,), exitpriority=100)
+    if gpu is not None:
+        _held_device = gpu
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # read when torch initialises CUDA, which is later
 
 
 def _die_with_parent() -> None:

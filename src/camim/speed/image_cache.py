@@ -38,7 +38,7 @@ from PIL import Image
 
 from camim.data.types import IMAGE_MODALITIES
 from camim.errors import CamimError, DataError
-from camim.io import atomic_write_text, no_space_is_an_error
+from camim.io import atomic_write_text, flocked, no_space_is_an_error
 from camim.models.processing import resize_center_crop
 from camim.progress import progress as progress_display
 
@@ -270,6 +270,20 @@ class ImageCache:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        with (
+            open(directory / "build.lock", "ab") as lock,
+            flocked(lock.fileno()),
+        ):  # runs side by side (--jobs)
+            return cls._build(
+                dataset, directory, spec, num_workers, batch_size, commit_every, stop_after, progress
+            )
+
+    @classmethod
+    def _build(
+        cls, dataset, directory: Path, spec, num_workers, batch_size, commit_every, stop_after, progress
+    ):
+        """:meth:`build` while holding the directory's lock: the index is read after the wait, so a run that
+        waited for another's build finds it complete and adds nothing."""
         index_path, data_path = directory / "index.json", directory / "pixels.u8"
         modalities = [m for m in IMAGE_MODALITIES if m in getattr(dataset, "modalities", IMAGE_MODALITIES)]
         if not modalities:
