@@ -43,9 +43,14 @@ def _rows(grid: str) -> list[dict]:
 
 
 def _folder(out: Path, grid: str, label: str, seed: int) -> Path:
-    from camim.experiments.grids import _slug
+    from camim.experiments.grids import slug
 
-    return out / grid / _slug(label) / f"seed{seed}"
+    return out / grid / slug(label) / f"seed{seed}"
+
+
+def _finished_runs(root: Path) -> list[Path]:
+    """The metrics.json of every finished run under ``root`` (``<grid>/<row>/seed<k>/``)."""
+    return sorted(root.glob("*/*/seed*/metrics.json"))
 
 
 def _common(encoder: Path, overrides: list[str] = ()) -> list[str]:
@@ -73,12 +78,12 @@ def share_finished_runs(
     from camim.runs import RunFolder
     from camim.training.api import differences_from, resolve_run_config
 
-    finished = [RunFolder(p.parent) for p in out.glob("*/*/seed*/metrics.json")]
+    finished = [RunFolder(p.parent) for p in _finished_runs(out)]
     copied = 0
     for row in _rows(grid):
         for seed in seeds:
             target = _folder(out, grid, row["label"], seed)
-            if (target / "metrics.json").is_file() or target.exists():
+            if target.exists():  # finished, or started: the grid resumes it
                 continue
             run_overrides = [*row["overrides"], *_common(encoder, overrides), f"optim.seed={seed}"]
             differences = differences_from(resolve_run_config(row["preset"], run_overrides, data_dir, target))
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 def archive(out: Path, dest: Path) -> int:
     """Copy each finished run's small files (:data:`SMALL_FILES`) from ``out`` into ``dest``."""
     n = 0
-    for metrics in sorted(out.glob("*/*/seed*/metrics.json")):
+    for metrics in _finished_runs(out):
         rel = metrics.parent.relative_to(out)
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in SMALL_FILES:
@@ -125,7 +130,7 @@ def archive(out: Path, dest: Path) -> int:
 def restore(src: Path, out: Path) -> int:
     """Put archived runs back into ``out`` (only where ``out`` has no run yet)."""
     n = 0
-    for metrics in sorted(src.glob("*/*/seed*/metrics.json")):
+    for metrics in _finished_runs(src):
         target = out / metrics.parent.relative_to(src)
         if target.exists():
             continue

@@ -83,11 +83,11 @@ def test_offline_grids_keep_the_run_folders_of_the_running_ablations():
     ]
     t2 = grids.grid_rows("offline-table2")
     sources = ["blip2", "instruct", "llavanext", "qwenvl", "cogvlm", "minicpm"]
-    assert [grids._slug(r["label"]) for r in t2] == [f"{s}_tmr-cam-mi" for s in sources]
+    assert [grids.slug(r["label"]) for r in t2] == [f"{s}_tmr-cam-mi" for s in sources]
     assert [r["overrides"] for r in t2] == [[f"data.caption_source={s}"] for s in sources]
     assert t2[0]["paper"]["f1"] == 89.63 and {r["preset"] for r in t2} == {dapt}
     f4 = grids.grid_rows("offline-fig4")
-    assert [(grids._slug(r["label"]), r["overrides"]) for r in f4] == [
+    assert [(grids.slug(r["label"]), r["overrides"]) for r in f4] == [
         ("alpha_0.05", ["model.mi_alpha=0.05"]),
         ("alpha_0.1", ["model.mi_alpha=0.1"]),
         ("alpha_0.3", ["model.mi_alpha=0.3"]),

@@ -95,7 +95,9 @@ def grid_names() -> list[str]:
     return list(load_grids())
 
 
-def _slug(label: str) -> str:
+def slug(label: str) -> str:
+    """The folder name of a grid row (or a plot's name part): ``label`` with runs of other characters than
+    letters, digits, ``.``, ``_`` and ``-`` made ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "row"
 
 
@@ -361,17 +363,17 @@ def run_grid(
     rows = grid_rows(grid)
     folders: dict[str, str] = {}
     for r in rows:  # two rows in one folder would train, or report, each other's runs
-        slug, first = _slug(r["label"]), folders.get(_slug(r["label"]))
+        name, first = slug(r["label"]), folders.get(slug(r["label"]))
         if first == r["label"]:
             raise CamimError(f"grid {grid}: row {first!r} is listed twice")
         if first is not None:
-            raise CamimError(f"grid {grid}: rows {first!r} and {r['label']!r} share the folder {slug}")
-        folders[slug] = r["label"]
+            raise CamimError(f"grid {grid}: rows {first!r} and {r['label']!r} share the folder {name}")
+        folders[name] = r["label"]
     plans = [
         plan_seeds(
             r["preset"],
             data_dir,
-            out / _slug(r["label"]),
+            out / slug(r["label"]),
             seeds,
             [*r["overrides"], *(overrides or [])],
             overwrite,
@@ -410,7 +412,7 @@ def _grid_markdown(grid, rows, summaries, diffs, overrides, failed, out: Path) -
         if items[0][0]["note"]:
             md += [items[0][0]["note"], ""]
         md.append(comparison_table([(r["x"], a, r["paper"]) for r, a in items], items[0][0]["scores"]))
-        plot = f"{grid}_{_slug(group)}.png"
+        plot = f"{grid}_{slug(group)}.png"
         plot_bars(
             [r["x"] for r, _ in items],
             [(a or {}).get("f1") for _, a in items],
