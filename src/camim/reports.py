@@ -235,6 +235,14 @@ def aggregate(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, floa
     return out
 
 
+def mean_std_text(agg: dict) -> str:
+    """``mean ± std`` of an :func:`aggregate` entry, or ``mean (1 seed)`` when one seed gave it (no spread was
+    measured, which ``± 0.00`` would hide)."""
+    if agg.get("n", 2) == 1:
+        return f"{agg['mean']:.2f} (1 seed)"
+    return f"{agg['mean']:.2f} ± {agg['std']:.2f}"
+
+
 def comparison_table(
     rows: list[tuple[str, dict | None, dict | None]], keys: Sequence[str] = SCORE_KEYS
 ) -> str:
@@ -246,7 +254,7 @@ def comparison_table(
         cells = []
         for k in keys:
             o = (ours or {}).get(k)
-            cells.append("-" if not o else f"{o['mean']:.2f} ± {o['std']:.2f}")
+            cells.append("-" if not o else mean_std_text(o))
             cells.append(format_score((paper or {}).get(k)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -146,8 +146,8 @@ def test_a_failing_row_is_named_and_the_others_summarised(tiny_mnre, tmp_path, m
     md = (out / "tiny.md").read_text()
     assert f"- `{out / 'broken' / 'seed1'}`: {reason}" in md
     test = json.loads((out / "ok" / "seed1" / "metrics.json").read_text())["test"]
-    cells = " | ".join(f"{test[k]:.2f} ± 0.00 | -" for k in ("accuracy", "precision", "recall", "f1"))
-    assert f"| ok | {cells} |" in md  # one seed: std 0; no paper number
+    cells = " | ".join(f"{test[k]:.2f} (1 seed) | -" for k in ("accuracy", "precision", "recall", "f1"))
+    assert f"| ok | {cells} |" in md  # one seed: no spread measured (not "± 0.00"); no paper number
     assert "| broken | - | - | - | - | - | - | - | - |" in md
     assert (out / "tiny_tiny.png").stat().st_size > 1000
     assert json.loads((out / "broken" / "summary.json").read_text())["failed"][0]["reason"].startswith(reason)

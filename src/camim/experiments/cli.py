@@ -86,6 +86,7 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from camim.experiments.grids import grid_names, run_grid, run_seeds
     from camim.experiments.launch import Launch
+    from camim.reports import mean_std_text
 
     if args.grid == "cases":
         return cmd_cases(args)
@@ -107,9 +108,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             return 0
         if summary["test"]:
             print(f"{args.preset} over seeds {[int(s) for s in summary['per_seed']]} (test):")
-            print(
-                "  " + "  ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in summary["test"].items())
-            )
+            print("  " + "  ".join(f"{k} {mean_std_text(v)}" for k, v in summary["test"].items()))
         failed, path, warning = summary["failed"], out / "summary.md", None
     else:
         report = run_grid(args.grid, args.data_dir, out, args.seeds, args.overrides, args.overwrite, launch)

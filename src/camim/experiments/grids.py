@@ -26,7 +26,7 @@ from camim.experiments.launch import Launch, run_jobs
 from camim.experiments.worker import JobOutcome, RunJob
 from camim.io import atomic_write_text
 from camim.progress import duration
-from camim.reports import aggregate, comparison_table, plot_bars
+from camim.reports import aggregate, comparison_table, mean_std_text, plot_bars
 from camim.runs import SCORE_KEYS, RunFolder, format_scores
 from camim.training.config import CONFIG_DIR, RunConfig, load_config, load_paper_results
 from camim.typed import parse, read_yaml_mapping, yaml_value
@@ -302,7 +302,7 @@ def _seed_markdown(plan: SeedPlan, summary: dict) -> str:
         lines.append(f"| {s} | " + " | ".join(f"{v[k]:.2f}" for k in SCORE_KEYS) + " |")
     if summary["test"]:
         agg = summary["test"]
-        cells = " | ".join(f"{agg[k]['mean']:.2f} ± {agg[k]['std']:.2f}" for k in SCORE_KEYS)
+        cells = " | ".join(mean_std_text(agg[k]) for k in SCORE_KEYS)
         lines.append(f"| mean ± std | {cells} |")
     lines += _failure_lines(summary["failed"])
     return "\n".join(lines) + "\n"
