@@ -105,6 +105,31 @@ def test_table2_and_fig4_report_the_seeds_that_were_trained(bench, tmp_path):
     )
 
 
+def test_a_run_that_two_grids_share_is_copied_not_trained_again(bench, tmp_path):
+    """Table 1's CAM + MI seed 1 is also Fig. 4's alpha 0.1 and W&S points: the copy goes where the resolved
+    configs are equal and nowhere else (not to seed 2, not to the other points)."""
+    from camim.runs import RunFolder
+    from camim.training.api import resolve_run_config
+
+    ab = bench("offline_ablations")
+    out, enc, data = tmp_path / "out", tmp_path / "enc", str(tmp_path / "data")
+    row = next(r for r in ab._rows("offline-table1") if r["label"] == "tmr-cam-mi")
+    source = ab._folder(out, "offline-table1", "tmr-cam-mi", 1)
+    cfg = resolve_run_config(
+        row["preset"], [*row["overrides"], *ab._common(enc), "optim.seed=1"], data, source
+    )
+    source.mkdir(parents=True)
+    RunFolder(source).write_config(cfg.to_dict())
+    (source / "metrics.json").write_text(json.dumps({"test": {"f1": 43.29}}))
+    assert ab.share_finished_runs(out, "offline-fig4", [1, 2], data, enc, []) == 2
+    found = {r["label"]: ab.f1_per_seed(out, "offline-fig4", r["label"]) for r in ab._rows("offline-fig4")}
+    assert {label: f1 for label, f1 in found.items() if f1} == {
+        "alpha:0.1": {1: 43.29},
+        "caption_level:W&S": {1: 43.29},
+    }
+    assert ab.share_finished_runs(out, "offline-fig4", [1, 2], data, enc, []) == 0  # already there
+
+
 def test_archive_keeps_the_small_files_and_restore_never_overwrites(bench, tmp_path):
     ab = bench("offline_ablations")
     out, dest, fresh = tmp_path / "out", tmp_path / "archive", tmp_path / "fresh"
