@@ -266,14 +266,23 @@ def best_point(ours: dict, paper: dict, noise: float | None) -> str:
 
 
 def _points_table(out: Path, grid: str, title: str, noise: float | None, seeds: list[int]) -> list[str]:
-    """A grid of points over ``seeds`` (one seed, or a few): each point's F1 beside the paper's, and per group
-    where the paper's best point stands (:func:`best_point`; the noise of a mean over n seeds is 1/sqrt(n) of
-    one seed's)."""
+    """A grid of points over the ``seeds`` that every point with a finished run has finished (the first seed
+    while some point lacks it): each point's F1 beside the paper's, and per group where the paper's best point stands
+    (:func:`best_point`; the noise of a mean over n seeds is 1/sqrt(n) of one seed's)."""
     rows = _rows(grid)
-    values = {r["label"]: f1_per_seed(out, grid, r["label"], seeds) for r in rows}
+    found = {r["label"]: f1_per_seed(out, grid, r["label"], seeds) for r in rows}
+    started = [v for v in found.values() if v]  # points without any finished seed show "pending"
+    seeds = [s for s in seeds if all(s in v for v in started)] or list(seeds[:1])
+    values = {label: {s: v[s] for s in seeds if s in v} for label, v in found.items()}
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    later = sorted({s for v in found.values() for s in v} - set(seeds))
     lines = [
         f"## {title} (test micro-F1, {over})",
+        *(
+            [f"\nSeeds {', '.join(map(str, later))}: not finished for every point yet, left out."]
+            if later
+            else []
+        ),
         "",
         "| row | ours | paper (with images) |",
         "|---|---|---|",

@@ -103,6 +103,10 @@ def test_table2_and_fig4_report_the_seeds_that_were_trained(bench, tmp_path):
         "## Offline Fig. 4 (MI weight alpha, caption feature level) (test micro-F1, mean ± std over seeds 4, 5)"
         in lines
     )
+    _finished(tmp_path / "offline-fig4" / "alpha_0.1" / "seed6", 50.0)  # one point of seed 6: not shown yet
+    lines = ab.report(tmp_path, [4, 5], [4, 5, 6]).splitlines()
+    assert "| alpha:0.1 | 45.00 ± 1.41 (44.00, 46.00) | 90.62 |" in lines
+    assert "Seeds 6: not finished for every point yet, left out." in lines
 
 
 def test_a_run_that_two_grids_share_is_copied_not_trained_again(bench, tmp_path):
