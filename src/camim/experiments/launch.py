@@ -5,7 +5,8 @@ local process pool (``--jobs N``: one run per GPU when there are GPUs, else CPU 
 Every mode trains each run through :func:`camim.experiments.worker.train_job` with the same number of torch
 threads (``--threads-per-run``), so a run's result does not depend on how it was scheduled. The pool is
 ``concurrent.futures.ProcessPoolExecutor``, one spawned process per run (so a run killed by the system
-fails alone); Ray schedules its own tasks. A run that fails is an outcome with a one-line reason; the others go on.
+fails alone); Ray schedules its own tasks. A run that fails is an outcome with a one-line reason; the others
+go on.
 """
 
 from __future__ import annotations
@@ -181,9 +182,9 @@ def _ray(jobs: list[RunJob], launch: Launch, use_gpus: bool, report: Report) -> 
 
 
 def _ray_outcomes(ray, refs: dict, report: Report) -> list[JobOutcome]:
-    """Wait for the Ray tasks ``refs`` (ref -> job), reporting each outcome as it arrives. Interrupted (Ctrl-C),
-    it cancels the tasks still running, also on a cluster that outlives this process: a rerun must not train a
-    run folder that a forgotten task still writes."""
+    """Wait for the Ray tasks ``refs`` (ref -> job), reporting each outcome as it arrives. Interrupted
+    (Ctrl-C), it cancels the tasks still running, also on a cluster that outlives this process: a rerun must
+    not train a run folder that a forgotten task still writes."""
     pending, outcomes = list(refs), []
     try:
         while pending:
