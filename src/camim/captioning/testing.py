@@ -58,6 +58,10 @@ class RecordedRequest:
 @dataclass
 class ServerState:
     delay: float = 0.0
+    # hold each request until this many are in flight at once (at most gather_timeout seconds), so a test sees
+    # whether a client fills its slots however slowly a loaded machine starts its threads
+    gather: int = 0
+    gather_timeout: float = 10.0
     faults: list = field(default_factory=list)  # per image, answered before success, in order
     hang_seconds: float = 5.0
     retry_after_ms: int | None = None  # sent with 429/503 answers when set
@@ -74,6 +78,13 @@ class ServerState:
     max_in_flight: int = 0
     attempts: dict[str, int] = field(default_factory=dict)  # request (images + last text) -> requests so far
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _wait_for_gathering(state: ServerState) -> None:
+    """Block until ``state.gather`` requests have been in flight together (or ``gather_timeout`` passed)."""
+    deadline = time.monotonic() + state.gather_timeout
+    while state.max_in_flight < state.gather and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -124,6 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             turns=len(messages),
         )
         try:
+            _wait_for_gathering(state)
             fault = state.faults[attempt] if attempt < len(state.faults) else None
             time.sleep(state.hang_seconds if fault == "hang" else state.delay)
             self._respond(record, fault, index, user_text, image_bytes)
