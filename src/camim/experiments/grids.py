@@ -363,7 +363,8 @@ def run_grid(
     rows = grid_rows(grid)
     folders: dict[str, str] = {}
     for r in rows:  # two rows in one folder would train, or report, each other's runs
-        name, first = slug(r["label"]), folders.get(slug(r["label"]))
+        name = slug(r["label"])
+        first = folders.get(name)
         if first == r["label"]:
             raise CamimError(f"grid {grid}: row {first!r} is listed twice")
         if first is not None:
