@@ -16,6 +16,8 @@ from camim.inference.files import check_output_is_not_input, predict_file, predi
 from camim.inference.predictor import Predictor
 from camim.io import DEFAULT_ENCODING
 
+BF16_HELP = "bfloat16 autocast around the model's forward (CPU or GPU; ~2x on a CPU with avx512_bf16)"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", help="single form: a caption of the image")
     p.add_argument("--json", action="store_true", help="single form: print the full result as JSON")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help=BF16_HELP)
     _captioner_args(p)
     p.set_defaults(func=run_predict)
 
@@ -63,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--bf16", action="store_true", help=BF16_HELP)
     s.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image (encoded)")
     s.add_argument("--max-request-mb", type=float, default=16.0, help="largest accepted request body")
     _serving_args(s)
@@ -116,7 +120,7 @@ def _load(args: argparse.Namespace) -> Predictor:
         captioner = openai_captioner(args.caption_model, args.caption_base_url, timeout=args.caption_timeout)
     elif args.caption_base_url:
         raise CamimError("--caption-base-url needs --caption-model")
-    return Predictor.from_pretrained(args.model, device=args.device, captioner=captioner)
+    return Predictor.from_pretrained(args.model, device=args.device, captioner=captioner, bf16=args.bf16)
 
 
 # ------------------------------------------------------------------------------ predict
@@ -186,7 +190,7 @@ def _predict_single(predictor: Predictor, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ serve
 SERVE_SETTINGS_ENV = "CAMIM_SERVE_SETTINGS"  # how `--workers` processes get the parent's flags
 _SERVE_KEYS = (
-    "model", "device", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
+    "model", "device", "bf16", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
     "max_queue", "request_timeout", "api_key_env", "caption_model", "caption_base_url", "caption_timeout",
 )  # fmt: skip
 

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from camim.errors import CamimError, DataError
+from camim.models.bundled import resolve_encoder
 
 # What an extractor consumes of an image (VisionBackbone.features): TMR the last map's patch tokens,
 # HVPNeT the four stage maps pooled to 2x2.
@@ -26,18 +27,24 @@ def _wrap(kind: str, source: str, exc: Exception) -> CamimError:
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained(source)`` (hub id or a folder with vocab.txt / tokenizer.json)."""
+    """``AutoTokenizer.from_pretrained(source)`` (hub id, a folder with vocab.txt / tokenizer.json, or a bundled
+    encoder's name: :mod:`camim.models.bundled`)."""
+    path = resolve_encoder(source)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - many loader errors; re-raised as one user error
         raise _wrap("tokenizer", source, exc) from exc
 
 
 def load_text_encoder(source: str | PretrainedConfig, pretrained: bool = True) -> nn.Module:
-    """A text encoder (e.g. ``BertModel``) without its pooler; random weights from its config if not pretrained."""
+    """A text encoder (e.g. ``BertModel``) without its pooler; random weights from its config if not pretrained.
+
+    ``source``: a hub id, a folder, a bundled encoder's name (:mod:`camim.models.bundled`) or a config."""
+    name = str(getattr(source, "name_or_path", source))
     try:
         if isinstance(source, PretrainedConfig):
             return AutoModel.from_config(source, add_pooling_layer=False)
+        source = resolve_encoder(source)
         if pretrained:
             # from_pretrained returns the model in eval mode; every camim model is built in train mode like
             # any nn.Module (Lightning keeps the modes it finds, so eval here meant no dropout in fine-tuning)
@@ -46,7 +53,7 @@ def load_text_encoder(source: str | PretrainedConfig, pretrained: bool = True) -
     except CamimError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise _wrap("text encoder", str(getattr(source, "name_or_path", source)), exc) from exc
+        raise _wrap("text encoder", name, exc) from exc
 
 
 #: weights of a checkpoint that a text encoder leaves out on purpose: the pooler (built without one) and the
