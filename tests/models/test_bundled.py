@@ -64,6 +64,18 @@ def test_a_model_built_on_a_short_name_takes_its_hidden_size(fake_package):
     )
 
 
+def test_a_saved_model_loads_without_the_package(fake_package, tmp_path, monkeypatch):
+    from camim.models import load_model
+
+    model = build_model({"name": "bert", "text_encoder": "tiny", "cam": "none", "mi": False}, labels=LABELS)
+    model.save_pretrained(tmp_path / "saved")
+    monkeypatch.delitem(bundled.BUNDLED_ENCODERS, "tiny")  # as on a machine without the package
+    loaded = load_model(tmp_path / "saved").eval()
+    batch = model.processor(make_examples(2, images=False))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch).logits, model.eval()(batch).logits, rtol=0, atol=1e-6)
+
+
 def test_altered_weights_are_refused_naming_the_file(fake_package):
     weights = fake_package / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -32,6 +32,7 @@ import torch
 
 from camim.errors import CamimError
 from camim.io import atomic_write_text, check_encoding, no_space_is_an_error
+from camim.models.bundled import resolve_encoder
 from camim.pretraining.offline import OfflineConfig
 from camim.trainer import AtomicCheckpointIO, Precision, interruptible, progress_callbacks, quiet_lightning
 from camim.typed import apply_overrides, differing_keys, from_mapping, to_plain
@@ -298,10 +299,11 @@ def _load_model(cfg: PretrainConfig, data_dir: str | Path, work: Path):
         )  # fmt: skip
         tok = AutoTokenizer.from_pretrained(str(vocab))
         return tok, BertForMaskedLM(BertConfig.from_pretrained(str(vocab))), vocab
+    source = resolve_encoder(cfg.text_encoder)  # a hub id, a folder or a bundled encoder's name (minilm)
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.text_encoder)
+        tok = AutoTokenizer.from_pretrained(source)
         # from_pretrained gives eval mode, and Lightning keeps the modes it finds: train mode for dropout
-        model = AutoModelForMaskedLM.from_pretrained(cfg.text_encoder).train()
+        model = AutoModelForMaskedLM.from_pretrained(source).train()
     except Exception as exc:  # noqa: BLE001 - hub/folder errors become one line
         raise CamimError(f"text_encoder {cfg.text_encoder!r}: cannot load a masked-LM model: {exc}") from None
     return tok, model, None
