@@ -1,4 +1,4 @@
-"""The paper's ablations in the offline regime, on real MNRE text (issue 30): offline Table 1, Table 2 and Fig. 4.
+"""The paper's ablations on real MNRE text, offline (issue 30) or with MiniLM (issue 37): Table 1, 2 and Fig. 4.
 
 Every caption model and the text-only model start from one `camim pretrain --from-scratch` encoder (built here
 when ``--encoder`` does not hold a finished one; it is deterministic), with the `-dapt` presets' settings, which
@@ -18,22 +18,70 @@ and resume: run the same command again. ``--archive DIR`` copies each finished r
 ``--output`` first, where the grids reuse them (same data folder and encoder paths), so a session on a fresh
 machine continues where the last one stopped. Numbers are NOT comparable with the paper's (no images, compact
 encoders); the grid tables list every setting that differs.
+
+``--regime minilm`` (issue 37) runs the same way with the bundled pretrained MiniLM encoder (``text_encoder:
+minilm``; nothing is pretrained here, no ``offline.pretrained_encoder``) into ``runs/minilm_ablations``: the text
+row's learning rate chosen on dev (``minilm-lr``, the first seed only; the report's dev table selects on val
+micro-F1), Table 1's rows without images (``minilm-table1``; the dev-chosen run is also the text row's first seed
+when ``minilm-bert``'s lr equals it, and is then copied, not trained again) and Table 2 (``minilm-table2``).
+``--archive`` / ``--restore`` without a folder use ``benchmarks/results/<regime>_ablations``.
+
+    python benchmarks/offline_ablations.py --regime minilm --data-dir ../shared/data/mnre --jobs 2 --archive
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from camim.errors import CamimError
 from camim.reports import mean_std  # mean and sample std (ddof 1)
 
-GRIDS = ("offline-table1", "offline-fig4", "offline-table2")
 SMALL_FILES = ("config.yaml", "metrics.json")
+#: the archive --archive / --restore use without a folder: <RESULTS>/<regime>_ablations
+RESULTS = Path(__file__).resolve().parent / "results"
+THE_REGIMES = object()  # their const: a str const would go through type=Path
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One regime's grids (``lr``: the text row's learning rate chosen on dev; ``fig4``: None where there is
+    none) and how its report reads: ``title`` heads the tables, ``paper_column`` heads Table 1's paper column,
+    ``text_rows`` adds the paper's other text rows to the BERT row's paper number, ``pretrained_encoder``: the
+    runs start from one `camim pretrain` encoder (``offline.pretrained_encoder``)."""
+
+    name: str
+    title: str
+    table1: str
+    table2: str
+    fig4: str | None = None
+    lr: str | None = None
+    paper_column: str = "paper (with images)"
+    text_rows: bool = False
+    pretrained_encoder: bool = False
+
+    @property
+    def grids(self) -> tuple[str, ...]:
+        """In the order they run: the dev choice first, then Table 1 (whose runs the others share)."""
+        return tuple(g for g in (self.lr, self.table1, self.fig4, self.table2) if g)
+
+    def seeds(self, grid: str, seeds: list[int], other_seeds: int) -> list[int]:
+        """Table 1 runs every seed, the dev choice the first, the others the first ``other_seeds``."""
+        return seeds if grid == self.table1 else seeds[:1] if grid == self.lr else seeds[:other_seeds]
+
+
+REGIMES = {
+    "offline": Regime("offline", "Offline", "offline-table1", "offline-table2", fig4="offline-fig4",
+                      pretrained_encoder=True),
+    "minilm": Regime("minilm", "MiniLM", "minilm-table1", "minilm-table2", lr="minilm-lr",
+                     paper_column="paper (TMR rows: with images)", text_rows=True),
+}  # fmt: skip
+GRIDS = REGIMES["offline"].grids
 
 
 def _rows(grid: str) -> list[dict]:
@@ -53,8 +101,9 @@ def _finished_runs(root: Path) -> list[Path]:
     return sorted(root.glob("*/*/seed*/metrics.json"))
 
 
-def _common(encoder: Path, overrides: list[str] = ()) -> list[str]:
-    return [f"offline.pretrained_encoder={encoder}", *overrides]
+def _common(encoder: Path | None, overrides: list[str] = ()) -> list[str]:
+    """Every run's overrides: ``overrides``, after the pretrained encoder's folder where the regime has one."""
+    return [*([f"offline.pretrained_encoder={encoder}"] if encoder else []), *overrides]
 
 
 def ensure_encoder(data_dir: str, encoder: Path, overrides: list[str]) -> None:
@@ -71,7 +120,7 @@ def ensure_encoder(data_dir: str, encoder: Path, overrides: list[str]) -> None:
 
 
 def share_finished_runs(
-    out: Path, grid: str, seeds: list[int], data_dir: str, encoder: Path, overrides: list[str]
+    out: Path, grid: str, seeds: list[int], data_dir: str, encoder: Path | None, overrides: list[str]
 ) -> int:
     """Copy a finished run of another grid into this grid's folder where the resolved configs are equal (the
     grid then reuses it instead of training it again); the number copied."""
@@ -101,12 +150,15 @@ def run(args: argparse.Namespace) -> int:
     from camim.experiments.grids import run_grid
     from camim.experiments.launch import Launch
 
-    ensure_encoder(args.data_dir, args.encoder, args.pretrain_overrides)
+    regime = REGIMES[args.regime]
+    if regime.pretrained_encoder:
+        ensure_encoder(args.data_dir, args.encoder, args.pretrain_overrides)
+    encoder = args.encoder if regime.pretrained_encoder else None
     failed = 0
     for grid in args.grids:
-        seeds = args.seeds if grid == "offline-table1" else args.seeds[: args.other_seeds]
-        share_finished_runs(args.output, grid, seeds, args.data_dir, args.encoder, args.overrides)
-        report = run_grid(grid, args.data_dir, args.output / grid, seeds, _common(args.encoder, args.overrides),
+        seeds = regime.seeds(grid, args.seeds, args.other_seeds)
+        share_finished_runs(args.output, grid, seeds, args.data_dir, encoder, args.overrides)
+        report = run_grid(grid, args.data_dir, args.output / grid, seeds, _common(encoder, args.overrides),
                           launch=Launch(jobs=args.jobs))  # fmt: skip
         failed += len(report.failed) if report else 0
         if report:
@@ -146,11 +198,7 @@ def f1_per_seed(out: Path, grid: str, label: str, seeds: list[int] | None = None
     """Test F1 of each finished seed of a grid row (of ``seeds`` only, when given), in seed order."""
     row = _folder(out, grid, label, 0).parent
     found = {int(m.parent.name[4:]): m for m in row.glob("seed*/metrics.json")}
-    return {
-        s: json.loads(found[s].read_text())["test"]["f1"]
-        for s in sorted(found)
-        if seeds is None or s in seeds
-    }
+    return {s: _metrics(found[s].parent)["test"]["f1"] for s in sorted(found) if seeds is None or s in seeds}
 
 
 def cell(values: dict[int, float]) -> str:
@@ -207,29 +255,55 @@ def verdict(expected_sign: int, comparison: dict | None, noise: float | None) ->
     return "agrees" if m * expected_sign > 0 else "disagrees"
 
 
-def report(out: Path, seeds: list[int] = (1, 2, 3), other_seeds: list[int] = (1,)) -> str:
-    """The three tables: Table 1 over ``seeds``, Table 2 and Fig. 4 over ``other_seeds`` (what was trained)."""
-    rows1 = _rows("offline-table1")
-    t1 = {row["label"]: f1_per_seed(out, "offline-table1", row["label"], seeds) for row in rows1}
+#: Table 1's claims (text, row a, row b, the sign of a - b the paper reports); a regime's report makes those
+#: whose two rows its Table 1 grid has
+CLAIMS = [
+    ("TMR + CAM beats TMR (paper +0.91)", "tmr-cam", "tmr", 1),
+    ("TMR + MI beats TMR (paper +0.16)", "tmr-mi", "tmr", 1),
+    ("TMR + CAM + MI beats TMR + CAM (paper +0.98)", "tmr-cam-mi", "tmr-cam", 1),
+    ("TMR + CAM + MI beats TMR + MI (paper +1.73)", "tmr-cam-mi", "tmr-mi", 1),
+    ("TMR + CAM + MI beats TMR (paper +1.89)", "tmr-cam-mi", "tmr", 1),
+    ("the captioned TMR beats text-only BERT (paper +29.65)", "tmr", "bert", 1),
+    ("TMR + CAM + MI beats text-only BERT (paper +31.54)", "tmr-cam-mi", "bert", 1),
+    ("captions' content matters: real captions beat shuffled ones (control)", "tmr-cam-mi",
+     "tmr-cam-mi-shuffled", 1),
+]  # fmt: skip
+
+
+def report(
+    out: Path, seeds: list[int] = (1, 2, 3), other_seeds: list[int] = (1,), regime: str = "offline"
+) -> str:
+    """The regime's tables: the text row's learning rate chosen on dev (the first seed; where the regime has
+    that grid), Table 1 over ``seeds``, Table 2 and Fig. 4 (where it has one) over ``other_seeds`` (what was
+    trained)."""
+    r = REGIMES[regime]
+    lines = lr_table(out, r, seeds[0]) if r.lr else []
+    table1, noise = _table1(out, r, seeds)
+    lines += table1
+    lines += _points_table(
+        out, r.table2, f"{r.title} Table 2 (caption sources on CAM + MI)", noise, other_seeds
+    )
+    if r.fig4:
+        title = f"{r.title} Fig. 4 (MI weight alpha, caption feature level)"
+        lines += _points_table(out, r.fig4, title, noise, other_seeds)
+    return "\n".join(lines)
+
+
+def _table1(out: Path, r: Regime, seeds: list[int]) -> tuple[list[str], float | None]:
+    """Table 1 over ``seeds`` with the paired claims its rows allow, and the one-seed noise of its caption
+    rows (:func:`one_seed_noise`)."""
+    rows1 = _rows(r.table1)
+    t1 = {row["label"]: f1_per_seed(out, r.table1, row["label"], seeds) for row in rows1}
     paper1 = {row["label"]: (row["paper"] or {}).get("f1") for row in rows1}
+    if r.text_rows and paper1.get("bert"):
+        paper1["bert"] = f"{paper1['bert']} ({_other_text_rows()})"
     noise = one_seed_noise([v for k, v in t1.items() if k != "bert"])
-    lines = ["## Offline Table 1 (test micro-F1, mean ± std over seeds (each seed))", "",
-             "| row | ours | paper (with images) |", "|---|---|---|"]  # fmt: skip
+    lines = [f"## {r.title} Table 1 (test micro-F1, mean ± std over seeds (each seed))", "",
+             f"| row | ours | {r.paper_column} |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {cell(v)} | {paper1[k] or '-'} |" for k, v in t1.items()]
-    claims = [
-        ("TMR + CAM beats TMR (paper +0.91)", "tmr-cam", "tmr", 1),
-        ("TMR + MI beats TMR (paper +0.16)", "tmr-mi", "tmr", 1),
-        ("TMR + CAM + MI beats TMR + CAM (paper +0.98)", "tmr-cam-mi", "tmr-cam", 1),
-        ("TMR + CAM + MI beats TMR + MI (paper +1.73)", "tmr-cam-mi", "tmr-mi", 1),
-        ("TMR + CAM + MI beats TMR (paper +1.89)", "tmr-cam-mi", "tmr", 1),
-        ("the captioned TMR beats text-only BERT (paper +29.65)", "tmr", "bert", 1),
-        ("TMR + CAM + MI beats text-only BERT (paper +31.54)", "tmr-cam-mi", "bert", 1),
-        ("captions' content matters: real captions beat shuffled ones (control)", "tmr-cam-mi",
-         "tmr-cam-mi-shuffled", 1),
-    ]  # fmt: skip
     lines += ["", "| claim | difference (per seed) | paired t-test p | significant from | here |",
               "|---|---|---|---|---|"]  # fmt: skip
-    for text, a, b, sign in claims:
+    for text, a, b, sign in (c for c in CLAIMS if c[1] in t1 and c[2] in t1):
         c = paired(t1[a], t1[b])
         per_seed = "" if c is None else ", ".join(f"{d:+.2f}" for d in c["per_seed"].values())
         diff = "pending" if c is None else f"{c['mean']:+.2f} ({per_seed})"
@@ -239,13 +313,66 @@ def report(out: Path, seeds: list[int] = (1, 2, 3), other_seeds: list[int] = (1,
     lines += ["", "One-seed comparisons below count as beyond noise when over 1.96 x sqrt(2) x the pooled "
               "seed-to-seed std of Table 1's caption rows (the 95% range of the difference of two runs that differ "
               f"only in their seed): {'pending' if noise is None else f'{noise:.2f}'} F1.", ""]  # fmt: skip
-    lines += _points_table(
-        out, "offline-table2", "Offline Table 2 (caption sources on CAM + MI)", noise, other_seeds
-    )
-    lines += _points_table(
-        out, "offline-fig4", "Offline Fig. 4 (MI weight alpha, caption feature level)", noise, other_seeds
-    )
-    return "\n".join(lines)
+    return lines, noise
+
+
+def _other_text_rows() -> str:
+    """The paper's other text-only rows of Table 1 (``table1_text`` in paper_results.yaml), for the BERT row."""
+    from camim.training.config import load_paper_results
+
+    rows = load_paper_results().get("table1_text") or {}
+    return "other text rows: " + ", ".join(f"{v['row']} {v['f1']}" for v in rows.values())
+
+
+# --------------------------------------------------------------------------------- the dev choice of the lr
+def lr_table(out: Path, r: Regime, seed: int) -> list[str]:
+    """The text row's learning rate chosen on dev: per point of ``r.lr`` the val micro-F1 of its ``seed`` run
+    (what selects), the best epoch metrics.json records and the test F1 (shown beside, never used); once every
+    point has finished, the one with the highest val F1 (the first in the grid's order on a tie) and whether
+    Table 1's text row trains at it."""
+    rows = _rows(r.lr)
+    runs = {row["x"]: _metrics(_folder(out, r.lr, row["label"], seed)) for row in rows}
+    lines = [f"## {r.title} text row: the learning rate chosen on dev ({r.lr}, seed {seed})", "",
+             "| lr | val micro-F1 (selects) | best epoch | test micro-F1 (not used) |", "|---|---|---|---|"]  # fmt: skip
+    for x, m in runs.items():
+        epoch = "pending" if m is None else m.get("best_epoch") or "-"
+        lines.append(f"| {x} | {_f1(m, 'val')} | {epoch} | {_f1(m, 'test')} |")
+    val = {x: m["val"]["f1"] for x, m in runs.items() if m and m.get("val")}
+    finished = sum(m is not None for m in runs.values())
+    if finished < len(rows):
+        choice = f"pending ({finished} of {len(rows)} learning rates finished)"
+    elif not val:
+        choice = "none (no run has val scores)"
+    else:
+        best = max(val, key=val.get)
+        chosen = next(row for row in rows if row["x"] == best)
+        choice = f"lr {best} (val F1 {val[best]:.2f}); {_text_row_at(r, chosen, seed)}"
+    return [*lines, "", f"Dev choice: {choice}.", ""]
+
+
+def _text_row_at(r: Regime, chosen: dict, seed: int) -> str:
+    """Whether Table 1's text row (``bert``) trains at the learning rate of the dev grid's ``chosen`` row."""
+    from camim.training.config import load_config
+
+    text = next(row for row in _rows(r.table1) if row["label"] == "bert")
+    lr = load_config(text["preset"], text["overrides"]).optim.lr
+    if load_config(chosen["preset"], chosen["overrides"]).optim.lr == lr:
+        return f"{r.table1}'s bert row trains at it (its seed {seed} is this run: copied, not trained twice)"
+    return f"{r.table1}'s bert row trains at lr {lr:g} ({text['preset']}'s), not at it: set optim.lr there"
+
+
+def _metrics(folder: Path) -> dict | None:
+    """A run folder's metrics.json, None while it has not finished."""
+    from camim.runs import RunFolder
+
+    run = RunFolder(folder)
+    return run.read_metrics() if run.metrics_path.is_file() else None
+
+
+def _f1(metrics: dict | None, split: str) -> str:
+    if metrics is None:
+        return "pending"
+    return "-" if not metrics.get(split) else f"{metrics[split]['f1']:.2f}"
 
 
 def best_point(ours: dict, paper: dict, noise: float | None) -> str:
@@ -307,13 +434,45 @@ def _one(values: dict[int, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run (unless ``--report-only``) and print the report; 1 with one line on a :class:`CamimError`."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    r = REGIMES[args.regime]
+    if not set(args.grids) <= set(r.grids):
+        ap.error(f"--grids: the {r.name} regime's grids are {', '.join(r.grids)}")
+    if not r.pretrained_encoder and (args.encoder or args.pretrain_overrides):
+        ap.error(f"--encoder/--pretrain-set: the {r.name} regime pretrains no encoder")
+    args.grids = args.grids or list(r.grids)
+    args.output = (args.output or Path(f"runs/{r.name}_ablations")).resolve()
+    args.encoder = (args.encoder or args.output / "pretrained_encoder").resolve()
+    args.restore, args.archive = (
+        RESULTS / f"{r.name}_ablations" if d is THE_REGIMES else d for d in (args.restore, args.archive)
+    )
+    try:
+        if args.restore:
+            print(
+                f"restored {restore(args.restore, args.output)} finished runs from {args.restore}", flush=True
+            )
+        rc = 0 if args.report_only else run(args)
+        print(report(args.output, args.seeds, args.seeds[: args.other_seeds], r.name))
+        if args.archive:
+            print(f"archived {archive(args.output, args.archive)} finished runs into {args.archive}")
+    except CamimError as exc:
+        print(f"offline_ablations: error: {exc}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--regime", choices=list(REGIMES), default="offline")
     ap.add_argument(
         "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnre")
     )
-    ap.add_argument("--output", type=Path, default=Path("runs/offline_ablations"))
+    ap.add_argument("--output", type=Path, help="default: runs/<regime>_ablations")
     ap.add_argument("--encoder", type=Path, default=None, help="default: <output>/pretrained_encoder")
-    ap.add_argument("--grids", nargs="+", default=list(GRIDS), choices=GRIDS)
+    every_grid = list(dict.fromkeys(g for r in REGIMES.values() for g in r.grids))
+    ap.add_argument("--grids", nargs="+", default=[], choices=every_grid, help="default: the regime's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--other-seeds", type=int, default=1, help="seeds of Table 2 and Fig. 4 (the first N)")
     ap.add_argument("--jobs", type=int, default=2)
@@ -329,18 +488,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--pretrain-set", dest="pretrain_overrides", action="append", default=[], metavar="KEY=VALUE"
     )
-    ap.add_argument("--archive", type=Path, help="copy finished runs' config.yaml and metrics.json here")
-    ap.add_argument("--restore", type=Path, help="put archived runs back into --output first")
-    args = ap.parse_args(argv)
-    args.output = args.output.resolve()
-    args.encoder = (args.encoder or args.output / "pretrained_encoder").resolve()
-    if args.restore:
-        print(f"restored {restore(args.restore, args.output)} finished runs from {args.restore}", flush=True)
-    rc = 0 if args.report_only else run(args)
-    print(report(args.output, args.seeds, args.seeds[: args.other_seeds]))
-    if args.archive:
-        print(f"archived {archive(args.output, args.archive)} finished runs into {args.archive}")
-    return rc
+    folder = "(default: benchmarks/results/<regime>_ablations)"
+    ap.add_argument("--archive", type=Path, nargs="?", const=THE_REGIMES,
+                    help=f"copy finished runs' config.yaml and metrics.json here {folder}")  # fmt: skip
+    ap.add_argument("--restore", type=Path, nargs="?", const=THE_REGIMES,
+                    help=f"put archived runs back into --output first {folder}")  # fmt: skip
+    return ap
 
 
 if __name__ == "__main__":

@@ -150,3 +150,141 @@ def test_archive_keeps_the_small_files_and_restore_never_overwrites(bench, tmp_p
     assert ab.restore(dest, fresh) == 1  # bert only: fresh's own tmr run stays
     assert ab.f1_per_seed(fresh, "offline-table1", "tmr") == {1: 45.0}
     assert ab.f1_per_seed(fresh, "offline-table1", "bert") == {1: 41.0}
+
+
+# ------------------------------------------------------------------------------------- the MiniLM regime (issue 37)
+def _dev_run(folder, val, test, best_epoch=None):
+    """A finished run of the dev grid: val and test F1, and the best epoch where metrics.json records one."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: x\n")
+    metrics = {"val": None if val is None else {"f1": val}, "test": {"f1": test}}
+    (folder / "metrics.json").write_text(
+        json.dumps({**metrics, **({"best_epoch": best_epoch} if best_epoch else {})})
+    )
+
+
+def test_minilm_report_chooses_the_lr_on_val_and_makes_the_claims_its_rows_allow(bench, tmp_path):
+    ab = bench("offline_ablations")
+    _dev_run(tmp_path / "minilm-lr" / "bert-lr_2e-5" / "seed1", 50.0, 52.0, best_epoch=6)
+    _dev_run(tmp_path / "minilm-lr" / "bert-lr_5e-5" / "seed1", 55.5, 51.0, best_epoch=4)
+    _dev_run(
+        tmp_path / "minilm-lr" / "bert-lr_1e-4" / "seed1", 54.0, 56.0
+    )  # best test F1, not the dev choice
+    t1 = {
+        "bert": (50.0, 51.0, 52.0),
+        "tmr": (53.0, 55.0, 54.0),
+        "tmr-cam-mi": (54.0, 55.0, 56.0),
+        "tmr-cam-mi-shuffled": (55.0, 55.0, 55.0),
+    }
+    for label, f1s in t1.items():
+        for seed, f1 in enumerate(f1s, start=1):
+            _finished(tmp_path / "minilm-table1" / label / f"seed{seed}", f1)
+    for x, f1 in {"blip2": 53.0, "instruct": 54.0, "llavanext": 52.0, "qwenvl": 51.0, "cogvlm": 50.0}.items():
+        _finished(tmp_path / "minilm-table2" / f"{x}_tmr-cam-mi" / "seed1", f1)
+    _finished(tmp_path / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1", 58.0)
+    text = ab.report(tmp_path, regime="minilm")
+    lines = text.splitlines()
+    assert lines[:9] == [
+        "## MiniLM text row: the learning rate chosen on dev (minilm-lr, seed 1)",
+        "",
+        "| lr | val micro-F1 (selects) | best epoch | test micro-F1 (not used) |",
+        "|---|---|---|---|",
+        "| 2e-5 | 50.00 | 6 | 52.00 |",
+        "| 5e-5 | 55.50 | 4 | 51.00 |",
+        "| 1e-4 | 54.00 | - | 56.00 |",
+        "",
+        "Dev choice: lr 5e-5 (val F1 55.50); minilm-table1's bert row trains at it (its seed 1 is this run: "
+        "copied, not trained twice).",
+    ]
+    assert "## MiniLM Table 1 (test micro-F1, mean ± std over seeds (each seed))" in lines
+    assert "| row | ours | paper (TMR rows: with images) |" in lines
+    paper_text = "59.4 (other text rows: PCNN (2015) 55.49, MTB (2019) 60.86)"
+    assert f"| bert | 51.00 ± 1.00 (50.00, 51.00, 52.00) | {paper_text} |" in lines
+    assert "| tmr-cam-mi-shuffled | 55.00 ± 0.00 (55.00, 55.00, 55.00) | - |" in lines
+    claims = lines[lines.index("|---|---|---|---|---|") + 1 : lines.index("|---|---|---|---|---|") + 5]
+    # t with 2 degrees of freedom: p = 1 - t/sqrt(t^2 + 2); diffs (1, 0, 2): t = sqrt(3), p = 0.2254;
+    # (3, 4, 2): t = 3 sqrt(3), p = 0.0351; (4, 4, 4): no spread; (-1, 0, 1): t = 0, p = 1; needed 4.30265/sqrt(3)
+    assert claims == [
+        "| TMR + CAM + MI beats TMR (paper +1.89) | +1.00 (+1.00, +0.00, +2.00) | 0.225 | ± 2.48 | within noise |",
+        "| the captioned TMR beats text-only BERT (paper +29.65) | +3.00 (+3.00, +4.00, +2.00) | 0.035 | ± 2.48 | agrees |",
+        "| TMR + CAM + MI beats text-only BERT (paper +31.54) | +4.00 (+4.00, +4.00, +4.00) | 0.000 | ± 0.00 | agrees |",
+        "| captions' content matters: real captions beat shuffled ones (control) | +0.00 (-1.00, +0.00, +1.00) "
+        "| 1.000 | ± 2.48 | within noise |",
+    ]
+    assert (
+        lines[lines.index(claims[-1]) + 1] == ""
+    )  # no claim on rows minilm-table1 lacks (TMR + CAM, TMR + MI)
+    # caption rows' variances 1, 1, 0: noise 1.96 x sqrt(2 x 2/3) = 2.263; minicpm leads qwenvl.. by 4.00
+    assert "the 95% range of the difference of two runs that differ only in their seed): 2.26 F1." in text
+    assert "## MiniLM Table 2 (caption sources on CAM + MI) (test micro-F1, seed 1)" in lines
+    assert "| minicpm/tmr-cam-mi | 58.00 | 90.94 |" in lines
+    assert (
+        "tmr-cam-mi: best here minicpm (58.00); the paper's best minicpm (58.00 here, +4.00 against the best "
+        "other point): agrees" in lines
+    )
+    assert "Fig. 4" not in text and "Offline" not in text
+
+
+def test_the_dev_choice_waits_for_every_lr_and_says_when_the_text_row_trains_elsewhere(bench, tmp_path):
+    ab = bench("offline_ablations")
+    _dev_run(tmp_path / "minilm-lr" / "bert-lr_2e-5" / "seed2", 50.0, 52.0)
+    _dev_run(tmp_path / "minilm-lr" / "bert-lr_5e-5" / "seed2", None, 51.0)  # no val scores: never chosen
+    lines = ab.report(tmp_path, [2, 3], regime="minilm").splitlines()
+    assert "## MiniLM text row: the learning rate chosen on dev (minilm-lr, seed 2)" in lines
+    assert "| 5e-5 | - | - | 51.00 |" in lines and "| 1e-4 | pending | pending | pending |" in lines
+    assert "Dev choice: pending (2 of 3 learning rates finished)." in lines
+    _dev_run(tmp_path / "minilm-lr" / "bert-lr_1e-4" / "seed2", 60.0, 40.0, best_epoch=2)
+    lines = ab.report(tmp_path, [2, 3], regime="minilm").splitlines()
+    assert (
+        "Dev choice: lr 1e-4 (val F1 60.00); minilm-table1's bert row trains at lr 5e-05 (minilm-bert's), "
+        "not at it: set optim.lr there." in lines
+    )
+
+
+def test_minilm_runs_no_encoder_and_the_dev_run_at_the_presets_lr_is_table1s_text_row(bench, tmp_path):
+    """minilm-lr's 5e-5 run (minilm-bert's own lr) at seed 1 is minilm-table1's bert seed 1: copied across the
+    grids; the 2e-5 run is no other grid's run."""
+    from camim.runs import RunFolder
+    from camim.training.api import resolve_run_config
+
+    ab = bench("offline_ablations")
+    minilm = ab.REGIMES["minilm"]
+    assert minilm.grids == ("minilm-lr", "minilm-table1", "minilm-table2") and not minilm.pretrained_encoder
+    assert [minilm.seeds(g, [1, 2, 3], 2) for g in minilm.grids] == [[1], [1, 2, 3], [1, 2]]
+    assert ab._common(None, ["optim.epochs=1"]) == ["optim.epochs=1"]  # no offline.pretrained_encoder
+    out, data = tmp_path / "out", str(tmp_path / "data")
+    for row in ab._rows("minilm-lr")[:2]:  # 2e-5 and 5e-5
+        source = ab._folder(out, "minilm-lr", row["label"], 1)
+        cfg = resolve_run_config(
+            row["preset"], [*row["overrides"], *ab._common(None), "optim.seed=1"], data, source
+        )
+        source.mkdir(parents=True)
+        RunFolder(source).write_config(cfg.to_dict())
+        (source / "metrics.json").write_text(
+            json.dumps({"val": {"f1": 1.0}, "test": {"f1": float(row["x"][0])}})
+        )
+    assert ab.share_finished_runs(out, "minilm-table1", [1, 2], data, None, []) == 1
+    found = {r["label"]: ab.f1_per_seed(out, "minilm-table1", r["label"]) for r in ab._rows("minilm-table1")}
+    assert {label: f1 for label, f1 in found.items() if f1} == {"bert": {1: 5.0}}
+    assert ab.share_finished_runs(out, "minilm-table2", [1], data, None, []) == 0
+
+
+def test_main_minilm_defaults_refusals_and_a_broken_metrics_file(bench, tmp_path, capsys, monkeypatch):
+    ab = bench("offline_ablations")
+    with pytest.raises(SystemExit):
+        ab.main(["--regime", "minilm", "--grids", "offline-fig4", "--report-only"])
+    with pytest.raises(SystemExit):
+        ab.main(["--regime", "minilm", "--encoder", str(tmp_path), "--report-only"])
+    assert "the minilm regime pretrains no encoder" in capsys.readouterr().err
+    monkeypatch.setattr(
+        ab, "RESULTS", tmp_path / "results"
+    )  # --archive without a folder: <RESULTS>/minilm_ablations
+    out = tmp_path / "out"
+    _finished(out / "minilm-table1" / "bert" / "seed1", 50.0)
+    assert ab.main(["--regime", "minilm", "--output", str(out), "--report-only", "--archive"]) == 0
+    assert ab.f1_per_seed(tmp_path / "results" / "minilm_ablations", "minilm-table1", "bert") == {1: 50.0}
+    assert "| bert | 50.00 (1 seed) |" in capsys.readouterr().out
+    (out / "minilm-table1" / "bert" / "seed1" / "metrics.json").write_text("{not json")
+    assert ab.main(["--regime", "minilm", "--output", str(out), "--report-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("offline_ablations: error: ") and "seed1/metrics.json" in err and "\n" not in err
