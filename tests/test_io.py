@@ -70,6 +70,32 @@ def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write_into_
     assert stale.exists()
 
 
+def test_the_sweep_tells_a_dead_writer_by_host_and_pid(tmp_path):
+    """A folder shared by two nodes (a Ray cluster's output): a temporary names its writer's host and pid, and
+    the sweep removes only those of this machine's dead processes; another host's temporary is spared even
+    when its pid is dead here (that process lives on its own node), and a live local writer's too."""
+    from camim.io import _host
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead, here = _dead_pid(), _host()
+        stale = tmp_path / f".last.ckpt.{dead}@{here}.0badc0de.tmp"
+        live = tmp_path / f".last.ckpt.{child.pid}@{here}.12345678.tmp"  # a writer still at work, here
+        elsewhere = tmp_path / f".last.ckpt.{dead}@other-node.89abcdef.tmp"  # another node's writer
+        old = tmp_path / f".metrics.json.{dead}.01234567.tmp"  # named before hosts were: this machine's
+        for p in (stale, live, elsewhere, old):
+            p.write_bytes(b"x" * 10)
+        assert remove_stale_temporaries(tmp_path) == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name])
+    finally:
+        child.kill()
+        child.wait()
+    with atomic_path(tmp_path / "a.txt") as tmp:  # the first write here sweeps: the child is dead now
+        assert tmp.name.startswith(f".a.txt.{os.getpid()}@{here}.") and tmp.name.endswith(".tmp")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [elsewhere.name]
+        tmp.write_text("a")
+
+
 FAILPOINT_SCRIPT = """
 import os, sys
 from camim.io import failpoint

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -207,10 +208,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to; renamed onto ``path`` when the block ends normally and
     removed when it raises, so readers never see a half-written file. The parent folder is created.
 
-    The name is unique per call (process id and a random part), so concurrent writers (e.g. DDP ranks)
-    never share one; the file gets the usual permissions (it is created by the caller, not ``mkstemp``).
-    The first write of a process into a folder removes the temporaries that killed writers left there
-    (:func:`remove_stale_temporaries`).
+    The name is unique per call (``.<name>.<pid>@<host>.<random>.tmp``: the writer's process id and host,
+    and a random part), so concurrent writers (e.g. DDP ranks, runs on two nodes) never share one; the file
+    gets the usual permissions (it is created by the caller, not ``mkstemp``). The first write of a process
+    into a folder removes the temporaries that killed writers left there (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     with no_space_is_an_error(path, "not written: the file is as it was before (or absent)"):
@@ -219,7 +220,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if folder not in _swept_folders:
             _swept_folders.add(folder)
             remove_stale_temporaries(folder)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}@{_host()}.{secrets.token_hex(4)}.tmp")
         try:
             yield tmp
             failpoint("atomic_path.before_replace")
@@ -230,29 +231,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise
 
 
-_TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # atomic_path's names: .<name>.<pid>.<random>.tmp
+# atomic_path's names: .<name>.<pid>@<host>.<random>.tmp (before hosts were named: .<name>.<pid>.<random>.tmp)
+_TEMPORARY = re.compile(r"\..+\.(\d+)(?:@([A-Za-z0-9_-]+))?\.[0-9a-f]{8}\.tmp")
 _swept_folders: set[str] = set()  # the folders this process has removed stale temporaries from
+
+
+def _host() -> str:
+    """This machine's name as temporaries carry it: letters, digits, ``-`` and ``_`` (``node1.lab`` ->
+    ``node1-lab``), so that the name parses back unambiguously."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
     """Remove :func:`atomic_path`'s temporary files in ``folder`` whose writer is gone, and return how many:
     a SIGKILL between writing one and renaming it leaves it behind (for a checkpoint or a model's weights,
-    the size of the model each time). Those of a live process are kept; the process ids are this
-    machine's, so one machine at a time is assumed to write into a folder (as camim's commands do)."""
+    the size of the model each time). A temporary names its writer by process id and host: those of a live
+    process of this machine are kept, and so are those of another host (a folder shared by several nodes,
+    e.g. a Ray cluster's), whose processes this machine cannot see; that host's own next write into the
+    folder removes its dead writers' temporaries. A name without a host (written before hosts were named)
+    counts as this machine's."""
     try:
-        found = [(e.name, int(m.group(1))) for e in os.scandir(folder) if (m := _TEMPORARY.fullmatch(e.name))]
+        found = [(e.name, int(m.group(1)), m.group(2)) for e in os.scandir(folder)
+                 if (m := _TEMPORARY.fullmatch(e.name))]  # fmt: skip
     except (FileNotFoundError, NotADirectoryError):
         return 0
-    removed = 0
-    for name, pid in found:
-        if not _process_alive(pid):
+    removed, here = 0, _host()
+    for name, pid, host in found:
+        if host in (None, here) and not _process_alive(pid):
             Path(folder, name).unlink(missing_ok=True)
             removed += 1
     return removed
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (POSIX; elsewhere every process counts as alive)."""
+    """Whether process ``pid`` of this machine exists (POSIX; elsewhere every process counts as alive)."""
     if os.name != "posix" or pid == os.getpid():
         return True
     try:
