@@ -96,6 +96,29 @@ def test_the_sweep_tells_a_dead_writer_by_host_and_pid(tmp_path):
         tmp.write_text("a")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_flocked_refuses_a_held_lock_when_told_not_to_wait(tmp_path, monkeypatch, caplog):
+    import errno
+
+    import camim.io as cio
+
+    path = tmp_path / "lock"
+    with open(path, "ab") as first, open(path, "ab") as second, cio.flocked(first.fileno()):
+        with pytest.raises(CamimError, match=r"^taken$"), cio.flocked(second.fileno(), busy="taken"):
+            pass
+    with open(path, "ab") as second, cio.flocked(second.fileno(), busy="taken"):  # released: free again
+        pass
+
+    def no_locks(fd, operation):  # Lustre mounted without flock, NFS without a lock manager
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cio.fcntl, "flock", no_locks)
+    expected = f"{path}: the file system does not lock files (No locks available); one writer is assumed"
+    with open(path, "ab") as f, cio.flocked(f.fileno(), busy="taken", where=path):
+        pass
+    assert [r.getMessage() for r in caplog.records] == [expected]
+
+
 FAILPOINT_SCRIPT = """
 import os, sys
 from camim.io import failpoint

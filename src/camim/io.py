@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,8 @@ try:  # POSIX only; elsewhere a single writer per file is assumed.
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ reading
 DEFAULT_ENCODING = "utf-8"
@@ -319,16 +322,34 @@ def settings_hash(settings: dict, length: int = 12) -> str:
 
 
 # -------------------------------------------------------------------------------- append-only JSONL logs
+#: what ``flock`` fails with on a file system that does not lock (e.g. Lustre mounted without ``flock``)
+_NO_LOCKS = frozenset(getattr(errno, n) for n in ("ENOLCK", "ENOSYS", "EOPNOTSUPP") if hasattr(errno, n))
+
+
 @contextmanager
-def flocked(fd: int) -> Iterator[None]:
-    """Hold an exclusive POSIX ``flock`` on the open file ``fd``, waiting for other processes that hold it
-    (no lock where ``fcntl`` is missing: a single writer is assumed there)."""
+def flocked(fd: int, busy: str | None = None, where: str | Path | None = None) -> Iterator[None]:
+    """Hold an exclusive POSIX ``flock`` on the open file ``fd`` (``where``, for messages), waiting for other
+    processes that hold it. With ``busy`` (a one-line message), do not wait: a lock held elsewhere (another
+    process, or another open file in this one) raises ``CamimError(busy)``. Where there is no lock (no
+    ``fcntl``, or a file system that does not lock: logged as a warning) a single writer is assumed."""
+    locked = False
     if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+            locked = True
+        except BlockingIOError:
+            raise CamimError(busy) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            name = f"{where}: " if where else ""
+            log.warning(
+                "%sthe file system does not lock files (%s); one writer is assumed", name, exc.strerror
+            )
     try:
         yield
     finally:
-        if fcntl is not None:
+        if locked:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 

@@ -227,6 +227,43 @@ def test_pool_gives_each_worker_its_own_gpu():
                 assert a["visible"] != b["visible"]
 
 
+LOCK_HOLDER = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "ab")
+fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock")
+def test_a_second_trainer_on_a_locked_run_folder_is_refused_in_one_line(tiny_mnre, tmp_path, capsys):
+    """A run folder whose lock another process holds (a trainer still writing it: a first grid's pool worker
+    that a notebook's interrupt left running, say) is refused in one line naming the folder, before anything
+    is written; once that process is gone, the folder is free (the system drops a dead process's lock)."""
+    from camim.runs import RunFolder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out / ".train.lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        args = ["train", "--config", "offline-bert", "--data-dir", str(tiny_mnre), "--output", str(out)]
+        assert main([*args, *(a for o in SMALL for a in ("--set", o))]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert err == (
+        f"camim: error: {out}: another process is training this run folder (it holds .train.lock); wait for "
+        "it to end, or stop it, before training it again\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".train.lock"]  # nothing written
+    with RunFolder(out).writing():  # the killed holder's lock is gone with it
+        pass
+
+
 def test_ddp_runs_are_refused_side_by_side(tiny_mnre, tmp_path, capsys):
     args = _args(tiny_mnre, tmp_path / "exp", [1], "--jobs", "2", "--set", "trainer.devices=2")
     assert main(args) == 1

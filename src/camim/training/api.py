@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -211,21 +212,26 @@ def train_run(
     ``key=value`` strings; ``callbacks`` are extra Lightning callbacks for the fit. Resumes automatically
     from ``output_dir/checkpoints/last.ckpt``. A folder holding another run, or a finished run whose
     checkpoints are gone, is refused; with ``overwrite`` that run's outputs are removed and training starts
-    afresh (a folder that would not be refused is resumed as usual).
+    afresh (a folder that would not be refused is resumed as usual). A folder that another trainer is writing
+    (it holds the folder's lock, :meth:`RunFolder.writing`) is refused in one line.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
     quiet_lightning()
     cfg = resolve_run_config(config, overrides, data_dir, output_dir)  # everything parsed and validated
     folder = RunFolder(Path(output_dir))
     labels = _labels(cfg)
-    _claim(folder, cfg, overwrite)  # nothing was written before; from here on the run folder is ours
-    # a full disk where camim does not write itself (Lightning's checkpoints, the trackers): one line too
-    full_disk = no_space_is_an_error(
-        folder.path, "what was written before is intact; free space and " + _resume_hint(folder)
-    )
-    with interruptible(lambda: _resume_hint(folder)), full_disk:
-        _prepare_encoder(cfg, folder.path)
-        folder.write_config(cfg.to_dict())
-        return _train(cfg, folder, labels, callbacks or [])
+    # one trainer per folder (the first DDP process locks it for the ranks it starts)
+    with folder.writing() if rank_zero_only.rank == 0 else nullcontext():
+        _claim(folder, cfg, overwrite)  # nothing was written before; from here on the run folder is ours
+        # a full disk where camim does not write itself (Lightning's checkpoints, the trackers): one line too
+        full_disk = no_space_is_an_error(
+            folder.path, "what was written before is intact; free space and " + _resume_hint(folder)
+        )
+        with interruptible(lambda: _resume_hint(folder)), full_disk:
+            _prepare_encoder(cfg, folder.path)
+            folder.write_config(cfg.to_dict())
+            return _train(cfg, folder, labels, callbacks or [])
 
 
 def _resume_hint(folder: RunFolder) -> str:
