@@ -227,6 +227,54 @@ def test_pool_gives_each_worker_its_own_gpu():
                 assert a["visible"] != b["visible"]
 
 
+INTERRUPTED_POOL = """
+import sys
+from camim.experiments import launch
+from camim.experiments.worker import RunJob
+from tests.experiments.pool_helpers import train_until_stopped
+
+launch.STOP_GRACE_S = 1.0
+jobs = [RunJob(label, 1, "p", "d", f"{sys.argv[1]}/{label}", ()) for label in ("obeys", "stubborn")]
+try:
+    launch._pool(jobs, 2, [], print, task=train_until_stopped)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigint_to_the_grid_alone_stops_its_runs_and_returns(tmp_path):
+    """SIGINT to the pool's process alone (a notebook's interrupt, kill -INT; not Ctrl-C on a terminal, which
+    reaches the runs too): the runs are terminated, the one ignoring SIGTERM is killed after the grace period
+    (1 s here), and the call returns at once after (it used to return with both runs still training, and the
+    process then waited a minute for them at exit)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    cmd = [sys.executable, "-c", INTERRUPTED_POOL, str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_files = [tmp_path / "obeys.pid", tmp_path / "stubborn.pid"]
+    runs: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in pid_files):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the runs did not start: {proc.communicate()}")
+            time.sleep(0.05)
+        runs = [int(p.read_text()) for p in pid_files]
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - start
+    finally:
+        for pid in [proc.pid, *runs]:  # whatever the test found, nothing is left running
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert out == "interrupted\n" and proc.returncode == 0
+    assert "stopping 2 running run(s) (killed if still running in 1 s)" in err
+    assert not any(_alive(pid) for pid in runs)
+    assert 1.0 <= elapsed < 6.0  # the grace period, then no wait for the runs
+
+
 LOCK_HOLDER = """
 import fcntl, sys, time
 lock = open(sys.argv[1], "ab")

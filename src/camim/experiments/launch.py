@@ -6,13 +6,17 @@ Every mode trains each run through :func:`camim.experiments.worker.train_job` wi
 threads (``--threads-per-run``), so a run's result does not depend on how it was scheduled. The pool is
 ``concurrent.futures.ProcessPoolExecutor``, one spawned process per run (so a run killed by the system
 fails alone); Ray schedules its own tasks. A run that fails is an outcome with a one-line reason; the others
-go on.
+go on. Interrupted, the pool terminates its runs' processes (then kills them, :data:`STOP_GRACE_S`) and Ray
+cancels its tasks before the interrupt goes on: an interrupt that reached this process alone leaves no run
+training.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +27,9 @@ from camim.errors import CamimError
 from camim.experiments.worker import JobOutcome, RunJob, init_pool_worker, one_line, train_job
 
 Report = Callable[[JobOutcome], None]
+
+#: seconds an interrupted pool's runs get to stop after SIGTERM before they are killed
+STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -118,11 +125,35 @@ def _pool(
                 executor.shutdown()
                 free.append(gpu)  # back to the slots whatever became of the run
                 outcomes.append(_reported(_outcome(job, future), report))
-    except BaseException:
-        for _, executor, _ in running.values():  # Ctrl-C: start nothing more
-            executor.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # Ctrl-C, perhaps to this process alone (a notebook's interrupt, kill -INT)
+        _stop([executor for _, executor, _ in running.values()])
         raise
     return outcomes
+
+
+def _stop(executors: list[ProcessPoolExecutor]) -> None:
+    """Stop the runs of ``executors`` now: start nothing more, terminate each run's process (SIGTERM:
+    Lightning stops at its next step) and kill those still alive after :data:`STOP_GRACE_S` seconds (at once
+    on a second Ctrl-C). A signal sent to the grid's process alone reaches no run, and ``shutdown(
+    cancel_futures=True)`` cancels none already running: without this they would go on writing their folders
+    (beside a rerun's trainers), and the command would wait for them at exit."""
+    processes = [p for ex in executors for p in (ex._processes or {}).values()]  # noqa: SLF001 - no API
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)
+    if processes:
+        print(f"stopping {len(processes)} running run(s) (killed if still running in {STOP_GRACE_S:g} s)",
+              file=sys.stderr)  # fmt: skip
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    try:
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _outcome(job: RunJob, future) -> JobOutcome:
