@@ -323,9 +323,11 @@ def test_ddp_runs_are_refused_side_by_side(tiny_mnre, tmp_path, capsys):
 class FakeRay:
     """Ray's API as `_ray` uses it, on a pretend cluster: records what each task asks for and runs it here."""
 
-    def __init__(self, resources: dict):
+    def __init__(self, resources: dict, workdir: Path | None = None):
         self.resources, self.asked, self.initialised = resources, [], True
         self.cancelled, self.interrupt_after = [], None  # Ctrl-C after that many outcomes
+        self.workdir = workdir  # a task's working directory (a Ray worker's is its own), else this one
+        self.jobs = []  # the jobs the tasks were sent
 
     def is_initialized(self):
         return self.initialised
@@ -340,7 +342,13 @@ class FakeRay:
             class Task:
                 def remote(self, job):
                     ray.asked.append((options, job.threads))
-                    return FakeRef(fn(job))
+                    ray.jobs.append(job)
+                    here = os.getcwd()
+                    os.chdir(ray.workdir or here)
+                    try:
+                        return FakeRef(fn(job))
+                    finally:
+                        os.chdir(here)
 
             return Task()
 
@@ -384,6 +392,34 @@ def test_ray_tasks_ask_for_one_gpu_each_on_a_gpu_cluster(monkeypatch):
         launch.run_jobs(jobs, Launch(launcher="ray", threads=32), use_gpus=False, report=lambda o: None)
 
 
+def test_ray_tasks_get_absolute_paths_and_a_rerun_reuses_their_runs(tiny_mnre, tmp_path, monkeypatch):
+    """A Ray task starts in a folder of its own (here another folder of this machine), where the command's
+    relative paths would name other folders: it gets --data-dir and --output absolute and trains from the
+    command's folder (a relative --set path, here the encoder folder the run builds, means what it meant to
+    the command). The run lands where the command said, and the same command run again reuses it, though
+    its config.yaml holds the data folder absolute."""
+    fake = FakeRay({"CPU": 2.0}, workdir=tmp_path / "worker")
+    fake.workdir.mkdir()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.chdir(tmp_path)
+    args = _args(Path(os.path.relpath(tiny_mnre)), Path("exp"), [1], "--set", "offline.encoder_dir=enc")
+    assert main([*args, "--launcher", "ray"]) == 0
+    sent = fake.jobs[0]
+    assert (sent.data_dir, sent.output, sent.cwd) == (
+        str(tiny_mnre),
+        str(tmp_path / "exp" / "seed1"),
+        str(tmp_path),
+    )
+    assert os.getcwd() == str(tmp_path) and not list(
+        fake.workdir.iterdir()
+    )  # nothing written in the worker's
+    metrics = tmp_path / "exp" / "seed1" / "metrics.json"
+    assert (tmp_path / "enc" / "camim_offline.json").is_file() and metrics.is_file()
+    stamp = metrics.stat().st_mtime_ns
+    assert main(args) == 0  # in this process, with the relative paths
+    assert metrics.stat().st_mtime_ns == stamp  # reused, not trained again
+
+
 def test_interrupted_ray_grid_cancels_the_tasks_still_running(monkeypatch):
     """Ctrl-C after the first of three outcomes: the two tasks left are cancelled (force: their workers are
     killed), so no forgotten task on a cluster keeps writing a folder that the rerun trains again."""
@@ -396,7 +432,7 @@ def test_interrupted_ray_grid_cancels_the_tasks_still_running(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=False, report=reported.append)
     assert [o.job.output for o in reported] == ["out1"]
-    assert fake.cancelled == [("out2", True), ("out3", True)]
+    assert fake.cancelled == [(os.path.abspath(f"out{s}"), True) for s in (2, 3)]  # as the tasks got them
 
 
 def test_jobs_on_gpus_are_capped_at_one_run_per_gpu(monkeypatch, capsys):

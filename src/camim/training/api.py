@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -188,14 +189,24 @@ def differences_from(cfg: RunConfig) -> Differences:
     """For a run folder's checks (:meth:`RunFolder.conflict`, :meth:`RunFolder.reusable`): the dotted keys in
     which the run config at a ``config.yaml`` differs from ``cfg``, both as that folder records them (paths
     inside it relative, :meth:`RunFolder.relative`: a moved folder still holds the same run; one written with
-    absolute paths before that, unmoved, too)."""
+    absolute paths before that, unmoved, too), ``data.data_dir`` compared as an absolute path (a Ray task
+    gets it so: the same data folder, given relative or absolute, is the same run)."""
 
     def differences(path: Path) -> list[str]:
         folder = RunFolder(path.parent)
-        held = folder.relative(load_run_config(path).to_dict())
-        return differing_keys(held, folder.relative(cfg.to_dict()), ignore=RUN_NEUTRAL_KEYS)
+        held = folder.relative(_data_dir_absolute(load_run_config(path).to_dict()))
+        requested = folder.relative(_data_dir_absolute(cfg.to_dict()))
+        return differing_keys(held, requested, ignore=RUN_NEUTRAL_KEYS)
 
     return differences
+
+
+def _data_dir_absolute(config: dict) -> dict:
+    """``config`` (a run config as a mapping) with ``data.data_dir`` absolute against the working directory."""
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
+        config = {**config, "data": {**data, "data_dir": os.path.abspath(data["data_dir"])}}
+    return config
 
 
 def train_run(
