@@ -70,6 +70,55 @@ def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write_into_
     assert stale.exists()
 
 
+def test_the_sweep_tells_a_dead_writer_by_host_and_pid(tmp_path):
+    """A folder shared by two nodes (a Ray cluster's output): a temporary names its writer's host and pid, and
+    the sweep removes only those of this machine's dead processes; another host's temporary is spared even
+    when its pid is dead here (that process lives on its own node), and a live local writer's too."""
+    from camim.io import _host
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead, here = _dead_pid(), _host()
+        stale = tmp_path / f".last.ckpt.{dead}@{here}.0badc0de.tmp"
+        live = tmp_path / f".last.ckpt.{child.pid}@{here}.12345678.tmp"  # a writer still at work, here
+        elsewhere = tmp_path / f".last.ckpt.{dead}@other-node.89abcdef.tmp"  # another node's writer
+        old = tmp_path / f".metrics.json.{dead}.01234567.tmp"  # named before hosts were: this machine's
+        for p in (stale, live, elsewhere, old):
+            p.write_bytes(b"x" * 10)
+        assert remove_stale_temporaries(tmp_path) == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name])
+    finally:
+        child.kill()
+        child.wait()
+    with atomic_path(tmp_path / "a.txt") as tmp:  # the first write here sweeps: the child is dead now
+        assert tmp.name.startswith(f".a.txt.{os.getpid()}@{here}.") and tmp.name.endswith(".tmp")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [elsewhere.name]
+        tmp.write_text("a")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_flocked_refuses_a_held_lock_when_told_not_to_wait(tmp_path, monkeypatch, caplog):
+    import errno
+
+    import camim.io as cio
+
+    path = tmp_path / "lock"
+    with open(path, "ab") as first, open(path, "ab") as second, cio.flocked(first.fileno()):
+        with pytest.raises(CamimError, match=r"^taken$"), cio.flocked(second.fileno(), busy="taken"):
+            pass
+    with open(path, "ab") as second, cio.flocked(second.fileno(), busy="taken"):  # released: free again
+        pass
+
+    def no_locks(fd, operation):  # Lustre mounted without flock, NFS without a lock manager
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cio.fcntl, "flock", no_locks)
+    expected = f"{path}: the file system does not lock files (No locks available); one writer is assumed"
+    with open(path, "ab") as f, cio.flocked(f.fileno(), busy="taken", where=path):
+        pass
+    assert [r.getMessage() for r in caplog.records] == [expected]
+
+
 FAILPOINT_SCRIPT = """
 import os, sys
 from camim.io import failpoint

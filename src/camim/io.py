@@ -12,10 +12,12 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import secrets
 import signal
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +34,8 @@ try:  # POSIX only; elsewhere a single writer per file is assumed.
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ reading
 DEFAULT_ENCODING = "utf-8"
@@ -207,10 +211,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name beside ``path`` to write to; renamed onto ``path`` when the block ends normally and
     removed when it raises, so readers never see a half-written file. The parent folder is created.
 
-    The name is unique per call (process id and a random part), so concurrent writers (e.g. DDP ranks)
-    never share one; the file gets the usual permissions (it is created by the caller, not ``mkstemp``).
-    The first write of a process into a folder removes the temporaries that killed writers left there
-    (:func:`remove_stale_temporaries`).
+    The name is unique per call (``.<name>.<pid>@<host>.<random>.tmp``: the writer's process id and host,
+    and a random part), so concurrent writers (e.g. DDP ranks, runs on two nodes) never share one; the file
+    gets the usual permissions (it is created by the caller, not ``mkstemp``). The first write of a process
+    into a folder removes the temporaries that killed writers left there (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     with no_space_is_an_error(path, "not written: the file is as it was before (or absent)"):
@@ -219,7 +223,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if folder not in _swept_folders:
             _swept_folders.add(folder)
             remove_stale_temporaries(folder)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}@{_host()}.{secrets.token_hex(4)}.tmp")
         try:
             yield tmp
             failpoint("atomic_path.before_replace")
@@ -230,29 +234,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise
 
 
-_TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # atomic_path's names: .<name>.<pid>.<random>.tmp
+# atomic_path's names: .<name>.<pid>@<host>.<random>.tmp (before hosts were named: .<name>.<pid>.<random>.tmp)
+_TEMPORARY = re.compile(r"\..+\.(\d+)(?:@([A-Za-z0-9_-]+))?\.[0-9a-f]{8}\.tmp")
 _swept_folders: set[str] = set()  # the folders this process has removed stale temporaries from
+
+
+def _host() -> str:
+    """This machine's name as temporaries carry it: letters, digits, ``-`` and ``_`` (``node1.lab`` ->
+    ``node1-lab``), so that the name parses back unambiguously."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
     """Remove :func:`atomic_path`'s temporary files in ``folder`` whose writer is gone, and return how many:
     a SIGKILL between writing one and renaming it leaves it behind (for a checkpoint or a model's weights,
-    the size of the model each time). Those of a live process are kept; the process ids are this
-    machine's, so one machine at a time is assumed to write into a folder (as camim's commands do)."""
+    the size of the model each time). A temporary names its writer by process id and host: those of a live
+    process of this machine are kept, and so are those of another host (a folder shared by several nodes,
+    e.g. a Ray cluster's), whose processes this machine cannot see; that host's own next write into the
+    folder removes its dead writers' temporaries. A name without a host (written before hosts were named)
+    counts as this machine's."""
     try:
-        found = [(e.name, int(m.group(1))) for e in os.scandir(folder) if (m := _TEMPORARY.fullmatch(e.name))]
+        found = [(e.name, int(m.group(1)), m.group(2)) for e in os.scandir(folder)
+                 if (m := _TEMPORARY.fullmatch(e.name))]  # fmt: skip
     except (FileNotFoundError, NotADirectoryError):
         return 0
-    removed = 0
-    for name, pid in found:
-        if not _process_alive(pid):
+    removed, here = 0, _host()
+    for name, pid, host in found:
+        if host in (None, here) and not _process_alive(pid):
             Path(folder, name).unlink(missing_ok=True)
             removed += 1
     return removed
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (POSIX; elsewhere every process counts as alive)."""
+    """Whether process ``pid`` of this machine exists (POSIX; elsewhere every process counts as alive)."""
     if os.name != "posix" or pid == os.getpid():
         return True
     try:
@@ -307,16 +322,34 @@ def settings_hash(settings: dict, length: int = 12) -> str:
 
 
 # -------------------------------------------------------------------------------- append-only JSONL logs
+#: what ``flock`` fails with on a file system that does not lock (e.g. Lustre mounted without ``flock``)
+_NO_LOCKS = frozenset(getattr(errno, n) for n in ("ENOLCK", "ENOSYS", "EOPNOTSUPP") if hasattr(errno, n))
+
+
 @contextmanager
-def flocked(fd: int) -> Iterator[None]:
-    """Hold an exclusive POSIX ``flock`` on the open file ``fd``, waiting for other processes that hold it
-    (no lock where ``fcntl`` is missing: a single writer is assumed there)."""
+def flocked(fd: int, busy: str | None = None, where: str | Path | None = None) -> Iterator[None]:
+    """Hold an exclusive POSIX ``flock`` on the open file ``fd`` (``where``, for messages), waiting for other
+    processes that hold it. With ``busy`` (a one-line message), do not wait: a lock held elsewhere (another
+    process, or another open file in this one) raises ``CamimError(busy)``. Where there is no lock (no
+    ``fcntl``, or a file system that does not lock: logged as a warning) a single writer is assumed."""
+    locked = False
     if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+            locked = True
+        except BlockingIOError:
+            raise CamimError(busy) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            name = f"{where}: " if where else ""
+            log.warning(
+                "%sthe file system does not lock files (%s); one writer is assumed", name, exc.strerror
+            )
     try:
         yield
     finally:
-        if fcntl is not None:
+        if locked:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 

@@ -9,6 +9,7 @@ A run folder is what ``camim train``, ``camim zero-shot`` and the experiments wr
     report.md + PNGs    the human-readable report (camim.reports)
     model/              save_pretrained: weights, config.json, tokenizer, model card (training runs)
     checkpoints/        Lightning's, for resuming (training runs); logs/: the experiment trackers
+    .train.lock         locked (``flock``) while a trainer writes the folder (:meth:`RunFolder.writing`)
 
 :class:`RunFolder` names these paths, writes the files atomically (a reader never sees half a file), reads
 them back with one-line errors naming the file (and line), and checks whether a folder may take a run:
@@ -22,13 +23,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from camim.errors import CamimError
-from camim.io import atomic_write_text, iter_lines, read_json
+from camim.io import atomic_write_text, flocked, iter_lines, read_json
 from camim.typed import dump_yaml, read_yaml_mapping
 
 CONFIG = "config.yaml"
@@ -40,6 +42,7 @@ MODEL = "model"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 LOGS = "logs"
+LOCK = ".train.lock"
 #: what a training run writes into its folder (``--overwrite`` removes these, and nothing else, first)
 OUTPUTS = (CONFIG, CHECKPOINTS, LOGS, METRICS, PREDICTIONS, MODEL, REPORT, *PLOTS)
 
@@ -207,6 +210,20 @@ class RunFolder:
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the folder's lock (:data:`LOCK`, an exclusive ``flock``, created with the folder) while a
+        trainer writes it: a second writer (another process, or a second call in a notebook while the first
+        one's runs go on) is refused in one line naming the folder instead of training beside it. The system
+        releases the lock when its process dies, SIGKILL included: a stale lock never blocks a rerun."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        busy = (
+            f"{self.path}: another process is training this run folder (it holds {LOCK}); wait for it to end, "
+            "or stop it, before training it again"
+        )
+        with open(self.path / LOCK, "ab") as lock, flocked(lock.fileno(), busy, lock.name):
+            yield
 
     # ---- may a run go here? ----------------------------------------------------------------------------
     def differences(self, differences: Differences) -> list[str]:

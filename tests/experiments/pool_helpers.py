@@ -33,3 +33,16 @@ def fail_or_die(job):
         os._exit(9)
     time.sleep(1.0)
     return worker.JobOutcome(job, scores={"f1": float(job.seed)})
+
+
+def train_until_stopped(job):
+    """A run that trains (sleeps) for a minute after writing its pid to ``<job.output>.pid``; job "stubborn"
+    ignores SIGTERM, as a run stuck in a long step would, and must be killed."""
+    import signal
+    from pathlib import Path
+
+    if job.label == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(job.output + ".part").write_text(str(os.getpid()))
+    os.replace(job.output + ".part", job.output + ".pid")  # whole when the test sees it
+    time.sleep(60)

@@ -227,6 +227,91 @@ def test_pool_gives_each_worker_its_own_gpu():
                 assert a["visible"] != b["visible"]
 
 
+INTERRUPTED_POOL = """
+import sys
+from camim.experiments import launch
+from camim.experiments.worker import RunJob
+from tests.experiments.pool_helpers import train_until_stopped
+
+launch.STOP_GRACE_S = 1.0
+jobs = [RunJob(label, 1, "p", "d", f"{sys.argv[1]}/{label}", ()) for label in ("obeys", "stubborn")]
+try:
+    launch._pool(jobs, 2, [], print, task=train_until_stopped)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigint_to_the_grid_alone_stops_its_runs_and_returns(tmp_path):
+    """SIGINT to the pool's process alone (a notebook's interrupt, kill -INT; not Ctrl-C on a terminal, which
+    reaches the runs too): the runs are terminated, the one ignoring SIGTERM is killed after the grace period
+    (1 s here), and the call returns at once after (it used to return with both runs still training, and the
+    process then waited a minute for them at exit)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    cmd = [sys.executable, "-c", INTERRUPTED_POOL, str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_files = [tmp_path / "obeys.pid", tmp_path / "stubborn.pid"]
+    runs: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in pid_files):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the runs did not start: {proc.communicate()}")
+            time.sleep(0.05)
+        runs = [int(p.read_text()) for p in pid_files]
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - start
+    finally:
+        for pid in [proc.pid, *runs]:  # whatever the test found, nothing is left running
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert out == "interrupted\n" and proc.returncode == 0
+    assert "stopping 2 running run(s) (killed if still running in 1 s)" in err
+    assert not any(_alive(pid) for pid in runs)
+    assert 1.0 <= elapsed < 6.0  # the grace period, then no wait for the runs
+
+
+LOCK_HOLDER = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "ab")
+fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock")
+def test_a_second_trainer_on_a_locked_run_folder_is_refused_in_one_line(tiny_mnre, tmp_path, capsys):
+    """A run folder whose lock another process holds (a trainer still writing it: a first grid's pool worker
+    that a notebook's interrupt left running, say) is refused in one line naming the folder, before anything
+    is written; once that process is gone, the folder is free (the system drops a dead process's lock)."""
+    from camim.runs import RunFolder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out / ".train.lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        args = ["train", "--config", "offline-bert", "--data-dir", str(tiny_mnre), "--output", str(out)]
+        assert main([*args, *(a for o in SMALL for a in ("--set", o))]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert err == (
+        f"camim: error: {out}: another process is training this run folder (it holds .train.lock); wait for "
+        "it to end, or stop it, before training it again\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".train.lock"]  # nothing written
+    with RunFolder(out).writing():  # the killed holder's lock is gone with it
+        pass
+
+
 def test_ddp_runs_are_refused_side_by_side(tiny_mnre, tmp_path, capsys):
     args = _args(tiny_mnre, tmp_path / "exp", [1], "--jobs", "2", "--set", "trainer.devices=2")
     assert main(args) == 1
@@ -238,9 +323,11 @@ def test_ddp_runs_are_refused_side_by_side(tiny_mnre, tmp_path, capsys):
 class FakeRay:
     """Ray's API as `_ray` uses it, on a pretend cluster: records what each task asks for and runs it here."""
 
-    def __init__(self, resources: dict):
+    def __init__(self, resources: dict, workdir: Path | None = None):
         self.resources, self.asked, self.initialised = resources, [], True
         self.cancelled, self.interrupt_after = [], None  # Ctrl-C after that many outcomes
+        self.workdir = workdir  # a task's working directory (a Ray worker's is its own), else this one
+        self.jobs = []  # the jobs the tasks were sent
 
     def is_initialized(self):
         return self.initialised
@@ -255,7 +342,13 @@ class FakeRay:
             class Task:
                 def remote(self, job):
                     ray.asked.append((options, job.threads))
-                    return FakeRef(fn(job))
+                    ray.jobs.append(job)
+                    here = os.getcwd()
+                    os.chdir(ray.workdir or here)
+                    try:
+                        return FakeRef(fn(job))
+                    finally:
+                        os.chdir(here)
 
             return Task()
 
@@ -299,6 +392,34 @@ def test_ray_tasks_ask_for_one_gpu_each_on_a_gpu_cluster(monkeypatch):
         launch.run_jobs(jobs, Launch(launcher="ray", threads=32), use_gpus=False, report=lambda o: None)
 
 
+def test_ray_tasks_get_absolute_paths_and_a_rerun_reuses_their_runs(tiny_mnre, tmp_path, monkeypatch):
+    """A Ray task starts in a folder of its own (here another folder of this machine), where the command's
+    relative paths would name other folders: it gets --data-dir and --output absolute and trains from the
+    command's folder (a relative --set path, here the encoder folder the run builds, means what it meant to
+    the command). The run lands where the command said, and the same command run again reuses it, though
+    its config.yaml holds the data folder absolute."""
+    fake = FakeRay({"CPU": 2.0}, workdir=tmp_path / "worker")
+    fake.workdir.mkdir()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.chdir(tmp_path)
+    args = _args(Path(os.path.relpath(tiny_mnre)), Path("exp"), [1], "--set", "offline.encoder_dir=enc")
+    assert main([*args, "--launcher", "ray"]) == 0
+    sent = fake.jobs[0]
+    assert (sent.data_dir, sent.output, sent.cwd) == (
+        str(tiny_mnre),
+        str(tmp_path / "exp" / "seed1"),
+        str(tmp_path),
+    )
+    assert os.getcwd() == str(tmp_path) and not list(
+        fake.workdir.iterdir()
+    )  # nothing written in the worker's
+    metrics = tmp_path / "exp" / "seed1" / "metrics.json"
+    assert (tmp_path / "enc" / "camim_offline.json").is_file() and metrics.is_file()
+    stamp = metrics.stat().st_mtime_ns
+    assert main(args) == 0  # in this process, with the relative paths
+    assert metrics.stat().st_mtime_ns == stamp  # reused, not trained again
+
+
 def test_interrupted_ray_grid_cancels_the_tasks_still_running(monkeypatch):
     """Ctrl-C after the first of three outcomes: the two tasks left are cancelled (force: their workers are
     killed), so no forgotten task on a cluster keeps writing a folder that the rerun trains again."""
@@ -311,7 +432,7 @@ def test_interrupted_ray_grid_cancels_the_tasks_still_running(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         launch.run_jobs(jobs, Launch(launcher="ray"), use_gpus=False, report=reported.append)
     assert [o.job.output for o in reported] == ["out1"]
-    assert fake.cancelled == [("out2", True), ("out3", True)]
+    assert fake.cancelled == [(os.path.abspath(f"out{s}"), True) for s in (2, 3)]  # as the tasks got them
 
 
 def test_jobs_on_gpus_are_capped_at_one_run_per_gpu(monkeypatch, capsys):

@@ -345,7 +345,7 @@ def jsonl_lines(path: Path) -> tuple[list[Any], list[str]]:
 
 
 def stray_temporaries(root: Path) -> list[str]:
-    """Files an atomic write left behind (``.<name>.<pid>.<random>.tmp``) under ``root``."""
+    """Files an atomic write left behind (``.<name>.<pid>@<host>.<random>.tmp``) under ``root``."""
     return [f"stray temporary {p.relative_to(root)}" for p in root.rglob(".*.tmp")]
 
 

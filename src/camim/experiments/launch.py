@@ -5,14 +5,18 @@ local process pool (``--jobs N``: one run per GPU when there are GPUs, else CPU 
 Every mode trains each run through :func:`camim.experiments.worker.train_job` with the same number of torch
 threads (``--threads-per-run``), so a run's result does not depend on how it was scheduled. The pool is
 ``concurrent.futures.ProcessPoolExecutor``, one spawned process per run (so a run killed by the system
-fails alone); Ray schedules its own tasks. A run that fails is an outcome with a one-line reason; the others
-go on.
+fails alone); Ray schedules its own tasks, each sent its paths absolute (:meth:`RunJob.absolute`: a task's
+working directory is its own). A run that fails is an outcome with a one-line reason; the others go on.
+Interrupted, the pool terminates its runs' processes (then kills them, :data:`STOP_GRACE_S`) and Ray cancels
+its tasks before the interrupt goes on: an interrupt that reached this process alone leaves no run training.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +27,9 @@ from camim.errors import CamimError
 from camim.experiments.worker import JobOutcome, RunJob, init_pool_worker, one_line, train_job
 
 Report = Callable[[JobOutcome], None]
+
+#: seconds an interrupted pool's runs get to stop after SIGTERM before they are killed
+STOP_GRACE_S = 10.0
 
 
 @dataclass
@@ -118,11 +125,35 @@ def _pool(
                 executor.shutdown()
                 free.append(gpu)  # back to the slots whatever became of the run
                 outcomes.append(_reported(_outcome(job, future), report))
-    except BaseException:
-        for _, executor, _ in running.values():  # Ctrl-C: start nothing more
-            executor.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # Ctrl-C, perhaps to this process alone (a notebook's interrupt, kill -INT)
+        _stop([executor for _, executor, _ in running.values()])
         raise
     return outcomes
+
+
+def _stop(executors: list[ProcessPoolExecutor]) -> None:
+    """Stop the runs of ``executors`` now: start nothing more, terminate each run's process (SIGTERM:
+    Lightning stops at its next step) and kill those still alive after :data:`STOP_GRACE_S` seconds (at once
+    on a second Ctrl-C). A signal sent to the grid's process alone reaches no run, and ``shutdown(
+    cancel_futures=True)`` cancels none already running: without this they would go on writing their folders
+    (beside a rerun's trainers), and the command would wait for them at exit."""
+    processes = [p for ex in executors for p in (ex._processes or {}).values()]  # noqa: SLF001 - no API
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)
+    if processes:
+        print(f"stopping {len(processes)} running run(s) (killed if still running in {STOP_GRACE_S:g} s)",
+              file=sys.stderr)  # fmt: skip
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    try:
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _outcome(job: RunJob, future) -> JobOutcome:
@@ -174,7 +205,9 @@ def _ray(jobs: list[RunJob], launch: Launch, use_gpus: bool, report: Report) -> 
         # max_retries=0: a task whose worker died fails as a pool run does (a rerun resumes it), rather than
         # being trained again unseen, e.g. after each out-of-memory kill
         task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=threads, max_calls=1, max_retries=0)(train_job)
-        refs = {task.remote(replace(job, threads=threads)): replace(job, threads=threads) for job in jobs}
+        jobs = [replace(job, threads=threads) for job in jobs]
+        # absolute paths: a task's working directory is its worker's own (on another node too), not ours
+        refs = {task.remote(job.absolute()): job for job in jobs}
         return _ray_outcomes(ray, refs, report)
     finally:
         if started:
@@ -182,17 +215,18 @@ def _ray(jobs: list[RunJob], launch: Launch, use_gpus: bool, report: Report) -> 
 
 
 def _ray_outcomes(ray, refs: dict, report: Report) -> list[JobOutcome]:
-    """Wait for the Ray tasks ``refs`` (ref -> job), reporting each outcome as it arrives. Interrupted
-    (Ctrl-C), it cancels the tasks still running, also on a cluster that outlives this process: a rerun must
-    not train a run folder that a forgotten task still writes."""
+    """Wait for the Ray tasks ``refs`` (ref -> the caller's job), reporting each outcome, with the caller's
+    job, as it arrives. Interrupted (Ctrl-C), it cancels the tasks still running, also on a cluster that
+    outlives this process: a rerun must not train a run folder that a forgotten task still writes."""
     pending, outcomes = list(refs), []
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
+            job = refs[done[0]]
             try:
-                outcome = ray.get(done[0])
+                outcome = replace(ray.get(done[0]), job=job)
             except Exception as exc:  # noqa: BLE001 - the task's worker died or the task was cancelled
-                outcome = JobOutcome(refs[done[0]], error=f"its Ray task failed ({one_line(exc)})")
+                outcome = JobOutcome(job, error=f"its Ray task failed ({one_line(exc)})")
             outcomes.append(_reported(outcome, report))
     except BaseException:
         for ref in pending:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: the GPU this pool worker holds (a CUDA_VISIBLE_DEVICES entry), None for a CPU slot
 _held_device: str | None = None
@@ -31,6 +31,16 @@ class RunJob:
     overrides: tuple[str, ...]
     overwrite: bool = False
     threads: int = 1
+    cwd: str | None = None  # where the run trains from (None: this process's working directory)
+
+    def absolute(self) -> RunJob:
+        """This job for a process whose working directory is its own (a Ray worker's, on another node too):
+        ``data_dir``, ``output`` and a ``preset`` that is a YAML file made absolute against this process's
+        working directory, which goes with it as ``cwd``, so that the run also reads the relative paths of
+        its ``overrides`` (``--set``) as this process would (:func:`train_job`)."""
+        preset = os.path.abspath(self.preset) if os.path.isfile(self.preset) else self.preset
+        return replace(self, preset=preset, data_dir=os.path.abspath(self.data_dir),
+                       output=os.path.abspath(self.output), cwd=os.getcwd())  # fmt: skip
 
 
 @dataclass
@@ -61,19 +71,21 @@ def one_line(exc: BaseException) -> str:
 
 
 def train_job(job: RunJob) -> JobOutcome:
-    """Train ``job`` in this process with ``job.threads`` torch threads (the previous count is restored).
-    A failure is returned as the outcome's one-line ``error`` (its traceback printed to stderr), so the other
-    runs of an experiment go on; Ctrl-C still stops everything."""
+    """Train ``job`` in this process with ``job.threads`` torch threads, from ``job.cwd`` when given and
+    present here (the previous count and working directory are restored). A failure is returned as the
+    outcome's one-line ``error`` (its traceback printed to stderr), so the other runs of an experiment go on;
+    Ctrl-C still stops everything."""
     import time
 
     import torch
 
     from camim.training.api import train_run
 
-    previous = torch.get_num_threads()
+    previous, cwd = torch.get_num_threads(), os.getcwd()
     torch.set_num_threads(job.threads)
     start = time.perf_counter()
     try:
+        _enter(job.cwd)
         result = train_run(job.preset, job.data_dir, job.output, overrides=list(job.overrides),
                            overwrite=job.overwrite)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - reported as this run's failure, the grid goes on
@@ -81,9 +93,22 @@ def train_job(job: RunJob) -> JobOutcome:
         return JobOutcome(job, error=one_line(exc), seconds=time.perf_counter() - start, device=_held_device)
     finally:
         torch.set_num_threads(previous)
+        os.chdir(cwd)
     scores = result.metrics.get("test") if result.primary else None
     return JobOutcome(job, scores=scores, primary=result.primary, seconds=time.perf_counter() - start,
                       device=_held_device)  # fmt: skip
+
+
+def _enter(cwd: str | None) -> None:
+    """Train from ``cwd`` (the launching command's working directory); where this node has no such folder,
+    say so: the job's own paths are absolute, but a relative ``--set`` path resolves here."""
+    if cwd is None or os.path.abspath(cwd) == os.getcwd():
+        return
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    else:
+        print(f"camim: {cwd} (the command's folder) is not on this node: relative --set paths resolve in "
+              f"{os.getcwd()}", file=sys.stderr)  # fmt: skip
 
 
 def init_pool_worker(gpu: str | None) -> None:

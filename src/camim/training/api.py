@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -187,14 +189,24 @@ def differences_from(cfg: RunConfig) -> Differences:
     """For a run folder's checks (:meth:`RunFolder.conflict`, :meth:`RunFolder.reusable`): the dotted keys in
     which the run config at a ``config.yaml`` differs from ``cfg``, both as that folder records them (paths
     inside it relative, :meth:`RunFolder.relative`: a moved folder still holds the same run; one written with
-    absolute paths before that, unmoved, too)."""
+    absolute paths before that, unmoved, too), ``data.data_dir`` compared as an absolute path (a Ray task
+    gets it so: the same data folder, given relative or absolute, is the same run)."""
 
     def differences(path: Path) -> list[str]:
         folder = RunFolder(path.parent)
-        held = folder.relative(load_run_config(path).to_dict())
-        return differing_keys(held, folder.relative(cfg.to_dict()), ignore=RUN_NEUTRAL_KEYS)
+        held = folder.relative(_data_dir_absolute(load_run_config(path).to_dict()))
+        requested = folder.relative(_data_dir_absolute(cfg.to_dict()))
+        return differing_keys(held, requested, ignore=RUN_NEUTRAL_KEYS)
 
     return differences
+
+
+def _data_dir_absolute(config: dict) -> dict:
+    """``config`` (a run config as a mapping) with ``data.data_dir`` absolute against the working directory."""
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
+        config = {**config, "data": {**data, "data_dir": os.path.abspath(data["data_dir"])}}
+    return config
 
 
 def train_run(
@@ -211,21 +223,26 @@ def train_run(
     ``key=value`` strings; ``callbacks`` are extra Lightning callbacks for the fit. Resumes automatically
     from ``output_dir/checkpoints/last.ckpt``. A folder holding another run, or a finished run whose
     checkpoints are gone, is refused; with ``overwrite`` that run's outputs are removed and training starts
-    afresh (a folder that would not be refused is resumed as usual).
+    afresh (a folder that would not be refused is resumed as usual). A folder that another trainer is writing
+    (it holds the folder's lock, :meth:`RunFolder.writing`) is refused in one line.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
     quiet_lightning()
     cfg = resolve_run_config(config, overrides, data_dir, output_dir)  # everything parsed and validated
     folder = RunFolder(Path(output_dir))
     labels = _labels(cfg)
-    _claim(folder, cfg, overwrite)  # nothing was written before; from here on the run folder is ours
-    # a full disk where camim does not write itself (Lightning's checkpoints, the trackers): one line too
-    full_disk = no_space_is_an_error(
-        folder.path, "what was written before is intact; free space and " + _resume_hint(folder)
-    )
-    with interruptible(lambda: _resume_hint(folder)), full_disk:
-        _prepare_encoder(cfg, folder.path)
-        folder.write_config(cfg.to_dict())
-        return _train(cfg, folder, labels, callbacks or [])
+    # one trainer per folder (the first DDP process locks it for the ranks it starts)
+    with folder.writing() if rank_zero_only.rank == 0 else nullcontext():
+        _claim(folder, cfg, overwrite)  # nothing was written before; from here on the run folder is ours
+        # a full disk where camim does not write itself (Lightning's checkpoints, the trackers): one line too
+        full_disk = no_space_is_an_error(
+            folder.path, "what was written before is intact; free space and " + _resume_hint(folder)
+        )
+        with interruptible(lambda: _resume_hint(folder)), full_disk:
+            _prepare_encoder(cfg, folder.path)
+            folder.write_config(cfg.to_dict())
+            return _train(cfg, folder, labels, callbacks or [])
 
 
 def _resume_hint(folder: RunFolder) -> str:
