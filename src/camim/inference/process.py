@@ -23,6 +23,7 @@ from camim.errors import CamimError
 
 LOG = logging.getLogger("camim.serve")
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request (gunicorn: 8190 per line, 100 lines)
+LINGER_S = 1.0  # after the answer: how long a closing connection discards what its client still sends
 
 try:
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -30,10 +31,44 @@ except ModuleNotFoundError:  # pragma: no cover - exercised only without the ext
     AutoHTTPProtocol = None  # type: ignore[assignment,misc]
 
 
+class LingeringTransport:
+    """A connection's transport whose ``close()`` sends what is buffered and a FIN, then leaves the
+    connection open at most ``linger_s`` seconds (the protocol discards what arrives) before closing it.
+
+    Closed at once, a socket with unread data answers with a reset, and a reset destroys the answer the
+    client has not read yet: a client still sending a body that the server refused on its headers would see
+    "connection reset" instead of its 401 or 413 (Go's net/http waits the same way before closing)."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop, linger_s: float = LINGER_S):
+        self._transport = transport
+        self._loop = loop
+        self._linger_s = linger_s
+        self._closing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        self._closing = True
+        transport = self._transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # after the buffered answer
+        transport.resume_reading()  # flow control may have paused it: read on to discard
+        self._loop.call_later(self._linger_s, transport.close)
+
+
 class HeaderDeadlineProtocol(AutoHTTPProtocol or object):  # type: ignore[misc]
     """uvicorn's HTTP/1.1 protocol (httptools, else h11) whose requests must send their line and headers
     within ``header_timeout_s`` of the connection opening or the previous answer, and in at most
-    ``max_header_bytes``: past either the client gets 408 or 431 and the connection is closed.
+    ``max_header_bytes``: past either the client gets 408 or 431 and the connection is closed. Connections
+    close through a :class:`LingeringTransport`.
 
     A request's headers are complete when uvicorn starts a new request-response cycle (``self.cycle``),
     which both of its parsers do."""
@@ -49,7 +84,7 @@ class HeaderDeadlineProtocol(AutoHTTPProtocol or object):  # type: ignore[misc]
         self._header_bytes = 0
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        super().connection_made(LingeringTransport(transport, self.loop))
         self._wait_for_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -57,6 +92,8 @@ class HeaderDeadlineProtocol(AutoHTTPProtocol or object):  # type: ignore[misc]
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # lingering before the close: discarded
         super().data_received(data)
         if self._deadline is None or self.transport.is_closing():
             return
