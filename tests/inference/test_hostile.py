@@ -4,6 +4,7 @@ log that a URL cannot forge lines in."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -77,6 +78,42 @@ def test_a_body_is_refused_on_the_headers_alone_without_reading_it(
         assert (got, headers["connection"]) == (status, "close")
         assert message in body.decode()
         assert_closed(s)
+
+
+def test_a_connection_closed_with_unread_data_lingers_so_the_answer_is_not_reset():
+    """The server answers after the first chunk of a 2 MiB body and closes: through a
+    :class:`LingeringTransport` the client reads the answer and an end of file, and may still send for a
+    moment; a plain close would answer the unread data with a reset (the client reads an error instead)."""
+    from camim.inference.process import LingeringTransport
+
+    async def run() -> tuple[bytes, float]:
+        loop = asyncio.get_running_loop()
+        closed = loop.create_future()
+
+        class Refuser(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = LingeringTransport(transport, loop, linger_s=0.5)
+
+            def data_received(self, data):
+                if not self.transport.is_closing():
+                    self.transport.write(b"refused")
+                    self.transport.close()
+                    self.closing = loop.time()
+
+            def connection_lost(self, exc):
+                closed.set_result(loop.time() - self.closing)
+
+        server = await loop.create_server(Refuser, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(bytes(2 * 1024 * 1024))
+        answer = await asyncio.wait_for(reader.read(), 10)  # up to the end of file
+        lingered = await asyncio.wait_for(closed, 10)
+        writer.close()
+        server.close()
+        return answer, lingered
+
+    answer, lingered = asyncio.run(run())
+    assert answer == b"refused" and 0.4 < lingered < 3
 
 
 # ------------------------------------------------------------------ item 2: slow clients
