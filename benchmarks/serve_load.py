@@ -145,9 +145,14 @@ class Server:
     port: int
     log: Path
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory now (``VmHWM``: its peak since the start or :meth:`reset_peak`), from /proc."""
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
+        return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) / 1024
+
+    def reset_peak(self) -> None:
+        """Set the peak resident memory (``VmHWM``) to the current one (Linux' clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
     def metrics(self) -> dict[str, float]:
         status, body = _get(self.port, "/metrics")
@@ -214,15 +219,16 @@ class Connection:
     """One keep-alive HTTP/1.1 connection posting JSON (a minimal client, so that the load generator's
     own CPU use stays small next to the server's on a 2-core machine)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, headers: str = ""):
         self.port = port
+        self.headers = headers  # extra header lines, each ending in \r\n
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        head = f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        head = f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{self.headers}\r\n"
         self.writer.write(head.encode() + body)
         headers = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
         status = int(headers.split(None, 2)[1])

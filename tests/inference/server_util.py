@@ -18,15 +18,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(predictor, config=None, api_key=None) -> Iterator[str]:
-    """Yield the base URL of a live server for ``predictor``; stop it afterwards."""
+def running_server(predictor, config=None, api_key=None, header_timeout_s: float = 10.0) -> Iterator[str]:
+    """Yield the base URL of a live server for ``predictor`` (on uvicorn as ``camim serve`` runs it, with
+    its header deadline); stop it afterwards."""
     uvicorn = pytest.importorskip("uvicorn")
+    from camim.inference.process import http_protocol
     from camim.inference.server import create_app
 
     port = free_port()
+    app = create_app(predictor, config, api_key=api_key)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(predictor, config, api_key=api_key), host="127.0.0.1", port=port, log_level="warning"
+            app, host="127.0.0.1", port=port, log_level="warning", http=http_protocol(header_timeout_s)
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -58,3 +61,28 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def read_answer(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one answer on ``s`` (its Content-Length), read within
+    the socket's timeout."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before an answer: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers.get("content-length", 0)):
+        body += s.recv(65536)
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_closed(s: socket.socket) -> None:
+    """The server closes ``s``: nothing more to read (raises the socket's timeout while it stays open)."""
+    try:
+        assert s.recv(65536) == b"", "the server sent more after its answer"
+    except ConnectionResetError:
+        pass

@@ -244,12 +244,12 @@ def test_api_key_env_and_the_warning_for_open_public_addresses(bert_run, monkeyp
     import argparse
 
     from camim.errors import CamimError
-    from camim.inference import cli, server
+    from camim.inference import cli, process
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     served = []
-    monkeypatch.setattr(server, "serve", lambda app, **kw: served.append((app, kw)))
+    monkeypatch.setattr(process, "serve", lambda app, **kw: served.append((app, kw)))
     monkeypatch.setattr(cli, "build_app", lambda args: "app")
 
     def run(*flags):
@@ -271,5 +271,10 @@ def test_api_key_env_and_the_warning_for_open_public_addresses(bert_run, monkeyp
         assert run(*flags) == 0
         assert "warning" not in capsys.readouterr().err
     assert served[-1][1]["host"] == "127.0.0.1" and served[-1][1]["graceful_timeout_s"] == 30.0
+    assert served[-1][1]["header_timeout_s"] == 10.0
     with pytest.raises(CamimError, match="--max-queue must be at least 1"):
         run("--max-queue", "0")
+    with pytest.raises(CamimError, match="--body-timeout must be positive"):
+        run("--body-timeout", "0")
+    with pytest.raises(CamimError, match="--drain-delay must be 0 or more"):
+        run("--drain-delay", "-1")

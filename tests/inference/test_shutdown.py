@@ -1,5 +1,7 @@
-"""Graceful shutdown of a real ``camim serve`` process (as a container orchestrator stops it): SIGTERM or
-SIGINT stops accepting connections, finishes the requests in flight within ``--graceful-timeout``, exits 0."""
+"""Graceful shutdown of a real ``camim serve`` process (as a container orchestrator stops it): SIGTERM makes
+``/readyz`` answer 503 at once while the server goes on serving for ``--drain-delay`` seconds; then (at once
+on SIGINT) it stops accepting connections, finishes the requests in flight within ``--graceful-timeout``,
+exits 0."""
 
 from __future__ import annotations
 
@@ -74,6 +76,11 @@ def finish_request(s: socket.socket) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def probe(url: str) -> int:
+    """The status of ``/readyz`` (a probe that finds the port closed fails the test)."""
+    return httpx.get(url + "/readyz", timeout=5).status_code
+
+
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -82,12 +89,16 @@ def refused(port: int) -> bool:
         return True
 
 
-def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(bert_run, tmp_path):
+def test_sigterm_not_ready_first_then_stops_accepting_finishes_the_request_in_flight_and_exits_0(
+    bert_run, tmp_path
+):
     """`camim serve` as a user runs it (a process of its own, the training-output folder, a chosen port, an
-    API key from the environment), stopped as an orchestrator stops it."""
+    API key from the environment), stopped as an orchestrator stops it: probes see 503 during the drain
+    delay, new requests are still served, then the port closes."""
     log = tmp_path / "serve.log"
     env = {"CAMIM_TEST_KEY": "k3y"}
-    with serve_process(bert_run.path, log, "--api-key-env", "CAMIM_TEST_KEY", env=env) as (proc, port):
+    flags = ("--api-key-env", "CAMIM_TEST_KEY", "--drain-delay", "2")
+    with serve_process(bert_run.path, log, *flags, env=env) as (proc, port):
         url = f"http://127.0.0.1:{port}"
         assert httpx.post(url + "/api/predict", content=BODY, headers=JSON, timeout=30).status_code == 401
         auth = {"authorization": "Bearer k3y", **JSON}
@@ -95,8 +106,12 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(bert
         assert httpx.post(url + "/api/predict", content=BODY, headers=auth, timeout=30).status_code == 200
         s = start_request(port, "authorization: Bearer k3y\r\n")
         time.sleep(0.3)  # the server has the request (headers, part of the body)
+        signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: probe(url) == 503, timeout=10, what="/readyz answering 503")
+        assert httpx.post(url + "/api/predict", content=BODY, headers=auth, timeout=30).status_code == 200
         wait_until(lambda: refused(port), timeout=20, what="the server to stop accepting connections")
+        assert time.monotonic() - signalled >= 2.0  # not before the drain delay
         assert proc.poll() is None  # still finishing the request in flight
         with s:
             status, answer = finish_request(s)
@@ -104,13 +119,15 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(bert
         assert proc.wait(timeout=60) == 0
     text = log.read_text()
     assert "Shutting down" in text and "Finished server process" in text
-    assert text.count("POST /api/predict 200 ") == 2 and "Traceback" not in text
+    assert text.count("POST /api/predict 200 ") == 3 and "Traceback" not in text
+    assert "GET /readyz 503 " in text and "serving 2 s more before closing (--drain-delay)" in text
 
 
 def test_sigint_with_workers_exits_0_within_the_graceful_bound(bert_run, tmp_path):
     """Two worker processes; a request that never completes is cut off after --graceful-timeout."""
     log = tmp_path / "serve.log"
-    with serve_process(bert_run.path, log, "--workers", "2", "--graceful-timeout", "1") as (proc, port):
+    flags = ("--workers", "2", "--graceful-timeout", "1", "--drain-delay", "0")
+    with serve_process(bert_run.path, log, *flags) as (proc, port):
         r = httpx.post(f"http://127.0.0.1:{port}/api/predict", content=BODY, headers=JSON, timeout=30)
         assert r.status_code == 200 and r.json()["relation"] in LABELS
         stuck = start_request(port)

@@ -90,6 +90,21 @@ def _serving_args(s: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="on SIGTERM/SIGINT: seconds to finish requests"
     )
+    g.add_argument(
+        "--drain-delay",
+        type=float,
+        default=5.0,
+        help="on SIGTERM: seconds of /readyz 503 while still serving, before closing (0: close at once)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds for a request's headers to arrive; then 408",
+    )
+    g.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds for a request's body to arrive; then 408"
+    )
     g.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
     g.add_argument(
         "--threads",
@@ -191,18 +206,23 @@ def _predict_single(predictor: Predictor, args: argparse.Namespace) -> int:
 SERVE_SETTINGS_ENV = "CAMIM_SERVE_SETTINGS"  # how `--workers` processes get the parent's flags
 _SERVE_KEYS = (
     "model", "device", "bf16", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
-    "max_queue", "request_timeout", "api_key_env", "caption_model", "caption_base_url", "caption_timeout",
+    "max_queue", "request_timeout", "body_timeout", "drain_delay", "api_key_env", "caption_model",
+    "caption_base_url", "caption_timeout",
 )  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from camim.inference.server import serve
+    from camim.inference.process import serve
 
     for flag in ("max_batch_size", "max_queue", "workers"):
         if getattr(args, flag) < 1:
             raise CamimError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_wait_ms < 0 or args.request_timeout <= 0 or args.graceful_timeout < 0:
-        raise CamimError("--max-wait-ms, --request-timeout and --graceful-timeout must be positive")
+    for flag in ("request_timeout", "header_timeout", "body_timeout"):
+        if getattr(args, flag) <= 0:
+            raise CamimError(f"--{flag.replace('_', '-')} must be positive")
+    for flag in ("max_wait_ms", "graceful_timeout", "drain_delay"):
+        if getattr(args, flag) < 0:
+            raise CamimError(f"--{flag.replace('_', '-')} must be 0 or more")
     if _api_key(args.api_key_env) is None and not _is_loopback(args.host):
         print(
             f"camim serve: warning: listening on {args.host} without --api-key-env: anyone who can reach it can "
@@ -218,7 +238,14 @@ def run_serve(args: argparse.Namespace) -> int:
     print(
         f"camim serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr
     )
-    serve(app, host=args.host, port=args.port, graceful_timeout_s=args.graceful_timeout, workers=args.workers)
+    serve(
+        app,
+        host=args.host,
+        port=args.port,
+        graceful_timeout_s=args.graceful_timeout,
+        workers=args.workers,
+        header_timeout_s=args.header_timeout,
+    )
     return 0
 
 
@@ -238,6 +265,8 @@ def build_app(args: argparse.Namespace) -> Any:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
+        body_timeout_s=args.body_timeout,
+        drain_delay_s=args.drain_delay,
     )
     app = create_app(_load(args), config, api_key=_api_key(args.api_key_env))
     # The model, torch, transformers and FastAPI leave ~400k long-lived objects that every full collection

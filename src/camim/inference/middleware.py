@@ -1,17 +1,22 @@
 """The ASGI middlewares of ``camim serve``, outermost first: :class:`ObserveMiddleware` (access log and
-metrics), :class:`AuthMiddleware` (Bearer key), :class:`AdmissionMiddleware` (bounded queue: 503 at once),
-:class:`BodyLimitMiddleware` (413 before the body is read in full).
+metrics), :class:`AuthMiddleware` (Bearer key), :class:`BodyGateMiddleware` (route, method and size decided
+before the first body byte; the body read whole within its deadline), :class:`AdmissionMiddleware` (bounded
+queue of requests whose body has arrived: 503 at once).
 
 Plain ASGI (no ``BaseHTTPMiddleware``, which would buffer responses and hide client disconnects from the
-endpoint); each answers its refusals itself with the API's ``{"error": message}`` body.
+endpoint); each answers its refusals itself with the API's ``{"error": message}`` body. A refusal sent before
+an announced body was read closes the connection (``Connection: close``): the server then reads no more of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +24,29 @@ from typing import Any
 ACCESS_LOG = logging.getLogger("camim.access")
 PREDICT_PATHS = ("/api/predict", "/api/predict_batch")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
+CLOSE = [(b"connection", b"close")]
+_UNLOGGABLE = re.compile(r'[\x00-\x20\x7f"]')  # would end or split an access-log line or its fields
 
 
 def is_protected(path: str) -> bool:
     """Routes that need the API key: the JSON API and the metrics (the page, its files, the probes and the
     OpenAPI schema stay open)."""
     return path.startswith("/api/") or path == "/metrics"
+
+
+def announces_body(scope: dict) -> bool:
+    """The request says a body follows (a non-zero ``Content-Length``, or chunked)."""
+    headers = dict(scope.get("headers") or [])
+    return headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+def loggable_path(scope: dict) -> str:
+    """The request's path as the client sent it, escapes kept (``%0A`` stays three characters), with any
+    quote, space or control character left percent-escaped: what uvicorn's own access log writes, so a URL
+    cannot forge an access-log line or shift its fields."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else urllib.parse.quote(scope["path"], safe="/%")
+    return _UNLOGGABLE.sub(lambda m: f"%{ord(m.group()):02X}", path)
 
 
 async def send_json(send: Any, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -60,7 +82,12 @@ class ObserveMiddleware:
             seconds = time.perf_counter() - start
             batch = (scope.get("state") or {}).get("batch_size", "-")
             ACCESS_LOG.info(
-                "%s %s %d %.1f ms batch=%s", scope["method"], scope["path"], status, 1000 * seconds, batch
+                "%s %s %d %.1f ms batch=%s",
+                scope["method"],
+                loggable_path(scope),
+                status,
+                1000 * seconds,
+                batch,
             )
             self.observe(scope["path"], str(status), seconds)
 
@@ -96,7 +123,8 @@ class AuthMiddleware:
                 message = (
                     "give the API key as 'Authorization: Bearer <key>'" if not given else "wrong API key"
                 )
-                await send_json(send, 401, {"error": message}, [(b"www-authenticate", b"Bearer")])
+                close = CLOSE if announces_body(scope) else []
+                await send_json(send, 401, {"error": message}, [(b"www-authenticate", b"Bearer"), *close])
                 return
         await self.app(scope, receive, send)
 
@@ -110,7 +138,9 @@ class InFlight:
 
 class AdmissionMiddleware:
     """At most ``limit`` prediction requests at once (decoding, waiting for a forward or in one); the next is
-    answered 503 with ``Retry-After`` at once, before its body is read, instead of queueing without bound."""
+    answered 503 with ``Retry-After`` at once instead of queueing without bound. It sits inside
+    :class:`BodyGateMiddleware`: a request takes a slot only once its whole body has arrived, so clients
+    that send slowly hold no slot."""
 
     def __init__(self, app: Any, in_flight: InFlight, limit: int, retry_after_s: int = 1):
         self.app = app
@@ -133,41 +163,44 @@ class AdmissionMiddleware:
             self.in_flight.count -= 1
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over ``limit`` bytes (declared length, or counted while streaming)."""
+class BodyGateMiddleware:
+    """Decides a request's route, method and size before its first body byte is read, then reads the body
+    of a route that takes one whole, within ``timeout_s`` and ``limit`` bytes, and hands it on.
 
-    def __init__(self, app: Any, limit: int):
+    A body is read only for a route of ``routes`` that takes one (a FastAPI route with a body parameter);
+    announced to any other path, it is refused unread: 404 (no such route), 405 (not this method) or 413 (the
+    route takes no body). A request without a body goes on untouched (the app answers its 404 and 405).
+    Over ``limit`` (declared, or counted while streaming): 413; not all there after ``timeout_s``: 408.
+    """
+
+    def __init__(self, app: Any, routes: list[Any], limit: int, timeout_s: float):
         self.app = app
+        self.routes = routes
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await send_json(
-                send,
-                413,
-                {"error": f"request body of {int(declared)} bytes is over the limit of {self.limit}"},
-            )
+        route, allowed = self._route(scope)
+        takes_body = allowed and getattr(route, "body_field", None) is not None
+        refusal = self._refusal(scope, route, allowed, takes_body) if announces_body(scope) else None
+        if refusal is not None:
+            await send_json(send, refusal[0], {"error": refusal[1]}, CLOSE)
             return
-        # Read the body here (at most `limit` bytes), then replay it: FastAPI turns errors raised while it
-        # reads the body into a generic 400, so the limit must be enforced before the app sees the request.
-        chunks, seen = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.limit:
-                await send_json(send, 413, {"error": f"request body is over the limit of {self.limit} bytes"})
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        if not takes_body:
+            await self.app(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await self._read(receive, send)
+        except TimeoutError:
+            message = f"request body not received within the deadline of {self.timeout_s:g} s"
+            await send_json(send, 408, {"error": message}, CLOSE)
+            return
+        if body is None:  # refused, or the client left
+            return
         replayed = False
 
         async def replay() -> dict:
@@ -178,3 +211,48 @@ class BodyLimitMiddleware:
             return await receive()  # after the body: the client's disconnect, which the endpoint watches for
 
         await self.app(scope, replay, send)
+
+    def _route(self, scope: dict) -> tuple[Any, bool]:
+        """The route serving the request (None if none) and whether it takes the request's method."""
+        from starlette.routing import Match
+
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return route, True
+            if match == Match.PARTIAL and partial is None:
+                partial = route
+        return partial, False
+
+    def _refusal(self, scope: dict, route: Any, allowed: bool, takes_body: bool) -> tuple[int, str] | None:
+        """Status and message for a request with a body refused on its headers alone (None: read it)."""
+        where = f"{scope['method']} {loggable_path(scope)}"
+        if route is None:
+            return 404, f"{where}: no such route"
+        if not allowed:
+            return 405, f"{where}: method not allowed"
+        if not takes_body:
+            return 413, f"{where}: takes no request body"
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return 413, f"request body of {int(declared)} bytes is over the limit of {self.limit}"
+        return None
+
+    async def _read(self, receive: Any, send: Any) -> bytes | None:
+        """The whole body; None when it went over the limit (answered 413) or the client left."""
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await send_json(
+                    send, 413, {"error": f"request body is over the limit of {self.limit} bytes"}, CLOSE
+                )
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)

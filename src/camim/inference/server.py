@@ -7,8 +7,10 @@ Endpoints:
 - ``POST /api/predict`` -- one post; ``POST /api/predict_batch`` -- up to ``max_batch`` posts.
 - ``GET /healthz`` (alive), ``GET /readyz`` (model loaded and warmed up), ``GET /metrics`` (Prometheus).
 
-Images travel as base64 (optionally a ``data:`` URL) in the JSON body. Requests over ``max_request_bytes``
-are refused with 413 before they are read in full; images over ``max_image_bytes`` / ``max_image_pixels``
+Images travel as base64 (optionally a ``data:`` URL) in the JSON body. A body is read only for the two
+prediction routes (to any other path it is refused unread: 404, 405 or 413), after the API key is checked,
+whole and within ``body_timeout_s`` (408 past it) before the request takes an admission slot; requests over
+``max_request_bytes`` are refused with 413 before they are read in full; images over ``max_image_bytes`` / ``max_image_pixels``
 give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
 ``{"error": message}``.
 
@@ -25,7 +27,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,11 +40,12 @@ from camim.inference.metrics import ServerMetrics
 from camim.inference.middleware import (
     AdmissionMiddleware,
     AuthMiddleware,
-    BodyLimitMiddleware,
+    BodyGateMiddleware,
     InFlight,
     ObserveMiddleware,
 )
 from camim.inference.predictor import DEFAULT_MAX_IMAGE_BYTES, Prediction, Predictor
+from camim.inference.process import drain_on_sigterm
 from camim.inference.schema import BatchRequest, BatchResponse, ErrorResponse, PredictRequest, PredictResponse
 from camim.io import MAX_IMAGE_PIXELS
 
@@ -75,6 +77,8 @@ class ServeConfig:
     max_wait_ms: float = 5.0  # how long a forward may wait for posts on their way (batching.py)
     max_queue: int = 256  # prediction requests in flight; the next one gets 503
     request_timeout_s: float = 30.0  # a request without its answer by then gets 504
+    body_timeout_s: float = 30.0  # a request body not all there by then (after the headers) gets 408
+    drain_delay_s: float = 5.0  # after SIGTERM: seconds of not ready and still serving before closing
 
 
 class HTTPFailure(Exception):
@@ -88,10 +92,15 @@ class HTTPFailure(Exception):
 
 @dataclass
 class Readiness:
-    """What ``/readyz`` answers: ready once the model has run a warm-up post."""
+    """What ``/readyz`` answers: ready once the model has run a warm-up post, until the server is told to
+    stop (SIGTERM, or its shutdown)."""
 
     ready: bool = False
     error: str | None = "warming up"
+    stopping: bool = False
+
+    def stop(self) -> None:
+        self.stopping = True
 
 
 # ---------------------------------------------------------------------------- app
@@ -120,8 +129,9 @@ def create_app(
         threading.Thread(
             target=_warm_up, args=(predictor, readiness), name="camim-warm-up", daemon=True
         ).start()
+        drain_on_sigterm(readiness.stop, config.drain_delay_s)
         yield
-        readiness.ready, readiness.error = False, "shutting down"
+        readiness.stop()
         await run_in_threadpool(predictor.engine.drain, config.request_timeout_s)
 
     app = FastAPI(
@@ -134,8 +144,13 @@ def create_app(
     _add_page(app)
     _add_probes(app, readiness, metrics)
     _add_api(app, predictor, config)
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_request_bytes)
     app.add_middleware(AdmissionMiddleware, in_flight=in_flight, limit=config.max_queue)
+    app.add_middleware(
+        BodyGateMiddleware,
+        routes=app.router.routes,
+        limit=config.max_request_bytes,
+        timeout_s=config.body_timeout_s,
+    )
     if api_key:
         app.add_middleware(AuthMiddleware, key=api_key)
     app.add_middleware(ObserveMiddleware, observe=metrics.observe_request)
@@ -174,7 +189,9 @@ def _add_probes(app: FastAPI, readiness: Readiness, metrics: ServerMetrics) -> N
 
     @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> Any:
-        """Ready: the model is loaded and has answered a warm-up post (503 before, and while shutting down)."""
+        """Ready: the model is loaded and has answered a warm-up post (503 before, and from SIGTERM on)."""
+        if readiness.stopping:
+            return JSONResponse({"error": "shutting down"}, status_code=503)
         if readiness.ready:
             return {"status": "ready"}
         return JSONResponse({"error": readiness.error or "not ready"}, status_code=503)
@@ -378,52 +395,3 @@ def _version() -> str:
     from camim import __version__
 
     return __version__
-
-
-# ---------------------------------------------------------------------------- process
-def serve(
-    app: FastAPI | str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    graceful_timeout_s: float = 30.0,
-    workers: int = 1,
-) -> None:
-    """Run ``app`` with uvicorn until SIGTERM or SIGINT, then shut down gracefully and return.
-
-    On either signal uvicorn stops accepting connections, lets the requests in flight finish (at most
-    ``graceful_timeout_s``; the rest are cancelled), then runs the app's shutdown (the batching engine is
-    drained). ``workers > 1`` needs ``app`` as an import string of an app factory
-    (``"module:function"``): uvicorn then runs that many processes on one socket, each with its own model.
-    """
-    try:
-        import uvicorn
-        from uvicorn.config import LOGGING_CONFIG
-    except ModuleNotFoundError:
-        raise CamimError("`camim serve` needs uvicorn: pip install 'camim[serve]'") from None
-    log_config = {**LOGGING_CONFIG, "loggers": {**LOGGING_CONFIG["loggers"]}}
-    for name in ("camim.access", "camim.serve"):  # one access line per request, in uvicorn's format
-        log_config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
-    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None
-    try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level="info",
-            log_config=log_config,
-            access_log=False,
-            timeout_graceful_shutdown=graceful_timeout_s,
-            workers=workers,
-            factory=isinstance(app, str),
-        )
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _terminate_as_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
-    """SIGTERM as KeyboardInterrupt. uvicorn handles SIGTERM itself while it serves (graceful shutdown), then
-    re-raises the signal to the handler found before it: raising KeyboardInterrupt there lets ``uvicorn.run``
-    return normally (exit 0), where the default handler would kill the process (status 143)."""
-    raise KeyboardInterrupt

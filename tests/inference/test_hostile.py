@@ -1,0 +1,170 @@
+"""Hostile and slow clients against ``camim serve`` over real HTTP (issue 36): bodies refused on their headers
+alone, deadlines on headers and bodies (408) that keep slow senders out of the admission slots, and an access
+log that a URL cannot forge lines in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import pytest
+
+from camim.inference import Predictor
+
+from .server_util import assert_closed, read_answer, running_server
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+KEY = "s3cret"
+GOOD = b'{"text": "rt jack plays for the titans today", "head": "jack", "tail": "titans"}'
+MIB16 = 16 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def predictor(bert_run):
+    return Predictor.from_pretrained(bert_run.path)
+
+
+def config(**overrides):
+    from camim.inference.server import ServeConfig
+
+    return ServeConfig(**{"max_request_bytes": MIB16, **overrides})
+
+
+def connect(url: str, timeout: float = 5) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=timeout)
+
+
+def head(method: str, path: str, length: int, extra: str = "") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+        f"content-length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+# ------------------------------------------------------------------ item 3: any path read any body
+@pytest.fixture(scope="module")
+def keyed(predictor):
+    """A server with an API key and the default 16 MiB body limit."""
+    with running_server(predictor, config(), api_key=KEY) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    "method, path, extra, status, message",
+    [
+        ("POST", "/healthz", "", 405, "POST /healthz: method not allowed"),
+        ("POST", "/", "", 405, "POST /: method not allowed"),
+        ("POST", "/docs", "", 405, "POST /docs: method not allowed"),
+        ("POST", "/nowhere", "", 404, "POST /nowhere: no such route"),
+        ("GET", "/healthz", "", 413, "GET /healthz: takes no request body"),
+        ("POST", "/api/predict", "", 401, "give the API key"),
+        ("POST", "/api/nowhere", "", 401, "give the API key"),
+        ("POST", "/api/predict", f"authorization: Bearer {KEY}\r\n", 413, "over the limit of 16777216"),
+    ],
+)
+def test_a_body_is_refused_on_the_headers_alone_without_reading_it(
+    predictor, method, path, extra, status, message
+):
+    """16 MiB announced (17 MiB to the prediction route, with the key); not one byte of it sent: the answer
+    comes at once and the connection is closed (the body is never read)."""
+    length = MIB16 + (MIB16 // 16 if status == 413 and path == "/api/predict" else 0)
+    with running_server(predictor, config(), api_key=KEY) as url, connect(url, timeout=3) as s:
+        s.sendall(head(method, path, length, extra))
+        got, headers, body = read_answer(s)
+        assert (got, headers["connection"]) == (status, "close")
+        assert message in body.decode()
+        assert_closed(s)
+
+
+def test_a_connection_closed_with_unread_data_lingers_so_the_answer_is_not_reset():
+    """The server answers after the first chunk of a 2 MiB body and closes: through a
+    :class:`LingeringTransport` the client reads the answer and an end of file, and may still send for a
+    moment; a plain close would answer the unread data with a reset (the client reads an error instead)."""
+    from camim.inference.process import LingeringTransport
+
+    async def run() -> tuple[bytes, float]:
+        loop = asyncio.get_running_loop()
+        closed = loop.create_future()
+
+        class Refuser(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = LingeringTransport(transport, loop, linger_s=0.5)
+
+            def data_received(self, data):
+                if not self.transport.is_closing():
+                    self.transport.write(b"refused")
+                    self.transport.close()
+                    self.closing = loop.time()
+
+            def connection_lost(self, exc):
+                closed.set_result(loop.time() - self.closing)
+
+        server = await loop.create_server(Refuser, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(bytes(2 * 1024 * 1024))
+        answer = await asyncio.wait_for(reader.read(), 10)  # up to the end of file
+        lingered = await asyncio.wait_for(closed, 10)
+        writer.close()
+        server.close()
+        return answer, lingered
+
+    answer, lingered = asyncio.run(run())
+    assert answer == b"refused" and 0.4 < lingered < 3
+
+
+# ------------------------------------------------------------------ item 2: slow clients
+def test_a_slow_body_holds_no_admission_slot_and_gets_408(predictor):
+    """One admission slot; a client sends its headers and 10 bytes of its body, then nothing: a normal
+    request is still answered, and the slow one gets 408 at its body deadline."""
+    with running_server(predictor, config(max_queue=1, body_timeout_s=1.0)) as url, connect(url) as slow:
+        slow.sendall(head("POST", "/api/predict", len(GOOD)) + GOOD[:10])
+        time.sleep(0.2)  # the server has it: its body is being read
+        started = time.monotonic()
+        r = httpx.post(
+            url + "/api/predict", content=GOOD, headers={"content-type": "application/json"}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        status, headers, body = read_answer(slow)
+        assert time.monotonic() - started < 3
+        assert (status, headers["connection"]) == (408, "close")
+        assert "request body not received within the deadline of 1 s" in body.decode()
+        assert_closed(slow)
+
+
+def test_headers_must_arrive_in_time_and_in_bounded_size(predictor):
+    """A request line with a header now and then is cut at the header deadline (408); 70 KB of headers
+    sent at once get 431; a connection that completed its headers in time is served."""
+    with running_server(predictor, config(), header_timeout_s=0.5) as url:
+        with connect(url) as s:
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nhost: t\r\n")
+            time.sleep(0.3)
+            s.sendall(b"x-slow: 1\r\n")  # still trickling when the deadline passes
+            status, headers, body = read_answer(s)
+            assert (status, headers["connection"]) == (408, "close")
+            assert "request headers not received within 0.5 s" in body.decode()
+            assert_closed(s)
+        with connect(url) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nhost: t\r\n" + b"x-pad: " + b"a" * 70_000 + b"\r\n")
+            status, _, body = read_answer(s)
+            assert status == 431 and "over the limit of 65536 bytes" in body.decode()
+        with connect(url) as s:  # keep-alive: two requests on one connection, each well within the deadline
+            for _ in range(2):
+                s.sendall(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+                assert read_answer(s)[0] == 200
+                time.sleep(0.3)  # idle between requests: the next one's headers are timed from the answer
+
+
+# ------------------------------------------------------------------ item 7: access-log injection
+def test_the_access_log_writes_the_path_escaped(predictor, caplog):
+    """``%0A`` in a URL stays ``%0A`` in the log (uvicorn's own access log does the same): no forged line."""
+    forged = "/x%0AINFO:%20%20%20%20%20GET%20/admin%20200%20%221%22"
+    with running_server(predictor, config()) as url:
+        with caplog.at_level(logging.INFO, logger="camim.access"):
+            assert httpx.get(url + forged, timeout=10).status_code == 404
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "camim.access"]
+    assert line.startswith(f"GET {forged} 404 ")
+    assert "\n" not in line and '"' not in line
