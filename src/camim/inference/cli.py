@@ -65,6 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image (encoded)")
     s.add_argument("--max-request-mb", type=float, default=16.0, help="largest accepted request body")
+    s.add_argument(
+        "--max-request-decoded-mb",
+        type=float,
+        default=256.0,
+        help="what decoding a request's images may take (its pixels, after reducing to the model's size); beyond: 413",
+    )
+    s.add_argument(
+        "--max-decoded-mb",
+        type=float,
+        default=1024.0,
+        help="what the requests being decoded may take together; beyond: 503 with Retry-After",
+    )
     _serving_args(s)
     _captioner_args(s)
     s.set_defaults(func=run_serve)
@@ -108,7 +120,7 @@ def _captioner_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-timeout", type=float, default=60.0, help="seconds per captioning request")
 
 
-def _load(args: argparse.Namespace) -> Predictor:
+def _load(args: argparse.Namespace, device: str | None = None) -> Predictor:
     captioner = None
     if args.caption_model:
         from camim.inference.captioners import openai_captioner
@@ -116,7 +128,7 @@ def _load(args: argparse.Namespace) -> Predictor:
         captioner = openai_captioner(args.caption_model, args.caption_base_url, timeout=args.caption_timeout)
     elif args.caption_base_url:
         raise CamimError("--caption-base-url needs --caption-model")
-    return Predictor.from_pretrained(args.model, device=args.device, captioner=captioner)
+    return Predictor.from_pretrained(args.model, device=device or args.device, captioner=captioner)
 
 
 # ------------------------------------------------------------------------------ predict
@@ -188,6 +200,7 @@ SERVE_SETTINGS_ENV = "CAMIM_SERVE_SETTINGS"  # how `--workers` processes get the
 _SERVE_KEYS = (
     "model", "device", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
     "max_queue", "request_timeout", "api_key_env", "caption_model", "caption_base_url", "caption_timeout",
+    "max_request_decoded_mb", "max_decoded_mb",
 )  # fmt: skip
 
 
@@ -206,7 +219,7 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.workers > 1:
-        _load(args)  # fail here, once, on a bad model or captioner flag; each worker loads its own copy
+        _validate(args)
         os.environ[SERVE_SETTINGS_ENV] = json.dumps({k: getattr(args, k) for k in _SERVE_KEYS})
         app: Any = "camim.inference.cli:app_from_environment"
     else:
@@ -216,6 +229,21 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     serve(app, host=args.host, port=args.port, graceful_timeout_s=args.graceful_timeout, workers=args.workers)
     return 0
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Fail here, once, on a bad model, device or captioner flag, before ``--workers`` processes each load
+    their own copy. The model is loaded on the CPU and dropped: the supervisor never starts CUDA (which would
+    keep a context and model-sized memory on the card for the server's life)."""
+    import torch
+
+    try:
+        torch.device(args.device)  # parsed only: no device is touched
+    except RuntimeError as exc:
+        raise CamimError(f"--device {args.device}: {exc}") from None
+    predictor = _load(args, device="cpu")
+    del predictor
+    gc.collect()
 
 
 def build_app(args: argparse.Namespace) -> Any:
@@ -230,6 +258,8 @@ def build_app(args: argparse.Namespace) -> Any:
     config = ServeConfig(
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
         max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+        max_request_decoded_bytes=int(args.max_request_decoded_mb * 1024 * 1024),
+        max_decoded_bytes=int(args.max_decoded_mb * 1024 * 1024),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
