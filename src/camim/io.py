@@ -584,9 +584,8 @@ def open_image(
         return _reduced(source, fit).convert("RGB")
     with checked_image(source, limits, name) as im:
         _draft(im, fit)
-        limits.check_decoded(
-            sum(decode_cost(im, fit)), name if not isinstance(source, (str, Path)) else source
-        )
+        where = str(source) if isinstance(source, (str, Path)) else name
+        limits.check_decoded(sum(decode_cost(im, fit)), where)
         im.load()
         return _reduced(im, fit).convert("RGB")
 

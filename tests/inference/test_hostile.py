@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -166,6 +167,27 @@ def test_a_mode_1_bomb_for_an_image_model_never_becomes_a_full_size_rgb_image(tm
     side = -(-6320 // 85)  # reduced 85 times (a 74-pixel side is twice the 37 needed), then RGB
     assert conversions[0] == (side, side)
     assert p.relation in dict(p.distribution)
+
+
+def test_predictor_refuses_an_image_whose_decoding_alone_is_over_its_limit(tmr_dir, tmp_path):
+    """``Predictor`` and ``camim predict``: what decoding takes is read from the header; over the limit, the
+    post (the line) fails with the limit named, before a pixel is decoded."""
+    from camim.inference.files import predict_file
+
+    tmr = Predictor.from_pretrained(tmr_dir, max_decoded_bytes=16 * 2**20)
+    # mode 1, 6320 x 6320: one byte a pixel decoded, one more converted to L to be reduced; 75 x 75 RGB kept
+    assert tmr.decode_cost({"image": bomb()}) == (2 * 6320 * 6320, 75 * 75 * 4)
+    with pytest.raises(
+        ImageError, match=r"image too large to decode: it takes 76\.2 MiB, over the limit of 16\.0"
+    ):
+        tmr.predict(POST["text"], "jack", "titans", image=bomb(), caption="x")
+    (tmp_path / "bomb.png").write_bytes(bomb())
+    (tmp_path / "in.jsonl").write_text(
+        '{"text": "jack plays titans", "h": {"name": "jack"}, "t": {"name": "titans"}, "image": "bomb.png"}\n'
+    )
+    assert predict_file(tmr, tmp_path / "in.jsonl", tmp_path / "out.jsonl") == 1
+    error = json.loads((tmp_path / "out.jsonl").read_text())["error"]
+    assert error.startswith(f"{tmp_path / 'in.jsonl'}:1: {tmp_path / 'bomb.png'}: image too large to decode")
 
 
 # ------------------------------------------------------------------ item 4: answered requests stop
