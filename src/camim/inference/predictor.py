@@ -356,7 +356,9 @@ class Predictor:
                 verify_image(source, self._limits(), name)
                 unused.append(key)
         image, generated_image = (decoded.get(key, [None])[0] for key in ("image", "generated_image"))
-        objects = decoded.get("objects")
+        objects = (
+            decoded.get("objects", []) if "objects" in fits and item.get("objects") is not None else None
+        )
         caption = item.get("caption")
         if caption is not None and not isinstance(caption, str):
             raise CamimError("'caption' must be a string")
