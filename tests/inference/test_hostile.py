@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 
 from camim.inference import ImageError, Predictor
 
-from .conftest import png_bytes
+from .conftest import png_bytes, save_tiny_tmr
 from .server_util import running_server, wait_until
 
 httpx = pytest.importorskip("httpx")
@@ -167,6 +167,29 @@ def test_a_mode_1_bomb_for_an_image_model_never_becomes_a_full_size_rgb_image(tm
     side = -(-6320 // 85)  # reduced 85 times (a 74-pixel side is twice the 37 needed), then RGB
     assert conversions[0] == (side, side)
     assert p.relation in dict(p.distribution)
+
+
+def test_a_captioner_gets_the_image_reduced_to_twice_its_max_image_side(
+    tmp_path, tiny_text_dir, tiny_vision_dir, monkeypatch
+):
+    """A text-caption model reads no image, but its captioner does: the image is decoded for it, reduced
+    to no less than twice the long side the captioner downscales to itself."""
+    folder = save_tiny_tmr(tmp_path / "m", tiny_text_dir, tiny_vision_dir, seed=1, visual_mode="text-caption")
+    seen = []
+
+    class Captioner:
+        max_image_side = 100
+
+        def __call__(self, image):
+            seen.append(image.size)
+            return "a picture"
+
+    captioned = Predictor.from_pretrained(folder, captioner=Captioner())
+    with recorded_decodes(monkeypatch) as (decodes, conversions):
+        p = captioned.predict(POST["text"], "jack", "titans", image=bomb())
+    side = -(-6320 // 31)  # 6320 // 31: the largest factor keeping 200 pixels (twice 100)
+    assert decodes == [("PNG", (6320, 6320))] and seen == [(side, side)] and conversions[0] == (side, side)
+    assert p.caption == "a picture" and p.caption_source == "generated"
 
 
 def test_predictor_refuses_an_image_whose_decoding_alone_is_over_its_limit(tmr_dir, tmp_path):
