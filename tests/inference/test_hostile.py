@@ -214,44 +214,47 @@ def test_predictor_refuses_an_image_whose_decoding_alone_is_over_its_limit(tmr_d
 
 
 # ------------------------------------------------------------------ item 4: answered requests stop
-class SlowCaptioner:
-    """Takes ``seconds`` per image unless ``stop`` is set (checked every 10 ms); records its calls."""
+class GatedCaptioner:
+    """Captions once ``release`` is set (20 s at most); called with ``stop``, it stops as soon as that is set
+    (checked every 10 ms). Records its calls."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.calls = 0
-        self.stopped = 0
-        self.finished = 0
+    def __init__(self):
+        self.release = threading.Event()
         self.running = threading.Event()
+        self.calls = self.stopped = self.finished = 0
 
     def __call__(self, image, stop=None):
         self.calls += 1
         self.running.set()
-        deadline = time.monotonic() + self.seconds
-        while time.monotonic() < deadline:
-            if stop is not None and stop.is_set():
-                self.stopped += 1
-                self.running.clear()
-                return "stopped"
-            time.sleep(0.01)
-        self.finished += 1
-        self.running.clear()
-        return "a slow caption"
+        try:
+            deadline = time.monotonic() + 20
+            while not self.release.is_set() and time.monotonic() < deadline:
+                if stop is not None and stop.is_set():
+                    self.stopped += 1
+                    return "stopped"
+                time.sleep(0.01)
+            self.finished += 1
+            return "a slow caption"
+        finally:
+            self.running.clear()
+
+
+# a deadline long enough for the preparing thread to reach the captioner on a loaded machine
+DEADLINE = 3.0
 
 
 def test_a_timed_out_request_stops_captioning_and_readiness_tells_saturation(tmr_dir):
-    slow = SlowCaptioner(seconds=20)
-    tmr = Predictor.from_pretrained(tmr_dir, captioner=slow)
-    image = b64(png_bytes(photo((64, 48))))
-    body = {"items": [{**POST, "image": image}] * 3}
-    with running_server(tmr, config(request_timeout_s=0.5, max_preparing=1)) as url:
+    gated = GatedCaptioner()
+    tmr = Predictor.from_pretrained(tmr_dir, captioner=gated)
+    body = {"items": [{**POST, "image": b64(png_bytes(photo((64, 48))))}] * 3}
+    with running_server(tmr, config(request_timeout_s=DEADLINE, max_preparing=1)) as url:
         wait_until(lambda: httpx.get(url + "/readyz", timeout=10).status_code == 200, what="ready")
         answer: list = []
         thread = threading.Thread(
             target=lambda: answer.append(httpx.post(url + "/api/predict_batch", json=body, timeout=30))
         )
         thread.start()
-        wait_until(slow.running.is_set, what="the captioner running")
+        wait_until(gated.running.is_set, what="the captioner running")
         busy = httpx.get(url + "/readyz", timeout=10)  # the only preparing thread is captioning
         assert busy.status_code == 503
         assert (
@@ -260,20 +263,26 @@ def test_a_timed_out_request_stops_captioning_and_readiness_tells_saturation(tmr
         )
         thread.join(30)
         assert answer[0].status_code == 504
-        wait_until(lambda: not slow.running.is_set(), timeout=2, what="the captioner stopping")
+        wait_until(lambda: not gated.running.is_set(), timeout=2, what="the captioner stopping")
         wait_until(lambda: httpx.get(url + "/readyz", timeout=10).status_code == 200, timeout=2, what="ready")
-    assert (slow.calls, slow.stopped, slow.finished) == (1, 1, 0)  # the two other posts were never captioned
+    assert (gated.calls, gated.stopped, gated.finished) == (1, 1, 0)  # the two other posts: never captioned
 
 
 def test_a_captioner_without_stop_is_not_called_again_after_the_answer(tmr_dir):
-    slow = SlowCaptioner(seconds=0.8)
-    tmr = Predictor.from_pretrained(tmr_dir, captioner=lambda image: slow(image))  # cannot be stopped
+    """Its thread finishes the call it is in, keeping its place among the preparing threads (readiness says
+    so) until then; nothing after it runs."""
+    gated = GatedCaptioner()
+    tmr = Predictor.from_pretrained(tmr_dir, captioner=lambda image: gated(image))  # cannot be stopped
     body = {"items": [{**POST, "image": b64(png_bytes(photo((64, 48))))}] * 3}
-    with running_server(tmr, config(request_timeout_s=0.3)) as url:
+    with running_server(tmr, config(request_timeout_s=DEADLINE, max_preparing=1)) as url:
         r = httpx.post(url + "/api/predict_batch", json=body, timeout=30)
         assert r.status_code == 504
-        time.sleep(2.0)  # the old code captioned all three posts (2.4 s) after the 504
-    assert (slow.calls, slow.finished) == (1, 1)
+        assert gated.running.is_set()  # the 504 came while the first caption was being made
+        busy = httpx.get(url + "/readyz", timeout=10)
+        assert busy.status_code == 503 and busy.json()["error"].startswith("saturated: all 1 threads")
+        gated.release.set()
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=10).status_code == 200, timeout=3, what="ready")
+    assert (gated.calls, gated.finished) == (1, 1)  # the thread has ended: no other post will be captioned
 
 
 def test_the_openai_captioner_closes_its_request_when_stopped():

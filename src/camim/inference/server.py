@@ -288,11 +288,12 @@ class _Dispatch:
             done, _ = await asyncio.wait(
                 {work, gone}, timeout=self.config.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
-        finally:  # an answer not waited for is withdrawn: its posts never reach a forward
+        finally:  # an answer not waited for is withdrawn: its posts never reach a forward, its preparation stops
             gone.cancel()
-            if not work.done():
-                job.cancel()
+            if not work.done() and job.cancel():
                 work.cancel()
+            elif not work.done():  # it ends with its thread, which keeps its place in the limiter until then
+                work.add_done_callback(_retrieve)
         if work not in done:
             if gone in done:
                 raise HTTPFailure(499, "the client closed the request")
@@ -302,6 +303,12 @@ class _Dispatch:
         results, batch_size = work.result()
         request.state.batch_size = batch_size
         return [_response(res, req.top_k) for res, req in zip(results, reqs)]
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Take the outcome of an abandoned task (asyncio would log an exception nobody took)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _client_gone(request: Request) -> None:
@@ -335,6 +342,7 @@ class _Job:
         self._futures: list[BatchFuture] = []
         self._held = 0  # bytes held in the budget
         self._holders = 2  # run() and _prepare_and_submit(): the bytes are given back when both are done
+        self._running = False  # _prepare_and_submit is running
 
     async def run(self) -> tuple[list[Prediction], int]:
         """The predictions, and the largest forward they ran in."""
@@ -355,10 +363,14 @@ class _Job:
                 raise _as_http_failure(outcome, where)
             if isinstance(outcome, BaseException):
                 raise outcome
-        return outcomes, max((f.batch_size or 0) for f in futures)
+        return outcomes, max((f.batch_size or 0 for f in futures), default=0)
 
     def _prepare_and_submit(self) -> list[BatchFuture]:
         engine = self.predictor.engine
+        with self._lock:
+            if self.stop.is_set():  # answered while it waited for a thread
+                return []
+            self._running = True
         try:
             with engine.expect(len(self.reqs)):  # the engine may wait for these while they are decoded
                 items = [_to_item(req, self.config, where) for req, where in zip(self.reqs, self.wheres)]
@@ -374,6 +386,8 @@ class _Job:
                         self._futures = engine.submit_many(prepared)
                     return self._futures
         finally:
+            with self._lock:
+                self._running = False
             self._let_go()
 
     def _hold_decoded(self, items: list[dict[str, Any]]) -> None:
@@ -410,11 +424,15 @@ class _Job:
                 self.budget.give(self._held)
                 self._held = 0
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
+        """Stop the preparation and withdraw the posts; True when no thread runs for the job (its waiter may
+        then be cancelled), False while one does: its waiter should end with it, so that the thread keeps its
+        place in ``preparing`` until it has stopped."""
         with self._lock:
             self.stop.set()
             for future in self._futures:
                 future.cancel()
+            return not self._running
 
 
 def _warm_up(predictor: Predictor, readiness: Readiness) -> None:
