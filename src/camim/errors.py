@@ -41,3 +41,8 @@ class ImageError(DataError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped a long job; the message says where running it again resumes. The CLI prints
     ``camim: interrupted; <message>`` and exits 130."""
+
+
+class Cancelled(CamimError):
+    """Work stopped because nobody waits for its result any more (a served request answered 504, or whose
+    client left); raised between steps and by helpers that take a ``stop`` event."""

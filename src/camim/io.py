@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -510,12 +511,13 @@ MAX_IMAGE_BYTES = 100 * 1024 * 1024  # MNRE photos are a few MB; crops and gener
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Largest image accepted: ``max_pixels`` (width x height), ``max_side`` (either side, in pixels) and
-    ``max_bytes`` (encoded size)."""
+    """Largest image accepted: ``max_pixels`` (width x height), ``max_side`` (either side, in pixels),
+    ``max_bytes`` (encoded size) and ``max_decoded_bytes`` (what decoding it takes, :func:`decode_cost`)."""
 
     max_pixels: int = MAX_IMAGE_PIXELS
     max_side: int = 20_000
     max_bytes: int = MAX_IMAGE_BYTES
+    max_decoded_bytes: int | None = None  # bytes one image may take to decode (decode_cost); None: no limit
 
     def check_size(self, width: int, height: int, where: str | Path | None = None) -> None:
         """``ImageError`` (``too_large``) when a ``width`` x ``height`` image is over the limits."""
@@ -530,6 +532,16 @@ class ImageLimits:
         if max(width, height) > self.max_side:
             raise ImageError(
                 f"image too large: {width}x{height}, over the limit of {self.max_side} pixels per side",
+                where,
+                too_large=True,
+            )
+
+    def check_decoded(self, size: int, where: str | Path | None = None) -> None:
+        """``ImageError`` (``too_large``) when decoding an image takes ``size`` bytes, over ``max_decoded_bytes``."""
+        if self.max_decoded_bytes is not None and size > self.max_decoded_bytes:
+            raise ImageError(
+                f"image too large to decode: it takes {size / 2**20:.1f} MiB, over the limit of "
+                f"{self.max_decoded_bytes / 2**20:.1f} MiB decoded per image",
                 where,
                 too_large=True,
             )
@@ -591,11 +603,104 @@ def checked_image(
         raise ImageError(f"not a readable image (corrupt or unreadable: {exc})", where) from None
 
 
-def open_image(source: ImageSource, limits: ImageLimits = ImageLimits(), name: str = "image") -> Image.Image:
-    """``source`` (a PIL image, encoded bytes or a file path) as a fully decoded RGB image, checked as in
-    :func:`checked_image`; a PIL image (already decoded) is only converted."""
+def open_image(
+    source: ImageSource, limits: ImageLimits = ImageLimits(), name: str = "image", fit: Fit | None = None
+) -> Image.Image:
+    """``source`` (a PIL image, encoded bytes or a file path) as a decoded RGB image, checked as in
+    :func:`checked_image`; a PIL image (already decoded) is only converted (and reduced to ``fit``).
+
+    With ``fit``, the image is reduced while it is decoded to the smallest size ``fit`` allows (JPEG: decoded
+    at 1/2, 1/4 or 1/8 scale by libjpeg; others: decoded in their own mode, then ``Image.reduce``), before the
+    RGB image exists; the bytes the decoding takes (:func:`decode_cost`) are checked against
+    ``limits.max_decoded_bytes`` first."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _reduced(source, fit).convert("RGB")
     with checked_image(source, limits, name) as im:
+        _draft(im, fit)
+        where = str(source) if isinstance(source, (str, Path)) else name
+        limits.check_decoded(sum(decode_cost(im, fit)), where)
         im.load()
-        return im.convert("RGB")
+        return _reduced(im, fit).convert("RGB")
+
+
+def verify_image(source: ImageSource, limits: ImageLimits = ImageLimits(), name: str = "image") -> None:
+    """Check ``source`` as :func:`checked_image` does, and its encoded data as far as Pillow can without
+    decoding a pixel (``Image.verify``: a PNG's chunks and their checksums), for an image that will not be
+    used: a corrupt or oversized one is still refused, at no decoding cost."""
+    if isinstance(source, Image.Image):
+        return
+    with checked_image(source, limits, name) as im:
+        im.verify()
+
+
+def image_cost(
+    source: ImageSource, limits: ImageLimits = ImageLimits(), name: str = "image", fit: Fit | None = None
+) -> tuple[int, int]:
+    """:func:`decode_cost` of ``source`` opened with ``fit``, read from its header (nothing decoded); (0, 0)
+    for a PIL image (decoded already)."""
+    if isinstance(source, Image.Image):
+        return 0, 0
+    with checked_image(source, limits, name) as im:
+        _draft(im, fit)
+        return decode_cost(im, fit)
+
+
+REDUCING_GAP = 2.0  # an image is reduced while decoding to no less than this many times the size needed
+# Modes Image.reduce works in; the others are converted first (1 -> L, the rest -> RGB)
+_REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F", "PA"})
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The smallest image its user needs: the short side at least ``short`` pixels, the long side at least
+    ``long`` (0: no need on that side). :func:`open_image` reduces an image by the largest integer factor that
+    keeps both at :data:`REDUCING_GAP` times these, so that the user's own resize still averages over the
+    original pixels; ``None`` in place of a ``Fit`` means the full resolution."""
+
+    short: int = 0
+    long: int = 0
+
+    def factor(self, width: int, height: int) -> int:
+        """How many times ``width`` x ``height`` may be reduced (1: not at all)."""
+        factors = [
+            side // max(1, math.ceil(REDUCING_GAP * need))
+            for side, need in ((min(width, height), self.short), (max(width, height), self.long))
+            if need
+        ]
+        return max(1, min(factors, default=1))
+
+    def union(self, other: Fit | None) -> Fit | None:
+        """What satisfies both users (``None``, full resolution, when either needs it)."""
+        if other is None:
+            return None
+        return Fit(max(self.short, other.short), max(self.long, other.long))
+
+
+def decode_cost(im: Image.Image, fit: Fit | None = None) -> tuple[int, int]:
+    """``(decoding, kept)``: the bytes Pillow allocates to decode ``im`` (opened, not loaded) and reduce it to
+    ``fit`` (its own mode's pixels, plus a converted copy for modes ``Image.reduce`` does not take), and the
+    bytes of the RGB image kept afterwards (Pillow stores RGB in 4 bytes a pixel)."""
+    width, height = im.size
+    pixels = width * height
+    factor = fit.factor(width, height) if fit is not None else 1
+    own = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
+    converted = 0 if factor == 1 or im.mode in _REDUCIBLE else 1 if im.mode == "1" else 4
+    kept = math.ceil(width / factor) * math.ceil(height / factor) * 4
+    return pixels * (own + converted), kept
+
+
+def _draft(im: Image.Image, fit: Fit | None) -> None:
+    """Let a JPEG decoder scale down (1/2, 1/4, 1/8) to no less than ``fit`` allows; other formats ignore it."""
+    factor = fit.factor(*im.size) if fit is not None else 1
+    if factor > 1 and im.format == "JPEG":
+        im.draft(im.mode, (math.ceil(im.size[0] / factor), math.ceil(im.size[1] / factor)))
+
+
+def _reduced(im: Image.Image, fit: Fit | None) -> Image.Image:
+    """``im`` (loaded) reduced by :meth:`Fit.factor` (box average), in a mode ``Image.reduce`` takes."""
+    factor = fit.factor(*im.size) if fit is not None else 1
+    if factor == 1:
+        return im
+    if im.mode not in _REDUCIBLE:
+        im = im.convert("L" if im.mode == "1" else "RGB")
+    return im.reduce(factor)

@@ -278,3 +278,45 @@ def test_api_key_env_and_the_warning_for_open_public_addresses(bert_run, monkeyp
         run("--body-timeout", "0")
     with pytest.raises(CamimError, match="--drain-delay must be 0 or more"):
         run("--drain-delay", "-1")
+
+
+def test_workers_with_cuda_validate_the_model_without_touching_cuda_in_the_supervisor(
+    bert_run, monkeypatch, tmp_path
+):
+    """``--workers 2 --device cuda``: the supervisor checks the model (a bad one fails there, once) without
+    initialising CUDA, which would hold a context and model-sized memory on the card for the server's life."""
+    import argparse
+
+    import torch
+
+    from camim.errors import CamimError
+    from camim.inference import cli, process
+
+    touched = []
+
+    def record(name):
+        def touch(*args, **kwargs):
+            touched.append(name)
+            raise RuntimeError(f"the supervisor touched CUDA ({name})")
+
+        return touch
+
+    for name in ("_lazy_init", "init", "is_available", "device_count", "current_device", "set_device"):
+        monkeypatch.setattr(torch.cuda, name, record(name))
+    served = []
+    monkeypatch.setattr(process, "serve", lambda app, **kw: served.append((app, kw)))
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+
+    def run(model, *flags):
+        args = parser.parse_args(
+            ["serve", "--model", str(model), "--workers", "2", "--device", "cuda", *flags]
+        )
+        return args.func(args)
+
+    assert run(bert_run.path) == 0
+    assert touched == [] and served == [("camim.inference.cli:app_from_environment", served[0][1])]
+    assert served[0][1]["workers"] == 2
+    with pytest.raises(CamimError, match="no config.json"):  # a bad model still fails in the supervisor
+        run(tmp_path)
+    assert touched == []

@@ -19,6 +19,7 @@ import asyncio
 import os
 import random
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -122,6 +123,14 @@ def _is_retryable_status(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
+async def _cancel_when(stop: threading.Event, tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` (closing their requests) once ``stop`` is set (checked every 50 ms)."""
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+
+
 def _retry_after(exc: Exception) -> float | None:
     """The server's requested delay in seconds (``retry-after-ms`` or numeric ``retry-after``), if any."""
     response = getattr(exc, "response", None)
@@ -191,17 +200,30 @@ class OpenAICaptioner:
             out.append({"role": message["role"], "content": content})
         return out
 
-    def caption(self, items: Sequence[ImageItem], on_results: Callable[[list[CaptionResult]], None]) -> None:
-        self.answer([ChatRequest.caption(item, self.generation.prompt) for item in items], on_results)
+    def caption(
+        self,
+        items: Sequence[ImageItem],
+        on_results: Callable[[list[CaptionResult]], None],
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.answer([ChatRequest.caption(item, self.generation.prompt) for item in items], on_results, stop)
 
     def answer(
-        self, requests: Sequence[ChatRequest], on_results: Callable[[list[CaptionResult]], None]
+        self,
+        requests: Sequence[ChatRequest],
+        on_results: Callable[[list[CaptionResult]], None],
+        stop: threading.Event | None = None,
     ) -> None:
+        """Answer ``requests``, handing results to ``on_results`` as they come; once ``stop`` is set, the
+        requests in flight are closed and no more are sent (what finished is handed over)."""
         if requests:
-            asyncio.run(self._answer_all(list(requests), on_results))
+            asyncio.run(self._answer_all(list(requests), on_results, stop))
 
     async def _answer_all(
-        self, requests: list[ChatRequest], on_results: Callable[[list[CaptionResult]], None]
+        self,
+        requests: list[ChatRequest],
+        on_results: Callable[[list[CaptionResult]], None],
+        stop: threading.Event | None = None,
     ) -> None:
         client = self._client()
         pending = iter(requests)
@@ -233,14 +255,18 @@ class OpenAICaptioner:
             asyncio.ensure_future(worker()) for _ in range(min(self.config.concurrency, len(requests)))
         ]
         writer_task = asyncio.ensure_future(writer())
+        watcher = asyncio.ensure_future(_cancel_when(stop, workers)) if stop is not None else None
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
-                task.result()  # re-raise a fatal error
+                if not task.cancelled():
+                    task.result()  # re-raise a fatal error
         finally:
-            for task in [*workers, writer_task]:
+            for task in [*workers, writer_task, *([watcher] if watcher else [])]:
                 task.cancel()
-            await asyncio.gather(*workers, writer_task, return_exceptions=True)
+            await asyncio.gather(
+                *workers, writer_task, *([watcher] if watcher else []), return_exceptions=True
+            )
             flush()  # what finished before an interruption is kept
             await client.close()
 

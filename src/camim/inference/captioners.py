@@ -8,22 +8,30 @@ imported only when such a captioner is built.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
+import threading
 from pathlib import Path
 
 from PIL import Image
 
-from camim.errors import CamimError
+from camim.errors import CamimError, Cancelled
 
 
 class BackendCaptioner:
-    """``captioner(image) -> str`` over a ``camim.captioning`` backend (``backend.caption(items, on_results)``)."""
+    """``captioner(image, stop=None) -> str`` over a ``camim.captioning`` backend (``backend.caption(items,
+    on_results[, stop])``); ``max_image_side`` is the backend's (the long side it downscales images to, which
+    the predictor decodes images to no less than; None: it sends them whole). With a backend whose
+    ``caption`` takes ``stop``, setting that event stops the call (its requests are closed) with
+    :class:`~camim.errors.Cancelled`."""
 
     def __init__(self, backend: object):
         self.backend = backend
         self.name = f"{type(backend).__name__}({getattr(backend, 'model', '?')})"
+        self.max_image_side = getattr(getattr(backend, "config", None), "max_image_side", None)
+        self._takes_stop = "stop" in inspect.signature(backend.caption).parameters
 
-    def __call__(self, image: Image.Image) -> str:
+    def __call__(self, image: Image.Image, stop: threading.Event | None = None) -> str:
         from camim.captioning.images import ImageItem
 
         results: list = []
@@ -34,7 +42,13 @@ class BackendCaptioner:
         with tempfile.TemporaryDirectory(prefix="camim-caption-") as tmp:
             path = Path(tmp) / "input.png"
             image.convert("RGB").save(path, format="PNG")
-            self.backend.caption([ImageItem("input.png", path)], collect)
+            items = [ImageItem("input.png", path)]
+            if self._takes_stop and stop is not None:
+                self.backend.caption(items, collect, stop=stop)
+            else:
+                self.backend.caption(items, collect)
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"captioning with {self.name} stopped: the request was answered")
         if not results or results[0].kind != "ok" or not results[0].text:
             why = (results[0].error or results[0].kind) if results else "no result"
             raise CamimError(f"captioning with {self.name} failed: {why}")

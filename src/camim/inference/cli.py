@@ -69,6 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--bf16", action="store_true", help=BF16_HELP)
     s.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image (encoded)")
     s.add_argument("--max-request-mb", type=float, default=16.0, help="largest accepted request body")
+    s.add_argument(
+        "--max-request-decoded-mb",
+        type=float,
+        default=256.0,
+        help="what decoding a request's images may take (its pixels, after reducing to the model's size); beyond: 413",
+    )
+    s.add_argument(
+        "--max-decoded-mb",
+        type=float,
+        default=1024.0,
+        help="what the requests being decoded may take together; beyond: 503 with Retry-After",
+    )
     _serving_args(s)
     _captioner_args(s)
     s.set_defaults(func=run_serve)
@@ -127,7 +139,7 @@ def _captioner_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-timeout", type=float, default=60.0, help="seconds per captioning request")
 
 
-def _load(args: argparse.Namespace) -> Predictor:
+def _load(args: argparse.Namespace, device: str | None = None) -> Predictor:
     captioner = None
     if args.caption_model:
         from camim.inference.captioners import openai_captioner
@@ -135,7 +147,9 @@ def _load(args: argparse.Namespace) -> Predictor:
         captioner = openai_captioner(args.caption_model, args.caption_base_url, timeout=args.caption_timeout)
     elif args.caption_base_url:
         raise CamimError("--caption-base-url needs --caption-model")
-    return Predictor.from_pretrained(args.model, device=args.device, captioner=captioner, bf16=args.bf16)
+    return Predictor.from_pretrained(
+        args.model, device=device or args.device, captioner=captioner, bf16=args.bf16
+    )
 
 
 # ------------------------------------------------------------------------------ predict
@@ -207,7 +221,7 @@ SERVE_SETTINGS_ENV = "CAMIM_SERVE_SETTINGS"  # how `--workers` processes get the
 _SERVE_KEYS = (
     "model", "device", "bf16", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
     "max_queue", "request_timeout", "body_timeout", "drain_delay", "api_key_env", "caption_model",
-    "caption_base_url", "caption_timeout",
+    "caption_base_url", "caption_timeout", "max_request_decoded_mb", "max_decoded_mb",
 )  # fmt: skip
 
 
@@ -230,7 +244,7 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.workers > 1:
-        _load(args)  # fail here, once, on a bad model or captioner flag; each worker loads its own copy
+        _validate(args)
         os.environ[SERVE_SETTINGS_ENV] = json.dumps({k: getattr(args, k) for k in _SERVE_KEYS})
         app: Any = "camim.inference.cli:app_from_environment"
     else:
@@ -249,6 +263,21 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> None:
+    """Fail here, once, on a bad model, device or captioner flag, before ``--workers`` processes each load
+    their own copy. The model is loaded on the CPU and dropped: the supervisor never starts CUDA (which would
+    keep a context and model-sized memory on the card for the server's life)."""
+    import torch
+
+    try:
+        torch.device(args.device)  # parsed only: no device is touched
+    except RuntimeError as exc:
+        raise CamimError(f"--device {args.device}: {exc}") from None
+    predictor = _load(args, device="cpu")
+    del predictor
+    gc.collect()
+
+
 def build_app(args: argparse.Namespace) -> Any:
     """The app of ``camim serve`` for ``args`` (sets torch's threads for this process)."""
     import torch
@@ -261,6 +290,8 @@ def build_app(args: argparse.Namespace) -> Any:
     config = ServeConfig(
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
         max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+        max_request_decoded_bytes=int(args.max_request_decoded_mb * 1024 * 1024),
+        max_decoded_bytes=int(args.max_decoded_mb * 1024 * 1024),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,

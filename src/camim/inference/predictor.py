@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import threading
 from collections import Counter
@@ -32,10 +33,10 @@ import torch
 from PIL import Image
 
 from camim.data.types import Entity, MNREExample, Scores
-from camim.errors import CamimError
+from camim.errors import CamimError, Cancelled
 from camim.inference.batching import BatchEngine
 from camim.inference.text import SpanError, resolve_entity, tokenize
-from camim.io import MAX_IMAGE_PIXELS, ImageLimits, open_image
+from camim.io import MAX_IMAGE_PIXELS, Fit, ImageLimits, image_cost, open_image, verify_image
 
 Captioner = Callable[[Image.Image], str]
 ObjectFinder = Callable[..., list[Image.Image]]  # (image) or (image, queries)
@@ -44,6 +45,8 @@ ImageGenerator = Callable[[str], Image.Image]
 
 ImageLike = Image.Image | bytes | str | Path
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024  # encoded size of an image handed in (a file, or posted)
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024  # what decoding one image may take (camim.io.decode_cost)
+IMAGE_KEYS = ("image", "generated_image", "objects")  # the images an input item may carry
 
 
 @dataclass
@@ -124,7 +127,10 @@ class Predictor:
     """Thread-safe inference around a loaded extractor (``camim.models`` Contract 2).
 
     ``captioner`` / ``object_finder`` / ``image_generator`` fill modalities the caller leaves out (see the
-    module docstring); images over ``max_image_bytes`` (encoded) or ``max_image_pixels`` are refused.
+    module docstring); images over ``max_image_bytes`` (encoded), ``max_image_pixels`` or
+    ``max_decoded_bytes`` (what decoding one takes) are refused. Only the images the model or a helper uses
+    are decoded, each reduced while decoding to the size its users need (:meth:`image_fits`); the others
+    are checked (header and encoded data) without decoding a pixel.
     ``missing_scores="uniform"`` (default) lets a model that reads TMR correlation scores answer posts that
     have none with strong = weak = 0.5 (noted in each result), through a copy of the model's processor: the
     loaded model itself is left as loaded. ``None`` keeps the model's own setting.
@@ -145,6 +151,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         missing_scores: str | None = "uniform",
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
@@ -162,6 +169,7 @@ class Predictor:
         self.score_estimator = score_estimator
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
+        self.max_decoded_bytes = max_decoded_bytes
         self.required_modalities: set[str] = set(getattr(model, "required_modalities", set()) or set())
         config = getattr(model, "config", None)
         # The processor this predictor batches with: the model's own, or a copy whose config answers posts
@@ -282,18 +290,25 @@ class Predictor:
         return p.relation, p.probability
 
     # ------------------------------------------------------------------ steps
-    def prepare(self, item: dict[str, Any], index: int = 0) -> PreparedInput:
-        """Validate one input item and complete its modalities; raises :class:`CamimError` on bad input.
+    def prepare(
+        self, item: dict[str, Any], index: int = 0, stop: threading.Event | None = None
+    ) -> PreparedInput:
+        """Validate one input item and complete its modalities; raises :class:`CamimError` on bad input, and
+        :class:`~camim.errors.Cancelled` between steps (and from a captioner that takes ``stop``) once
+        ``stop`` is set.
 
         The steps, in order: the post and its two entities (:meth:`_post`), the media the caller gave
         (:meth:`_given`), the caption (:meth:`_complete_caption`), the images and object crops
         (:meth:`_complete_visuals`), the images the model cannot do without (:meth:`_check_required`), the
         correlation scores (:meth:`_complete_scores`), then a note for every modality still absent."""
         tokens, head, tail = self._post(item)
-        media = self._given(item)
-        self._complete_caption(media)
+        _check_stop(stop)
+        media = self._given(item, stop)
+        self._complete_caption(media, stop)
+        _check_stop(stop)
         self._complete_visuals(media, tokens, head, tail)
         self._check_required(media)
+        _check_stop(stop)
         self._complete_scores(media, tokens)
         example = MNREExample(
             index=index,
@@ -334,13 +349,21 @@ class Predictor:
             )
         return tokens, head, tail
 
-    def _given(self, item: dict[str, Any]) -> _Media:
-        """The images (decoded within the limits) and caption the caller gave."""
-        image = self._image(item.get("image"), "image")
-        generated_image = self._image(item.get("generated_image"), "generated_image")
-        objects = item.get("objects")
-        if objects is not None:
-            objects = [self._image(o, f"objects[{k}]") for k, o in enumerate(objects)]
+    def _given(self, item: dict[str, Any], stop: threading.Event | None = None) -> _Media:
+        """The images (those used decoded within the limits, the others only checked) and caption the caller
+        gave."""
+        fits, unused, decoded = self.image_fits(item), [], {}
+        for key, name, source in _image_sources(item):
+            _check_stop(stop)
+            if key in fits:
+                decoded.setdefault(key, []).append(self._image(source, name, fits[key]))
+            else:
+                verify_image(source, self._limits(), name)
+                unused.append(key)
+        image, generated_image = (decoded.get(key, [None])[0] for key in ("image", "generated_image"))
+        objects = (
+            decoded.get("objects", []) if "objects" in fits and item.get("objects") is not None else None
+        )
         caption = item.get("caption")
         if caption is not None and not isinstance(caption, str):
             raise CamimError("'caption' must be a string")
@@ -354,9 +377,58 @@ class Predictor:
         )
         if caption and "caption" not in self.required_modalities:
             media.notes.append("caption given, but this model does not read captions")
+        for key in dict.fromkeys(unused):
+            media.notes.append(f"{key} given, but neither this model nor its helpers use it: not decoded")
         return media
 
-    def _complete_caption(self, media: _Media) -> None:
+    def image_fits(self, item: dict[str, Any]) -> dict[str, Fit | None]:
+        """The images of ``item`` (``image``, ``generated_image``, ``objects``) that :meth:`prepare` decodes,
+        each with the smallest size its users need (:class:`camim.io.Fit`; ``None``: full resolution). The
+        model needs the crop pipeline's short side (``image_size`` * 256/224); a helper its ``max_image_side``
+        (the long side it downscales to itself), or the full image when it has none."""
+        need, model = self.required_modalities, self._vision_fit()
+        caption = item.get("caption")
+        wants_caption = "caption" in need and self.captioner is not None
+        wants_caption = wants_caption and not (isinstance(caption, str) and caption.strip())
+        stands_in = "generated_image" in need and item.get("generated_image") is None
+        stands_in = stands_in and self.image_generator is None  # the original image is used in its place
+        finds = self.object_finder is not None
+        finder, estimator = _helper_fit(self.object_finder), _helper_fit(self.score_estimator)
+        scored = "scores" in need and self.score_estimator is not None
+        users: dict[str, list[Fit | None]] = {key: [] for key in IMAGE_KEYS}
+        for key, fit, used in (
+            ("image", model, "image" in need or stands_in),
+            ("image", _helper_fit(self.captioner), wants_caption),
+            ("image", finder, finds and "objects" in need and item.get("objects") is None),
+            ("image", finder, finds and stands_in and "generated_objects" in need),
+            ("image", estimator, scored),
+            ("generated_image", model, "generated_image" in need),
+            ("generated_image", estimator, scored),
+            ("generated_image", finder, finds and "generated_objects" in need),
+            ("objects", model, "objects" in need),
+        ):
+            if used:
+                users[key].append(fit)
+        return {key: functools.reduce(_union, fits) for key, fits in users.items() if fits}
+
+    def decode_cost(self, item: dict[str, Any]) -> tuple[int, int]:
+        """``(largest, kept)``: the most bytes decoding one of ``item``'s images takes (they are decoded one
+        at a time) and the bytes of the reduced RGB images :meth:`prepare` keeps, read from their headers
+        (nothing decoded); :class:`~camim.errors.ImageError` as :meth:`prepare` would raise for a bad image."""
+        fits, limits = self.image_fits(item), self._limits()
+        costs = [
+            image_cost(source, limits, name, fits[key])
+            for key, name, source in _image_sources(item)
+            if key in fits
+        ]
+        return max((c[0] for c in costs), default=0), sum(c[1] for c in costs)
+
+    def _vision_fit(self) -> Fit | None:
+        """What the processor's crop pipeline needs: a short side of ``image_size`` * 256/224."""
+        size = getattr(getattr(self.model, "config", None), "image_size", None)
+        return Fit(short=round(size * 256 / 224)) if isinstance(size, int) and size > 0 else None
+
+    def _complete_caption(self, media: _Media, stop: threading.Event | None = None) -> None:
         """Caption the image when the model reads captions and none was given (a failure is counted and
         noted: the post is answered in no-caption mode)."""
         if media.caption is not None or "caption" not in self.required_modalities or self.captioner is None:
@@ -365,7 +437,10 @@ class Predictor:
             media.notes.append("caption: a captioner is configured but there is no image to caption")
             return
         try:
-            media.caption = str(self.captioner(media.image)).strip() or None
+            media.caption = str(_call_with_stop(self.captioner, media.image, stop)).strip() or None
+            _check_stop(stop)
+        except Cancelled:
+            raise
         except Exception as exc:  # a captioning server being down must not fail the prediction
             with self._count_lock:
                 self.caption_failures += 1
@@ -483,11 +558,17 @@ class Predictor:
             notes=p.notes,
         )
 
-    def _image(self, source: ImageLike | None, name: str) -> Image.Image | None:
+    def _image(self, source: ImageLike | None, name: str, fit: Fit | None = None) -> Image.Image | None:
         if source is None:
             return None
-        limits = ImageLimits(max_pixels=self.max_image_pixels, max_bytes=self.max_image_bytes)
-        return open_image(source, limits, name)
+        return open_image(source, self._limits(), name, fit)
+
+    def _limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_pixels=self.max_image_pixels,
+            max_bytes=self.max_image_bytes,
+            max_decoded_bytes=self.max_decoded_bytes,
+        )
 
     def _model_name(self) -> str:
         return str(getattr(getattr(self.model, "config", None), "name", None) or type(self.model).__name__)
@@ -515,6 +596,47 @@ def _label_names(model: torch.nn.Module) -> list[str]:
         if id2label:
             return [id2label[k] for k in sorted(id2label, key=int)]
     raise CamimError(f"{type(model).__name__}: the model's config carries no label names")
+
+
+def _image_sources(item: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """``(key, name, source)`` of each image ``item`` carries (``objects`` is a list)."""
+    out = [(key, key, item[key]) for key in ("image", "generated_image") if item.get(key) is not None]
+    objects = item.get("objects")
+    if objects is not None:
+        if isinstance(objects, (str, bytes, Path, Image.Image)) or not isinstance(objects, Sequence):
+            raise CamimError("'objects' must be a list of images")
+        out += [("objects", f"objects[{k}]", o) for k, o in enumerate(objects) if o is not None]
+    return out
+
+
+def _helper_fit(helper: object) -> Fit | None:
+    """A helper's need: its ``max_image_side`` (the long side it downscales larger images to), or None (full
+    resolution) when it does not say."""
+    side = getattr(helper, "max_image_side", None)
+    return Fit(long=side) if isinstance(side, int) and side > 0 else None
+
+
+def _union(a: Fit | None, b: Fit | None) -> Fit | None:
+    return None if a is None else a.union(b)
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Cancelled("the request was answered (deadline passed or client gone): its preparation stopped")
+
+
+def _call_with_stop(helper: Callable[..., Any], image: Image.Image, stop: threading.Event | None) -> Any:
+    """``helper(image, stop=stop)`` when the helper takes ``stop`` (it can then stop mid-call), else ``helper(image)``."""
+    if stop is not None and _takes_stop(helper):
+        return helper(image, stop=stop)
+    return helper(image)
+
+
+def _takes_stop(helper: Callable[..., Any]) -> bool:
+    try:
+        return "stop" in inspect.signature(helper).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 def _name(fn: object) -> str:

@@ -14,11 +14,19 @@ whole and within ``body_timeout_s`` (408 past it) before the request takes an ad
 give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
 ``{"error": message}``.
 
-A request's posts are decoded (and captioned) in FastAPI's thread pool, in parallel with other requests, then
-handed to the predictor's :class:`~camim.inference.batching.BatchEngine`, which runs the posts of concurrent
-requests as one forward (``max_batch_size``, ``max_wait_ms``). Beyond ``max_queue`` requests in flight the
-server answers 503 with ``Retry-After`` at once; a request without its answer after ``request_timeout_s``
-gets 504; a request whose client left is withdrawn before its forward.
+Decoded pixels are budgeted, not only encoded bytes: only the images the model or a helper uses are decoded,
+each reduced while decoding to the size its users need (:meth:`Predictor.image_fits`); what a request's
+images take to decode, read from their headers first, must fit ``max_request_decoded_bytes`` (else 413)
+and what the requests being prepared hold together ``max_decoded_bytes`` (else 503 with ``Retry-After``).
+
+A request's posts are decoded (and captioned) in worker threads (at most ``max_preparing`` at once; the
+rest of the thread pool stays free for the page), in parallel with other requests, then handed to the
+predictor's :class:`~camim.inference.batching.BatchEngine`, which runs the posts of concurrent requests as
+one forward (``max_batch_size``, ``max_wait_ms``). Beyond ``max_queue`` requests in flight the server
+answers 503 with ``Retry-After`` at once; a request without its answer after ``request_timeout_s`` gets
+504; a request whose client left is withdrawn before its forward. Either way its preparation stops at the
+next step (a captioner that takes ``stop`` stops mid-call), and ``/readyz`` answers 503 while every
+preparing thread is busy.
 """
 
 from __future__ import annotations
@@ -44,12 +52,18 @@ from camim.inference.middleware import (
     InFlight,
     ObserveMiddleware,
 )
-from camim.inference.predictor import DEFAULT_MAX_IMAGE_BYTES, Prediction, Predictor
+from camim.inference.predictor import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    Prediction,
+    Predictor,
+)
 from camim.inference.process import drain_on_sigterm
 from camim.inference.schema import BatchRequest, BatchResponse, ErrorResponse, PredictRequest, PredictResponse
 from camim.io import MAX_IMAGE_PIXELS
 
 try:
+    from anyio import CapacityLimiter, to_thread
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -79,28 +93,70 @@ class ServeConfig:
     request_timeout_s: float = 30.0  # a request without its answer by then gets 504
     body_timeout_s: float = 30.0  # a request body not all there by then (after the headers) gets 408
     drain_delay_s: float = 5.0  # after SIGTERM: seconds of not ready and still serving before closing
+    # what decoding a request's images may take (camim.io.decode_cost), and all requests' together
+    max_request_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    max_decoded_bytes: int = 4 * DEFAULT_MAX_DECODED_BYTES
+    max_preparing: int = 32  # requests decoded / captioned at once, of the thread pool's 40 threads
 
 
 class HTTPFailure(Exception):
     """A request refused with ``status`` and a one-line ``message`` (sent as ``{"error": message}``)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass
 class Readiness:
     """What ``/readyz`` answers: ready once the model has run a warm-up post, until the server is told to
-    stop (SIGTERM, or its shutdown)."""
+    stop (SIGTERM, or its shutdown), and while a thread is free to prepare another request (``preparing``: the
+    limiter of those threads)."""
 
     ready: bool = False
     error: str | None = "warming up"
     stopping: bool = False
+    preparing: CapacityLimiter | None = None
 
     def stop(self) -> None:
         self.stopping = True
+
+    def problem(self) -> str | None:
+        """Why the server is not ready, or None."""
+        if self.stopping:
+            return "shutting down"
+        if not self.ready:
+            return self.error or "not ready"
+        limiter = self.preparing
+        if limiter is not None and limiter.borrowed_tokens >= limiter.total_tokens:
+            return (
+                f"saturated: all {int(limiter.total_tokens)} threads preparing requests are busy "
+                f"({limiter.statistics().tasks_waiting} request(s) waiting)"
+            )
+        return None
+
+
+class DecodedBudget:
+    """The bytes the requests being prepared may hold in decoded images together (thread-safe)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` bytes if they fit beside those held; False (nothing held) if not."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
 
 
 # ---------------------------------------------------------------------------- app
@@ -113,6 +169,7 @@ def create_app(
     config = config or ServeConfig()
     predictor.max_image_bytes = config.max_image_bytes
     predictor.max_image_pixels = config.max_image_pixels
+    predictor.max_decoded_bytes = config.max_request_decoded_bytes
     predictor.engine.max_batch_size = config.max_batch_size
     predictor.engine.max_wait_ms = config.max_wait_ms
     in_flight = InFlight()
@@ -122,7 +179,7 @@ def create_app(
         captioner_failures=lambda: predictor.caption_failures,
     )
     predictor.engine.on_batch = metrics.observe_batch
-    readiness = Readiness()
+    readiness = Readiness(preparing=CapacityLimiter(config.max_preparing))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -143,7 +200,7 @@ def create_app(
     _add_error_handlers(app)
     _add_page(app)
     _add_probes(app, readiness, metrics)
-    _add_api(app, predictor, config)
+    _add_api(app, predictor, config, readiness.preparing)
     app.add_middleware(AdmissionMiddleware, in_flight=in_flight, limit=config.max_queue)
     app.add_middleware(
         BodyGateMiddleware,
@@ -168,7 +225,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPFailure)
     async def _on_http_failure(_request: Request, exc: HTTPFailure) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 def _add_page(app: FastAPI) -> None:
@@ -189,12 +246,12 @@ def _add_probes(app: FastAPI, readiness: Readiness, metrics: ServerMetrics) -> N
 
     @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> Any:
-        """Ready: the model is loaded and has answered a warm-up post (503 before, and from SIGTERM on)."""
-        if readiness.stopping:
-            return JSONResponse({"error": "shutting down"}, status_code=503)
-        if readiness.ready:
+        """Ready: the model is loaded and has answered a warm-up post (503 before, from SIGTERM on, and
+        while every thread preparing requests is busy)."""
+        problem = readiness.problem()
+        if problem is None:
             return {"status": "ready"}
-        return JSONResponse({"error": readiness.error or "not ready"}, status_code=503)
+        return JSONResponse({"error": problem}, status_code=503)
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus_metrics() -> Response:
@@ -202,11 +259,11 @@ def _add_probes(app: FastAPI, readiness: Readiness, metrics: ServerMetrics) -> N
         return Response(metrics.render(), media_type=metrics.content_type)
 
 
-def _add_api(app: FastAPI, predictor: Predictor, config: ServeConfig) -> None:
+def _add_api(app: FastAPI, predictor: Predictor, config: ServeConfig, preparing: CapacityLimiter) -> None:
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503, 504)
     }
-    dispatch = _Dispatch(predictor, config)
+    dispatch = _Dispatch(predictor, config, preparing)
 
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
@@ -234,23 +291,26 @@ def _add_api(app: FastAPI, predictor: Predictor, config: ServeConfig) -> None:
 class _Dispatch:
     """Runs a request's posts through the batching engine, within the deadline, while its client waits."""
 
-    def __init__(self, predictor: Predictor, config: ServeConfig):
+    def __init__(self, predictor: Predictor, config: ServeConfig, preparing: CapacityLimiter):
         self.predictor = predictor
         self.config = config
+        self.preparing = preparing
+        self.budget = DecodedBudget(config.max_decoded_bytes)
 
     async def __call__(self, request: Request, reqs: list[PredictRequest]) -> list[dict[str, Any]]:
-        job = _Job(self.predictor, self.config, reqs)
+        job = _Job(self.predictor, self.config, reqs, self.budget, self.preparing)
         work = asyncio.ensure_future(job.run())
         gone = asyncio.ensure_future(_client_gone(request))
         try:
             done, _ = await asyncio.wait(
                 {work, gone}, timeout=self.config.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
-        finally:  # an answer not waited for is withdrawn: its posts never reach a forward
+        finally:  # an answer not waited for is withdrawn: its posts never reach a forward, its preparation stops
             gone.cancel()
-            if not work.done():
-                job.cancel()
+            if not work.done() and job.cancel():
                 work.cancel()
+            elif not work.done():  # it ends with its thread, which keeps its place in the limiter until then
+                work.add_done_callback(_retrieve)
         if work not in done:
             if gone in done:
                 raise HTTPFailure(499, "the client closed the request")
@@ -262,6 +322,12 @@ class _Dispatch:
         return [_response(res, req.top_k) for res, req in zip(results, reqs)]
 
 
+def _retrieve(task: asyncio.Future) -> None:
+    """Take the outcome of an abandoned task (asyncio would log an exception nobody took)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def _client_gone(request: Request) -> None:
     """Return when the client disconnects (the body has been read: the next message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -269,52 +335,121 @@ async def _client_gone(request: Request) -> None:
 
 
 class _Job:
-    """One request's posts: checked, decoded and prepared in a worker thread, then submitted to the engine together; cancel()
-    withdraws those not yet in a forward (or stops them from being submitted at all)."""
+    """One request's posts: checked, decoded and prepared in a worker thread, then submitted to the engine
+    together. The decoded bytes its images take are held in ``budget`` until both its waiter and its thread
+    are done; cancel() stops its preparation at the next step and withdraws the posts not yet in a forward
+    (or stops them from being submitted at all)."""
 
-    def __init__(self, predictor: Predictor, config: ServeConfig, reqs: list[PredictRequest]):
+    def __init__(
+        self,
+        predictor: Predictor,
+        config: ServeConfig,
+        reqs: list[PredictRequest],
+        budget: DecodedBudget,
+        preparing: CapacityLimiter,
+    ):
         self.predictor = predictor
         self.config = config
         self.reqs = reqs
+        self.budget = budget
+        self.preparing = preparing
         self.wheres = [f"items[{k}]: " if len(reqs) > 1 else "" for k in range(len(reqs))]
+        self.stop = threading.Event()
         self._lock = threading.Lock()
-        self._cancelled = False
         self._futures: list[BatchFuture] = []
+        self._held = 0  # bytes held in the budget
+        self._holders = 2  # run() and _prepare_and_submit(): the bytes are given back when both are done
+        self._running = False  # _prepare_and_submit is running
 
     async def run(self) -> tuple[list[Prediction], int]:
         """The predictions, and the largest forward they ran in."""
-        if any(req.image for req in self.reqs) or self.predictor.image_generator is not None:
-            futures = await run_in_threadpool(self._prepare_and_submit)  # decoding, helpers: in parallel
-        else:  # text and spans only: cheaper here than the hop to a worker thread and back
-            futures = self._prepare_and_submit()
-        outcomes = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        try:
+            if any(req.image for req in self.reqs) or self.predictor.image_generator is not None:
+                # decoding, helpers: in parallel, in at most max_preparing threads; a thread holds its token
+                # until it returns, also after its request was answered
+                futures = await to_thread.run_sync(self._prepare_and_submit, limiter=self.preparing)
+            else:  # text and spans only: cheaper here than the hop to a worker thread and back
+                futures = self._prepare_and_submit()
+            outcomes = await asyncio.gather(
+                *(asyncio.wrap_future(f) for f in futures), return_exceptions=True
+            )
+        finally:
+            self._let_go()
         for outcome, where in zip(outcomes, self.wheres):
             if isinstance(outcome, CamimError):
                 raise _as_http_failure(outcome, where)
             if isinstance(outcome, BaseException):
                 raise outcome
-        return outcomes, max((f.batch_size or 0) for f in futures)
+        return outcomes, max((f.batch_size or 0 for f in futures), default=0)
 
     def _prepare_and_submit(self) -> list[BatchFuture]:
         engine = self.predictor.engine
-        with engine.expect(len(self.reqs)):  # the engine may wait for these while they are decoded
-            prepared = []
-            for k, (req, where) in enumerate(zip(self.reqs, self.wheres)):
-                item = _to_item(req, self.config, where)  # base64 decoding here, off the event loop
-                try:
-                    prepared.append(self.predictor.prepare(item, index=k))
-                except CamimError as exc:
-                    raise _as_http_failure(exc, where) from None
-            with self._lock:
-                if not self._cancelled:
-                    self._futures = engine.submit_many(prepared)
-                return self._futures
-
-    def cancel(self) -> None:
         with self._lock:
-            self._cancelled = True
+            if self.stop.is_set():  # answered while it waited for a thread
+                return []
+            self._running = True
+        try:
+            with engine.expect(len(self.reqs)):  # the engine may wait for these while they are decoded
+                items = [_to_item(req, self.config, where) for req, where in zip(self.reqs, self.wheres)]
+                self._hold_decoded(items)
+                prepared = []
+                for k, (item, where) in enumerate(zip(items, self.wheres)):
+                    try:
+                        prepared.append(self.predictor.prepare(item, index=k, stop=self.stop))
+                    except CamimError as exc:
+                        raise _as_http_failure(exc, where) from None
+                with self._lock:
+                    if not self.stop.is_set():
+                        self._futures = engine.submit_many(prepared)
+                    return self._futures
+        finally:
+            with self._lock:
+                self._running = False
+            self._let_go()
+
+    def _hold_decoded(self, items: list[dict[str, Any]]) -> None:
+        """Hold what decoding the request's images takes (read from their headers; they are decoded one at
+        a time, and their reduced copies kept): 413 over ``max_request_decoded_bytes``, 503 when the
+        requests being prepared hold too much of ``max_decoded_bytes`` to add it."""
+        largest, kept = 0, 0
+        for item, where in zip(items, self.wheres):
+            try:
+                one, keep = self.predictor.decode_cost(item)
+            except CamimError as exc:
+                raise _as_http_failure(exc, where) from None
+            largest, kept = max(largest, one), kept + keep
+        size, limit = largest + kept, self.config.max_request_decoded_bytes
+        if size > limit:
+            raise HTTPFailure(
+                413,
+                f"images: decoding them takes {_mib(size)}, over the limit of {_mib(limit)} per request "
+                "(max_request_decoded_bytes)",
+            )
+        if size and not self.budget.take(size):
+            raise HTTPFailure(
+                503,
+                f"images: decoding them takes {_mib(size)}; the server's budget of {_mib(self.budget.limit)} "
+                "decoded (max_decoded_bytes) is held by other requests: retry",
+                {"Retry-After": "1"},
+            )
+        self._held = size
+
+    def _let_go(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._held:
+                self.budget.give(self._held)
+                self._held = 0
+
+    def cancel(self) -> bool:
+        """Stop the preparation and withdraw the posts; True when no thread runs for the job (its waiter may
+        then be cancelled), False while one does: its waiter should end with it, so that the thread keeps its
+        place in ``preparing`` until it has stopped."""
+        with self._lock:
+            self.stop.set()
             for future in self._futures:
                 future.cancel()
+            return not self._running
 
 
 def _warm_up(predictor: Predictor, readiness: Readiness) -> None:
@@ -389,6 +524,10 @@ def _decode_image(data: str, config: ServeConfig, where: str) -> bytes:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPFailure(400, where + "image: not valid base64") from None
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _version() -> str:
