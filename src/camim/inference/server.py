@@ -10,7 +10,9 @@ Endpoints:
 Images travel as base64 (optionally a ``data:`` URL) in the JSON body. A body is read only for the two
 prediction routes (to any other path it is refused unread: 404, 405 or 413), after the API key is checked,
 whole and within ``body_timeout_s`` (408 past it) before the request takes an admission slot; requests over
-``max_request_bytes`` are refused with 413 before they are read in full; images over ``max_image_bytes`` / ``max_image_pixels``
+``max_request_bytes`` are refused with 413 before they are read in full, and one whose declared length (or,
+chunked, what has arrived) would take the bytes of bodies being read at once past ``max_reading_bytes`` gets
+503 with ``Retry-After`` (with a declared length, before its first byte is read); images over ``max_image_bytes`` / ``max_image_pixels``
 give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
 ``{"error": message}``.
 
@@ -40,6 +42,7 @@ from camim.inference.metrics import ServerMetrics
 from camim.inference.middleware import (
     AdmissionMiddleware,
     AuthMiddleware,
+    BodyBudget,
     BodyGateMiddleware,
     InFlight,
     ObserveMiddleware,
@@ -79,6 +82,17 @@ class ServeConfig:
     request_timeout_s: float = 30.0  # a request without its answer by then gets 504
     body_timeout_s: float = 30.0  # a request body not all there by then (after the headers) gets 408
     drain_delay_s: float = 5.0  # after SIGTERM: seconds of not ready and still serving before closing
+    # bytes of request bodies being read at once, process-wide (None: 4 x max_request_bytes); beyond: 503
+    max_reading_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_reading_bytes is None:
+            self.max_reading_bytes = 4 * self.max_request_bytes
+        if self.max_reading_bytes < self.max_request_bytes:
+            raise CamimError(
+                f"max_reading_bytes ({self.max_reading_bytes}) must be at least max_request_bytes "
+                f"({self.max_request_bytes}): a request of the largest size could never be read"
+            )
 
 
 class HTTPFailure(Exception):
@@ -116,10 +130,13 @@ def create_app(
     predictor.engine.max_batch_size = config.max_batch_size
     predictor.engine.max_wait_ms = config.max_wait_ms
     in_flight = InFlight()
+    budget = BodyBudget(config.max_reading_bytes)
     metrics = ServerMetrics(
         queue_depth=lambda: predictor.engine.depth,
         in_flight=lambda: in_flight.count,
         captioner_failures=lambda: predictor.caption_failures,
+        body_bytes_reading=lambda: budget.reading,
+        body_budget_refusals=lambda: budget.refused,
     )
     predictor.engine.on_batch = metrics.observe_batch
     readiness = Readiness()
@@ -150,6 +167,7 @@ def create_app(
         routes=app.router.routes,
         limit=config.max_request_bytes,
         timeout_s=config.body_timeout_s,
+        budget=budget,
     )
     if api_key:
         app.add_middleware(AuthMiddleware, key=api_key)
