@@ -1,6 +1,7 @@
 """``camim serve`` against hostile clients (issue 36): its peak memory and a normal client's latency under each.
 
-    python benchmarks/serve_abuse.py [--trickle 64] [--trickle-seconds 20] [--server-flags "..."] [--json out.json]
+    python benchmarks/serve_abuse.py [--trickle 64] [--trickle-seconds 20] [--big-posts 32] [--server-flags "..."]
+                                     [--only abcd] [--json out.json]
 
 Builds a tiny text-caption TMR (random weights: the model's speed is not what is measured), starts
 ``camim serve`` on 127.0.0.1 with an API key and ``--max-queue 64`` (``serve_load.py``'s server helpers), and
@@ -11,7 +12,9 @@ a. the pixel bomb: one ``/api/predict_batch`` of 32 posts, each with a one-bit 6
 b. slow clients: ``--trickle`` connections announce a 1 MB prediction body (with the key), then send one byte
    every ``--trickle-interval`` seconds, for ``--trickle-seconds``;
 c. big bodies: 16 MiB (the default ``--max-request-mb``) posted at once to ``/healthz``, ``/``, ``/docs``, an
-   unknown path and ``/api/predict``, each without and with the key.
+   unknown path and ``/api/predict``, each without and with the key;
+d. many big bodies: ``--big-posts`` valid predictions padded to just under 16 MiB, posted at once with the
+   key (each body is one the server must read; together they are what ``--max-reading-mb`` bounds).
 
 For each: the server's peak resident memory over its resident memory before (``VmHWM``, reset between
 phases), the normal client's p50/p99 and status codes, and the attackers' status codes. Every request and
@@ -199,6 +202,14 @@ def attacks(args: argparse.Namespace) -> dict:
         )
         return [f"{p}{' +key' if key else ''}: {status}" for (p, key), status in zip(targets, sent)]
 
+    async def many_big_attack(port: int) -> list[str]:
+        padded = NORMAL + b" " * (16 * 1024 * 1024 - 1024 - len(NORMAL))  # valid JSON, under the limit
+        posts = (
+            send(port, "POST", "/api/predict", padded, AUTH, timeout=args.timeout)
+            for _ in range(args.big_posts)
+        )
+        return list(await asyncio.gather(*posts))
+
     async def idle(port: int) -> list[str]:  # noqa: ARG001 - an attack's signature
         await asyncio.sleep(args.trickle_seconds / 2)
         return []
@@ -208,6 +219,7 @@ def attacks(args: argparse.Namespace) -> dict:
         f"(a) pixel bomb: predict_batch of 32 one-bit 6320x6320 PNGs ({len(bomb) // 1024} KB)": bomb_attack,
         f"(b) {args.trickle} trickling connections, {args.trickle_seconds:g} s": trickle_attack,
         "(c) 16 MiB bodies on open paths and the API, without / with the key": big_attack,
+        f"(d) {args.big_posts} valid ~16 MiB predictions at once, with the key": many_big_attack,
     }
 
 
@@ -255,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--trickle-interval", type=float, default=2.0, help="seconds between a slow client's bytes"
     )
+    ap.add_argument("--big-posts", type=int, default=32, help="concurrent ~16 MiB posts of attack (d)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per attacking request")
     ap.add_argument("--server-flags", default="", help="more `camim serve` flags (e.g. '--body-timeout 10')")
     ap.add_argument(

@@ -13,7 +13,7 @@ import pytest
 
 from camim.inference import Predictor
 
-from .server_util import assert_closed, read_answer, running_server
+from .server_util import assert_closed, metric, read_answer, running_server, wait_until
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -133,6 +133,104 @@ def test_a_slow_body_holds_no_admission_slot_and_gets_408(predictor):
         assert (status, headers["connection"]) == (408, "close")
         assert "request body not received within the deadline of 1 s" in body.decode()
         assert_closed(slow)
+
+
+def held(url: str) -> float | None:
+    return metric(httpx.get(url + "/metrics", timeout=10).text, "camim_body_bytes_held")
+
+
+def test_bodies_being_read_share_a_budget_and_its_bytes_return_however_a_read_ends(predictor):
+    """A budget of 100,000 body bytes being read at once: a slow client that announced 80,000 holds them, so
+    a request announcing 50,000 gets 503 at once (unread, connection closed), and a chunked one at its first
+    chunk that does not fit, while a small request is answered. The slow one's 408, and a client that leaves
+    in the middle of its body, return their bytes: a 60,000-byte request then succeeds."""
+    limits = config(max_request_bytes=80_000, max_reading_bytes=100_000, body_timeout_s=2.0)
+    with running_server(predictor, limits) as url, connect(url) as slow:
+        slow.sendall(head("POST", "/api/predict", 80_000) + GOOD[:10])
+        wait_until(lambda: held(url) == 80_000, timeout=5, what="the slow body's reservation")
+        # each refusal names the slow body's 80,000 bytes (it still holds them) and comes before the 2 s body
+        # deadline that its unsent body would reach if it were read
+        with connect(url, timeout=1.5) as big:
+            big.sendall(head("POST", "/api/predict", 50_000))
+            status, headers, body = read_answer(big)
+            assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+            assert body.decode() == (
+                '{"error": "the server holds 80000 bytes of request bodies and 50000 more would pass its '
+                'budget of 100000 (max_reading_bytes, --max-reading-mb); retry shortly"}'
+            )
+            assert_closed(big)
+        with connect(url, timeout=1.5) as chunked:
+            chunked.sendall(
+                head("POST", "/api/predict", 0).replace(b"content-length: 0", b"transfer-encoding: chunked")
+            )
+            chunked.sendall(b"%x\r\n%s\r\n" % (30_000, b" " * 30_000))
+            status, _, body = read_answer(chunked)
+            assert status == 503 and "holds 80000 bytes of request bodies and 30000 more" in body.decode()
+        small = httpx.post(url + "/api/predict", content=GOOD, headers={"content-type": "application/json"})
+        assert small.status_code == 200, small.text
+        assert read_answer(slow)[0] == 408
+        wait_until(lambda: held(url) == 0, timeout=5, what="the timed-out body's bytes returned")
+        with connect(url) as leaving:
+            leaving.sendall(head("POST", "/api/predict", 80_000) + GOOD[:10])
+            wait_until(lambda: held(url) == 80_000, timeout=5, what="the leaving body's reservation")
+        wait_until(lambda: held(url) == 0, timeout=5, what="the left body's bytes returned")
+        padded = GOOD + b" " * (60_000 - len(GOOD))
+        third = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
+        assert third.status_code == 200, third.text
+        text = httpx.get(url + "/metrics", timeout=10).text
+    assert metric(text, "camim_body_budget_refusals_total") == 2
+    assert metric(text, 'camim_requests_total{endpoint="/api/predict",status="503"}') == 2
+    assert metric(text, "camim_body_bytes_held") == 0
+
+
+def test_a_body_stays_in_the_budget_until_its_request_is_answered(bert_run):
+    """A body read whole and admitted still holds its bytes while the model works on its request (the budget
+    bounds the bodies in memory, not only those on the wire): a second body that would not fit beside it is
+    refused until the first request is answered."""
+    import threading
+
+    gate, release, working = threading.Event(), threading.Event(), threading.Event()
+    gated = Predictor.from_pretrained(bert_run.path)
+    prepare = gated.prepare
+
+    def slow_prepare(*args, **kwargs):
+        if gate.is_set():  # not the server's warm-up post
+            working.set()
+            release.wait(10)
+        return prepare(*args, **kwargs)
+
+    gated.prepare = slow_prepare
+    padded = GOOD + b" " * (60_000 - len(GOOD))
+    limits = config(max_request_bytes=80_000, max_reading_bytes=100_000)
+    with running_server(gated, limits) as url:
+        wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, timeout=10, what="the warm-up")
+        gate.set()
+        first = threading.Thread(target=httpx.post, args=(url + "/api/predict",), kwargs={"content": padded,
+                                 "headers": {"content-type": "application/json"}, "timeout": 20})  # fmt: skip
+        first.start()
+        try:
+            wait_until(working.is_set, timeout=10, what="the first request being prepared")
+            assert held(url) == 60_000  # read and admitted: its body is still held
+            with connect(url, timeout=3) as second:  # refused on its headers, not one byte of it read
+                second.sendall(head("POST", "/api/predict", len(padded)))
+                status, _, body = read_answer(second)
+            assert status == 503 and "holds 60000 bytes of request bodies and 60000 more" in body.decode()
+        finally:
+            release.set()
+            first.join(20)
+        wait_until(lambda: held(url) == 0, timeout=5, what="the answered body's bytes returned")
+        third = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
+        assert third.status_code == 200, third.text
+
+
+def test_the_reading_budget_must_hold_the_largest_request():
+    from camim.errors import CamimError
+
+    assert config().max_reading_bytes == 4 * MIB16
+    with pytest.raises(
+        CamimError, match=r"max_reading_bytes \(1000\) must be at least max_request_bytes \(2000\)"
+    ):
+        config(max_request_bytes=2000, max_reading_bytes=1000)
 
 
 def test_headers_must_arrive_in_time_and_in_bounded_size(predictor):

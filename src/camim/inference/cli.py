@@ -81,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1024.0,
         help="what the requests being decoded may take together; beyond: 503 with Retry-After",
     )
+    s.add_argument(
+        "--max-reading-mb",
+        type=float,
+        help="request bodies held at once (read or being read, until answered), per process (default: 4 x --max-request-mb); beyond: 503",
+    )
     _serving_args(s)
     _captioner_args(s)
     s.set_defaults(func=run_serve)
@@ -219,8 +224,8 @@ def _predict_single(predictor: Predictor, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ serve
 SERVE_SETTINGS_ENV = "CAMIM_SERVE_SETTINGS"  # how `--workers` processes get the parent's flags
 _SERVE_KEYS = (
-    "model", "device", "bf16", "threads", "max_image_mb", "max_request_mb", "max_batch_size", "max_wait_ms",
-    "max_queue", "request_timeout", "body_timeout", "drain_delay", "api_key_env", "caption_model",
+    "model", "device", "bf16", "threads", "max_image_mb", "max_request_mb", "max_reading_mb", "max_batch_size",
+    "max_wait_ms", "max_queue", "request_timeout", "body_timeout", "drain_delay", "api_key_env", "caption_model",
     "caption_base_url", "caption_timeout", "max_request_decoded_mb", "max_decoded_mb",
 )  # fmt: skip
 
@@ -237,6 +242,11 @@ def run_serve(args: argparse.Namespace) -> int:
     for flag in ("max_wait_ms", "graceful_timeout", "drain_delay"):
         if getattr(args, flag) < 0:
             raise CamimError(f"--{flag.replace('_', '-')} must be 0 or more")
+    if args.max_reading_mb is not None and args.max_reading_mb < args.max_request_mb:
+        raise CamimError(
+            f"--max-reading-mb ({args.max_reading_mb:g}) must be at least --max-request-mb "
+            f"({args.max_request_mb:g}): a request of the largest size could never be read"
+        )
     if _api_key(args.api_key_env) is None and not _is_loopback(args.host):
         print(
             f"camim serve: warning: listening on {args.host} without --api-key-env: anyone who can reach it can "
@@ -289,6 +299,7 @@ def build_app(args: argparse.Namespace) -> Any:
         torch.set_num_threads(threads)
     config = ServeConfig(
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        max_reading_bytes=None if args.max_reading_mb is None else int(args.max_reading_mb * 1024 * 1024),
         max_image_bytes=int(args.max_image_mb * 1024 * 1024),
         max_request_decoded_bytes=int(args.max_request_decoded_mb * 1024 * 1024),
         max_decoded_bytes=int(args.max_decoded_mb * 1024 * 1024),

@@ -9,6 +9,8 @@
 | ``camim_queue_depth`` | gauge | posts waiting for a forward |
 | ``camim_requests_in_flight`` | gauge | prediction requests admitted and not yet answered |
 | ``camim_captioner_failures_total`` | counter | captioner errors (each answered in no-caption mode) |
+| ``camim_body_bytes_held`` | gauge | bytes of request bodies held (read or being read, until answered) |
+| ``camim_body_budget_refusals_total`` | counter | requests answered 503 because their body did not fit in it |
 """
 
 from __future__ import annotations
@@ -37,18 +39,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-class _CaptionerFailures:
-    """A collector reading the predictor's own count at scrape time (the count lives where failures happen)."""
+class _ReadCounter:
+    """A counter read at scrape time from the count's owner (the count lives where the events happen)."""
 
-    def __init__(self, read: Callable[[], int]):
-        self.read = read
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]):
+        self.name, self.documentation, self.read = name, documentation, read
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(
-            "camim_captioner_failures",
-            "Captioner errors; each post was answered in no-caption mode.",
-            value=self.read(),
-        )
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 class ServerMetrics:
@@ -61,6 +59,8 @@ class ServerMetrics:
         queue_depth: Callable[[], int],
         in_flight: Callable[[], int],
         captioner_failures: Callable[[], int],
+        body_bytes_held: Callable[[], int],
+        body_budget_refusals: Callable[[], int],
     ):
         self.registry = CollectorRegistry()
         r = self.registry
@@ -85,7 +85,25 @@ class ServerMetrics:
         Gauge(
             "camim_requests_in_flight", "Prediction requests admitted and not yet answered.", registry=r
         ).set_function(in_flight)
-        r.register(_CaptionerFailures(captioner_failures))
+        Gauge(
+            "camim_body_bytes_held",
+            "Bytes of request bodies held, read or being read, until answered (the body budget's use).",
+            registry=r,
+        ).set_function(body_bytes_held)
+        r.register(
+            _ReadCounter(
+                "camim_captioner_failures",
+                "Captioner errors; each post was answered in no-caption mode.",
+                captioner_failures,
+            )
+        )
+        r.register(
+            _ReadCounter(
+                "camim_body_budget_refusals",
+                "Requests answered 503 because their body did not fit in the budget of bodies held.",
+                body_budget_refusals,
+            )
+        )
 
     def observe_request(self, path: str, status: str, seconds: float) -> None:
         """Count one answered request (unknown paths as ``other``, so a scan cannot grow the label set)."""

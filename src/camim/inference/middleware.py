@@ -1,7 +1,7 @@
 """The ASGI middlewares of ``camim serve``, outermost first: :class:`ObserveMiddleware` (access log and
 metrics), :class:`AuthMiddleware` (Bearer key), :class:`BodyGateMiddleware` (route, method and size decided
-before the first body byte; the body read whole within its deadline), :class:`AdmissionMiddleware` (bounded
-queue of requests whose body has arrived: 503 at once).
+before the first body byte; the body read whole within its deadline and the process's :class:`BodyBudget`),
+:class:`AdmissionMiddleware` (bounded queue of requests whose body has arrived: 503 at once).
 
 Plain ASGI (no ``BaseHTTPMiddleware``, which would buffer responses and hide client disconnects from the
 endpoint); each answers its refusals itself with the API's ``{"error": message}`` body. A refusal sent before
@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from camim.inference.budget import Budget
+
 ACCESS_LOG = logging.getLogger("camim.access")
 PREDICT_PATHS = ("/api/predict", "/api/predict_batch")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
@@ -38,6 +40,12 @@ def announces_body(scope: dict) -> bool:
     """The request says a body follows (a non-zero ``Content-Length``, or chunked)."""
     headers = dict(scope.get("headers") or [])
     return headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+def declared_length(scope: dict) -> int | None:
+    """The request's ``Content-Length`` (None without one, or when it is not a number: h11 refuses those)."""
+    declared = dict(scope.get("headers") or []).get(b"content-length", b"").strip()
+    return int(declared) if declared.isdigit() else None
 
 
 def loggable_path(scope: dict) -> str:
@@ -163,21 +171,85 @@ class AdmissionMiddleware:
             self.in_flight.count -= 1
 
 
+class BodyBudget(Budget):
+    """The bytes of request bodies the server holds, process-wide: at most ``limit``, from the first byte read
+    until the request is answered (a body read and waiting for admission or for the model costs what one
+    being read does).
+
+    A body with a ``Content-Length`` reserves that many bytes before its first byte is read; a chunked one
+    reserves its bytes as they arrive (:class:`BodyShare`). A request that does not fit is refused (503), and
+    its share returns when it is answered, refused, timed out or abandoned."""
+
+    def refusal(self, size: int) -> str:
+        """The one-line message of a request refused for want of ``size`` bytes."""
+        return (
+            f"the server holds {self.held} bytes of request bodies and {size} more would pass its "
+            f"budget of {self.limit} (max_reading_bytes, --max-reading-mb); retry shortly"
+        )
+
+
+@dataclass
+class BodyShare:
+    """One body's reservation in a :class:`BodyBudget`: grows with what arrives, all returned by :meth:`release`."""
+
+    budget: BodyBudget
+    held: int = 0
+
+    def grow_to(self, size: int) -> bool:
+        """Hold ``size`` bytes in all (True if it already does); False if the budget cannot give them."""
+        if size > self.held:
+            if not self.budget.take(size - self.held):
+                return False
+            self.held = size
+        return True
+
+    def release(self) -> None:
+        self.budget.give(self.held)
+        self.held = 0
+
+
+def _replaying(body: bytes, receive: Any) -> Any:
+    """An ASGI ``receive`` that gives ``body`` whole, then what the client sends next (its disconnect, which
+    the endpoint watches for)."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyGateMiddleware:
     """Decides a request's route, method and size before its first body byte is read, then reads the body
-    of a route that takes one whole, within ``timeout_s`` and ``limit`` bytes, and hands it on.
+    of a route that takes one whole, within ``timeout_s``, ``limit`` bytes and the process's ``budget``, and
+    hands it on.
 
     A body is read only for a route of ``routes`` that takes one (a FastAPI route with a body parameter);
     announced to any other path, it is refused unread: 404 (no such route), 405 (not this method) or 413 (the
     route takes no body). A request without a body goes on untouched (the app answers its 404 and 405).
-    Over ``limit`` (declared, or counted while streaming): 413; not all there after ``timeout_s``: 408.
+    Over ``limit`` (declared, or counted while streaming): 413; not all there after ``timeout_s``: 408; its
+    declared length (or, chunked, what has arrived) not fitting in ``budget``: 503 with ``Retry-After``.
     """
 
-    def __init__(self, app: Any, routes: list[Any], limit: int, timeout_s: float):
+    def __init__(
+        self,
+        app: Any,
+        routes: list[Any],
+        limit: int,
+        timeout_s: float,
+        budget: BodyBudget,
+        retry_after_s: int = 1,
+    ):
         self.app = app
         self.routes = routes
         self.limit = limit
         self.timeout_s = timeout_s
+        self.budget = budget
+        self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -192,25 +264,32 @@ class BodyGateMiddleware:
         if not takes_body:
             await self.app(scope, receive, send)
             return
+        share = BodyShare(self.budget)
+        try:  # the body's bytes stay counted until the request is answered, however it ends
+            body = await self._read_in_budget(scope, receive, send, share)
+            if body is None:  # refused, or the client left
+                return
+            await self.app(scope, _replaying(body, receive), send)
+        finally:
+            share.release()
+
+    async def _read_in_budget(self, scope: dict, receive: Any, send: Any, share: BodyShare) -> bytes | None:
+        """The whole body, read within the deadline and the budget (held in ``share``); None when it was
+        refused (answered) or the client left."""
+        declared = declared_length(scope) or 0
+        if not share.grow_to(declared):
+            await self._over_budget(send, declared)
+            return None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                body = await self._read(receive, send)
-        except TimeoutError:
+            return await asyncio.wait_for(self._read(receive, send, share), self.timeout_s)
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
             message = f"request body not received within the deadline of {self.timeout_s:g} s"
             await send_json(send, 408, {"error": message}, CLOSE)
-            return
-        if body is None:  # refused, or the client left
-            return
-        replayed = False
+            return None
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: the client's disconnect, which the endpoint watches for
-
-        await self.app(scope, replay, send)
+    async def _over_budget(self, send: Any, size: int) -> None:
+        message = self.budget.refusal(size)
+        await send_json(send, 503, {"error": message}, [(b"retry-after", self.retry_after), *CLOSE])
 
     def _route(self, scope: dict) -> tuple[Any, bool]:
         """The route serving the request (None if none) and whether it takes the request's method."""
@@ -234,13 +313,14 @@ class BodyGateMiddleware:
             return 405, f"{where}: method not allowed"
         if not takes_body:
             return 413, f"{where}: takes no request body"
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return 413, f"request body of {int(declared)} bytes is over the limit of {self.limit}"
+        declared = declared_length(scope)
+        if declared is not None and declared > self.limit:
+            return 413, f"request body of {declared} bytes is over the limit of {self.limit}"
         return None
 
-    async def _read(self, receive: Any, send: Any) -> bytes | None:
-        """The whole body; None when it went over the limit (answered 413) or the client left."""
+    async def _read(self, receive: Any, send: Any, share: BodyShare) -> bytes | None:
+        """The whole body; None when it went over the limit (answered 413) or the budget (503: a chunked
+        body, its ``share`` grown as it arrives), or the client left."""
         chunks, seen = [], 0
         while True:
             message = await receive()
@@ -252,6 +332,9 @@ class BodyGateMiddleware:
                 await send_json(
                     send, 413, {"error": f"request body is over the limit of {self.limit} bytes"}, CLOSE
                 )
+                return None
+            if not share.grow_to(seen):
+                await self._over_budget(send, seen - share.held)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):

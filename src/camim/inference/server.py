@@ -10,7 +10,9 @@ Endpoints:
 Images travel as base64 (optionally a ``data:`` URL) in the JSON body. A body is read only for the two
 prediction routes (to any other path it is refused unread: 404, 405 or 413), after the API key is checked,
 whole and within ``body_timeout_s`` (408 past it) before the request takes an admission slot; requests over
-``max_request_bytes`` are refused with 413 before they are read in full; images over ``max_image_bytes`` / ``max_image_pixels``
+``max_request_bytes`` are refused with 413 before they are read in full, and one whose declared length (or,
+chunked, what has arrived) would take the bytes of request bodies held (until answered) past ``max_reading_bytes`` gets
+503 with ``Retry-After`` (with a declared length, before its first byte is read); images over ``max_image_bytes`` / ``max_image_pixels``
 give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
 ``{"error": message}``.
 
@@ -44,10 +46,12 @@ from typing import Any
 
 from camim.errors import CamimError, ImageError
 from camim.inference.batching import BatchFuture
+from camim.inference.budget import Budget
 from camim.inference.metrics import ServerMetrics
 from camim.inference.middleware import (
     AdmissionMiddleware,
     AuthMiddleware,
+    BodyBudget,
     BodyGateMiddleware,
     InFlight,
     ObserveMiddleware,
@@ -97,6 +101,17 @@ class ServeConfig:
     max_request_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     max_decoded_bytes: int = 4 * DEFAULT_MAX_DECODED_BYTES
     max_preparing: int = 32  # requests decoded / captioned at once, of the thread pool's 40 threads
+    # bytes of request bodies held at once (from the first byte read until answered), process-wide (None: 4 x max_request_bytes); beyond: 503
+    max_reading_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_reading_bytes is None:
+            self.max_reading_bytes = 4 * self.max_request_bytes
+        if self.max_reading_bytes < self.max_request_bytes:
+            raise CamimError(
+                f"max_reading_bytes ({self.max_reading_bytes}) must be at least max_request_bytes "
+                f"({self.max_request_bytes}): a request of the largest size could never be read"
+            )
 
 
 class HTTPFailure(Exception):
@@ -138,27 +153,6 @@ class Readiness:
         return None
 
 
-class DecodedBudget:
-    """The bytes the requests being prepared may hold in decoded images together (thread-safe)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bool:
-        """Hold ``size`` bytes if they fit beside those held; False (nothing held) if not."""
-        with self._lock:
-            if self.held + size > self.limit:
-                return False
-            self.held += size
-            return True
-
-    def give(self, size: int) -> None:
-        with self._lock:
-            self.held -= size
-
-
 # ---------------------------------------------------------------------------- app
 def create_app(
     predictor: Predictor, config: ServeConfig | None = None, api_key: str | None = None
@@ -173,10 +167,13 @@ def create_app(
     predictor.engine.max_batch_size = config.max_batch_size
     predictor.engine.max_wait_ms = config.max_wait_ms
     in_flight = InFlight()
+    budget = BodyBudget(config.max_reading_bytes)
     metrics = ServerMetrics(
         queue_depth=lambda: predictor.engine.depth,
         in_flight=lambda: in_flight.count,
         captioner_failures=lambda: predictor.caption_failures,
+        body_bytes_held=lambda: budget.held,
+        body_budget_refusals=lambda: budget.refused,
     )
     predictor.engine.on_batch = metrics.observe_batch
     readiness = Readiness(preparing=CapacityLimiter(config.max_preparing))
@@ -207,6 +204,7 @@ def create_app(
         routes=app.router.routes,
         limit=config.max_request_bytes,
         timeout_s=config.body_timeout_s,
+        budget=budget,
     )
     if api_key:
         app.add_middleware(AuthMiddleware, key=api_key)
@@ -295,7 +293,7 @@ class _Dispatch:
         self.predictor = predictor
         self.config = config
         self.preparing = preparing
-        self.budget = DecodedBudget(config.max_decoded_bytes)
+        self.budget = Budget(config.max_decoded_bytes)
 
     async def __call__(self, request: Request, reqs: list[PredictRequest]) -> list[dict[str, Any]]:
         job = _Job(self.predictor, self.config, reqs, self.budget, self.preparing)
@@ -345,7 +343,7 @@ class _Job:
         predictor: Predictor,
         config: ServeConfig,
         reqs: list[PredictRequest],
-        budget: DecodedBudget,
+        budget: Budget,
         preparing: CapacityLimiter,
     ):
         self.predictor = predictor
