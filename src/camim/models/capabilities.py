@@ -1,9 +1,9 @@
 """What an extractor reads and supports, declared by its class (``MREModel.capabilities``).
 
 The registry hands the declaration (:func:`camim.models.registry.capabilities`) to everything that used to
-decide by the extractor's name: ``ModelConfig`` (the defaults of ``cam`` / ``mi``, ``uses_cam`` / ``uses_mi``
-and the one-line refusal of a switch the extractor lacks), the model card, the case analysis and the
-predictor. A text-only extractor declares ``Capabilities()``.
+decide by the extractor's name: ``ModelConfig`` (the defaults of ``cam`` / ``mi`` and the one-line refusal of
+a switch the extractor lacks, on which ``uses_cam`` / ``uses_mi`` rely), the model card, the case analysis and
+the predictor. A text-only extractor declares ``Capabilities()``.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from camim.errors import CamimError
+from camim.models import registry
 from camim.models.capabilities import Capabilities
-from camim.models.registry import capabilities, model_names
+from camim.models.registry import model_names
 from camim.typed import from_mapping, to_plain
 
 CAM_LEVELS = ("none", "word", "sentence", "both")
@@ -102,7 +103,7 @@ class ModelConfig:
             self.fidelity = from_mapping(FidelityConfig, self.fidelity, "model.fidelity")
         if self.name not in model_names():
             raise CamimError(f"model.name: model name must be one of {model_names()}, got {self.name!r}")
-        caps = capabilities(self.name)
+        caps = registry.capabilities(self.name)
         if self.cam is None:
             self.cam = "both" if caps.cam else "none"
         if self.mi is None:
@@ -165,15 +166,17 @@ class ModelConfig:
     @property
     def capabilities(self) -> Capabilities:
         """What the extractor ``name`` reads and supports (its class's declaration)."""
-        return capabilities(self.name)
+        return registry.capabilities(self.name)
 
+    # The two below are read inside forward (compiled: no registry look-up there). A switch the extractor does
+    # not declare was refused when the config was made, so the switch alone decides.
     @property
     def uses_cam(self) -> bool:
-        return self.capabilities.cam and self.cam != "none"
+        return self.cam != "none"
 
     @property
     def uses_mi(self) -> bool:
-        return self.capabilities.mi and bool(self.mi)
+        return bool(self.mi)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -208,7 +211,7 @@ def unsupported_switches_off(model: dict, where: str) -> dict:
     name = model.get("name")
     if name not in model_names():
         return model  # ModelConfig refuses the name
-    caps, out = capabilities(name), dict(model)
+    caps, out = registry.capabilities(name), dict(model)
     asked = {
         "cam": out.get("cam") in CAM_LEVELS[1:] and not caps.cam,
         "mi": out.get("mi") is True and not caps.mi,
