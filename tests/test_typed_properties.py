@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from camim.errors import CamimError
+from camim.models.registry import model_names
 from camim.training.config import RunConfig, config_from_dict, load_config
 from camim.typed import apply_overrides, dump_yaml, field_types, yaml_value
 
@@ -40,10 +41,11 @@ def leaf_types(cls: type, prefix: str = "") -> dict[str, Any]:
 
 
 LEAVES = leaf_types(RunConfig)
-# settings whose strings are checked against a list of names when the config is validated
+# settings whose values are checked against a list when the config is validated
 NAMED = {
-    "model.name": ("bert", "tmr", "hvpnet"),
+    "model.name": model_names(),  # the registry's: a new extractor is drawn too
     "model.cam": ("none", "word", "sentence", "both"),
+    "model.mi": (False, True),  # not None (the extractor's default): the value read back is the resolved one
     "model.mi_pair": ("O&G", "(O+G)&F", "T&F", "(O+G)&T"),
     "model.visual_mode": ("images", "text-caption"),
     "model.missing_scores": ("error", "uniform"),

@@ -153,9 +153,9 @@ def tiny_encoders(tiny_mnre, tmp_path_factory):
     return text, vision
 
 
-@pytest.mark.parametrize("preset", sorted(set(TABLE1) | {"offline-bert", "offline-tmr-cam-mi"}))
+@pytest.mark.parametrize("preset", list_presets())  # read at collection: a new preset file is covered
 def test_every_preset_builds_with_tiny_overrides(preset, tiny_encoders):
-    from camim.models import build_model
+    from camim.models import build_model, registry
 
     text, vision = tiny_encoders
     tiny = [
@@ -166,9 +166,9 @@ def test_every_preset_builds_with_tiny_overrides(preset, tiny_encoders):
     ]
     cfg = load_config(preset, tiny)
     model = build_model(cfg.model, labels=["None", "a", "b"])
-    assert model.config.name == cfg.model.name
-    assert model.config.uses_cam == (cfg.model.cam != "none" and cfg.model.name != "bert")
-    assert model.config.uses_mi == cfg.model.mi and model.num_labels == 3
+    assert type(model) is registry.model_class(cfg.model.name) and model.num_labels == 3
+    assert model.config == cfg.model  # what the preset asks is what the model was built with
+    assert model.required_modalities <= registry.capabilities(cfg.model.name).reads
     if cfg.data.caption_source is None:
         assert "caption" not in model.required_modalities
 

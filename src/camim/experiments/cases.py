@@ -25,6 +25,7 @@ from pathlib import Path
 
 from camim.errors import CamimError
 from camim.io import atomic_write_bytes, atomic_write_text, open_image
+from camim.models.config import ModelConfig
 from camim.runs import RunFolder
 
 FILTERS = ("all", "disagree", "caption-right", "all-wrong")
@@ -68,9 +69,7 @@ def load_run(path: str | Path, split: str, data_dir: Path | None) -> CaseRun:
     cfg = model.config
     modalities = sorted(model.required_modalities)
     source = run_cfg.data.caption_source if run_cfg is not None else "minicpm"
-    description = cfg.name if cfg.name == "bert" else f"{cfg.name}, cam={cfg.cam}, mi={cfg.mi}"
-    if cfg.name == "tmr" and cfg.visual_mode == "text-caption":
-        description += ", text-caption mode (no images)"
+    description = _description(cfg)
     del model
     run = CaseRun(
         folder.path,
@@ -88,6 +87,18 @@ def load_run(path: str | Path, split: str, data_dir: Path | None) -> CaseRun:
         rows = predict_split(folder.path, data_dir, split, limit=limit)
     run.predictions = {row["id"]: row for row in rows}
     return run
+
+
+def _description(cfg: ModelConfig) -> str:
+    """``tmr, cam=both, mi=True, text-caption mode (no images)``: the switches the extractor's capabilities
+    give effect (a text-only extractor: its name alone)."""
+    caps = cfg.capabilities
+    parts = [cfg.name]
+    parts += [f"cam={cfg.cam}"] if caps.cam else []
+    parts += [f"mi={cfg.mi}"] if caps.mi else []
+    if cfg.visual_mode == "text-caption" and "text-caption" in caps.visual_modes:
+        parts.append("text-caption mode (no images)")
+    return ", ".join(parts)
 
 
 def _data_dir(runs: list[Path], given: str | Path | None) -> Path | None:

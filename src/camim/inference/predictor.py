@@ -574,11 +574,16 @@ class Predictor:
         return str(getattr(getattr(self.model, "config", None), "name", None) or type(self.model).__name__)
 
     def info(self) -> dict[str, Any]:
-        """What the server shows about the loaded model."""
+        """What the server shows about the loaded model: ``cam`` is the Caption-Aware Module's level and
+        ``mi`` whether it was trained with the MI loss, as its extractor's capabilities give them effect
+        (``"none"`` / ``False`` for a model without, a text-only one always)."""
+        config = getattr(self.model, "config", None)
         return {
             "model": type(self.model).__name__,
             "labels": list(self.labels),
             "required_modalities": sorted(self.required_modalities),
+            "cam": config.cam if getattr(config, "uses_cam", False) else "none",
+            "mi": bool(getattr(config, "uses_mi", False)),
             "captioner": _name(self.captioner) if self.captioner else None,
             "object_finder": _name(self.object_finder) if self.object_finder else None,
             "image_generator": _name(self.image_generator) if self.image_generator else None,

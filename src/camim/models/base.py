@@ -22,8 +22,9 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 from camim.errors import CamimError, first_line
 from camim.io import atomic_path, atomic_write_text, read_json
 from camim.models.batch import MREBatch, MREOutput
+from camim.models.capabilities import Capabilities
 from camim.models.card import CardRun, write_model_card
-from camim.models.config import ModelConfig
+from camim.models.config import ModelConfig, unsupported_switches_off
 from camim.models.encoders import VisionBackbone, load_text_encoder, load_tokenizer
 from camim.models.mutual_information import info_nce
 from camim.models.processing import MREProcessor
@@ -33,9 +34,14 @@ FORMAT = "camim-model/1"
 
 
 class MREModel(nn.Module):
-    """Common machinery; subclasses define ``_build``, ``required_modalities`` and ``encode``."""
+    """Common machinery; subclasses define ``_build``, ``required_modalities`` and ``encode``, and declare
+    ``model_name``, ``summary`` and ``capabilities``."""
 
     model_name: ClassVar[str] = ""
+    # the model card's line saying what the extractor is ("TMR (Zheng et al., ACL 2023)")
+    summary: ClassVar[str] = ""
+    # what it reads and supports; the config, the card, the cases and the predictor read this, not the name
+    capabilities: ClassVar[Capabilities] = Capabilities()
     # the VisionBackbone.features kind the extractor consumes of each image ("tokens" / "pyramid"); None: none
     visual_feature_kind: ClassVar[str | None] = None
 
@@ -172,8 +178,11 @@ class MREModel(nn.Module):
     def from_pretrained(cls, directory: str | Path) -> MREModel:
         """Load a model saved by :meth:`save_pretrained`: same modules, same weights, same logits, offline.
 
-        ``MREModel.from_pretrained`` builds the extractor named in ``config.json``; on a subclass
-        (``TMR.from_pretrained``) a folder holding another extractor is refused. Weights load strictly.
+        ``MREModel.from_pretrained`` builds the extractor named in ``config.json``; on an extractor class
+        (``TMR.from_pretrained``) a folder holding another extractor is refused, a subclass registered under
+        another name included (its folder computes that extractor, not this one). Weights load strictly. A
+        text-only model's ``config.json`` written with ``cam`` / ``mi`` on before extractors declared their
+        capabilities loads with them off (``unsupported_switches_off``: logged, same weights).
         """
         directory = Path(directory)
         cfg_path = directory / "config.json"
@@ -182,9 +191,9 @@ class MREModel(nn.Module):
         data = read_json(cfg_path)
         if not isinstance(data, dict) or "labels" not in data:
             raise CamimError(f"{cfg_path}: no 'labels' entry")
-        cfg = ModelConfig.from_dict(data)
+        cfg = ModelConfig.from_dict(unsupported_switches_off(data, str(cfg_path)))
         model_cls = model_class(cfg.name)
-        if not issubclass(model_cls, cls):
+        if cls is not MREModel and model_cls is not cls:
             raise CamimError(f"{cfg_path}: holds a {model_cls.__name__} model, not a {cls.__name__}")
         enc_dir = directory / "encoders"
         encoder_configs = {}

@@ -10,6 +10,7 @@ import torch
 
 from camim.models.base import MREModel
 from camim.models.batch import MREBatch
+from camim.models.capabilities import Capabilities
 from camim.models.classifier import RelationClassifier, entity_states
 
 
@@ -17,6 +18,8 @@ class BertRE(MREModel):
     """Text-only relation extractor over entity-marker states."""
 
     model_name = "bert"
+    summary = "the text-only BERT baseline (entity-marker representation, no image)"
+    capabilities = Capabilities()  # text only: no visual stream, no captions, no CAM, no MI
 
     def _build(self) -> None:
         self.bert = self._text_encoder("bert")

@@ -18,6 +18,8 @@ import yaml
 
 from camim.data.descriptions import relation_descriptions
 from camim.io import atomic_write_text
+from camim.models.config import ModelConfig
+from camim.models.registry import model_class
 from camim.runs import SCORE_KEYS, format_score
 
 _SCORE_NAMES = {
@@ -34,11 +36,6 @@ _MODALITY_TEXT = {
     "generated_objects": "object boxes on the generated image",
     "scores": "TMR's text-image correlation scores",
     "phrase": "grounding phrases of the post",
-}
-_EXTRACTOR = {
-    "bert": "the text-only BERT baseline (entity-marker representation, no image)",
-    "tmr": "TMR (Zheng et al., ACL 2023)",
-    "hvpnet": "HVPNeT (Chen et al., NAACL 2022 Findings)",
 }
 _PAPER = "CAMIM: Caption-Aware Multimodal Relation Extraction with Mutual Information Maximization (Zhang et al., ACM MM 2024)"
 
@@ -86,28 +83,27 @@ def paper_row(config: Mapping[str, Any], paper_results: Mapping[str, Any]) -> di
     return None
 
 
-def _describe(config: Mapping[str, Any]) -> str:
-    name = config.get("name", "")
-    parts = [_EXTRACTOR.get(name, name)]
-    cam, mi = config.get("cam", "none"), config.get("mi", False)
-    if name != "bert" and cam not in (None, "none"):
-        parts.append(f"with the Caption-Aware Module (CAM, level `{cam}`, §3.2)")
-    if name != "bert" and mi:
+def _describe(config: ModelConfig) -> str:
+    """What the model is: its extractor's ``summary`` and the switches its ``capabilities`` give effect."""
+    parts = [model_class(config.name).summary or config.name]
+    if config.uses_cam:
+        parts.append(f"with the Caption-Aware Module (CAM, level `{config.cam}`, §3.2)")
+    if config.uses_mi:
         parts.append(
-            f"trained with the mutual-information loss (InfoNCE on `{config.get('mi_pair')}`, "
-            f"alpha {config.get('mi_alpha')}, §3.4.2)"
+            f"trained with the mutual-information loss (InfoNCE on `{config.mi_pair}`, "
+            f"alpha {config.mi_alpha}, §3.4.2)"
         )
-    if config.get("visual_mode") == "text-caption":
+    if config.visual_mode == "text-caption" and "text-caption" in config.capabilities.visual_modes:
         parts.append("in text-caption mode (text and captions only, no images)")
     return ", ".join(parts)
 
 
-def _front_matter(model_config: Mapping[str, Any], run: CardRun | None) -> str:
-    name = model_config.get("name", "")
+def _front_matter(config: ModelConfig, run: CardRun | None) -> str:
+    name = config.name
     tags = ["camim", "relation-extraction", "multimodal-relation-extraction", "mnre", name]
-    if model_config.get("cam") not in (None, "none") and name != "bert":
+    if config.uses_cam:
         tags.append("caption-aware")
-    if model_config.get("mi") and name != "bert":
+    if config.uses_mi:
         tags.append("mutual-information")
     meta: dict[str, Any] = {
         "library_name": "camim",
@@ -148,16 +144,17 @@ def model_card(
     """The card text. ``model_config`` is the model's ``config.json`` content (without labels),
     ``modalities`` its ``required_modalities``, ``model_id`` what the usage example loads (the folder, or
     the hub repo id once pushed)."""
+    config = ModelConfig.from_dict(dict(model_config))
     run_cfg = run.config if run else {}
     preset = run_cfg.get("name")
-    title = f"camim `{preset}`" if preset else f"camim `{model_config.get('name')}` relation extractor"
-    lines = [_front_matter(model_config, run), f"# {title}", ""]
+    title = f"camim `{preset}`" if preset else f"camim `{config.name}` relation extractor"
+    lines = [_front_matter(config, run), f"# {title}", ""]
     if run_cfg.get("description"):
         lines += [f"{run_cfg['description']}.".replace("..", "."), ""]
     lines += [
         f"A relation extractor for MNRE-style social-media posts: given a post, two entity mentions in it (head "
         f"and tail) and the inputs listed below, it predicts their relation among {len(labels)} labels. "
-        f"It is {_describe(model_config)}, built and trained with "
+        f"It is {_describe(config)}, built and trained with "
         f"camim, a toolkit that implements *{_PAPER}*.",
         "",
         *_inputs_section(modalities),

@@ -4,20 +4,29 @@
 released code (default = released behaviour, the "paper" reading; ``FidelityConfig.clean()`` gives the
 cleaner reading). Both are parsed from plain mappings (a run config's ``model`` section, ``config.json``)
 by the one strict loader :func:`camim.typed.from_mapping` and written back by ``to_dict``.
+
+What a switch may ask of an extractor is the extractor's declaration (``capabilities``, read through
+:func:`camim.models.registry.capabilities`): ``cam`` / ``mi`` left out (``None``) take the extractor's default
+(on where it has CAM / MI, else off), and a config asking for what it lacks is refused naming the key.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from camim.errors import CamimError
+from camim.models import registry
+from camim.models.capabilities import Capabilities
 from camim.models.registry import model_names
 from camim.typed import from_mapping, to_plain
 
 CAM_LEVELS = ("none", "word", "sentence", "both")
 MI_PAIRS = ("O&G", "(O+G)&F", "T&F", "(O+G)&T")
 VISUAL_MODES = ("images", "text-caption")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,11 +64,12 @@ class FidelityConfig:
 
 @dataclass
 class ModelConfig:
-    """Every size and switch of one extractor. ``name`` picks the extractor; CAM/MI apply to tmr and hvpnet."""
+    """Every size and switch of one extractor. ``name`` picks the extractor; ``cam`` / ``mi`` apply where its
+    ``capabilities`` say so (None: the extractor's default, resolved when the config is made)."""
 
     name: str = "tmr"
-    cam: str = "both"  # none | word | sentence | both  (Fig. 4b)
-    mi: bool = True
+    cam: str | None = None  # none | word | sentence | both  (Fig. 4b); None: both with CAM, else none
+    mi: bool | None = None  # None: true with MI, else false
     mi_alpha: float = 0.1  # Eq. (23)
     mi_pair: str = "O&G"  # O&G | (O+G)&F | T&F | (O+G)&T  (Fig. 4a)
     mi_temperature: float = 1.0  # released: 1
@@ -93,6 +103,11 @@ class ModelConfig:
             self.fidelity = from_mapping(FidelityConfig, self.fidelity, "model.fidelity")
         if self.name not in model_names():
             raise CamimError(f"model.name: model name must be one of {model_names()}, got {self.name!r}")
+        caps = registry.capabilities(self.name)
+        if self.cam is None:
+            self.cam = "both" if caps.cam else "none"
+        if self.mi is None:
+            self.mi = caps.mi
         if self.cam not in CAM_LEVELS:
             raise CamimError(f"model.cam must be one of {CAM_LEVELS}, got {self.cam!r}")
         if self.mi_pair not in MI_PAIRS:
@@ -125,16 +140,43 @@ class ModelConfig:
                     "is on (with it the number of pads changes the result); set it false or keep "
                     "pad_to_longest false"
                 )
-        if self.name == "hvpnet" and self.visual_mode != "images":
-            raise CamimError("hvpnet builds its prefix from images; model.visual_mode must be 'images'")
+        self._check_capabilities(caps)
+
+    def _check_capabilities(self, caps: Capabilities) -> None:
+        """Refuse, naming the key, a switch that asks the extractor for what it does not declare."""
+        name = self.name
+        if self.cam != "none" and not caps.cam:
+            raise CamimError(
+                f"model.cam: {name} has no Caption-Aware Module (it reads {_reads(caps)}); set model.cam: none, "
+                f"got {self.cam!r}"
+            )
+        if self.mi and not caps.mi:
+            raise CamimError(
+                f"model.mi: {name} has no mutual-information loss (it reads {_reads(caps)}); set model.mi: false"
+            )
+        if caps.visual_modes and self.visual_mode not in caps.visual_modes:
+            raise CamimError(
+                f"model.visual_mode: {name} runs in {' | '.join(caps.visual_modes)} only, got {self.visual_mode!r}"
+            )
+        if self.mi and caps.mi_pairs is not None and self.mi_pair not in caps.mi_pairs:
+            raise CamimError(
+                f"model.mi_pair: {name} supports {' | '.join(caps.mi_pairs)} with MI, got {self.mi_pair!r}"
+            )
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What the extractor ``name`` reads and supports (its class's declaration)."""
+        return registry.capabilities(self.name)
+
+    # The two below are read inside forward (compiled: no registry look-up there). A switch the extractor does
+    # not declare was refused when the config was made, so the switch alone decides.
+    @property
     def uses_cam(self) -> bool:
-        return self.name != "bert" and self.cam != "none"
+        return self.cam != "none"
 
     @property
     def uses_mi(self) -> bool:
-        return self.name != "bert" and self.mi
+        return bool(self.mi)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -152,3 +194,38 @@ class ModelConfig:
         if unknown:  # this wording for a dict or config.json; the run config says "model.<key>: unknown key"
             raise CamimError(f"unknown model config keys: {unknown}; known: {sorted(known)}")
         return from_mapping(cls, {k: v for k, v in data.items() if k in known}, "model")
+
+
+def _reads(caps: Capabilities) -> str:
+    return "text only" if caps.text_only else "text, " + ", ".join(sorted(caps.reads))
+
+
+def unsupported_switches_off(model: dict, where: str) -> dict:
+    """``model`` (a saved ``config.json`` or a run folder's ``model`` section) with ``cam`` / ``mi`` read as
+    off where its extractor has no CAM / MI.
+
+    Before extractors declared what they support, the defaults ``cam: both`` and ``mi: true`` were written
+    into the config of every text-only model built without those keys, where they had no effect (no module,
+    no loss, the same weights). Such a file still loads; each value read as off is logged as a warning that
+    names ``where`` and the key. A config given now (a preset, ``--set``, a dict) is refused instead."""
+    name = model.get("name")
+    if name not in model_names():
+        return model  # ModelConfig refuses the name
+    caps, out = registry.capabilities(name), dict(model)
+    asked = {
+        "cam": out.get("cam") in CAM_LEVELS[1:] and not caps.cam,
+        "mi": out.get("mi") is True and not caps.mi,
+    }
+    for key, off in (("cam", "none"), ("mi", False)):
+        if asked[key]:
+            log.warning(
+                "%s: model.%s %r read as %r: %s does not support it (a config written before extractors "
+                "declared their capabilities)",
+                where,
+                key,
+                out[key],
+                off,
+                name,
+            )
+            out[key] = off
+    return out

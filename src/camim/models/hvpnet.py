@@ -36,6 +36,7 @@ from transformers import DynamicCache
 from camim.errors import CamimError
 from camim.models.base import MREModel
 from camim.models.batch import MREBatch
+from camim.models.capabilities import Capabilities
 from camim.models.caption_aware import CaptionAwareModule
 from camim.models.classifier import entity_states
 from camim.models.encoders import mean_pool
@@ -48,12 +49,19 @@ class HVPNeT(MREModel):
     """HVPNeT's gated visual prefix on a Hugging Face BERT, with optional CAM and MI."""
 
     model_name = "hvpnet"
+    summary = "HVPNeT (Chen et al., NAACL 2022 Findings)"
+    # the prefix is built from images; MI is the visual info v against the final feature f ("O&G")
+    capabilities = Capabilities(
+        reads=frozenset({"image", "objects", "caption"}),
+        visual_modes=("images",),
+        cam=True,
+        mi=True,
+        mi_pairs=("O&G",),
+    )
     visual_feature_kind = "pyramid"
 
     def _build(self) -> None:
         cfg = self.config
-        if cfg.uses_mi and cfg.mi_pair != "O&G":
-            raise CamimError("hvpnet supports mi_pair 'O&G' only (visual info v against the final feature f)")
         self.bert = self._text_encoder("bert")
         bc = self.bert.config
         hidden, self.n_layers, self.n_heads = bc.hidden_size, bc.num_hidden_layers, bc.num_attention_heads

@@ -33,6 +33,7 @@ from torch import nn
 from camim.errors import CamimError
 from camim.models.base import MREModel
 from camim.models.batch import MREBatch
+from camim.models.capabilities import Capabilities
 from camim.models.caption_aware import CaptionAwareModule
 from camim.models.classifier import RelationClassifier, entity_states
 from camim.models.encoders import mean_pool
@@ -43,6 +44,15 @@ class TMR(MREModel):
     """TMR with the optional Caption-Aware Module (``cam``) and InfoNCE loss (``mi``)."""
 
     model_name = "tmr"
+    summary = "TMR (Zheng et al., ACL 2023)"
+    capabilities = Capabilities(
+        reads=frozenset(
+            {"image", "objects", "generated_image", "generated_objects", "scores", "phrase", "caption"}
+        ),
+        visual_modes=("images", "text-caption"),
+        cam=True,
+        mi=True,
+    )
     visual_feature_kind = "tokens"
     # camim.speed (speed.merge_encoder_calls): bert2 encodes captions and text windows in one call
     merge_encoder_calls = False

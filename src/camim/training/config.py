@@ -18,7 +18,7 @@ from typing import Literal
 
 from camim.errors import CamimError
 from camim.io import check_encoding
-from camim.models.config import ModelConfig
+from camim.models.config import ModelConfig, unsupported_switches_off
 from camim.models.registry import model_names
 from camim.pretraining.offline import OfflineConfig
 from camim.speed.config import SpeedConfig
@@ -265,12 +265,16 @@ def _anchored(cfg: RunConfig, folder: Path) -> RunConfig:
 
 def load_run_config(path: str | Path) -> RunConfig:
     """A run folder's ``config.yaml``; errors name the file. One written before ``data.max_objects`` moved
-    to ``model.max_objects`` is read when the two agreed (the data key is dropped)."""
+    to ``model.max_objects`` is read when the two agreed (the data key is dropped); one whose text-only
+    model has ``cam`` / ``mi`` on, from before extractors declared their capabilities, is read with them off
+    (``unsupported_switches_off``: logged)."""
     raw = read_yaml_mapping(Path(path))
     data, model = raw.get("data"), raw.get("model")
     if isinstance(data, dict) and isinstance(model, dict) and "max_objects" in data:
         if data["max_objects"] == model.get("max_objects", ModelConfig().max_objects):
             del data["max_objects"]
+    if isinstance(model, dict):
+        raw["model"] = unsupported_switches_off(model, str(path))
     try:
         return _anchored(config_from_dict(raw), Path(path).parent)
     except CamimError as exc:
