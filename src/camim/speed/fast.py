@@ -2,7 +2,7 @@
 
 The switches live in :class:`camim.speed.config.SpeedConfig` (``None`` = automatic: on for CUDA only):
 
-- ``bf16``: ``torch.autocast(bfloat16)`` around the forward (GPU; the released step is fp32);
+- ``bf16``: ``torch.autocast(bfloat16)`` around the forward (default on CUDA; on the CPU when set, docs/speed.md "bf16 on the CPU"; the released step is fp32);
 - ``sdpa``: ``attn_implementation="sdpa"`` for the Hugging Face text encoders (the released BERT is eager),
   and ``F.scaled_dot_product_attention`` for CAM's and the fusion's single-head attentions;
 - ``merge_encoder_calls``: TMR's caption encoder runs once over captions and text windows (2B x 40);
