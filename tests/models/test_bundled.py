@@ -140,3 +140,20 @@ def test_minilm_gives_its_known_embedding():
     sentence = torch.nn.functional.normalize(states.mean(1), dim=-1)[0]  # all-MiniLM-L6-v2's mean pooling
     expected = torch.tensor([0.0332, 0.0044, -0.0063, 0.0484, -0.1387, -0.0336])
     torch.testing.assert_close(sentence[:6], expected, atol=2e-4, rtol=0)
+
+
+@needs_minilm
+def test_the_minilm_caption_preset_takes_the_encoders_hidden_size():
+    """``minilm-tmr-cam-mi``: both MiniLM copies (text, captions) at hidden 384 set CAM, the fusion and the
+    classifier; a text-caption batch of drawn examples gives a finite CE + alpha x InfoNCE loss."""
+    from camim.training.config import load_config
+
+    cfg = load_config("minilm-tmr-cam-mi")
+    model = build_model(cfg.model, labels=LABELS)
+    assert model.bert.config.hidden_size == model.bert2.config.hidden_size == 384
+    assert model.cam.encoder_conv_sentence[0].in_features == 2 * 384
+    assert model.classifier.linear_final.in_features == 6 * 384
+    assert cfg.model.uses_cam and cfg.model.uses_mi
+    out = model(model.processor(make_examples(2, images=False)))
+    assert out.logits.shape == (2, len(LABELS)) and torch.isfinite(out.loss)
+    assert out.mi_loss is not None and torch.isfinite(out.mi_loss)
