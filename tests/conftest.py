@@ -41,3 +41,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms`` for one test (with the session's one thread: the same run gives
+    the same bits); for the tests that train two code paths side by side (tests/lockstep.py)."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)

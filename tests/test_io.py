@@ -47,6 +47,77 @@ def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
 
 
+def _record_syncs(monkeypatch) -> list[tuple[str, str]]:
+    """``os.fsync`` and ``os.replace`` made to record what they get, in order (and then do it)."""
+    calls: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        calls.append(("replace", f"{src} -> {dst}"))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    return calls
+
+
+def _save_checkpoint(path):
+    from camim.trainer import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
+
+
+def _write_metrics(path):
+    from camim.runs import RunFolder
+
+    RunFolder(path.parent).write_metrics({"test": {"f1": 1.0}})
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fd's file through /proc")
+@pytest.mark.parametrize(
+    "name,write",
+    [
+        ("a.txt", lambda p: atomic_write_text(p, "x")),
+        ("b.bin", lambda p: atomic_write_bytes(p, b"x")),
+        ("last.ckpt", _save_checkpoint),
+        ("metrics.json", _write_metrics),
+    ],
+)
+def test_atomic_writes_flush_the_file_before_the_rename_and_its_folder_after(
+    tmp_path, monkeypatch, name, write
+):
+    """Issue 36: renamed without fsync, a first-time metrics.json or last.ckpt could be empty after a power
+    loss (ext4 flushes before a rename only over an existing file)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    calls = _record_syncs(monkeypatch)
+    write(folder / name)
+    assert len(calls) == 3, calls
+    (what, tmp), (_, renamed), (_, synced_folder) = calls
+    assert what == "fsync" and os.path.basename(tmp).startswith(f".{name}.") and tmp.endswith(".tmp")
+    assert renamed == f"{tmp} -> {folder / name}"
+    assert calls[2] == ("fsync", str(folder))
+    assert (folder / name).stat().st_size > 0
+
+
+def test_a_folder_that_cannot_be_synced_is_left_as_it_is(tmp_path, monkeypatch):
+    import errno
+
+    fsync = os.fsync
+
+    def no_folder_sync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    assert atomic_write_text(tmp_path / "a.txt", "x").read_text() == "x"
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -94,6 +94,21 @@ def test_metrics_that_are_not_an_object_are_refused(tmp_path):
         folder.read_metrics()
 
 
+@pytest.mark.parametrize("content", ["", '{"test": {"f1"', "[1]"])
+def test_an_empty_or_unreadable_metrics_json_counts_as_unfinished_with_a_warning(tmp_path, caplog, content):
+    """Issue 36: a power loss can leave a first-time metrics.json empty; it marked the run finished, and
+    reusing it crashed on invalid JSON. Now the run is trained again (resumed from its checkpoint)."""
+    folder = _finished(tmp_path / "run")
+    folder.metrics_path.write_text(content)
+    with caplog.at_level("WARNING", logger="camim.runs"):
+        assert not folder.finished and not folder.finished
+        assert folder.reusable(lambda p: []) is False and folder.conflict(lambda p: []) is None  # resumed
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1, warned  # once per file
+    assert warned[0].startswith(str(folder.metrics_path))
+    assert warned[0].endswith("; the run counts as unfinished and is trained again")
+
+
 def test_conflicts_name_what_would_mix_two_runs(tmp_path):
     same, other = (lambda p: []), (lambda p: ["model.mi", "optim.lr"])
     empty = RunFolder(tmp_path / "new")

@@ -4,7 +4,8 @@ A run folder is what ``camim train``, ``camim zero-shot`` and the experiments wr
 ``predict``, ``serve``, ``push``, the grids and the case analysis read back::
 
     config.yaml         the resolved settings (YAML; a training run's RunConfig, a zero-shot run's own sections)
-    metrics.json        the scores; its presence marks the run finished (written last, atomically)
+    metrics.json        the scores; it marks the run finished (written last, atomically, flushed to disk;
+                        an empty or unreadable one counts as unfinished, with a warning)
     predictions.jsonl   one row per scored sample (:func:`prediction_row`)
     report.md + PNGs    the human-readable report (camim.reports)
     model/              save_pretrained: weights, config.json, tokenizer, model card (training runs)
@@ -21,6 +22,7 @@ lists the dotted keys in which the folder's ``config.yaml`` differs from the run
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,6 +50,9 @@ OUTPUTS = (CONFIG, CHECKPOINTS, LOGS, METRICS, PREDICTIONS, MODEL, REPORT, *PLOT
 
 #: the four MNRE scores of a split in ``metrics.json`` (percent; P/R/F1 micro over the non-negative labels)
 SCORE_KEYS = ("accuracy", "precision", "recall", "f1")
+
+log = logging.getLogger(__name__)
+_WARNED: set[Path] = set()  # the unreadable metrics.json files warned about (once each per process)
 
 #: lists the dotted keys in which the run config at a ``config.yaml`` path differs from the one requested
 Differences = Callable[[Path], list[str]]
@@ -134,7 +139,19 @@ class RunFolder:
 
     @property
     def finished(self) -> bool:
-        return self.metrics_path.is_file()
+        """``metrics.json`` holds the run's metrics. An empty or unreadable one (e.g. cut short by a power
+        loss on a file system that kept its name but not its data) counts as unfinished, with a warning: the
+        run trains again, resuming from its last checkpoint when it has one."""
+        if not self.metrics_path.is_file():
+            return False
+        try:
+            self.read_metrics()
+        except CamimError as exc:
+            if self.metrics_path not in _WARNED:
+                _WARNED.add(self.metrics_path)
+                log.warning("%s; the run counts as unfinished and is trained again", exc)
+            return False
+        return True
 
     @property
     def resumable(self) -> bool:

@@ -156,6 +156,25 @@ def test_a_seed_listed_twice_is_refused_before_anything_trains(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_run_with_an_empty_metrics_json_is_planned_again_with_a_warning(tiny_mnre, tmp_path, caplog):
+    """Issue 36: after a power loss a first-time metrics.json can be empty; the plan reused it as finished
+    and crashed on invalid JSON. Now that seed trains again (resuming from its last.ckpt when there is one)."""
+    from camim.runs import RunFolder
+    from camim.training.api import resolve_run_config
+
+    out = tmp_path / "exp"
+    folder = RunFolder(out / "seed1")
+    folder.path.mkdir(parents=True)
+    folder.write_config(
+        resolve_run_config("offline-bert", [*TINY, "optim.seed=1"], tiny_mnre, folder.path).to_dict()
+    )
+    folder.metrics_path.write_text("")
+    with caplog.at_level("WARNING", logger="camim.runs"):
+        plan = grids.plan_seeds("offline-bert", tiny_mnre, out, [1], list(TINY), False, "x")
+    assert plan.reused == {} and [(job.seed, job.output) for job in plan.jobs] == [(1, str(folder.path))]
+    assert f"{folder.metrics_path}:1: not valid JSON" in caplog.text and "counts as unfinished" in caplog.text
+
+
 def test_experiment_cli_over_two_seeds(tiny_mnre, tmp_path, capsys):
     out = tmp_path / "exp"
     args = [

@@ -99,7 +99,7 @@ def same_records(a, b):
             assert x["probability"] == pytest.approx(y["probability"], abs=1e-5)
 
 
-def test_predict_file_resumes_after_interruption(bert_run, input_file, tmp_path):
+def test_predict_file_resumes_after_interruption(bert_run, input_file, tmp_path, capsys):
     argv = ["predict", "--model", str(bert_run.path), "--input", str(input_file)]
     argv += ["--image-dir", str(tmp_path / "images")]
     full = tmp_path / "full.jsonl"
@@ -109,8 +109,14 @@ def test_predict_file_resumes_after_interruption(bert_run, input_file, tmp_path)
     partial = tmp_path / "partial.jsonl"
     lines = complete.splitlines(keepends=True)
     partial.write_text("".join(lines[:3]) + lines[3][:17], encoding="utf-8")  # killed mid-write of line 4
+    capsys.readouterr()
     run([*argv, "--output", str(partial)])
     same_records(partial, full)  # batches differ after resuming: probabilities agree to float precision
+    err = capsys.readouterr().err
+    assert f"resuming {partial}: 3 line(s) already done (2 with an error record); cut off 1 torn line" in err
+    assert (
+        "3 prediction(s), 4 failed line(s) (2 predicted and 2 failed in this run, 1 torn line cut off)" in err
+    )
     assert partial.read_text(encoding="utf-8").splitlines()[:3] == complete.splitlines()[:3]
 
     run([*argv, "--output", str(partial), "--overwrite"])
@@ -119,6 +125,41 @@ def test_predict_file_resumes_after_interruption(bert_run, input_file, tmp_path)
     (tmp_path / "foreign.jsonl").write_text("hello\n")
     with pytest.raises(CamimError, match="foreign.jsonl:1: not a camim predictions line"):
         run([*argv, "--output", str(tmp_path / "foreign.jsonl")])
+
+
+def test_a_rerun_counts_the_error_records_it_holds_and_retry_failed_predicts_them(
+    bert_run, input_file, tmp_path, capsys
+):
+    """Issue 36: a rerun said "0 prediction(s), 0 failed" and exited 0 with an error record in the output."""
+    images = tmp_path / "images"
+    argv = ["predict", "--model", str(bert_run.path), "--input", str(input_file), "--image-dir", str(images)]
+    argv += ["--batch-size", "4", "--output"]
+    out = tmp_path / "out.jsonl"
+    assert run([*argv, str(out)]) == 1
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert run([*argv, str(out)]) == 1  # nothing changed: the error records are still there
+    err = capsys.readouterr().err
+    assert "3 prediction(s), 4 failed line(s) (0 predicted and 0 failed in this run)" in err
+    assert "failed input line(s): 2, 3, 6, 7 (--retry-failed predicts them again)" in err
+    assert out.read_bytes() == first
+    shutil.copy(images / "a.jpg", images / "missing.jpg")  # line 7's image restored
+    assert run([*argv, str(out)]) == 1  # a plain rerun does not predict done lines again
+    assert run([*argv, str(out), "--retry-failed"]) == 1  # lines 2, 3 and 6 still fail
+    err = capsys.readouterr().err
+    assert "predicting the 4 failed line(s) again (--retry-failed)" in err
+    assert "4 prediction(s), 3 failed line(s) (1 predicted and 3 failed in this run)" in err
+    assert "failed input line(s): 2, 3, 6 (" in err
+    fresh = tmp_path / "fresh.jsonl"
+    assert run([*argv, str(fresh)]) == 1
+    same_records(out, fresh)  # line 7 predicted in its place, the records in input-line order
+    assert read_jsonl(out)[5]["line"] == 7 and "relation" in read_jsonl(out)[5]
+    shutil.copy(images / "a.jpg", tmp_path / "corrupt.jpg")
+    assert run([*argv, str(out), "--retry-failed"]) == 1  # line 6 fixed; 2 and 3 are bad input lines
+    assert "failed input line(s): 2, 3 (" in capsys.readouterr().err
+    assert [r["line"] for r in read_jsonl(out)] == [1, 2, 3, 5, 6, 7, 8]
+    with pytest.raises(CamimError, match="--retry-failed needs --input and the --output"):
+        run(["predict", "--model", str(bert_run.path), "--input", str(input_file), "--retry-failed"])
 
 
 def test_predict_refuses_an_output_that_is_the_input(bert_run, input_file, tmp_path):

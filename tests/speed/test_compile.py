@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from tests.lockstep import assert_same_parameters, record_gradients, take_gradients
 from tests.models.conftest import LABELS, frozen_visual_batch, make_examples, tiny_config
 
 from camim.errors import CamimError
@@ -148,31 +149,34 @@ def test_batch_signature_names_the_tensor_fields(text_dir, vision_dir):
     assert "image" not in sig  # None fields are not part of the signature
 
 
-def test_step_that_owns_backward_updates_like_the_plain_step(text_dir, vision_dir):
+def test_step_that_owns_backward_updates_like_the_plain_step(text_dir, vision_dir, deterministic):
     """The CUDA-graph path's contract, checked eagerly: forward_backward leaves this step's gradients in
-    param.grad (replacing, never accumulating) and the optimiser then makes the plain step's update."""
+    param.grad (replacing, never accumulating) and the optimiser then makes the plain step's update. Compared
+    step by step (tests/lockstep.py): the gradients, then the update from equal gradients."""
     model, batch = _model_and_batch(text_dir, vision_dir, "tmr", {"cam": "both", "mi": True})
     ref = copy.deepcopy(model)
     cfg = SpeedConfig(fast=True, bf16=False, fused_optimizer=True, channels_last=False, compile="none")
     fast = apply_fast_mode(copy.deepcopy(model), cfg)
     opt_ref = build_optimizer(ref, lr=1e-3, multi_tensor=False)
     opt_fast = build_optimizer(fast, lr=1e-3, multi_tensor=True)
+    take_gradients(opt_ref, ref, record_gradients(opt_fast, fast))
     step = ForwardBackward(fast, fast)
     for _ in range(2):  # the second step must not accumulate onto the first one's gradients
+        out = step(batch)
+        assert not out.loss.requires_grad
+        opt_fast.step()
         opt_ref.zero_grad(set_to_none=True)
         ref_loss = ref(batch).loss
         ref_loss.backward()
         opt_ref.step()
-        out = step(batch)
-        assert not out.loss.requires_grad
-        opt_fast.step()
         torch.testing.assert_close(out.loss, ref_loss.detach(), rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(ref.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_parameters(ref, fast)
     assert step.stats.eager_steps == 2
 
 
-def test_fast_step_with_regional_compile_trains_like_eager(text_dir, vision_dir, tmp_path):
+def test_fast_step_with_regional_compile_trains_like_eager(text_dir, vision_dir, tmp_path, deterministic):
+    """Each step's gradients of the compiled blocks equal the eager ones, and so does the update from them
+    (tests/lockstep.py: the eager step's optimiser is handed the compiled step's gradients)."""
     torch._dynamo.reset()
     model, batch = _model_and_batch(text_dir, vision_dir, "bert", {})
     eager, compiled = copy.deepcopy(model), copy.deepcopy(model)
@@ -182,10 +186,10 @@ def test_fast_step_with_regional_compile_trains_like_eager(text_dir, vision_dir,
     step_e = FastStep(eager, build_optimizer(eager, lr=1e-3), cfg_e, "cpu")
     step_c = FastStep(compiled, build_optimizer(compiled, lr=1e-3), cfg_c, "cpu")
     assert len(step_c.compiled_regions) == 2 and step_e.compiled_regions == []
-    for _ in range(2):
+    take_gradients(step_e.optimizer, eager, record_gradients(step_c.optimizer, compiled))
+    for _ in range(2):  # the compiled step first: the eager one takes its gradients
         torch.testing.assert_close(step_c(batch), step_e(batch), rtol=1e-4, atol=1e-5)
-    for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    assert_same_parameters(eager, compiled)
     assert any((tmp_path / "cache").iterdir())  # inductor wrote its cache where it was told
 
 
@@ -215,25 +219,27 @@ def _fast_steps(model, **switches) -> tuple[FastStep, FastStep]:
     return steps[0], steps[1]
 
 
-def _assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
-
-
 @pytest.mark.gpu
 def test_cuda_graph_replay_trains_like_the_eager_step(text_dir, vision_dir):
-    """Replayed steps give the eager step's losses and updates: on a new batch of the same shapes (the static
-    inputs are refilled), and on a smaller batch (a graph of its own, param.grad pointed at its buffers).
-    Eval mode: no dropout, whose masks a replay draws at other RNG offsets than the eager step."""
+    """Replayed steps give the eager step's losses, gradients and updates (tests/lockstep.py): on a new batch
+    of the same shapes (the static inputs are refilled), and on a smaller batch (a graph of its own,
+    param.grad pointed at its buffers). Eval mode: no dropout, whose masks a replay draws at other RNG
+    offsets than the eager step."""
     model, batch_a = _model_and_batch(text_dir, vision_dir, "tmr", {"cam": "both", "mi": True})
     batch_b = model.processor(make_examples(4, seed=1))
     batch_c = model.processor(make_examples(3, seed=2))
     assert batch_signature(batch_b) == batch_signature(batch_a) != batch_signature(batch_c)
     eager, graphed = _fast_steps(model, compile="none", cuda_graphs=True)
     assert isinstance(graphed.forward_backward, GraphedForwardBackward)
-    for batch in (batch_a, batch_b, batch_a, batch_c):
+    take_gradients(eager.optimizer, eager.model, record_gradients(graphed.optimizer, graphed.model))
+    for batch in (
+        batch_a,
+        batch_b,
+        batch_a,
+        batch_c,
+    ):  # the graphed step first: the eager one takes its grads
         torch.testing.assert_close(graphed(batch), eager(batch), rtol=1e-4, atol=1e-6)
-    _assert_same_parameters(eager.model, graphed.model)
+    assert_same_parameters(eager.model, graphed.model)
     stats = graphed.forward_backward.stats
     assert (stats.captures, stats.replays, stats.eager_steps) == (2, 4, 0)
 

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from tests.lockstep import assert_same_parameters, record_gradients, take_gradients
 from tests.models.conftest import tiny_config
 from tests.speed.conftest import dataset
 
@@ -115,22 +116,24 @@ def test_foreach_released_adamw_matches_released_adamw():
     assert not any(torch.equal(p, p0) for p, p0 in zip(a, params, strict=True))
 
 
-def test_fast_step_updates_like_the_plain_step(plain_and_batch):
+def test_fast_step_updates_like_the_plain_step(plain_and_batch, deterministic):
+    """The fast step's gradients equal the plain step's, and so does its update from them (tests/lockstep.py:
+    the plain optimiser is handed the fast step's gradients)."""
     plain, batch = plain_and_batch
     ref = copy.deepcopy(plain).eval()  # eval: no dropout, so the two steps see the same function
     fast = apply_fast_mode(copy.deepcopy(plain), FAST_CPU).eval()
     opt_ref = build_optimizer(ref, lr=1e-3, multi_tensor=False)
     opt_fast = build_optimizer(fast, lr=1e-3, multi_tensor=True)
     assert isinstance(opt_ref, ReleasedAdamW) and isinstance(opt_fast, ForeachReleasedAdamW)
-    ref_loss = ref(batch).loss
-    ref_loss.backward()
-    opt_ref.step()
+    take_gradients(opt_ref, ref, record_gradients(opt_fast, fast))
     step = FastStep(fast, opt_fast, FAST_CPU, "cpu")
     assert step.cfg.compile == "none" and not step.cfg.bf16
     loss = step(batch)
+    ref_loss = ref(batch).loss
+    ref_loss.backward()
+    opt_ref.step()
     torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(ref.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_parameters(ref, fast)
     assert all(p.grad is None for p in fast.parameters())
 
 

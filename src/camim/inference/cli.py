@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-dir", type=Path, help="folder of the images named by 'img_id' (file form)")
     p.add_argument("--overwrite", action="store_true", help="start --output afresh instead of resuming it")
     p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="predict the lines of --output's error records again (e.g. after restoring a missing image)",
+    )
+    p.add_argument(
         "--encoding",
         default=DEFAULT_ENCODING,
         help="text encoding of --input (default UTF-8, decoded strictly; a BOM is accepted), e.g. latin-1",
@@ -169,6 +174,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CamimError("--batch-size must be at least 1")
     if args.input is not None and not args.input.is_file():
         raise CamimError(f"{args.input}: input file not found")
+    if args.retry_failed and (args.input is None or args.output is None):
+        raise CamimError("--retry-failed needs --input and the --output whose failed lines to predict again")
     if args.input is not None:
         check_output_is_not_input(args.input, args.output)  # before the model is loaded
     predictor = _load(args)
@@ -184,6 +191,7 @@ def run_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         limit=args.limit,
         encoding=args.encoding,
+        retry_failed=args.retry_failed,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from camim.data.images import find_image
 from camim.errors import CamimError, DataError
 from camim.inference.predictor import Prediction, Predictor, PreparedInput
-from camim.io import DEFAULT_ENCODING, JsonlLog, check_encoding, decode_text, short_hash
+from camim.io import DEFAULT_ENCODING, JsonlLog, atomic_write_bytes, check_encoding, decode_text, short_hash
 from camim.progress import progress
 
 
@@ -97,16 +97,29 @@ def _input_lines(path: Path) -> list[bytes]:
         return list(fh)
 
 
-def _done_lines(output: Path, input_path: Path, lines: list[bytes]) -> set[int]:
-    """Line numbers already in ``output``; a torn last line (interrupted write) is cut off. ``CamimError``
-    when a record was made from another line than ``input_path``'s line of that number (``output`` belongs
-    to another input file) or carries no input hash."""
+@dataclass
+class _Held:
+    """What an existing output holds when a run starts."""
+
+    done: set[int] = field(default_factory=set)  # input lines it has a record of
+    errors: dict[int, int] = field(default_factory=dict)  # input line -> output row, of its error records
+    torn: bool = False  # a torn last line (an interrupted write) was cut off
+    ordered: bool = True  # its records are in input-line order
+
+    @property
+    def predicted(self) -> int:
+        return len(self.done) - len(self.errors)
+
+
+def _done_lines(output: Path, input_path: Path, lines: list[bytes]) -> _Held:
+    """The records already in ``output``; a torn last line (interrupted write) is cut off and counted.
+    ``CamimError`` when a record was made from another line than ``input_path``'s line of that number
+    (``output`` belongs to another input file) or carries no input hash."""
     log = JsonlLog(output, what="predictions file")
     records = log.read()
-    if log.partial_tail:
-        log.drop_partial_tail()
-    done: set[int] = set()
+    held = _Held(torn=log.partial_tail and log.drop_partial_tail())
     bad = min((k for k, _ in log.bad_lines), default=None)  # the first line that is not a record
+    last = 0
     for k, rec in records:
         if bad is not None and k > bad:
             break
@@ -115,25 +128,44 @@ def _done_lines(output: Path, input_path: Path, lines: list[bytes]) -> set[int]:
         except (ValueError, KeyError, TypeError):
             bad = k
             break
-        recorded = rec.get("input_sha256")  # type: ignore[union-attr]
-        actual = line_hash(lines[n - 1]) if 1 <= n <= len(lines) else None
-        if recorded is None or recorded != actual:
-            if recorded is None:
-                why = "has no hash of its input line (written by an older camim?)"
-            elif actual is None:
-                why = f"is for line {n}, but {input_path} has only {len(lines)} lines"
-            else:
-                why = f"was predicted from a line {n} that differs from {input_path}:{n}"
-            raise DataError(
-                f"this output belongs to another input file (its record {why}); refusing to resume it: "
-                "use another --output, or --overwrite to start it afresh",
-                output,
-                k,
-            )
-        done.add(n)
+        _check_record_hash(rec, n, output, k, input_path, lines)
+        held.done.add(n)
+        if "error" in rec:  # type: ignore[operator]
+            held.errors[n] = k
+        held.ordered, last = held.ordered and n > last, n
     if bad is not None:
         raise DataError("not a camim predictions line; use --overwrite to replace the file", output, bad)
-    return done
+    return held
+
+
+def _check_record_hash(rec: Any, n: int, output: Path, k: int, input_path: Path, lines: list[bytes]) -> None:
+    """``DataError`` (naming ``output``'s line ``k``) when record ``rec`` was not made from input line ``n``."""
+    recorded = rec.get("input_sha256")
+    actual = line_hash(lines[n - 1]) if 1 <= n <= len(lines) else None
+    if recorded is not None and recorded == actual:
+        return
+    if recorded is None:
+        why = "has no hash of its input line (written by an older camim?)"
+    elif actual is None:
+        why = f"is for line {n}, but {input_path} has only {len(lines)} lines"
+    else:
+        why = f"was predicted from a line {n} that differs from {input_path}:{n}"
+    raise DataError(
+        f"this output belongs to another input file (its record {why}); refusing to resume it: "
+        "use another --output, or --overwrite to start it afresh",
+        output,
+        k,
+    )
+
+
+def _keep_rows(output: Path, drop: set[int] | None = None, by_line: bool = False) -> None:
+    """Rewrite ``output`` atomically without its rows ``drop`` (1-based), or with its records sorted by
+    input line (``by_line``)."""
+    rows = output.read_bytes().split(b"\n")[:-1]  # the torn tail, if any, was cut off before
+    kept = [row for k, row in enumerate(rows, start=1) if k not in (drop or ())]
+    if by_line:
+        kept.sort(key=lambda row: int(json.loads(row)["line"]))
+    atomic_write_bytes(output, b"".join(row + b"\n" for row in kept))
 
 
 def check_output_is_not_input(input_path: Path, output_path: Path | None) -> None:
@@ -161,21 +193,24 @@ def predict_file(
     overwrite: bool = False,
     limit: int | None = None,
     encoding: str = DEFAULT_ENCODING,
+    retry_failed: bool = False,
 ) -> int:
     """Predict every line of ``input_path`` into ``output_path`` (JSONL, one record per input line, in order).
 
     Each record has ``line`` (1-based input line), ``input_sha256`` (the hash of that input line) and either
     the prediction or ``error`` (``file:line: ...``). An existing output is resumed (lines already there are
-    skipped) unless ``overwrite``, and only when its records were made from the same input lines. The input
-    is decoded strictly as ``encoding`` (an undecodable byte: ``DataError`` naming file and line, before
-    anything is written); an output that is the input file is refused. Returns 0, or 1 when some lines
-    failed.
+    skipped; a torn last line is cut off and counted) unless ``overwrite``, and only when its records were
+    made from the same input lines; ``retry_failed`` predicts the lines of its error records again. The
+    input is decoded strictly as ``encoding`` (an undecodable byte: ``DataError`` naming file and line,
+    before anything is written); an output that is the input file is refused. Returns 0, or 1 while the
+    output holds an error record (this run's or an earlier one's).
     """
     check_output_is_not_input(input_path, output_path)
     lines = _input_lines(input_path)
     codec = check_encoding(encoding)
     texts = [decode_text(raw, input_path, codec, line=n) for n, raw in enumerate(lines, start=1)]
-    done = _resume(output_path, input_path, lines, overwrite)
+    held = _resume(output_path, input_path, lines, overwrite, retry_failed)
+    done = held.done
     last = len(texts) if limit is None else min(limit, len(texts))
     todo = sum(1 for n in range(1, last + 1) if n not in done and texts[n - 1].strip())
     with _output(output_path, overwrite) as write, progress(todo, "predicting", "line") as shown:
@@ -189,22 +224,50 @@ def predict_file(
             for n in window:
                 run.add(n, texts[n - 1], line_hash(lines[n - 1]), write_it=n not in done)
             run.flush(batch_size)
+    appended_before = held.done and run.first_written is not None and run.first_written < max(held.done)
+    if output_path is not None and (appended_before or not held.ordered):
+        _keep_rows(output_path, by_line=True)  # retried lines were appended after later ones
+    failed = sorted([*held.errors, *run.failed_lines])
+    print(_summary(output_path, held, run, failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _summary(output_path: Path | None, held: _Held, run: _FileRun, failed: list[int]) -> str:
+    """The closing line: what the output holds (earlier runs' records included) and what this run did."""
     where = output_path if output_path is not None else "stdout"
-    print(
-        f"camim predict: {run.predicted} prediction(s), {run.failed} failed line(s) -> {where}",
-        file=sys.stderr,
-    )
-    return 1 if run.failed else 0
+    text = f"camim predict: {held.predicted + run.predicted} prediction(s), {len(failed)} failed line(s)"
+    if held.done or held.torn:
+        this_run = f"{run.predicted} predicted and {run.failed} failed in this run"
+        text += f" ({this_run}{', 1 torn line cut off' if held.torn else ''})"
+    text += f" -> {where}"
+    if failed:
+        shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
+        text += f"; failed input line(s): {shown} (--retry-failed predicts them again)"
+    return text
 
 
-def _resume(output_path: Path | None, input_path: Path, lines: list[bytes], overwrite: bool) -> set[int]:
-    """The input lines an existing output already holds (none with ``overwrite``)."""
+def _resume(
+    output_path: Path | None, input_path: Path, lines: list[bytes], overwrite: bool, retry_failed: bool
+) -> _Held:
+    """What an existing output holds (nothing with ``overwrite``); with ``retry_failed`` its error records
+    are removed first, so that their lines are predicted again."""
     if output_path is None or not output_path.exists() or overwrite:
-        return set()
-    done = _done_lines(output_path, input_path, lines)
-    if done:
-        print(f"camim predict: resuming {output_path}: {len(done)} line(s) already done", file=sys.stderr)
-    return done
+        return _Held()
+    held = _done_lines(output_path, input_path, lines)
+    torn = "; cut off 1 torn line (an interrupted write: its line is predicted again)" if held.torn else ""
+    retry = ""
+    if retry_failed and held.errors:
+        _keep_rows(output_path, drop=set(held.errors.values()))
+        retry = f"; predicting the {len(held.errors)} failed line(s) again (--retry-failed)"
+        held.done -= held.errors.keys()
+        held.errors = {}
+    if held.done or held.torn:
+        errors = f" ({len(held.errors)} with an error record)" if held.errors else ""
+        print(
+            f"camim predict: resuming {output_path}: {len(held.done)} line(s) already done{errors}{torn}{retry}",
+            file=sys.stderr,
+        )
+    return held
 
 
 @contextmanager
@@ -240,6 +303,8 @@ class _FileRun:
     shown: Any  # the progress display (camim.progress.progress)
     predicted: int = 0
     failed: int = 0
+    failed_lines: list[int] = field(default_factory=list)
+    first_written: int | None = None  # the smallest input line this run wrote a record of
     # (line, prepared input or None for a bad line, its record or None when the output holds it already)
     pending: list[tuple[int, PreparedInput | None, dict[str, Any] | None]] = field(default_factory=list)
 
@@ -284,6 +349,8 @@ class _FileRun:
         records = [rec for _, _, rec in self.pending if rec is not None]
         if records:
             self.write(records)
+            first = min(rec["line"] for rec in records)
+            self.first_written = first if self.first_written is None else min(self.first_written, first)
         self.shown.update(len(records))
         self.shown.set_postfix(failed=self.failed)
         self.pending.clear()
@@ -292,3 +359,4 @@ class _FileRun:
         rec["error"] = str(DataError(str(exc), self.input_path, n))
         print(f"camim predict: {rec['error']}", file=sys.stderr)
         self.failed += 1
+        self.failed_lines.append(n)

@@ -30,6 +30,7 @@ from camim.data.fetch.pinning import (
     sha256_of,
 )
 from camim.errors import CamimError
+from camim.io import fsync_path
 
 # Interruptions after which a transfer is retried (resuming from the ``.part`` file).
 _TRANSIENT = (http.client.IncompleteRead, http.client.HTTPException, ConnectionError, TimeoutError, OSError)
@@ -213,7 +214,9 @@ def _fetch_one(pinned: PinnedFile, dest: Path, source: _Source, timeout: float, 
         else:
             problem = f"checksum mismatch (sha256 {got[:16]}..., expected {pinned.sha256[:16]}...)"
         raise CamimError(f"{pinned.path}: {problem} from {where}; partial file removed, nothing written")
+    fsync_path(part)  # verified: on disk before its final name says the download is done
     os.replace(part, final)
+    fsync_path(final.parent)
     return resumed
 
 
