@@ -155,7 +155,19 @@ class RunFolder:
 
     @property
     def resumable(self) -> bool:
-        return self.last_checkpoint.is_file()
+        """``checkpoints/last.ckpt`` exists and is not empty. An empty one (a power loss cut it short, before
+        atomic writes were fsynced) cannot be resumed from: the run starts afresh, with a warning."""
+        last = self.last_checkpoint
+        if not last.is_file():
+            return False
+        if last.stat().st_size == 0:
+            if last not in _WARNED:
+                _WARNED.add(last)
+                log.warning(
+                    "%s is empty (cut short by a power loss); the run starts again from its first step", last
+                )
+            return False
+        return True
 
     @property
     def has_model(self) -> bool:

@@ -154,6 +154,27 @@ def test_resume_after_kill_gives_identical_weights_and_metrics(reference_run, ti
     assert sorted(joined) == list(range(12)) and joined == pytest.approx(ref)
 
 
+def test_an_empty_last_checkpoint_starts_the_run_afresh_with_a_warning(
+    reference_run, tiny_mnre, tmp_path, caplog
+):
+    """A last.ckpt that a power loss left empty (written before atomic writes were fsynced) crashed the
+    resume; now the run trains from its first step, to the uninterrupted run's weights and metrics."""
+    out = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_run("offline-bert", tiny_mnre, out, overrides=TINY, callbacks=[Kill(at=8)])
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="camim.runs"):
+        rerun = train_run("offline-bert", tiny_mnre, out, overrides=TINY)
+    assert any(r.getMessage().endswith("is empty (cut short by a power loss); the run starts again from its "
+                                       "first step") for r in caplog.records)  # fmt: skip
+    assert rerun.metrics["global_step"] == 12 and rerun.metrics["test"] == reference_run.metrics["test"]
+    a, b = (
+        load_file(reference_run.model_dir / "model.safetensors"),
+        load_file(rerun.model_dir / "model.safetensors"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_other_run_in_folder_is_refused(reference_run, tiny_mnre):
     with pytest.raises(CamimError, match="different run"):
         train_run("offline-bert", tiny_mnre, reference_run.output_dir, overrides=[*TINY, "optim.lr=1e-3"])

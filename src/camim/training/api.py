@@ -272,9 +272,9 @@ def _train(cfg: RunConfig, folder: RunFolder, labels, callbacks: list) -> RunRes
     ]  # as config.yaml holds it
     trainer = _trainer(cfg, folder.path, callbacks, loggers or False)
     last = folder.last_checkpoint
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if folder.resumable else None)
 
-    best = checkpoint.best_model_path or (str(last) if last.is_file() else None)
+    best = checkpoint.best_model_path or (str(last) if folder.resumable else None)
     eval_trainer, best = _evaluation_trainer(trainer, cfg, folder.path, best)
     if eval_trainer is None:  # a non-zero DDP rank
         return RunResult(metrics={}, output_dir=folder.path, model_dir=folder.model_dir, primary=False)
