@@ -112,6 +112,11 @@ class ServeConfig:
                 f"max_reading_bytes ({self.max_reading_bytes}) must be at least max_request_bytes "
                 f"({self.max_request_bytes}): a request of the largest size could never be read"
             )
+        if self.max_decoded_bytes < self.max_request_decoded_bytes:
+            raise CamimError(
+                f"max_decoded_bytes ({self.max_decoded_bytes}) must be at least max_request_decoded_bytes "
+                f"({self.max_request_decoded_bytes}): a request within its own limit would get 503 forever"
+            )
 
 
 class HTTPFailure(Exception):
