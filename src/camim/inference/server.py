@@ -21,8 +21,8 @@ each reduced while decoding to the size its users need (:meth:`Predictor.image_f
 images take to decode, read from their headers first, must fit ``max_request_decoded_bytes`` (else 413)
 and what the requests being prepared hold together ``max_decoded_bytes`` (else 503 with ``Retry-After``).
 
-A request's posts are decoded (and captioned) in worker threads (at most ``max_preparing`` at once; the
-rest of the thread pool stays free for the page), in parallel with other requests, then handed to the
+A request's posts are decoded (and captioned) in worker threads (at most ``max_preparing`` at once, counted
+apart from the default thread pool's 40, which stay free for the page), in parallel with other requests, then handed to the
 predictor's :class:`~camim.inference.batching.BatchEngine`, which runs the posts of concurrent requests as
 one forward (``max_batch_size``, ``max_wait_ms``). Beyond ``max_queue`` requests in flight the server
 answers 503 with ``Retry-After`` at once; a request without its answer after ``request_timeout_s`` gets
@@ -100,7 +100,7 @@ class ServeConfig:
     # what decoding a request's images may take (camim.io.decode_cost), and all requests' together
     max_request_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     max_decoded_bytes: int = 4 * DEFAULT_MAX_DECODED_BYTES
-    max_preparing: int = 32  # requests decoded / captioned at once, of the thread pool's 40 threads
+    max_preparing: int = 32  # requests decoded / captioned at once (threads beside the default pool's 40)
     # bytes of request bodies held at once (from the first byte read until answered), process-wide (None: 4 x max_request_bytes); beyond: 503
     max_reading_bytes: int | None = None
 
