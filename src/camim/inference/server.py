@@ -10,11 +10,11 @@ Endpoints:
 Images travel as base64 (optionally a ``data:`` URL) in the JSON body. A body is read only for the two
 prediction routes (to any other path it is refused unread: 404, 405 or 413), after the API key is checked,
 whole and within ``body_timeout_s`` (408 past it) before the request takes an admission slot; requests over
-``max_request_bytes`` are refused with 413 before they are read in full, and one whose declared length (or,
-chunked, what has arrived) would take the bytes of request bodies held (until answered) past ``max_reading_bytes`` gets
-503 with ``Retry-After`` (with a declared length, before its first byte is read); images over ``max_image_bytes`` / ``max_image_pixels``
-give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
-``{"error": message}``.
+``max_request_bytes`` are refused with 413 before they are read in full, and one whose bytes (counted as
+they arrive, held until it is answered) would take the request bodies held past ``max_reading_bytes`` gets
+503 with ``Retry-After`` (before its first byte is read when its declared length does not fit beside those
+held); images over ``max_image_bytes`` / ``max_image_pixels`` give 413, corrupt images and bad entity marks
+400, schema violations 422; every error body is ``{"error": message}``.
 
 Decoded pixels are budgeted, not only encoded bytes: only the images the model or a helper uses are decoded,
 each reduced while decoding to the size its users need (:meth:`Predictor.image_fits`); what a request's
