@@ -192,7 +192,7 @@ class BodyBudget(Budget):
 
 @dataclass
 class BodyShare:
-    """One body's reservation in a :class:`BodyBudget`: grows with what arrives, all returned by :meth:`release`."""
+    """One body's bytes held in a :class:`BodyBudget`: grows with what arrives, all returned by :meth:`release`."""
 
     budget: BodyBudget
     held: int = 0
