@@ -1,7 +1,7 @@
 """``camim serve`` against hostile clients (issue 36): its peak memory and a normal client's latency under each.
 
-    python benchmarks/serve_abuse.py [--trickle 64] [--trickle-seconds 20] [--big-posts 32] [--server-flags "..."]
-                                     [--only abcd] [--json out.json]
+    python benchmarks/serve_abuse.py [--trickle 64] [--trickle-bytes 1000000] [--trickle-seconds 20] [--big-posts 32]
+                                     [--server-flags "..."] [--only abcd] [--json out.json]
 
 Builds a tiny text-caption TMR (random weights: the model's speed is not what is measured), starts
 ``camim serve`` on 127.0.0.1 with an API key and ``--max-queue 64`` (``serve_load.py``'s server helpers), and
@@ -9,8 +9,8 @@ runs, one after the other, while a normal client (with the key) posts one predic
 
 a. the pixel bomb: one ``/api/predict_batch`` of 32 posts, each with a one-bit 6320 x 6320 PNG (~5 KB) that a
    text-caption model never reads;
-b. slow clients: ``--trickle`` connections announce a 1 MB prediction body (with the key), then send one byte
-   every ``--trickle-interval`` seconds, for ``--trickle-seconds``;
+b. slow clients: ``--trickle`` connections announce a prediction body of ``--trickle-bytes`` (1 MB; with the
+   key), then send one byte every ``--trickle-interval`` seconds, for ``--trickle-seconds``;
 c. big bodies: 16 MiB (the default ``--max-request-mb``) posted at once to ``/healthz``, ``/``, ``/docs``, an
    unknown path and ``/api/predict``, each without and with the key;
 d. many big bodies: ``--big-posts`` valid predictions padded to just under 16 MiB, posted at once with the
@@ -105,12 +105,12 @@ async def send(
         writer.close()
 
 
-async def trickle(port: int, seconds: float, interval: float) -> str:
-    """Announce a 1 MB prediction body, then send a byte every ``interval`` s: the server's answer within
-    ``seconds``, or ``open`` (still reading it), or ``reset``."""
+async def trickle(port: int, seconds: float, interval: float, announced: int = 1_000_000) -> str:
+    """Announce an ``announced``-byte prediction body, then send a byte every ``interval`` s: the server's
+    answer within ``seconds``, or ``open`` (still reading it), or ``reset``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
-        f"POST /api/predict HTTP/1.1\r\nhost: bench\r\ncontent-length: 1000000\r\n{AUTH}\r\n".encode()
+        f"POST /api/predict HTTP/1.1\r\nhost: bench\r\ncontent-length: {announced}\r\n{AUTH}\r\n".encode()
     )
     answer = asyncio.ensure_future(reader.readline())
     deadline = time.monotonic() + seconds
@@ -192,7 +192,10 @@ def attacks(args: argparse.Namespace) -> dict:
         return [await send(port, "POST", "/api/predict_batch", bomb, AUTH, timeout=args.timeout)]
 
     async def trickle_attack(port: int) -> list[str]:
-        conns = (trickle(port, args.trickle_seconds, args.trickle_interval) for _ in range(args.trickle))
+        conns = (
+            trickle(port, args.trickle_seconds, args.trickle_interval, args.trickle_bytes)
+            for _ in range(args.trickle)
+        )
         return list(await asyncio.gather(*conns))
 
     async def big_attack(port: int) -> list[str]:
@@ -217,7 +220,9 @@ def attacks(args: argparse.Namespace) -> dict:
     return {
         "none (the normal client alone)": idle,
         f"(a) pixel bomb: predict_batch of 32 one-bit 6320x6320 PNGs ({len(bomb) // 1024} KB)": bomb_attack,
-        f"(b) {args.trickle} trickling connections, {args.trickle_seconds:g} s": trickle_attack,
+        f"(b) {args.trickle} trickling connections announcing {args.trickle_bytes} bytes, {args.trickle_seconds:g} s": (
+            trickle_attack
+        ),
         "(c) 16 MiB bodies on open paths and the API, without / with the key": big_attack,
         f"(d) {args.big_posts} valid ~16 MiB predictions at once, with the key": many_big_attack,
     }
@@ -266,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trickle-seconds", type=float, default=20.0)
     ap.add_argument(
         "--trickle-interval", type=float, default=2.0, help="seconds between a slow client's bytes"
+    )
+    ap.add_argument(
+        "--trickle-bytes", type=int, default=1_000_000, help="the body length a slow client announces"
     )
     ap.add_argument("--big-posts", type=int, default=32, help="concurrent ~16 MiB posts of attack (d)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per attacking request")

@@ -134,6 +134,18 @@ def test_a_request_over_the_decoded_budget_is_413_and_the_server_budget_503(tmr_
         assert ok.status_code == 200
 
 
+def test_the_decoded_budget_must_hold_the_largest_request():
+    """A request allowed to decode more than the whole server's budget would be answered 503 ("retry")
+    forever: such limits are refused when the server is configured."""
+    from camim.errors import CamimError
+
+    with pytest.raises(
+        CamimError,
+        match=r"max_decoded_bytes \(1000\) must be at least max_request_decoded_bytes \(2000\)",
+    ):
+        config(max_request_decoded_bytes=2000, max_decoded_bytes=1000)
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_images_are_reduced_while_decoding_and_predict_as_before(tmr_dir, monkeypatch, fmt):
     """The tiny TMR reads 32-pixel images (a 37-pixel short side): a 480 x 360 image is decoded at 1/4

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 
@@ -140,22 +141,22 @@ def held(url: str) -> float | None:
 
 
 def test_bodies_being_read_share_a_budget_and_its_bytes_return_however_a_read_ends(predictor):
-    """A budget of 100,000 body bytes being read at once: a slow client that announced 80,000 holds them, so
-    a request announcing 50,000 gets 503 at once (unread, connection closed), and a chunked one at its first
-    chunk that does not fit, while a small request is answered. The slow one's 408, and a client that leaves
-    in the middle of its body, return their bytes: a 60,000-byte request then succeeds."""
+    """A budget of 100,000 body bytes held at once: a slow client has sent 60,000 of the 80,000 it announced,
+    so a request announcing 50,000 gets 503 at once (unread, connection closed), and a chunked one at its
+    first chunk that does not fit, while a small request is answered. The slow one's 408, and a client that
+    leaves in the middle of its body, return their bytes: a 60,000-byte request then succeeds."""
     limits = config(max_request_bytes=80_000, max_reading_bytes=100_000, body_timeout_s=2.0)
     with running_server(predictor, limits) as url, connect(url) as slow:
-        slow.sendall(head("POST", "/api/predict", 80_000) + GOOD[:10])
-        wait_until(lambda: held(url) == 80_000, timeout=5, what="the slow body's reservation")
-        # each refusal names the slow body's 80,000 bytes (it still holds them) and comes before the 2 s body
+        slow.sendall(head("POST", "/api/predict", 80_000) + b" " * 60_000)
+        wait_until(lambda: held(url) == 60_000, timeout=5, what="the slow body's bytes held")
+        # each refusal names the slow body's 60,000 bytes (it still holds them) and comes before the 2 s body
         # deadline that its unsent body would reach if it were read
         with connect(url, timeout=1.5) as big:
             big.sendall(head("POST", "/api/predict", 50_000))
             status, headers, body = read_answer(big)
             assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
             assert body.decode() == (
-                '{"error": "the server holds 80000 bytes of request bodies and 50000 more would pass its '
+                '{"error": "the server holds 60000 bytes of request bodies and 50000 more would pass its '
                 'budget of 100000 (max_reading_bytes, --max-reading-mb); retry shortly"}'
             )
             assert_closed(big)
@@ -163,16 +164,17 @@ def test_bodies_being_read_share_a_budget_and_its_bytes_return_however_a_read_en
             chunked.sendall(
                 head("POST", "/api/predict", 0).replace(b"content-length: 0", b"transfer-encoding: chunked")
             )
-            chunked.sendall(b"%x\r\n%s\r\n" % (30_000, b" " * 30_000))
+            chunked.sendall(b"%x\r\n%s\r\n" % (50_000, b" " * 50_000))
             status, _, body = read_answer(chunked)
-            assert status == 503 and "holds 80000 bytes of request bodies and 30000 more" in body.decode()
+            assert status == 503  # at the piece that did not fit beside the slow body's (and its own first)
+            assert re.search(r"holds 6\d{4} bytes of request bodies and \d+ more", body.decode())
         small = httpx.post(url + "/api/predict", content=GOOD, headers={"content-type": "application/json"})
         assert small.status_code == 200, small.text
         assert read_answer(slow)[0] == 408
         wait_until(lambda: held(url) == 0, timeout=5, what="the timed-out body's bytes returned")
         with connect(url) as leaving:
             leaving.sendall(head("POST", "/api/predict", 80_000) + GOOD[:10])
-            wait_until(lambda: held(url) == 80_000, timeout=5, what="the leaving body's reservation")
+            wait_until(lambda: held(url) == 10, timeout=5, what="the leaving body's bytes held")
         wait_until(lambda: held(url) == 0, timeout=5, what="the left body's bytes returned")
         padded = GOOD + b" " * (60_000 - len(GOOD))
         third = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
@@ -181,6 +183,21 @@ def test_bodies_being_read_share_a_budget_and_its_bytes_return_however_a_read_en
     assert metric(text, "camim_body_budget_refusals_total") == 2
     assert metric(text, 'camim_requests_total{endpoint="/api/predict",status="503"}') == 2
     assert metric(text, "camim_body_bytes_held") == 0
+
+
+def test_slow_clients_hold_only_the_bytes_they_have_sent_so_they_cannot_lock_others_out(predictor):
+    """Two connections announce 50,000 bytes each (together the whole 100,000 budget) and send one byte: they
+    hold two bytes, not 100,000, and a 60,000-byte request is answered beside them (a reservation of the
+    announced lengths let four such connections to a default server answer every prediction 503)."""
+    limits = config(max_request_bytes=80_000, max_reading_bytes=100_000, body_timeout_s=10.0)
+    padded = GOOD + b" " * (60_000 - len(GOOD))
+    with running_server(predictor, limits) as url, connect(url) as one, connect(url) as two:
+        for slow in (one, two):
+            slow.sendall(head("POST", "/api/predict", 50_000) + b"{")
+        wait_until(lambda: held(url) == 2, timeout=5, what="the slow bodies' bytes held")
+        r = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert held(url) == 2
 
 
 def test_a_body_stays_in_the_budget_until_its_request_is_answered(bert_run):

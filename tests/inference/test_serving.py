@@ -280,6 +280,10 @@ def test_api_key_env_and_the_warning_for_open_public_addresses(bert_run, monkeyp
         run("--drain-delay", "-1")
     with pytest.raises(CamimError, match=r"--max-reading-mb \(8\) must be at least --max-request-mb \(16\)"):
         run("--max-reading-mb", "8")
+    with pytest.raises(
+        CamimError, match=r"--max-decoded-mb \(100\) must be at least --max-request-decoded-mb \(256\)"
+    ):
+        run("--max-decoded-mb", "100")
 
 
 def test_workers_with_cuda_validate_the_model_without_touching_cuda_in_the_supervisor(

@@ -27,6 +27,14 @@ class Budget:
             self.held += size
             return True
 
+    def admits(self, size: int) -> bool:
+        """Whether ``size`` more would fit beside what is held now (nothing taken); one refusal counted if not."""
+        with self._lock:
+            if self.held + size > self.limit:
+                self.refused += 1
+                return False
+            return True
+
     def give(self, size: int) -> None:
         with self._lock:
             self.held -= size

@@ -250,11 +250,13 @@ def run_serve(args: argparse.Namespace) -> int:
     for flag in ("max_wait_ms", "graceful_timeout", "drain_delay"):
         if getattr(args, flag) < 0:
             raise CamimError(f"--{flag.replace('_', '-')} must be 0 or more")
-    if args.max_reading_mb is not None and args.max_reading_mb < args.max_request_mb:
-        raise CamimError(
-            f"--max-reading-mb ({args.max_reading_mb:g}) must be at least --max-request-mb "
-            f"({args.max_request_mb:g}): a request of the largest size could never be read"
-        )
+    for flag, least in (("max_reading_mb", "max_request_mb"), ("max_decoded_mb", "max_request_decoded_mb")):
+        value, floor = getattr(args, flag), getattr(args, least)
+        if value is not None and value < floor:  # a request within the per-request limit would never fit
+            raise CamimError(
+                f"--{flag.replace('_', '-')} ({value:g}) must be at least --{least.replace('_', '-')} "
+                f"({floor:g}): a request within the second could never be served"
+            )
     if _api_key(args.api_key_env) is None and not _is_loopback(args.host):
         print(
             f"camim serve: warning: listening on {args.host} without --api-key-env: anyone who can reach it can "

@@ -176,9 +176,11 @@ class BodyBudget(Budget):
     until the request is answered (a body read and waiting for admission or for the model costs what one
     being read does).
 
-    A body with a ``Content-Length`` reserves that many bytes before its first byte is read; a chunked one
-    reserves its bytes as they arrive (:class:`BodyShare`). A request that does not fit is refused (503), and
-    its share returns when it is answered, refused, timed out or abandoned."""
+    A body's bytes are held as they arrive (:class:`BodyShare`), so a client that sends slowly holds only what
+    it has sent (a reservation of its announced length would let a few connections that announce large bodies
+    and send nothing lock every other request out until their body deadline). A ``Content-Length`` that does
+    not fit beside the bytes held now is refused (503) before its first byte is read, and a body is refused at
+    the chunk that does not fit; its share returns when it is answered, refused, timed out or abandoned."""
 
     def refusal(self, size: int) -> str:
         """The one-line message of a request refused for want of ``size`` bytes."""
@@ -190,7 +192,7 @@ class BodyBudget(Budget):
 
 @dataclass
 class BodyShare:
-    """One body's reservation in a :class:`BodyBudget`: grows with what arrives, all returned by :meth:`release`."""
+    """One body's bytes held in a :class:`BodyBudget`: grows with what arrives, all returned by :meth:`release`."""
 
     budget: BodyBudget
     held: int = 0
@@ -232,7 +234,8 @@ class BodyGateMiddleware:
     announced to any other path, it is refused unread: 404 (no such route), 405 (not this method) or 413 (the
     route takes no body). A request without a body goes on untouched (the app answers its 404 and 405).
     Over ``limit`` (declared, or counted while streaming): 413; not all there after ``timeout_s``: 408; its
-    declared length (or, chunked, what has arrived) not fitting in ``budget``: 503 with ``Retry-After``.
+    declared length not fitting beside what ``budget`` holds, or what has arrived no longer fitting: 503 with
+    ``Retry-After``.
     """
 
     def __init__(
@@ -277,7 +280,7 @@ class BodyGateMiddleware:
         """The whole body, read within the deadline and the budget (held in ``share``); None when it was
         refused (answered) or the client left."""
         declared = declared_length(scope) or 0
-        if not share.grow_to(declared):
+        if not self.budget.admits(declared):  # refused unread; nothing is held for bytes not yet sent
             await self._over_budget(send, declared)
             return None
         try:
@@ -319,8 +322,8 @@ class BodyGateMiddleware:
         return None
 
     async def _read(self, receive: Any, send: Any, share: BodyShare) -> bytes | None:
-        """The whole body; None when it went over the limit (answered 413) or the budget (503: a chunked
-        body, its ``share`` grown as it arrives), or the client left."""
+        """The whole body; None when it went over the limit (answered 413) or the budget (503: ``share`` grows
+        as the body arrives), or the client left."""
         chunks, seen = [], 0
         while True:
             message = await receive()

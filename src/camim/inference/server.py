@@ -10,19 +10,19 @@ Endpoints:
 Images travel as base64 (optionally a ``data:`` URL) in the JSON body. A body is read only for the two
 prediction routes (to any other path it is refused unread: 404, 405 or 413), after the API key is checked,
 whole and within ``body_timeout_s`` (408 past it) before the request takes an admission slot; requests over
-``max_request_bytes`` are refused with 413 before they are read in full, and one whose declared length (or,
-chunked, what has arrived) would take the bytes of request bodies held (until answered) past ``max_reading_bytes`` gets
-503 with ``Retry-After`` (with a declared length, before its first byte is read); images over ``max_image_bytes`` / ``max_image_pixels``
-give 413, corrupt images and bad entity marks 400, schema violations 422; every error body is
-``{"error": message}``.
+``max_request_bytes`` are refused with 413 before they are read in full, and one whose bytes (counted as
+they arrive, held until it is answered) would take the request bodies held past ``max_reading_bytes`` gets
+503 with ``Retry-After`` (before its first byte is read when its declared length does not fit beside those
+held); images over ``max_image_bytes`` / ``max_image_pixels`` give 413, corrupt images and bad entity marks
+400, schema violations 422; every error body is ``{"error": message}``.
 
 Decoded pixels are budgeted, not only encoded bytes: only the images the model or a helper uses are decoded,
 each reduced while decoding to the size its users need (:meth:`Predictor.image_fits`); what a request's
 images take to decode, read from their headers first, must fit ``max_request_decoded_bytes`` (else 413)
 and what the requests being prepared hold together ``max_decoded_bytes`` (else 503 with ``Retry-After``).
 
-A request's posts are decoded (and captioned) in worker threads (at most ``max_preparing`` at once; the
-rest of the thread pool stays free for the page), in parallel with other requests, then handed to the
+A request's posts are decoded (and captioned) in worker threads (at most ``max_preparing`` at once, counted
+apart from the default thread pool's 40, which stay free for the page), in parallel with other requests, then handed to the
 predictor's :class:`~camim.inference.batching.BatchEngine`, which runs the posts of concurrent requests as
 one forward (``max_batch_size``, ``max_wait_ms``). Beyond ``max_queue`` requests in flight the server
 answers 503 with ``Retry-After`` at once; a request without its answer after ``request_timeout_s`` gets
@@ -100,7 +100,7 @@ class ServeConfig:
     # what decoding a request's images may take (camim.io.decode_cost), and all requests' together
     max_request_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     max_decoded_bytes: int = 4 * DEFAULT_MAX_DECODED_BYTES
-    max_preparing: int = 32  # requests decoded / captioned at once, of the thread pool's 40 threads
+    max_preparing: int = 32  # requests decoded / captioned at once (threads beside the default pool's 40)
     # bytes of request bodies held at once (from the first byte read until answered), process-wide (None: 4 x max_request_bytes); beyond: 503
     max_reading_bytes: int | None = None
 
@@ -111,6 +111,11 @@ class ServeConfig:
             raise CamimError(
                 f"max_reading_bytes ({self.max_reading_bytes}) must be at least max_request_bytes "
                 f"({self.max_request_bytes}): a request of the largest size could never be read"
+            )
+        if self.max_decoded_bytes < self.max_request_decoded_bytes:
+            raise CamimError(
+                f"max_decoded_bytes ({self.max_decoded_bytes}) must be at least max_request_decoded_bytes "
+                f"({self.max_request_decoded_bytes}): a request within its own limit would get 503 forever"
             )
 
 
