@@ -37,7 +37,9 @@ def _run_card(model_dir: Path):
     config = folder.read_config()
     if config is None:
         return None
-    metrics = folder.read_metrics() if folder.finished else {}
+    # a metrics.json that is there but unreadable is an error here (its one line), not an unfinished run:
+    # the card would publish a run without its scores
+    metrics = folder.read_metrics() if folder.metrics_path.is_file() else {}
     return CardRun.of_run(config, metrics, load_paper_results())
 
 
