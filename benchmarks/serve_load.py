@@ -177,12 +177,17 @@ class Server:
             return None
 
 
-def start_server(name: str, model_dir: Path, logs: Path, flags: list[str], timeout: float = 180) -> Server:
+def start_server(
+    name: str, model_dir: Path, logs: Path, flags: list[str], timeout: float = 180, root: Path | None = None
+) -> Server:
+    """``camim serve`` from the source tree ``root`` (default: this checkout) on a free 127.0.0.1 port,
+    returned once ``/readyz`` answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = logs / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    src = (root or ROOT) / "src"
+    env = {**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "camim", "serve", "--model", str(model_dir), "--port", str(port), *flags]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -210,6 +210,16 @@ class BodyShare:
         self.held = 0
 
 
+async def _within(seconds: float, awaitable: Any) -> Any:
+    """``await awaitable``, cancelled after ``seconds`` (``asyncio.TimeoutError``). ``asyncio.timeout`` where it
+    exists (Python 3.11+: a timer in this task), else ``asyncio.wait_for``, which runs it as a task of its own
+    (tens of microseconds more per request body)."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 def _replaying(body: bytes, receive: Any) -> Any:
     """An ASGI ``receive`` that gives ``body`` whole, then what the client sends next (its disconnect, which
     the endpoint watches for)."""
@@ -284,7 +294,7 @@ class BodyGateMiddleware:
             await self._over_budget(send, declared)
             return None
         try:
-            return await asyncio.wait_for(self._read(receive, send, share), self.timeout_s)
+            return await _within(self.timeout_s, self._read(receive, send, share))
         except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
             message = f"request body not received within the deadline of {self.timeout_s:g} s"
             await send_json(send, 408, {"error": message}, CLOSE)
