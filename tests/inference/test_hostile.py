@@ -167,7 +167,10 @@ def test_bodies_being_read_share_a_budget_and_its_bytes_return_however_a_read_en
             chunked.sendall(b"%x\r\n%s\r\n" % (50_000, b" " * 50_000))
             status, _, body = read_answer(chunked)
             assert status == 503  # at the piece that did not fit beside the slow body's (and its own first)
-            assert re.search(r"holds 6\d{4} bytes of request bodies and \d+ more", body.decode())
+            # what is held: the slow body's 60,000 and the pieces of this one that fitted before it
+            found = re.search(r"holds (\d+) bytes of request bodies and (\d+) more", body.decode())
+            held_then, more = int(found[1]), int(found[2])
+            assert 60_000 <= held_then < 100_000 < held_then + more
         small = httpx.post(url + "/api/predict", content=GOOD, headers={"content-type": "application/json"})
         assert small.status_code == 200, small.text
         assert read_answer(slow)[0] == 408
@@ -198,46 +201,6 @@ def test_slow_clients_hold_only_the_bytes_they_have_sent_so_they_cannot_lock_oth
         r = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
         assert held(url) == 2
-
-
-def test_a_body_stays_in_the_budget_until_its_request_is_answered(bert_run):
-    """A body read whole and admitted still holds its bytes while the model works on its request (the budget
-    bounds the bodies in memory, not only those on the wire): a second body that would not fit beside it is
-    refused until the first request is answered."""
-    import threading
-
-    gate, release, working = threading.Event(), threading.Event(), threading.Event()
-    gated = Predictor.from_pretrained(bert_run.path)
-    prepare = gated.prepare
-
-    def slow_prepare(*args, **kwargs):
-        if gate.is_set():  # not the server's warm-up post
-            working.set()
-            release.wait(10)
-        return prepare(*args, **kwargs)
-
-    gated.prepare = slow_prepare
-    padded = GOOD + b" " * (60_000 - len(GOOD))
-    limits = config(max_request_bytes=80_000, max_reading_bytes=100_000)
-    with running_server(gated, limits) as url:
-        wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, timeout=10, what="the warm-up")
-        gate.set()
-        first = threading.Thread(target=httpx.post, args=(url + "/api/predict",), kwargs={"content": padded,
-                                 "headers": {"content-type": "application/json"}, "timeout": 20})  # fmt: skip
-        first.start()
-        try:
-            wait_until(working.is_set, timeout=10, what="the first request being prepared")
-            assert held(url) == 60_000  # read and admitted: its body is still held
-            with connect(url, timeout=3) as second:  # refused on its headers, not one byte of it read
-                second.sendall(head("POST", "/api/predict", len(padded)))
-                status, _, body = read_answer(second)
-            assert status == 503 and "holds 60000 bytes of request bodies and 60000 more" in body.decode()
-        finally:
-            release.set()
-            first.join(20)
-        wait_until(lambda: held(url) == 0, timeout=5, what="the answered body's bytes returned")
-        third = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
-        assert third.status_code == 200, third.text
 
 
 def test_the_reading_budget_must_hold_the_largest_request():
