@@ -53,7 +53,8 @@ class Regime:
     """One regime's grids (``lr``: the text row's learning rate chosen on dev; ``fig4``: None where there is
     none) and how its report reads: ``title`` heads the tables, ``paper_column`` heads Table 1's paper column,
     ``text_rows`` adds the paper's other text rows to the BERT row's paper number, ``pretrained_encoder``: the
-    runs start from one `camim pretrain` encoder (``offline.pretrained_encoder``)."""
+    runs start from one `camim pretrain` encoder (``offline.pretrained_encoder``); ``precision``: the text row
+    in bf16 and fp32 at the first seed (None: no such grid)."""
 
     name: str
     title: str
@@ -61,6 +62,7 @@ class Regime:
     table2: str
     fig4: str | None = None
     lr: str | None = None
+    precision: str | None = None
     paper_column: str = "paper (with images)"
     text_rows: bool = False
     pretrained_encoder: bool = False
@@ -68,18 +70,25 @@ class Regime:
     @property
     def grids(self) -> tuple[str, ...]:
         """In the order they run: the dev choice first, then Table 1 (whose runs the others share)."""
-        return tuple(g for g in (self.lr, self.table1, self.fig4, self.table2) if g)
+        return tuple(g for g in (self.lr, self.table1, self.precision, self.fig4, self.table2) if g)
 
     def seeds(self, grid: str, seeds: list[int], other_seeds: int) -> list[int]:
-        """Table 1 runs every seed, the dev choice the first, the others the first ``other_seeds``."""
-        return seeds if grid == self.table1 else seeds[:1] if grid == self.lr else seeds[:other_seeds]
+        """Table 1 runs every seed, the dev choice and the precision check the first, the others the first
+        ``other_seeds``."""
+        return (
+            seeds
+            if grid == self.table1
+            else seeds[:1]
+            if grid in (self.lr, self.precision)
+            else seeds[:other_seeds]
+        )
 
 
 REGIMES = {
     "offline": Regime("offline", "Offline", "offline-table1", "offline-table2", fig4="offline-fig4",
                       pretrained_encoder=True),
     "minilm": Regime("minilm", "MiniLM", "minilm-table1", "minilm-table2", lr="minilm-lr",
-                     paper_column="paper (TMR rows: with images)", text_rows=True),
+                     precision="minilm-precision", paper_column="paper (TMR rows: with images)", text_rows=True),
 }  # fmt: skip
 GRIDS = REGIMES["offline"].grids
 
@@ -280,6 +289,7 @@ def report(
     lines = lr_table(out, r, seeds[0]) if r.lr else []
     table1, noise = _table1(out, r, seeds)
     lines += table1
+    lines += precision_table(out, r, seeds) if r.precision else []
     lines += _points_table(
         out, r.table2, f"{r.title} Table 2 (caption sources on CAM + MI)", noise, other_seeds
     )
@@ -322,6 +332,33 @@ def _other_text_rows() -> str:
 
     rows = load_paper_results().get("table1_text") or {}
     return "other text rows: " + ", ".join(f"{v['row']} {v['f1']}" for v in rows.values())
+
+
+# ------------------------------------------------------------------------------------- bf16 against fp32
+def precision_table(out: Path, r: Regime, seeds: list[int]) -> list[str]:
+    """The text row in bf16 and fp32 at the first seed (``r.precision``): val and test micro-F1, and fp32 - bf16
+    against the text row's own one-seed noise (:func:`one_seed_noise` of Table 1's ``bert`` seeds)."""
+    seed = seeds[0]
+    runs = {row["x"]: _metrics(_folder(out, r.precision, row["label"], seed)) for row in _rows(r.precision)}
+    lines = [f"## {r.title} text row in bf16 and fp32 ({r.precision}, seed {seed}; CPU autocast, speed.bf16)", "",
+             "| precision | val micro-F1 | best epoch | test micro-F1 |", "|---|---|---|---|"]  # fmt: skip
+    for x, m in runs.items():
+        epoch = "pending" if m is None else m.get("best_epoch") or "-"
+        lines.append(f"| {x} | {_f1(m, 'val')} | {epoch} | {_f1(m, 'test')} |")
+    text_seeds = f1_per_seed(out, r.table1, "bert", seeds)
+    noise = one_seed_noise([text_seeds])
+    bf16, fp32 = runs.get("bf16"), runs.get("fp32")
+    if bf16 is None or fp32 is None or not bf16.get("test") or not fp32.get("test"):
+        return [*lines, "", "fp32 - bf16: pending.", ""]
+    diff = {s: fp32[s]["f1"] - bf16[s]["f1"] for s in ("val", "test") if bf16.get(s) and fp32.get(s)}
+    said = ", ".join(f"{s} {d:+.2f}" for s, d in diff.items())
+    if noise is None:
+        call = "pending (the text row has fewer than two seeds: no seed-to-seed spread yet)"
+    else:
+        within = abs(diff["test"]) <= noise
+        call = (f"{'within' if within else 'beyond'} the text row's one-seed noise {noise:.2f} "
+                f"(seeds {', '.join(map(str, text_seeds))})")  # fmt: skip
+    return [*lines, "", f"fp32 - bf16: {said}; test: {call}.", ""]
 
 
 # --------------------------------------------------------------------------------- the dev choice of the lr

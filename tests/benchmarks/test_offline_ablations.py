@@ -241,6 +241,42 @@ def test_the_dev_choice_waits_for_every_lr_and_says_when_the_text_row_trains_els
     )
 
 
+def test_minilm_precision_table_sets_fp32_minus_bf16_against_the_text_rows_one_seed_noise(bench, tmp_path):
+    ab = bench("offline_ablations")
+    minilm = ab.REGIMES["minilm"]
+    _dev_run(tmp_path / "minilm-precision" / "bert-bf16" / "seed1", 55.0, 59.0, best_epoch=5)
+    assert ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2:] == ["fp32 - bf16: pending.", ""]
+    _dev_run(tmp_path / "minilm-precision" / "bert-fp32" / "seed1", 56.0, 60.5, best_epoch=4)
+    lines = ab.precision_table(tmp_path, minilm, [1, 2, 3])
+    assert lines[:6] == [
+        "## MiniLM text row in bf16 and fp32 (minilm-precision, seed 1; CPU autocast, speed.bf16)",
+        "",
+        "| precision | val micro-F1 | best epoch | test micro-F1 |",
+        "|---|---|---|---|",
+        "| bf16 | 55.00 | 5 | 59.00 |",
+        "| fp32 | 56.00 | 4 | 60.50 |",
+    ]
+    no_spread = "fp32 - bf16: val +1.00, test +1.50; test: pending (the text row has fewer than two seeds"
+    assert lines[-2].startswith(no_spread)
+    for seed, f1 in (
+        (1, 59.0),
+        (2, 60.0),
+    ):  # text row seeds 59, 60: std 0.7071, noise 1.96 x sqrt(2) x 0.7071
+        _finished(tmp_path / "minilm-table1" / "bert" / f"seed{seed}", f1)
+    within = ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2]
+    assert (
+        within
+        == "fp32 - bf16: val +1.00, test +1.50; test: within the text row's one-seed noise 1.96 (seeds 1, 2)."
+    )
+    _finished(tmp_path / "minilm-table1" / "bert" / "seed3", 59.5)  # std 0.5: noise 1.386 < 1.50
+    beyond = ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2]
+    assert (
+        beyond
+        == "fp32 - bf16: val +1.00, test +1.50; test: beyond the text row's one-seed noise 1.39 (seeds 1, 2, 3)."
+    )
+    assert "## MiniLM text row in bf16 and fp32" in ab.report(tmp_path, regime="minilm")
+
+
 def test_minilm_runs_no_encoder_and_the_dev_run_at_the_presets_lr_is_table1s_text_row(bench, tmp_path):
     """minilm-lr's 5e-5 run (minilm-bert's own lr) at seed 1 is minilm-table1's bert seed 1: copied across the
     grids; the 2e-5 run is no other grid's run."""
@@ -249,8 +285,9 @@ def test_minilm_runs_no_encoder_and_the_dev_run_at_the_presets_lr_is_table1s_tex
 
     ab = bench("offline_ablations")
     minilm = ab.REGIMES["minilm"]
-    assert minilm.grids == ("minilm-lr", "minilm-table1", "minilm-table2") and not minilm.pretrained_encoder
-    assert [minilm.seeds(g, [1, 2, 3], 2) for g in minilm.grids] == [[1], [1, 2, 3], [1, 2]]
+    assert minilm.grids == ("minilm-lr", "minilm-table1", "minilm-precision", "minilm-table2")
+    assert not minilm.pretrained_encoder
+    assert [minilm.seeds(g, [1, 2, 3], 2) for g in minilm.grids] == [[1], [1, 2, 3], [1], [1, 2]]
     assert ab._common(None, ["optim.epochs=1"]) == ["optim.epochs=1"]  # no offline.pretrained_encoder
     out, data = tmp_path / "out", str(tmp_path / "data")
     for row in ab._rows("minilm-lr")[:2]:  # 2e-5 and 5e-5
@@ -267,6 +304,10 @@ def test_minilm_runs_no_encoder_and_the_dev_run_at_the_presets_lr_is_table1s_tex
     found = {r["label"]: ab.f1_per_seed(out, "minilm-table1", r["label"]) for r in ab._rows("minilm-table1")}
     assert {label: f1 for label, f1 in found.items() if f1} == {"bert": {1: 5.0}}
     assert ab.share_finished_runs(out, "minilm-table2", [1], data, None, []) == 0
+    # the precision grid's bf16 row is the text row too (speed.bf16 is minilm-bert's default); fp32 is not
+    assert ab.share_finished_runs(out, "minilm-precision", [1], data, None, []) == 1
+    assert ab.f1_per_seed(out, "minilm-precision", "bert-bf16") == {1: 5.0}
+    assert ab.f1_per_seed(out, "minilm-precision", "bert-fp32") == {}
 
 
 def test_main_minilm_defaults_refusals_and_a_broken_metrics_file(bench, tmp_path, capsys, monkeypatch):

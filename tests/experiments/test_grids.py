@@ -127,7 +127,7 @@ def test_unknown_grid_is_one_line_naming_the_grids(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         "camim: error: unknown grid 'tabel1'; grids: table1, table2, fig4, offline-table1, offline-table2, "
-        "offline-fig4, minilm-lr, minilm-table1, minilm-table2 (or cases)"
+        "offline-fig4, minilm-lr, minilm-table1, minilm-precision, minilm-table2 (or cases)"
     )
 
 
