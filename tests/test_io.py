@@ -22,6 +22,7 @@ from camim.io import (
     atomic_write_bytes,
     atomic_write_text,
     checked_image,
+    human_size,
     open_image,
     read_jsonl,
     remove_stale_temporaries,
@@ -335,6 +336,26 @@ def test_open_image_checks_limits_before_decoding_and_names_the_file(tmp_path):
         open_image(bytes(claims), ImageLimits(max_pixels=5_000_000), name="claims")
     with pytest.raises(ImageError, match="claims: not a readable image"):  # decoding it fails later
         open_image(bytes(claims), name="claims")
+
+
+def test_sizes_for_people_take_the_unit_that_fits():
+    """One formatter for every byte size in a message (the fetch steps, the image limits, the server's
+    decoded budgets): bytes whole, larger units to one decimal, GiB at most."""
+    assert [human_size(n) for n in (0, 512, 1023, 1024, 1536, 6 << 20, 7_760_000, 1 << 30, 5 << 40)] == [
+        "0 B", "512 B", "1023 B", "1.0 KiB", "1.5 KiB", "6.0 MiB", "7.4 MiB", "1.0 GiB", "5120.0 GiB",
+    ]  # fmt: skip
+
+
+def test_the_decoded_limit_names_sizes_in_the_unit_that_fits():
+    """1.5 GiB over 1 GiB (a server's default ``max_decoded_bytes``) reads so, not as 1536.0 MiB."""
+    with pytest.raises(
+        ImageError, match=r"^x: image too large to decode: it takes 1\.5 GiB, over the limit of 1\.0 GiB"
+    ):
+        ImageLimits(max_decoded_bytes=1 << 30).check_decoded(3 << 29, "x")
+    with pytest.raises(
+        ImageError, match=r"it takes 600\.0 KiB, over the limit of 500\.0 KiB decoded per image"
+    ):
+        ImageLimits(max_decoded_bytes=500 << 10).check_decoded(600 << 10)
 
 
 def test_open_image_errors_are_one_line_and_say_what_is_wrong(tmp_path):

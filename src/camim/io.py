@@ -348,6 +348,17 @@ def settings_hash(settings: dict, length: int = 12) -> str:
     return short_hash(json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str), length)
 
 
+# -------------------------------------------------------------------------------------- sizes for people
+def human_size(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.5 MiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
 # -------------------------------------------------------------------------------- append-only JSONL logs
 #: what ``flock`` fails with on a file system that does not lock (e.g. Lustre mounted without ``flock``)
 _NO_LOCKS = frozenset(getattr(errno, n) for n in ("ENOLCK", "ENOSYS", "EOPNOTSUPP") if hasattr(errno, n))
@@ -566,8 +577,8 @@ class ImageLimits:
         """``ImageError`` (``too_large``) when decoding an image takes ``size`` bytes, over ``max_decoded_bytes``."""
         if self.max_decoded_bytes is not None and size > self.max_decoded_bytes:
             raise ImageError(
-                f"image too large to decode: it takes {size / 2**20:.1f} MiB, over the limit of "
-                f"{self.max_decoded_bytes / 2**20:.1f} MiB decoded per image",
+                f"image too large to decode: it takes {human_size(size)}, over the limit of "
+                f"{human_size(self.max_decoded_bytes)} decoded per image",
                 where,
                 too_large=True,
             )

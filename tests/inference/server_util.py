@@ -1,4 +1,5 @@
-"""Start ``camim serve``'s app with uvicorn on 127.0.0.1 (a free port) in a background thread."""
+"""Start ``camim serve``'s app with uvicorn on 127.0.0.1 (a free port) in a background thread; read its
+answers and metrics; hold a request in its preparation (:class:`GatedCaptioner`)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,28 @@ def assert_closed(s: socket.socket) -> None:
         assert s.recv(65536) == b"", "the server sent more after its answer"
     except ConnectionResetError:
         pass
+
+
+class GatedCaptioner:
+    """Captions once ``release`` is set (20 s at most); called with ``stop``, it stops as soon as that is set
+    (checked every 10 ms). Records its calls."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.running = threading.Event()
+        self.calls = self.stopped = self.finished = 0
+
+    def __call__(self, image, stop=None):
+        self.calls += 1
+        self.running.set()
+        try:
+            deadline = time.monotonic() + 20
+            while not self.release.is_set() and time.monotonic() < deadline:
+                if stop is not None and stop.is_set():
+                    self.stopped += 1
+                    return "stopped"
+                time.sleep(0.01)
+            self.finished += 1
+            return "a slow caption"
+        finally:
+            self.running.clear()

@@ -18,7 +18,7 @@ from PIL import Image, ImageFile
 from camim.inference import ImageError, Predictor
 
 from .conftest import png_bytes, save_tiny_tmr
-from .server_util import running_server, wait_until
+from .server_util import GatedCaptioner, running_server, wait_until
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -226,31 +226,6 @@ def test_predictor_refuses_an_image_whose_decoding_alone_is_over_its_limit(tmr_d
 
 
 # ------------------------------------------------------------------ item 4: answered requests stop
-class GatedCaptioner:
-    """Captions once ``release`` is set (20 s at most); called with ``stop``, it stops as soon as that is set
-    (checked every 10 ms). Records its calls."""
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.running = threading.Event()
-        self.calls = self.stopped = self.finished = 0
-
-    def __call__(self, image, stop=None):
-        self.calls += 1
-        self.running.set()
-        try:
-            deadline = time.monotonic() + 20
-            while not self.release.is_set() and time.monotonic() < deadline:
-                if stop is not None and stop.is_set():
-                    self.stopped += 1
-                    return "stopped"
-                time.sleep(0.01)
-            self.finished += 1
-            return "a slow caption"
-        finally:
-            self.running.clear()
-
-
 # a deadline long enough for the preparing thread to reach the captioner on a loaded machine
 DEADLINE = 3.0
 

@@ -5,16 +5,20 @@ log that a URL cannot forge lines in."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import re
 import socket
+import threading
 import time
 
 import pytest
 
 from camim.inference import Predictor
 
-from .server_util import assert_closed, metric, read_answer, running_server, wait_until
+from .conftest import draw, png_bytes
+from .server_util import GatedCaptioner, assert_closed, metric, read_answer, running_server, wait_until
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -136,6 +140,12 @@ def test_a_slow_body_holds_no_admission_slot_and_gets_408(predictor):
         assert_closed(slow)
 
 
+def predict(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        url + "/api/predict", content=body, headers={"content-type": "application/json"}, timeout=20
+    )
+
+
 def held(url: str) -> float | None:
     return metric(httpx.get(url + "/metrics", timeout=10).text, "camim_body_bytes_held")
 
@@ -201,6 +211,45 @@ def test_slow_clients_hold_only_the_bytes_they_have_sent_so_they_cannot_lock_oth
         r = httpx.post(url + "/api/predict", content=padded, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
         assert held(url) == 2
+
+
+def test_a_body_stays_in_the_budget_until_its_request_is_answered(tmr_dir):
+    """A body read whole and admitted still holds its bytes while its request is prepared (the budget bounds
+    the bodies in memory, not only those on the wire): held in the captioner, in a worker thread (the event
+    loop stays free to answer), its 60,000 bytes are counted, and a second body of 60,000 that would not fit
+    beside them in 100,000 is refused on its headers; once the first is answered, the second fits.
+
+    Held in a worker thread, not in ``Predictor.prepare`` itself: a text-only post is prepared on the event
+    loop, where a hook that waits blocks every request (``/metrics`` included: the earlier version of this
+    test waited there, and its metrics read lasted the hook's 10 s, racing the client's 10 s timeout)."""
+    gated = GatedCaptioner()
+    tmr = Predictor.from_pretrained(tmr_dir, captioner=gated)
+    post = json.dumps({**json.loads(GOOD), "image": base64.b64encode(png_bytes(draw(0))).decode()}).encode()
+    padded = post + b" " * (60_000 - len(post))
+    limits = config(max_request_bytes=80_000, max_reading_bytes=100_000)
+    answers: list = []
+    with running_server(tmr, limits) as url:
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=10).status_code == 200, what="the warm-up")
+        first = threading.Thread(target=lambda: answers.append(predict(url, padded)))
+        first.start()
+        try:
+            wait_until(gated.running.is_set, what="the first request being captioned")
+            text = httpx.get(url + "/metrics", timeout=10).text  # read and admitted: its body is still held
+            assert metric(text, "camim_requests_in_flight") == 1
+            assert metric(text, "camim_body_bytes_held") == 60_000
+            with connect(url, timeout=3) as second:  # refused on its headers, not one byte of it read
+                second.sendall(head("POST", "/api/predict", len(padded)))
+                status, _, body = read_answer(second)
+            assert status == 503 and "holds 60000 bytes of request bodies and 60000 more" in body.decode()
+            assert gated.running.is_set()  # the first request was still being prepared all along
+        finally:
+            gated.release.set()
+            first.join(20)
+        assert answers[0].status_code == 200, answers[0].text
+        assert answers[0].json()["caption"] == "a slow caption"
+        wait_until(lambda: held(url) == 0, timeout=5, what="the answered body's bytes returned")
+        assert predict(url, padded).status_code == 200  # its caption is made at once: released
+    assert gated.calls == gated.finished == 2
 
 
 def test_the_reading_budget_must_hold_the_largest_request():

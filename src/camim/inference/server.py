@@ -64,7 +64,7 @@ from camim.inference.predictor import (
 )
 from camim.inference.process import drain_on_sigterm
 from camim.inference.schema import BatchRequest, BatchResponse, ErrorResponse, PredictRequest, PredictResponse
-from camim.io import MAX_IMAGE_PIXELS
+from camim.io import MAX_IMAGE_PIXELS, human_size
 
 try:
     from anyio import CapacityLimiter, to_thread
@@ -425,14 +425,15 @@ class _Job:
         if size > limit:
             raise HTTPFailure(
                 413,
-                f"images: decoding them takes {_mib(size)}, over the limit of {_mib(limit)} per request "
-                "(max_request_decoded_bytes)",
+                f"images: decoding them takes {human_size(size)}, over the limit of {human_size(limit)} "
+                "per request (max_request_decoded_bytes)",
             )
         if size and not self.budget.take(size):
             raise HTTPFailure(
                 503,
-                f"images: decoding them takes {_mib(size)}; the server's budget of {_mib(self.budget.limit)} "
-                "decoded (max_decoded_bytes) is held by other requests: retry",
+                f"images: decoding them takes {human_size(size)}; the server's budget of "
+                f"{human_size(self.budget.limit)} decoded (max_decoded_bytes) is held by other requests: "
+                "retry",
                 {"Retry-After": "1"},
             )
         self._held = size
@@ -527,10 +528,6 @@ def _decode_image(data: str, config: ServeConfig, where: str) -> bytes:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPFailure(400, where + "image: not valid base64") from None
-
-
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
 
 
 def _version() -> str:

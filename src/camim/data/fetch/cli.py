@@ -6,8 +6,9 @@ import argparse
 
 from camim.data.fetch.download import fetch_mnre
 from camim.data.fetch.extract import IMAGE_KINDS, place_images
-from camim.data.fetch.pinning import human_size, pin_folder, write_manifest
+from camim.data.fetch.pinning import pin_folder, write_manifest
 from camim.errors import CamimError
+from camim.io import human_size
 
 
 def register(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -24,13 +24,12 @@ from camim.data.fetch.pinning import (
     PinnedFile,
     Progress,
     check_relpath,
-    human_size,
     load_manifest,
     say_on_stderr,
     sha256_of,
 )
 from camim.errors import CamimError
-from camim.io import fsync_path
+from camim.io import fsync_path, human_size
 
 # Interruptions after which a transfer is retried (resuming from the ``.part`` file).
 _TRANSIENT = (http.client.IncompleteRead, http.client.HTTPException, ConnectionError, TimeoutError, OSError)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from camim.data.fetch.pinning import CHUNK_BYTES, Progress, human_size, say_on_stderr
+from camim.data.fetch.pinning import CHUNK_BYTES, Progress, say_on_stderr
 from camim.data.layout import SPLITS
 from camim.errors import CamimError
-from camim.io import IMAGE_SUFFIXES, MAX_IMAGE_BYTES
+from camim.io import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, human_size
 
 IMAGE_KINDS = ("img_org", "img_vg", "diffusion_pic")
 

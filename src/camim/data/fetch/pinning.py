@@ -1,6 +1,6 @@
 """The pinned file list of the CAMIM release (``camim/resources/mnre_files.json``): every file's relative
 path, sha256 and size; reading and validating it, and pinning a folder (how the packaged list was made).
-Also the small helpers the fetch steps share (byte sizes for people, progress messages)."""
+Also the small helpers the fetch steps share (progress messages)."""
 
 from __future__ import annotations
 
@@ -32,16 +32,6 @@ Progress = Callable[[str], None]
 def say_on_stderr(message: str) -> None:
     """The default progress sink of the fetch steps."""
     print(message, file=sys.stderr, flush=True)
-
-
-def human_size(n: int) -> str:
-    """``n`` bytes for people: ``512 B``, ``1.5 MiB``."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 @dataclass(frozen=True)
