@@ -8,6 +8,7 @@ from pathlib import Path
 
 from camim.data.types import IMAGE_MODALITIES
 from camim.errors import CamimError
+from camim.io import human_size
 
 
 def cache_images(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def cache_images(args: argparse.Namespace) -> int:
         cache = ImageCache.build(ds, folder, spec, num_workers=args.workers, progress=None)
         print(
             f"{split}: {len(ds)} samples, {len(cache)} unique images, "
-            f"{cache.data_path.stat().st_size / 2**20:.1f} MiB in {folder} "
+            f"{human_size(cache.data_path.stat().st_size)} in {folder} "
             f"({time.perf_counter() - start:.1f}s); fallbacks: {cache.report or 'none'}"
         )
     return 0
