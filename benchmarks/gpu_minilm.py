@@ -30,6 +30,7 @@ runs' ``config.yaml`` and ``metrics.json`` in the grid layout).
 
     bash benchmarks/gpu_minilm.sh OUT_DIR [--budget-s 330] [--jobs 6]      # on the device, after device_pack.py
     bash benchmarks/gpu_minilm.sh OUT_DIR --small                          # a CPU check of under 3 minutes
+    python benchmarks/gpu_minilm.py --table OUT_DIR/gpu_minilm.json         # the runs' times and F1 as a table
 """
 
 from __future__ import annotations
@@ -380,10 +381,26 @@ def one_run(spec: str) -> int:
     return 0 if outcome.ok else 1
 
 
+def table(summary: dict) -> str:
+    """``--table SUMMARY_JSON``: the runs of a summary as a markdown table (times in seconds), device first."""
+    lines = [f"{summary['device']}; {summary['encoder']}", "",
+             "| run | status | first epoch | steady epoch | warm-up | epochs timed | wall | val F1 | test F1 |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    num = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
+    for r in summary["runs"]:
+        lines.append(f"| {r['folder']} | {r['status']} | {num(r['first_epoch_s'])} | {num(r['steady_epoch_s'])} | "
+                     f"{num(r['warmup_s'])} | {len(r['epoch_s'])} | {num(r['wall_s'])} | "
+                     f"{num(r.get('val_f1'), '{:.2f}')} | {num(r.get('test_f1'), '{:.2f}')} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--one-run"]:
         return one_run(argv[1])
+    if argv[:1] == ["--table"]:
+        print(table(json.loads(Path(argv[1]).read_text())))
+        return 0
     args = _complete(_parser().parse_args(argv))
     from camim.errors import CamimError
 

@@ -116,7 +116,7 @@ def test_epoch_times_steady_epoch_and_the_budget_rule(bench, tmp_path):
     assert d.estimate("caption") == 40.0
 
 
-def test_the_tarball_holds_the_finished_runs_in_the_grid_layout(bench, tmp_path):
+def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
     gm = bench("gpu_minilm")
     folder = tmp_path / "runs" / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1"
     folder.mkdir(parents=True)
@@ -128,4 +128,5 @@ def test_the_tarball_holds_the_finished_runs_in_the_grid_layout(bench, tmp_path)
         assert tar.getnames() == [
             f"minilm-table2/minicpm_tmr-cam-mi/seed1/{n}" for n in ("config.yaml", "metrics.json")
         ]
-    assert gm.describe(run)["test_f1"] == 50.0
+    row = gm.table({"device": "d", "encoder": "e", "runs": [gm.describe(run)]}).splitlines()[-1]
+    assert row == "| minilm-table2/minicpm_tmr-cam-mi/seed1 | copied | - | - | - | 0 | - | - | 50.00 |"
