@@ -20,7 +20,11 @@ Up to ``--jobs`` runs train at once, each a process of its own (``camim.experime
 ``--threads`` torch threads). A run starts while the time left holds its kind's estimated duration (text-only or
 caption model: the longest finished run of the kind, else one running run's first epoch plus its last epoch times
 the epochs left, else ``--estimate KIND=S``; a kind with no estimate starts: its epochs are what is measured).
-At the deadline the runs still going are stopped (SIGTERM, then SIGKILL after 10 s): a later call on the SAME
+A run that fails before its first epoch is started again once with ``--fallback``'s overrides (default
+``speed.foreach_casts=false``: the multi-tensor weight casts, on by default on CUDA and not yet run on a GPU;
+autocast computes the same either way), which every later run then gets too (``"fallback": true`` in the
+summary); after three failures before any run reached an epoch, no more runs start. At the deadline the runs
+still going are stopped (SIGTERM, then SIGKILL after 10 s): a later call on the SAME
 warm machine resumes them from their last finished epoch; a fresh machine has lost them.
 
 As it goes, under ``--out`` (at most these three files, the device call returns 8): ``gpu_minilm.log`` (what is
@@ -69,8 +73,13 @@ SMALL_PRIORITY = (
 )
 SMALL_OVERRIDES = ("data.train_limit=32", "data.eval_limit=16", "optim.epochs=1", "trainer.max_steps=2")
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): \d+ steps")
-NOTEWORTHY = re.compile(r"Traceback|Error|error:|^camim")
+OUTCOME = re.compile(r"^camim run .*: (failed: .*|done)$")  # one_run's last line
 STOP_GRACE_S = 10.0
+#: appended to every later run once a run failed before its first epoch: code paths on by default on CUDA that
+#: no GPU has run yet (the weight casts in multi-tensor copies; autocast's own result either way)
+FALLBACK = ("speed.foreach_casts=false",)
+#: this many runs failed before their first epoch, none reached one: no more runs are started
+HOPELESS = 3
 FINISHED = ("finished", "reused", "copied")
 LOG, SUMMARY, TARBALL = "gpu_minilm.log", "gpu_minilm.json", "gpu_minilm_runs.tar.gz"
 
@@ -95,6 +104,7 @@ class Run:
     process: subprocess.Popen | None = None
     reader: threading.Thread | None = None
     note: str = ""
+    fallback: bool = False  # started with --fallback's overrides
 
     @property
     def name(self) -> str:
@@ -161,6 +171,7 @@ class Driver:
         self.t0 = args.started_at
         self.stop_at = self.t0 + args.budget_s - STOP_GRACE_S - 5  # the stop, the last writes
         self.lock = threading.Lock()
+        self.fallback_on = False
         self.log = open(args.out / LOG, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole call
         (args.runs / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -185,14 +196,17 @@ class Driver:
             if not self.running():
                 break
             time.sleep(0.5)
+        why = (
+            f"{HOPELESS} runs failed before their first epoch"
+            if self.hopeless()
+            else "the budget left no time"
+        )
+        if self.hopeless():
+            self.say(f"no more runs started: {why}, none reached one (see the runs' logs)")
         for run in self.runs:
             if run.status == "queued":
                 run.status = "not started"
-                run.note = (
-                    "the budget left no time for it"
-                    if run.twin is None
-                    else f"{run.twin.name} did not finish"
-                )
+                run.note = why if run.twin is None else f"{run.twin.name} did not finish"
         self.write()
 
     def running(self) -> list[Run]:
@@ -201,12 +215,20 @@ class Driver:
     def next_run(self) -> Run | None:
         """The first queued run (no copy) whose kind's estimate fits in the time left."""
         left = self.stop_at - time.time()
+        if self.hopeless():
+            return None
         for run in self.runs:
             if run.status == "queued" and run.job is not None:
                 guess = self.estimate(run.kind)
                 if guess is None or guess <= left:
                     return run
         return None
+
+    def hopeless(self) -> bool:
+        """:data:`HOPELESS` runs failed before their first epoch and no run has reached one (say, a package
+        missing on the machine): starting more would fail alike."""
+        early = sum(r.status == "failed" and not r.epoch_lines for r in self.runs)
+        return early >= HOPELESS and not any(r.epoch_lines for r in self.runs)
 
     def estimate(self, kind: str) -> float | None:
         """A run of ``kind``'s expected wall time (module docstring)."""
@@ -220,19 +242,25 @@ class Driver:
         return self.args.estimate.get(kind)
 
     def start(self, run: Run) -> None:
-        job = replace(run.job, threads=self.args.threads)
+        job = self.job_for(run)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one-run", json.dumps(asdict(job))]
         log = self.args.runs / "logs" / f"{run.name.replace('/', '__')}.log"
         run.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                        env={**os.environ, "OMP_NUM_THREADS": str(self.args.threads)})  # fmt: skip
-        run.status, run.started = "running", time.time()
+        run.status, run.started, run.fallback = "running", time.time(), self.fallback_on
+        run.tail.clear()
         run.reader = threading.Thread(target=self.read, args=(run, log), daemon=True)
         run.reader.start()
         self.say(f"start {run.name} ({run.kind}, {len(self.running())} running)")
         self.write()
 
+    def job_for(self, run: Run):
+        """The run's grid job with ``--threads`` and, once needed, the fallback overrides last."""
+        extra = tuple(self.args.fallback) if self.fallback_on else ()
+        return replace(run.job, threads=self.args.threads, overrides=(*run.job.overrides, *extra))
+
     def read(self, run: Run, log: Path) -> None:
-        """A run's output: all of it into its log file; epoch lines (timed) and errors into ours."""
+        """A run's output: all of it into its log file; its epoch lines (timed) and outcome line into ours."""
         with open(log, "a", encoding="utf-8") as fh:
             for line in run.process.stdout:
                 now, line = time.time(), line.rstrip("\n")
@@ -241,7 +269,7 @@ class Driver:
                 if m := EPOCH_LINE.match(line):
                     run.epoch_lines.append((int(m.group(1)), now))
                     self.say(f"{run.name}: {line} [{now - run.started:.1f} s since start]")
-                elif NOTEWORTHY.search(line):
+                elif OUTCOME.match(line):
                     self.say(f"{run.name}: {line}")
 
     def finish(self, run: Run) -> None:
@@ -251,7 +279,11 @@ class Driver:
         if run.status == "running":
             run.status = "finished" if ok else "failed"
             if not ok:
-                run.note = f"exit {run.process.returncode}: " + " | ".join(list(run.tail)[-4:])
+                last = [line for line in run.tail if OUTCOME.match(line)] or list(run.tail)[-4:]
+                run.note = f"exit {run.process.returncode}: " + " | ".join(last)
+            if not ok and not run.epoch_lines and not run.fallback and self.args.fallback:
+                self.fallback_on, run.status = True, "queued"  # every later run gets the fallback too
+                run.note = f"failed before its first epoch ({run.note}); queued again with {' '.join(self.args.fallback)}"
         self.say(
             f"{run.status} {run.name} in {run.ended - run.started:.1f} s{': ' + run.note if run.note else ''}"
         )
@@ -321,7 +353,7 @@ def describe(run: Run) -> dict:
     times = epoch_times(run)
     steady = statistics.median(times[1:]) if len(times) > 1 else None
     out = {"grid": run.grid, "row": run.label, "seed": run.seed, "kind": run.kind, "status": run.status,
-           "folder": f"{run.grid}/{run.folder.parent.name}/seed{run.seed}", "note": run.note,
+           "folder": f"{run.grid}/{run.folder.parent.name}/seed{run.seed}", "note": run.note, "fallback": run.fallback,
            "wall_s": round(run.ended - run.started, 1) if run.started and run.ended else None,
            "first_epoch": run.epoch_lines[0][0] if run.epoch_lines else None,
            "epoch_s": [round(t, 2) for t in times], "first_epoch_s": round(times[0], 2) if times else None,
@@ -445,6 +477,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--estimate", type=_estimate, action="append", default=[], metavar="KIND=S")
     ap.add_argument("--graphs", action="store_true", help="leave speed.cuda_graphs automatic (on for CUDA)")
     ap.add_argument("--small", action="store_true", help="tiny runs on the CPU (a check of this script)")
+    ap.add_argument("--fallback", action="append", metavar="KEY=VALUE",
+                    help=f"overrides of the retry after a failure before the first epoch (default {' '.join(FALLBACK)}; none: no retry)")  # fmt: skip
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return ap
 
@@ -454,6 +488,7 @@ def _complete(args: argparse.Namespace) -> argparse.Namespace:
     args.jobs = args.jobs or (2 if args.small else 6)
     args.threads = args.threads or (1 if args.small else max(1, (os.cpu_count() or 1) // args.jobs))
     args.estimate = dict(args.estimate)
+    args.fallback = [] if args.fallback == ["none"] else args.fallback or list(FALLBACK)
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs, args.encoder = args.runs.resolve(), args.encoder.resolve()
     args.accelerator = "cpu" if args.small else "gpu"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import tarfile
+import threading
+from types import SimpleNamespace
 
 import pytest
 from tests.factories import TINY_BERT, bert_folder
@@ -90,7 +92,7 @@ def test_plan_runs_the_grids_runs_in_priority_order_and_copies_the_twin(bench, t
 
 def _driver(gm, tmp_path, runs, estimate=None):
     args = argparse.Namespace(out=tmp_path / "out", runs=tmp_path / "runs", jobs=2, threads=1, budget_s=100.0,
-                              started_at=gm.time.time(), estimate=estimate or {})  # fmt: skip
+                              started_at=gm.time.time(), estimate=estimate or {}, fallback=[])  # fmt: skip
     args.out.mkdir()
     return gm.Driver(args, runs, {})
 
@@ -114,6 +116,36 @@ def test_epoch_times_steady_epoch_and_the_budget_rule(bench, tmp_path):
     assert d.next_run() is None
     cap.status, cap.started, cap.ended = "finished", 0.0, 40.0
     assert d.estimate("caption") == 40.0
+
+
+def test_a_run_failing_before_its_first_epoch_is_retried_once_with_the_fallback(bench, tmp_path):
+    from camim.experiments.worker import RunJob
+
+    gm = bench("gpu_minilm")
+    runs = [gm.Run("minilm-table1", "bert", s, tmp_path / f"runs/b/seed{s}", "text", 6,
+                   job=RunJob("bert", s, "minilm-bert", "d", "o", (f"optim.seed={s}",))) for s in (1, 2, 3, 4)]  # fmt: skip
+    d = _driver(gm, tmp_path, runs)
+    d.args.fallback = ["speed.foreach_casts=false"]
+
+    def fails(run):  # a run process that exited 1 before any epoch line
+        run.status, run.started, run.fallback = "running", 1.0, d.fallback_on
+        run.process, run.reader = SimpleNamespace(returncode=1), threading.Thread(target=lambda: None)
+        run.reader.start()
+        d.finish(run)
+
+    fails(runs[0])
+    assert (
+        runs[0].status == "queued"
+        and d.fallback_on
+        and "queued again with speed.foreach_casts=false" in runs[0].note
+    )
+    assert d.job_for(runs[1]).overrides == ("optim.seed=2", "speed.foreach_casts=false")
+    fails(runs[0])  # its retry, with the fallback: failed for good
+    assert runs[0].status == "failed" and runs[0].fallback
+    fails(runs[1])
+    assert d.next_run() is runs[2] and not d.hopeless()  # two failures: still trying
+    fails(runs[2])
+    assert d.hopeless() and d.next_run() is None
 
 
 def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
