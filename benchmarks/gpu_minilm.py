@@ -71,7 +71,12 @@ SMALL_PRIORITY = (
     ("minilm-table1", ("tmr",), (1,)),
     ("minilm-table2", ("minicpm/tmr-cam-mi",), (1,)),
 )
-SMALL_OVERRIDES = ("data.train_limit=32", "data.eval_limit=16", "optim.epochs=1", "trainer.max_steps=2")
+SMALL_OVERRIDES = (
+    "data.train_limit=16",
+    "data.eval_limit=16",
+    "optim.epochs=2",
+    "trainer.max_steps=2",
+)  # 2 epochs of 1 step
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): \d+ steps")
 OUTCOME = re.compile(r"^camim run .*: (failed: .*|done)$")  # one_run's last line
 STOP_GRACE_S = 10.0
