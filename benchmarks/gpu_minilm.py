@@ -281,6 +281,8 @@ class Driver:
         run.reader.join(timeout=5)
         run.ended = time.time()
         ok = run.process.returncode == 0 and (run.folder / "metrics.json").is_file()
+        if run.status == "stopped" and ok:  # it finished during the stop's grace
+            run.status, run.note = "finished", ""
         if run.status == "running":
             run.status = "finished" if ok else "failed"
             if not ok:
