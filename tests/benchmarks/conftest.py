@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-MODULES = ("step_speed", "gpu_e2e", "offline_mnre", "offline_ablations")
+MODULES = ("step_speed", "gpu_e2e", "offline_mnre", "offline_ablations", "device_pack", "gpu_minilm")
 
 
 @pytest.fixture

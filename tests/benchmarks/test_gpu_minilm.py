@@ -1,0 +1,164 @@
+"""The lent-GPU pack and driver of issue 37's MiniLM grids (benchmarks/device_pack.py, gpu_minilm.py), without
+training: the fp16 copy (fp16 tensors, an fp32 model of the rounded values, the tokenizer along, skipped when
+up to date, weights beyond fp16 refused), the run plan (priority order, the grids' own folders and overrides,
+the twin that is copied), the epoch times read from a run's epoch lines and the budget's start rule."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import threading
+from types import SimpleNamespace
+
+import pytest
+from tests.factories import TINY_BERT, bert_folder
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat"]
+
+
+@pytest.fixture
+def tiny_encoder(tmp_path):
+    """A tiny random BertModel folder whose config names no dtype (as the bundled MiniLM's does not)."""
+    pytest.importorskip("transformers")
+    folder = bert_folder(tmp_path / "src", VOCAB, weights=True, **TINY_BERT)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_fp16_copy_holds_fp16_tensors_loads_as_fp32_rounded_values_with_its_tokenizer(
+    bench, tmp_path, tiny_encoder
+):
+    import torch
+    from safetensors.torch import load_file
+
+    from camim.models.encoders import load_text_encoder, load_tokenizer
+
+    pack = bench("device_pack")
+    dest = tmp_path / "fp16"
+    record = pack.fp16_copy(tiny_encoder, dest, "a" * 64)
+    source = load_file(str(tiny_encoder / "model.safetensors"))
+    copied = load_file(str(dest / "model.safetensors"))
+    assert set(copied) == set(source) and {t.dtype for t in copied.values()} == {torch.float16}
+    worst = max(float((t.half().float() - t).abs().max()) for t in source.values())
+    assert record["max_abs_rounding"] == worst > 0 and record["skipped"] is False
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(record["tokenizer_files"])
+    model = load_text_encoder(str(dest))  # transformers 5 would build fp16 without the config's dtype
+    params = dict(model.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    emb = "embeddings.word_embeddings.weight"
+    assert torch.equal(params[emb], source[emb].half().float())
+    assert load_tokenizer(str(dest))("the cat sat")["input_ids"] == [2, 5, 6, 7, 3]
+    again = pack.fp16_copy(tiny_encoder, dest, "a" * 64)
+    assert again["skipped"] is True and again["sha256"] == record["sha256"]
+    assert pack.fp16_copy(tiny_encoder, dest, "b" * 64)["skipped"] is False  # another source: written again
+
+
+def test_fp16_copy_refuses_a_weight_beyond_fp16(bench, tmp_path, tiny_encoder):
+    from safetensors.torch import load_file, save_file
+
+    from camim.errors import CamimError
+
+    tensors = load_file(str(tiny_encoder / "model.safetensors"))
+    tensors["embeddings.LayerNorm.weight"][3] = 7e4  # fp16's largest is 65504
+    save_file(tensors, str(tiny_encoder / "model.safetensors"))
+    with pytest.raises(CamimError, match="embeddings.LayerNorm.weight exceeds fp16's range"):
+        bench("device_pack").fp16_copy(tiny_encoder, tmp_path / "fp16", "a" * 64)
+
+
+def test_plan_runs_the_grids_runs_in_priority_order_and_copies_the_twin(bench, tmp_path):
+    gm = bench("gpu_minilm")
+    priority = (*gm.PRIORITY[:2], ("no-such-grid", None, (1,)), gm.PRIORITY[3])
+    runs, skipped = gm.plan(tmp_path / "runs", str(tmp_path / "data"), ["model.text_encoder=/x"], priority)
+    assert skipped == ["no-such-grid: not in grids.yaml (yet)"]
+    first = [(r.label, r.seed, r.kind) for r in runs[:4]]
+    assert first == [("bert", 1, "text"), ("tmr-cam-mi", 1, "caption"), ("tmr-cam-mi-shuffled", 1, "caption"),
+                     ("bert", 2, "text")]  # fmt: skip
+    assert [(r.label, r.seed) for r in runs[9:12]] == [("tmr", 1), ("tmr", 2), ("tmr", 3)]
+    assert [r.label for r in runs[12:]] == [f"{x}/tmr-cam-mi" for x in
+                                            ("blip2", "instruct", "llavanext", "qwenvl", "cogvlm", "minicpm")]  # fmt: skip
+    shuffled = runs[2]
+    assert shuffled.folder == tmp_path / "runs" / "minilm-table1" / "tmr-cam-mi-shuffled" / "seed1"
+    assert shuffled.job.overrides == ("data.caption_shuffle_seed=7", "model.text_encoder=/x", "optim.seed=1")
+    assert shuffled.epochs == 6 and shuffled.twin is None
+    minicpm = runs[-1]
+    assert (
+        minicpm.folder.parent.name == "minicpm_tmr-cam-mi" and minicpm.twin is runs[1] and minicpm.job is None
+    )
+    assert all(r.twin is None for r in runs[:-1])
+
+
+def _driver(gm, tmp_path, runs, estimate=None):
+    args = argparse.Namespace(out=tmp_path / "out", runs=tmp_path / "runs", jobs=2, threads=1, budget_s=100.0,
+                              started_at=gm.time.time(), estimate=estimate or {}, fallback=[])  # fmt: skip
+    args.out.mkdir()
+    return gm.Driver(args, runs, {})
+
+
+def test_epoch_times_steady_epoch_and_the_budget_rule(bench, tmp_path):
+    gm = bench("gpu_minilm")
+    line = "epoch 2/4: 766 steps, train loss 1.2034, val F1 41.20 (best 41.20 at epoch 2), 12.3 min elapsed"
+    assert gm.EPOCH_LINE.match(line).groups() == ("2", "4")  # camim.trainer.EpochLines' line
+    text = gm.Run("minilm-table1", "bert", 1, tmp_path / "runs/minilm-table1/bert/seed1", "text", 6)
+    text.status, text.started, text.epoch_lines = "running", 100.0, [(1, 130.0), (2, 140.0), (3, 151.0)]
+    assert gm.epoch_times(text) == [30.0, 10.0, 11.0]
+    entry = gm.describe(text)
+    assert (entry["first_epoch_s"], entry["steady_epoch_s"], entry["warmup_s"]) == (30.0, 10.5, 19.5)
+    cap = gm.Run(
+        "minilm-table1", "tmr", 1, tmp_path / "runs/minilm-table1/tmr/seed1", "caption", 6, job="job"
+    )
+    d = _driver(gm, tmp_path, [text, cap])
+    assert d.estimate("text") == 30.0 + 11.0 * 5  # the first epoch and the last one's time for the 5 others
+    assert d.estimate("caption") is None and d.next_run() is cap  # not measured yet: it starts
+    d.args.estimate = {"caption": 200.0}  # over the ~85 s left: not started
+    assert d.next_run() is None
+    cap.status, cap.started, cap.ended = "finished", 0.0, 40.0
+    assert d.estimate("caption") == 40.0
+
+
+def test_a_run_failing_before_its_first_epoch_is_retried_once_with_the_fallback(bench, tmp_path):
+    from camim.experiments.worker import RunJob
+
+    gm = bench("gpu_minilm")
+    runs = [gm.Run("minilm-table1", "bert", s, tmp_path / f"runs/b/seed{s}", "text", 6,
+                   job=RunJob("bert", s, "minilm-bert", "d", "o", (f"optim.seed={s}",))) for s in (1, 2, 3, 4)]  # fmt: skip
+    d = _driver(gm, tmp_path, runs)
+    d.args.fallback = ["speed.foreach_casts=false"]
+
+    def fails(run):  # a run process that exited 1 before any epoch line
+        run.status, run.started, run.fallback = "running", 1.0, d.fallback_on
+        run.process, run.reader = SimpleNamespace(returncode=1), threading.Thread(target=lambda: None)
+        run.reader.start()
+        d.finish(run)
+
+    fails(runs[0])
+    assert (
+        runs[0].status == "queued"
+        and d.fallback_on
+        and "queued again with speed.foreach_casts=false" in runs[0].note
+    )
+    assert d.job_for(runs[1]).overrides == ("optim.seed=2", "speed.foreach_casts=false")
+    fails(runs[0])  # its retry, with the fallback: failed for good
+    assert runs[0].status == "failed" and runs[0].fallback
+    fails(runs[1])
+    assert d.next_run() is runs[2] and not d.hopeless()  # two failures: still trying
+    fails(runs[2])
+    assert d.hopeless() and d.next_run() is None
+
+
+def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
+    gm = bench("gpu_minilm")
+    folder = tmp_path / "runs" / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: x\n")
+    (folder / "metrics.json").write_text('{"test": {"f1": 50.0}}')
+    run = gm.Run("minilm-table2", "minicpm/tmr-cam-mi", 1, folder, "caption", 6, status="copied")
+    gm.tar_runs(tmp_path / "t.tar.gz", tmp_path / "runs", [run])
+    with tarfile.open(tmp_path / "t.tar.gz") as tar:
+        assert tar.getnames() == [
+            f"minilm-table2/minicpm_tmr-cam-mi/seed1/{n}" for n in ("config.yaml", "metrics.json")
+        ]
+    row = gm.table({"device": "d", "encoder": "e", "runs": [gm.describe(run)]}).splitlines()[-1]
+    assert row == "| minilm-table2/minicpm_tmr-cam-mi/seed1 | copied | - | - | - | 0 | - | - | 50.00 |"
