@@ -46,6 +46,12 @@ def test_one_seed_noise_pools_the_rows_with_several_seeds(bench):
     rows = [{1: 44.0, 2: 45.0, 3: 46.0}, {1: 40.0, 2: 43.0}, {1: 50.0}]  # variances 1 and 4.5; one seed: none
     assert ab.one_seed_noise(rows) == pytest.approx(1.96 * math.sqrt(2 * (1 + 4.5) / 2))  # 4.597
     assert ab.one_seed_noise([{1: 50.0}]) is None
+    # with student: t(0.975) at the pooled 2 + 1 = 3 degrees of freedom (3.18245) instead of 1.96
+    assert ab.one_seed_noise(rows, student=True) == pytest.approx(3.182446 * math.sqrt(2 * (1 + 4.5) / 2))
+    # one row of two seeds: t(1) = 12.706, closed form tan(0.975 pi - pi/2)
+    two = math.tan(math.pi * (0.975 - 0.5)) * math.sqrt(2) * math.sqrt(0.5)
+    assert ab.one_seed_noise([{1: 59.0, 2: 60.0}], student=True) == pytest.approx(two)
+    assert ab.one_seed_noise([{1: 50.0}], student=True) is None
 
 
 def test_the_papers_best_point_is_judged_against_the_best_other_point(bench):
@@ -258,22 +264,23 @@ def test_minilm_precision_table_sets_fp32_minus_bf16_against_the_text_rows_one_s
     ]
     no_spread = "fp32 - bf16: val +1.00, test +1.50; test: pending (the text row has fewer than two seeds"
     assert lines[-2].startswith(no_spread)
-    for seed, f1 in (
-        (1, 59.0),
-        (2, 60.0),
-    ):  # text row seeds 59, 60: std 0.7071, noise 1.96 x sqrt(2) x 0.7071
-        _finished(tmp_path / "minilm-table1" / "bert" / f"seed{seed}", f1)
-    within = ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2]
+    # the std of the text row's own 2 or 3 seeds: Student's t at 1 or 2 degrees of freedom, not 1.96 (which
+    # would call 1.50 beyond 1.96 x sqrt(2) x 0.5 = 1.39 at the three seeds below)
+    _finished(tmp_path / "minilm-table1" / "bert" / "seed1", 59.0)
+    _finished(tmp_path / "minilm-table1" / "bert" / "seed2", 60.0)  # std 0.7071: 12.706 x sqrt(2) x 0.7071
+    two = "fp32 - bf16: val +1.00, test +1.50; test: within the text row's one-seed noise 12.71 (t(1) x sqrt(2) x "
+    assert ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2] == two + "the std of its seeds 1, 2)."
+    _finished(tmp_path / "minilm-table1" / "bert" / "seed3", 59.5)  # std 0.5: 4.303 x sqrt(2) x 0.5 = 3.04
+    three = "within the text row's one-seed noise 3.04 (t(2) x sqrt(2) x the std of its seeds 1, 2, 3)."
     assert (
-        within
-        == "fp32 - bf16: val +1.00, test +1.50; test: within the text row's one-seed noise 1.96 (seeds 1, 2)."
+        ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2]
+        == f"fp32 - bf16: val +1.00, test +1.50; test: {three}"
     )
-    _finished(tmp_path / "minilm-table1" / "bert" / "seed3", 59.5)  # std 0.5: noise 1.386 < 1.50
+    (tmp_path / "minilm-precision" / "bert-fp32" / "seed1" / "metrics.json").write_text(
+        json.dumps({"val": {"f1": 56.0}, "test": {"f1": 62.5}})
+    )
     beyond = ab.precision_table(tmp_path, minilm, [1, 2, 3])[-2]
-    assert (
-        beyond
-        == "fp32 - bf16: val +1.00, test +1.50; test: beyond the text row's one-seed noise 1.39 (seeds 1, 2, 3)."
-    )
+    assert beyond == f"fp32 - bf16: val +1.00, test +3.50; test: {three.replace('within', 'beyond')}"
     assert "## MiniLM text row in bf16 and fp32" in ab.report(tmp_path, regime="minilm")
 
 
