@@ -352,7 +352,7 @@ def precision_table(out: Path, r: Regime, seeds: list[int]) -> list[str]:
     Student's t: the std comes from that one row's 2 or 3 seeds)."""
     seed = seeds[0]
     runs = {row["x"]: _metrics(_folder(out, r.precision, row["label"], seed)) for row in _rows(r.precision)}
-    lines = [f"## {r.title} text row in bf16 and fp32 ({r.precision}, seed {seed}; CPU autocast, speed.bf16)", "",
+    lines = [f"## {r.title} text row in bf16 and fp32 ({r.precision}, seed {seed}; speed.bf16: bf16 autocast or fp32)", "",
              "| precision | val micro-F1 | best epoch | test micro-F1 |", "|---|---|---|---|"]  # fmt: skip
     for x, m in runs.items():
         epoch = "pending" if m is None else m.get("best_epoch") or "-"

@@ -255,7 +255,7 @@ def test_minilm_precision_table_sets_fp32_minus_bf16_against_the_text_rows_one_s
     _dev_run(tmp_path / "minilm-precision" / "bert-fp32" / "seed1", 56.0, 60.5, best_epoch=4)
     lines = ab.precision_table(tmp_path, minilm, [1, 2, 3])
     assert lines[:6] == [
-        "## MiniLM text row in bf16 and fp32 (minilm-precision, seed 1; CPU autocast, speed.bf16)",
+        "## MiniLM text row in bf16 and fp32 (minilm-precision, seed 1; speed.bf16: bf16 autocast or fp32)",
         "",
         "| precision | val micro-F1 | best epoch | test micro-F1 |",
         "|---|---|---|---|",
