@@ -218,9 +218,10 @@ class Driver:
         return [r for r in self.runs if r.status == "running"]
 
     def next_run(self) -> Run | None:
-        """The first queued run (no copy) whose kind's estimate fits in the time left."""
+        """The first queued run (no copy) whose kind's estimate fits in the time left; none once the stop's time
+        has come (a kind without an estimate would start there only to be stopped at once)."""
         left = self.stop_at - time.time()
-        if self.hopeless():
+        if self.hopeless() or left <= 0:
             return None
         for run in self.runs:
             if run.status == "queued" and run.job is not None:

@@ -118,6 +118,19 @@ def test_epoch_times_steady_epoch_and_the_budget_rule(bench, tmp_path):
     assert d.estimate("caption") == 40.0
 
 
+def test_no_run_starts_once_the_stop_time_has_come(bench, tmp_path):
+    """A kind without an estimate starts while time is left, not after the deadline (it would be stopped at once,
+    and reported as stopped after 0 epochs instead of not started)."""
+    gm = bench("gpu_minilm")
+    run = gm.Run(
+        "minilm-table1", "tmr", 1, tmp_path / "runs/minilm-table1/tmr/seed1", "caption", 6, job="job"
+    )
+    d = _driver(gm, tmp_path, [run])
+    assert d.estimate("caption") is None and d.next_run() is run
+    d.stop_at = gm.time.time() - 1
+    assert d.next_run() is None
+
+
 def test_a_run_failing_before_its_first_epoch_is_retried_once_with_the_fallback(bench, tmp_path):
     from camim.experiments.worker import RunJob
 
