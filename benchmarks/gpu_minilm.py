@@ -251,7 +251,10 @@ class Driver:
         job = self.job_for(run)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one-run", json.dumps(asdict(job))]
         log = self.args.runs / "logs" / f"{run.name.replace('/', '__')}.log"
+        # bytes that are not UTF-8 are replaced: a reader that died on one would leave the pipe full and the run
+        # blocked on its next write until the deadline
         run.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                       encoding="utf-8", errors="replace",
                                        env={**os.environ, "OMP_NUM_THREADS": str(self.args.threads)})  # fmt: skip
         run.status, run.started, run.fallback = "running", time.time(), self.fallback_on
         run.tail.clear()

@@ -161,6 +161,28 @@ def test_a_run_failing_before_its_first_epoch_is_retried_once_with_the_fallback(
     assert d.hopeless() and d.next_run() is None
 
 
+def test_a_run_whose_output_is_not_utf8_is_still_read_to_its_end(bench, tmp_path, monkeypatch):
+    """The run's process writes a byte that is not UTF-8 before its epoch line: the reader replaces it and goes
+    on (one that died there would miss the epoch line and leave the run blocked once the pipe is full)."""
+    from camim.experiments.worker import RunJob
+
+    gm = bench("gpu_minilm")
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import sys\nsys.stdout.buffer.write(b'caption \\xff\\xfe\\n')\n"
+        "print('epoch 1/2: 3 steps, train loss 1.0000', flush=True)\nprint('camim run bert seed 1: done')\n"
+    )
+    monkeypatch.setattr(gm, "__file__", str(child))
+    run = gm.Run("minilm-table1", "bert", 1, tmp_path / "runs/b/seed1", "text", 2,
+                 job=RunJob("bert", 1, "minilm-bert", "d", "o", ("optim.seed=1",)))  # fmt: skip
+    d = _driver(gm, tmp_path, [run])
+    d.start(run)
+    run.process.wait(30)
+    d.finish(run)
+    assert [e for e, _ in run.epoch_lines] == [1]
+    assert list(run.tail)[:2] == ["caption \ufffd\ufffd", "epoch 1/2: 3 steps, train loss 1.0000"]
+
+
 def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
     gm = bench("gpu_minilm")
     folder = tmp_path / "runs" / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1"
