@@ -1,6 +1,7 @@
 """Issue 37's MiniLM grids on one lent GPU within a wall-clock budget: several runs at once, results as they go.
 
-Run by ``benchmarks/gpu_minilm.sh`` (which unpacks ``.device/mnre.tar.xz``; docs/results.md, "On a lent GPU").
+Run by ``benchmarks/gpu_minilm.sh`` (which unpacks ``.device/mnre.tar.xz``; docs/speed.md, "Issue 37's MiniLM
+grids on a lent GPU").
 The runs are those of the grids (``camim.experiments.grids.plan_seeds`` with each row's overrides, into
 ``<runs>/<grid>/<row slug>/seed<k>/`` as ``benchmarks/offline_ablations.py`` lays them out, so ``offline_ablations.py
 --regime minilm --report-only --output <runs>`` reports them), in :data:`PRIORITY` order, with these overrides on
@@ -19,7 +20,8 @@ an earlier one (Table 2's MiniCPM row is Table 1's CAM + MI run) is copied from 
 Up to ``--jobs`` runs train at once, each a process of its own (``camim.experiments.worker.train_job``, with
 ``--threads`` torch threads). A run starts while the time left holds its kind's estimated duration (text-only or
 caption model: the longest finished run of the kind, else one running run's first epoch plus its last epoch times
-the epochs left, else ``--estimate KIND=S``; a kind with no estimate starts: its epochs are what is measured).
+the epochs left, else ``--estimate KIND=S``; a kind with no estimate starts while any time is left: its epochs
+are what is measured).
 A run that fails before its first epoch is started again once with ``--fallback``'s overrides (default
 ``speed.foreach_casts=false``: the multi-tensor weight casts, on by default on CUDA and not yet run on a GPU;
 autocast computes the same either way), which every later run then gets too (``"fallback": true`` in the
