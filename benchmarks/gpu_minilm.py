@@ -189,6 +189,17 @@ class Driver:
             self.log.write(text + "\n")
             self.log.flush()
 
+    def drive(self) -> None:
+        """:meth:`loop`; an error in it kills the runs still going, so none trains on into the call's next
+        command (gpu_check's timings) with no driver left to stop it."""
+        try:
+            self.loop()
+        except BaseException:
+            for run in self.running():
+                run.process.kill()
+                run.process.wait()
+            raise
+
     def loop(self) -> None:
         while True:
             for run in self.running():
@@ -460,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     driver = Driver(args, runs, {**info, "skipped_grids": skipped, "overrides": overrides(args)})
     driver.say(f"{info['device']}; {len(runs)} runs planned, {args.jobs} at once, {args.threads} thread(s) each; "
                f"budget {args.budget_s:.0f} s; {'; '.join(skipped) or 'every grid present'}")  # fmt: skip
-    driver.loop()
+    driver.drive()
     counts = {s: sum(r.status == s for r in runs) for s in dict.fromkeys(r.status for r in runs)}
     driver.say(
         f"done: {', '.join(f'{n} {s}' for s, n in counts.items())}; {args.out / SUMMARY}, {args.out / TARBALL}"

@@ -183,6 +183,35 @@ def test_a_run_whose_output_is_not_utf8_is_still_read_to_its_end(bench, tmp_path
     assert list(run.tail)[:2] == ["caption \ufffd\ufffd", "epoch 1/2: 3 steps, train loss 1.0000"]
 
 
+def test_an_error_in_the_driver_kills_the_runs_still_going(bench, tmp_path, monkeypatch):
+    """A run's process does not outlive a driver that failed (it would train on into gpu_check's timings)."""
+    from camim.experiments.worker import RunJob
+
+    gm = bench("gpu_minilm")
+    child = tmp_path / "child.py"
+    child.write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(gm, "__file__", str(child))
+    run = gm.Run("minilm-table1", "bert", 1, tmp_path / "runs/b/seed1", "text", 2,
+                 job=RunJob("bert", 1, "minilm-bert", "d", "o", ("optim.seed=1",)))  # fmt: skip
+    d = _driver(gm, tmp_path, [run])
+
+    calls = []
+
+    def broken():  # the loop's second round, once the run has started
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(d, "copy_twins", broken)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            d.drive()
+        assert run.process.poll() is not None  # killed, not left sleeping
+    finally:
+        if run.process is not None and run.process.poll() is None:
+            run.process.kill()
+
+
 def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
     gm = bench("gpu_minilm")
     folder = tmp_path / "runs" / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1"
