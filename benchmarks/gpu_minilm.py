@@ -403,7 +403,7 @@ def preflight(args: argparse.Namespace) -> dict:
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         raise CamimError("--accelerator gpu: torch sees no CUDA device (use --small on a CPU machine)")
     record = json.loads((args.encoder / "PACK.json").read_text())
-    if file_sha256(args.encoder / "model.safetensors") != record["sha256"]:
+    if file_sha256(args.encoder / "model.safetensors") != record.get("sha256"):
         raise CamimError(
             f"{args.encoder / 'model.safetensors'}: sha256 differs from PACK.json (damaged in transit)"
         )
@@ -458,15 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(Path(argv[1]).read_text())))
         return 0
     args = _complete(_parser().parse_args(argv))
-    from camim.errors import CamimError
+    from camim.errors import CamimError, first_line
 
     try:
         info = preflight(args)
         runs, skipped = plan(
             args.runs, args.data_dir, overrides(args), SMALL_PRIORITY if args.small else PRIORITY
         )
-    except (CamimError, OSError, KeyError, ValueError) as exc:
-        print(f"gpu_minilm: error: {exc}", file=sys.stderr)
+    except (CamimError, OSError, KeyError, ValueError, RuntimeError) as exc:  # RuntimeError: CUDA's
+        print(f"gpu_minilm: error: {first_line(exc)}", file=sys.stderr)
         return 1
     driver = Driver(args, runs, {**info, "skipped_grids": skipped, "overrides": overrides(args)})
     driver.say(f"{info['device']}; {len(runs)} runs planned, {args.jobs} at once, {args.threads} thread(s) each; "

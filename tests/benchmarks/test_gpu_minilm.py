@@ -212,6 +212,41 @@ def test_an_error_in_the_driver_kills_the_runs_still_going(bench, tmp_path, monk
             run.process.kill()
 
 
+def test_a_cuda_error_before_any_run_is_one_line(bench, tmp_path, monkeypatch, capsys):
+    gm = bench("gpu_minilm")
+
+    def cuda_broken(args):
+        raise RuntimeError(
+            "CUDA error: no kernel image is available for execution on the device\nCUDA kernel errors"
+        )
+
+    monkeypatch.setattr(gm, "preflight", cuda_broken)
+    argv = [
+        "--data-dir",
+        "d",
+        "--encoder",
+        str(tmp_path),
+        "--runs",
+        str(tmp_path / "r"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert gm.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "gpu_minilm: error: CUDA error: no kernel image is available for execution on the device\n"
+
+
+def test_a_pack_record_without_its_sha256_is_refused_naming_the_file(bench, tmp_path):
+    from camim.errors import CamimError
+
+    gm = bench("gpu_minilm")
+    (tmp_path / "PACK.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    args = argparse.Namespace(accelerator="cpu", encoder=tmp_path)
+    with pytest.raises(CamimError, match=r"model.safetensors: sha256 differs from PACK.json"):
+        gm.preflight(args)
+
+
 def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
     gm = bench("gpu_minilm")
     folder = tmp_path / "runs" / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1"
