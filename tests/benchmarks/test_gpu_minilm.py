@@ -90,6 +90,17 @@ def test_plan_runs_the_grids_runs_in_priority_order_and_copies_the_twin(bench, t
     assert all(r.twin is None for r in runs[:-1])
 
 
+def test_the_precision_grids_bf16_row_is_table1s_text_run_and_its_fp32_row_trains(bench, tmp_path):
+    gm = bench("gpu_minilm")
+    runs, skipped = gm.plan(tmp_path / "runs", str(tmp_path / "data"), ["model.text_encoder=/x"], gm.PRIORITY)
+    assert skipped == [] and len(runs) == 12 + 2 + 6
+    bf16, fp32 = [r for r in runs if r.grid == "minilm-precision"]
+    assert (bf16.label, bf16.twin, bf16.job) == ("bert-bf16", runs[0], None)  # minilm-table1 bert seed 1
+    assert (runs[0].grid, runs[0].label, runs[0].seed) == ("minilm-table1", "bert", 1)
+    assert fp32.twin is None and fp32.kind == "text"
+    assert fp32.job.overrides == ("speed.bf16=false", "model.text_encoder=/x", "optim.seed=1")
+
+
 def _driver(gm, tmp_path, runs, estimate=None):
     args = argparse.Namespace(out=tmp_path / "out", runs=tmp_path / "runs", jobs=2, threads=1, budget_s=100.0,
                               started_at=gm.time.time(), estimate=estimate or {}, fallback=[])  # fmt: skip
