@@ -32,7 +32,7 @@ import tarfile
 from pathlib import Path
 
 from camim.errors import CamimError
-from camim.io import atomic_path, atomic_write_text
+from camim.io import atomic_path, atomic_write_text, human_size
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR = ROOT / ".device"
@@ -155,19 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     except (CamimError, OSError, subprocess.CalledProcessError) as exc:
         print(f"device_pack: error: {exc}", file=sys.stderr)
         return 1
-    mib = lambda n: n / 2**20  # noqa: E731
     weights = (args.pack_dir / ENCODER_DIR / "model.safetensors").stat().st_size
-    print(f"{ENCODER_DIR}: {'up to date' if enc['skipped'] else 'written'}, model.safetensors {mib(weights):.1f} "
-          f"MiB (fp16 of {source / 'model.safetensors'}, sha256 {digest[:12]}...; largest rounding "
+    print(f"{ENCODER_DIR}: {'up to date' if enc['skipped'] else 'written'}, model.safetensors {human_size(weights)} "
+          f"(fp16 of {source / 'model.safetensors'}, sha256 {digest[:12]}...; largest rounding "
           f"{enc['max_abs_rounding']:.2e}, {enc['weights_rounded_to_zero']} weights rounded to 0)")  # fmt: skip
     size = (args.pack_dir / DATA_ARCHIVE).stat().st_size
     print(f"{DATA_ARCHIVE}: {'up to date' if data['skipped'] else 'written'}, {data['files']} files, "
-          f"{mib(size):.1f} MiB")  # fmt: skip
+          f"{human_size(size)}")  # fmt: skip
     total = tree + carried
-    print(f"travelling: checkout {mib(tree):.1f} MiB + {args.pack_dir.name} {mib(carried):.1f} MiB = "
-          f"{mib(total):.1f} MiB (limit here {LIMIT_MIB} MiB, the device's 64 MiB)")  # fmt: skip
+    print(f"travelling: checkout {human_size(tree)} + {args.pack_dir.name} {human_size(carried)} = "
+          f"{human_size(total)} (limit here {LIMIT_MIB} MiB, the device's 64 MiB)")  # fmt: skip
     if total > LIMIT_MIB * 2**20:
-        print(f"device_pack: error: {mib(total):.1f} MiB would travel, over {LIMIT_MIB} MiB: remove large "
+        print(f"device_pack: error: {human_size(total)} would travel, over {LIMIT_MIB} MiB: remove large "
               "untracked files from the checkout", file=sys.stderr)  # fmt: skip
         return 1
     return 0
