@@ -21,10 +21,13 @@ if [ ! -f "$pack/mnre.tar.xz" ] || [ ! -f "$pack/minilm-fp16/PACK.json" ]; then
     echo "gpu_minilm: $pack holds no mnre.tar.xz or minilm-fp16/PACK.json: run benchmarks/device_pack.py first and carry .device" >&2
     exit 1
 fi
+py="${PYTHON:-python3}"
 mkdir -p "$out" "$data"
 if ! cmp -s "$pack/mnre.tar.manifest.json" "$data/.manifest.json"; then  # unpacked once per machine
-    tar -xJf "$pack/mnre.tar.xz" -C "$data" && cp "$pack/mnre.tar.manifest.json" "$data/.manifest.json" || exit 1
+    # Python's tarfile (lzma built in), not tar -J, which needs an xz program that an image may lack
+    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        "$pack/mnre.tar.xz" "$data" && cp "$pack/mnre.tar.manifest.json" "$data/.manifest.json" || exit 1
 fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-exec "${PYTHON:-python3}" "$root/benchmarks/gpu_minilm.py" --data-dir "$data" --encoder "$pack/minilm-fp16" \
+exec "$py" "$root/benchmarks/gpu_minilm.py" --data-dir "$data" --encoder "$pack/minilm-fp16" \
     --runs "$runs" --out "$out" --started-at "$started" "$@"

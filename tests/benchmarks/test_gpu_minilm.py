@@ -273,6 +273,45 @@ def test_a_pack_record_without_its_sha256_is_refused_naming_the_file(bench, tmp_
         gm.preflight(args)
 
 
+def test_the_script_unpacks_the_packed_data_without_an_xz_program(bench, tmp_path):
+    """gpu_minilm.sh unpacks device_pack.py's archive with Python alone (a PATH without xz, which `tar -J`
+    needs), once per machine, then hands over to gpu_minilm.py (a stub here) with the unpacked folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.benchmarks.conftest import BENCHMARKS
+
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    shutil.copy(BENCHMARKS / "gpu_minilm.sh", root / "benchmarks")
+    (root / "benchmarks" / "gpu_minilm.py").write_text("import sys\nprint(' '.join(sys.argv[1:5]))\n")
+    (root / ".device" / "minilm-fp16").mkdir(parents=True)
+    (root / ".device" / "minilm-fp16" / "PACK.json").write_text("{}")
+    mnre = tmp_path / "mnre"
+    (mnre / "txt").mkdir(parents=True)
+    (mnre / "txt" / "ours_val.txt").write_text("a line\n")
+    bench("device_pack").pack_data(mnre, root / ".device" / "mnre.tar.xz")
+    tools = tmp_path / "bin"  # what the script runs from PATH, and no xz
+    tools.mkdir()
+    for name in ("cmp", "cp", "date", "dirname", "mkdir", "tar"):
+        (tools / name).symlink_to(shutil.which(name))
+    data = tmp_path / "data"
+    env = {
+        "PATH": str(tools),
+        "PYTHON": sys.executable,
+        "CAMIM_MNRE_DIR": str(data),
+        "HOME": os.environ["HOME"],
+    }
+    for _ in range(2):  # the second call finds it unpacked
+        proc = subprocess.run([shutil.which("bash"), str(root / "benchmarks" / "gpu_minilm.sh"), str(tmp_path / "out")],
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"--data-dir {data} --encoder {root / '.device' / 'minilm-fp16'}"
+    assert (data / "txt" / "ours_val.txt").read_text() == "a line\n"
+
+
 def test_the_tarball_and_the_table_hold_the_finished_runs_in_the_grid_layout(bench, tmp_path):
     gm = bench("gpu_minilm")
     folder = tmp_path / "runs" / "minilm-table2" / "minicpm_tmr-cam-mi" / "seed1"
