@@ -50,8 +50,7 @@ PACK_VERSION = 1
 def fp16_copy(source: Path, dest: Path, source_sha256: str) -> dict:
     """Write the fp16 copy of the Hugging Face folder ``source`` into ``dest`` (see the module docstring);
     the record written as ``dest/PACK.json``, which also makes a second call with the same source a no-op."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from camim.models.bundled import file_sha256
 
@@ -63,18 +62,7 @@ def fp16_copy(source: Path, dest: Path, source_sha256: str) -> dict:
             weights.is_file() and file_sha256(weights) == record.get("sha256")
         ):
             return {**record, "skipped": True}
-    tensors = load_file(str(source / "model.safetensors"))
-    half, worst, zeroed = {}, 0.0, 0
-    for name, t in tensors.items():
-        if not t.is_floating_point():
-            half[name] = t
-            continue
-        h = t.to(torch.float16)
-        if not torch.isfinite(h).all():
-            raise CamimError(f"{source / 'model.safetensors'}: tensor {name} exceeds fp16's range")
-        worst = max(worst, float((h.float() - t.float()).abs().max()))
-        zeroed += int(((h == 0) & (t != 0)).sum())
-        half[name] = h.contiguous()
+    half, worst, zeroed = rounded_to_fp16(source / "model.safetensors")
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -100,6 +88,26 @@ def fp16_copy(source: Path, dest: Path, source_sha256: str) -> dict:
     }
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     return {**record, "skipped": False}
+
+
+def rounded_to_fp16(weights: Path) -> tuple[dict, float, int]:
+    """The tensors of the safetensors file ``weights``, floating ones rounded to fp16; the largest absolute
+    change and how many weights became 0. A weight beyond fp16's range is refused, naming its tensor."""
+    import torch
+    from safetensors.torch import load_file
+
+    half, worst, zeroed = {}, 0.0, 0
+    for name, t in load_file(str(weights)).items():
+        if not t.is_floating_point():
+            half[name] = t
+            continue
+        h = t.to(torch.float16)
+        if not torch.isfinite(h).all():
+            raise CamimError(f"{weights}: tensor {name} exceeds fp16's range")
+        worst = max(worst, float((h.float() - t.float()).abs().max()))
+        zeroed += int(((h == 0) & (t != 0)).sum())
+        half[name] = h.contiguous()
+    return half, worst, zeroed
 
 
 def data_files(data_dir: Path) -> list[Path]:
