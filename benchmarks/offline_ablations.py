@@ -239,22 +239,24 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     return {"mean": m, "per_seed": dict(zip(seeds, diffs)), "p": p, "n": len(diffs), "needed": needed}
 
 
-def one_seed_noise(rows: list[dict[int, float]], student: bool = False) -> float | None:
-    """q x sqrt(2) x the pooled seed-to-seed std of ``rows`` (those with several seeds): how far apart two
-    runs that differ only in their seed fall 95% of the time. None without a row of several seeds. ``q`` is
-    1.96, or with ``student`` Student's t quantile at the pooled degrees of freedom (the sum of seeds - 1),
-    which is what holds when the std itself comes from few seeds: 1.96 with a std of 2 or 3 seeds calls 30% or
-    19% of pairs that differ only in their seed apart, not 5%."""
+def one_seed_noise(rows: list[dict[int, float]]) -> float | None:
+    """t x sqrt(2) x the pooled seed-to-seed std of ``rows`` (those with several seeds): how far apart two runs
+    that differ only in their seed fall 95% of the time. ``t`` is Student's 0.975 quantile at the pooled degrees
+    of freedom (:func:`pooled_df`), since the std itself comes from few seeds (1.96 with the std of 2 or 3 seeds
+    would call 30% or 19% of such pairs apart, not 5%). None without a row of several seeds."""
     several = [list(r.values()) for r in rows if len(r) > 1]
     if not several:
         return None
-    variances = [mean_std(v)[1] ** 2 for v in several]
-    q = 1.96
-    if student:
-        from scipy.stats import t as student_t
+    from scipy.stats import t as student_t
 
-        q = float(student_t.ppf(0.975, sum(len(v) - 1 for v in several)))
+    variances = [mean_std(v)[1] ** 2 for v in several]
+    q = float(student_t.ppf(0.975, pooled_df(rows)))
     return q * math.sqrt(2 * sum(variances) / len(variances))
+
+
+def pooled_df(rows: list[dict[int, float]]) -> int:
+    """The degrees of freedom of the pooled seed-to-seed std of ``rows``: the sum over rows of seeds - 1."""
+    return sum(len(r) - 1 for r in rows if len(r) > 1)
 
 
 def verdict(expected_sign: int, comparison: dict | None, noise: float | None) -> str:
@@ -331,9 +333,11 @@ def _table1(out: Path, r: Regime, seeds: list[int]) -> tuple[list[str], float | 
         p = "-" if c is None or c["p"] is None else f"{c['p']:.3f}"
         needed = "-" if c is None or c["needed"] is None else f"± {c['needed']:.2f}"
         lines.append(f"| {text} | {diff} | {p} | {needed} | {verdict(sign, c, noise)} |")
-    lines += ["", "One-seed comparisons below count as beyond noise when over 1.96 x sqrt(2) x the pooled "
-              "seed-to-seed std of Table 1's caption rows (the 95% range of the difference of two runs that differ "
-              f"only in their seed): {'pending' if noise is None else f'{noise:.2f}'} F1.", ""]  # fmt: skip
+    df = pooled_df([v for k, v in t1.items() if k != "bert"])
+    lines += ["", "One-seed comparisons below count as beyond noise when over t x sqrt(2) x the pooled seed-to-seed "
+              f"std of Table 1's caption rows (t: Student's 0.975 quantile at their {df} degrees of freedom; the 95% "
+              "range of the difference of two runs that differ only in their seed): "
+              f"{'pending' if noise is None else f'{noise:.2f}'} F1.", ""]  # fmt: skip
     return lines, noise
 
 
@@ -358,7 +362,7 @@ def precision_table(out: Path, r: Regime, seeds: list[int]) -> list[str]:
         epoch = "pending" if m is None else m.get("best_epoch") or "-"
         lines.append(f"| {x} | {_f1(m, 'val')} | {epoch} | {_f1(m, 'test')} |")
     text_seeds = f1_per_seed(out, r.table1, "bert", seeds)
-    noise = one_seed_noise([text_seeds], student=True)
+    noise = one_seed_noise([text_seeds])
     bf16, fp32 = runs.get("bf16"), runs.get("fp32")
     if bf16 is None or fp32 is None or not bf16.get("test") or not fp32.get("test"):
         return [*lines, "", "fp32 - bf16: pending.", ""]

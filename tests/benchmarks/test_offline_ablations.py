@@ -44,14 +44,13 @@ def test_verdicts_over_seeds_and_for_one_seed(bench):
 def test_one_seed_noise_pools_the_rows_with_several_seeds(bench):
     ab = bench("offline_ablations")
     rows = [{1: 44.0, 2: 45.0, 3: 46.0}, {1: 40.0, 2: 43.0}, {1: 50.0}]  # variances 1 and 4.5; one seed: none
-    assert ab.one_seed_noise(rows) == pytest.approx(1.96 * math.sqrt(2 * (1 + 4.5) / 2))  # 4.597
-    assert ab.one_seed_noise([{1: 50.0}]) is None
-    # with student: t(0.975) at the pooled 2 + 1 = 3 degrees of freedom (3.18245) instead of 1.96
-    assert ab.one_seed_noise(rows, student=True) == pytest.approx(3.182446 * math.sqrt(2 * (1 + 4.5) / 2))
+    # Student's t(0.975) at the pooled 2 + 1 = 3 degrees of freedom: 3.182446 (tables), not 1.96
+    assert ab.pooled_df(rows) == 3
+    assert ab.one_seed_noise(rows) == pytest.approx(3.182446 * math.sqrt(2 * (1 + 4.5) / 2))  # 7.464
     # one row of two seeds: t(1) = 12.706, closed form tan(0.975 pi - pi/2)
     two = math.tan(math.pi * (0.975 - 0.5)) * math.sqrt(2) * math.sqrt(0.5)
-    assert ab.one_seed_noise([{1: 59.0, 2: 60.0}], student=True) == pytest.approx(two)
-    assert ab.one_seed_noise([{1: 50.0}], student=True) is None
+    assert ab.one_seed_noise([{1: 59.0, 2: 60.0}]) == pytest.approx(two)
+    assert ab.one_seed_noise([{1: 50.0}]) is None
 
 
 def test_the_papers_best_point_is_judged_against_the_best_other_point(bench):
@@ -91,7 +90,7 @@ def test_table2_and_fig4_report_the_seeds_that_were_trained(bench, tmp_path):
         _finished(tmp_path / "offline-table1" / "tmr-cam-mi" / f"seed{seed}", b)
     for x, f1 in {
         "0.05": (40.0, 42.0),
-        "0.1": (44.0, 46.0),
+        "0.1": (48.0, 50.0),
         "0.3": (41.0, 41.0),
         "0.5": (40.0, 40.0),
     }.items():
@@ -99,10 +98,11 @@ def test_table2_and_fig4_report_the_seeds_that_were_trained(bench, tmp_path):
             _finished(tmp_path / "offline-fig4" / f"alpha_{x}" / f"seed{seed}", v)
     lines = ab.report(tmp_path, [4, 5], [4, 5]).splitlines()
     assert "| tmr-cam | 45.00 ± 1.41 (44.00, 46.00) | 89.96 |" in lines
-    assert "| alpha:0.1 | 45.00 ± 1.41 (44.00, 46.00) | 90.62 |" in lines
-    # pooled std of the two Table 1 rows: variances 2 and 0.5; noise 1.96 x sqrt(2 x 1.25) = 3.099, /sqrt(2) = 2.191
+    assert "| alpha:0.1 | 49.00 ± 1.41 (48.00, 50.00) | 90.62 |" in lines
+    # pooled std of the two Table 1 rows: variances 2 and 0.5, 2 degrees of freedom (t = 4.302653); noise
+    # 4.302653 x sqrt(2 x 1.25) = 6.803, /sqrt(2) = 4.810 for a mean of two: 0.1 leads by 8.00
     assert (
-        "alpha: best here 0.1 (45.00); the paper's best 0.1 (45.00 here, +4.00 against the best other point): agrees"
+        "alpha: best here 0.1 (49.00); the paper's best 0.1 (49.00 here, +8.00 against the best other point): agrees"
         in lines
     )
     assert (
@@ -111,7 +111,7 @@ def test_table2_and_fig4_report_the_seeds_that_were_trained(bench, tmp_path):
     )
     _finished(tmp_path / "offline-fig4" / "alpha_0.1" / "seed6", 50.0)  # one point of seed 6: not shown yet
     lines = ab.report(tmp_path, [4, 5], [4, 5, 6]).splitlines()
-    assert "| alpha:0.1 | 45.00 ± 1.41 (44.00, 46.00) | 90.62 |" in lines
+    assert "| alpha:0.1 | 49.00 ± 1.41 (48.00, 50.00) | 90.62 |" in lines
     assert "Seeds 6: not finished for every point yet, left out." in lines
 
 
@@ -220,8 +220,10 @@ def test_minilm_report_chooses_the_lr_on_val_and_makes_the_claims_its_rows_allow
     assert (
         lines[lines.index(claims[-1]) + 1] == ""
     )  # no claim on rows minilm-table1 lacks (TMR + CAM, TMR + MI)
-    # caption rows' variances 1, 1, 0: noise 1.96 x sqrt(2 x 2/3) = 2.263; minicpm leads qwenvl.. by 4.00
-    assert "the 95% range of the difference of two runs that differ only in their seed): 2.26 F1." in text
+    # caption rows' variances 1, 1, 0 over 3 x 2 degrees of freedom (t = 2.446912): noise 2.446912 x sqrt(2 x 2/3)
+    # = 2.826; minicpm leads qwenvl.. by 4.00
+    assert "Student's 0.975 quantile at their 6 degrees of freedom; the 95% range" in text
+    assert "the difference of two runs that differ only in their seed): 2.83 F1." in text
     assert "## MiniLM Table 2 (caption sources on CAM + MI) (test micro-F1, seed 1)" in lines
     assert "| minicpm/tmr-cam-mi | 58.00 | 90.94 |" in lines
     assert (
