@@ -42,6 +42,9 @@ class SpeedConfig:
       once, the other modes the whole model; not together with ``cuda_graphs``. ``compile_cache_dir`` keeps
       inductor's FX-graph and autograd caches across runs (default: ``$XDG_CACHE_HOME/camim/torch-compile``).
     - ``skip_padded_crops`` (documented fast mode): the backbone runs once for all zero-padded crops.
+    - ``keep_freed_memory`` (automatic: on for CPU runs): freed memory stays in the process for reuse (glibc,
+      :mod:`camim.speed.memory`): the large tensors a CPU step allocates anew skip fresh pages' faults; what is
+      computed is unchanged (run-neutral), and does not need ``fast``.
     - ``frozen_visual``: the vision backbone is frozen (BatchNorm on running statistics) and its features
       are computed once per cached image into safetensors shards under ``feature_cache_dir`` (default
       ``<data.image_cache_dir>/features``); a different regime from the released one (which fine-tunes it).
@@ -61,6 +64,7 @@ class SpeedConfig:
     frozen_visual: bool = False
     feature_cache_dir: str | None = None
     feature_batch_size: int = 64
+    keep_freed_memory: bool | None = None
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -102,6 +106,7 @@ class SpeedConfig:
             foreach_casts=auto(self.foreach_casts) and bf16 and mode == "none",
             cuda_graphs=graphs,
             compile=mode,
+            keep_freed_memory=not cuda if self.keep_freed_memory is None else bool(self.keep_freed_memory),
         )
 
     @classmethod

@@ -38,6 +38,7 @@ from camim.speed.features import (
 )
 from camim.speed.image_cache import ImageCache, ImageCacheSpec, open_or_build
 from camim.speed.loading import CachedCollate, CachedImageDataset, FeatureRowsCollate
+from camim.speed.memory import keep_freed_memory
 
 # the resolved speed.* switches a run's metrics.json["speed"]["resolved"] records
 REPORTED_SWITCHES = (
@@ -88,6 +89,9 @@ class TrainingSpeed:
         self.cfg, self.model, self.device = cfg, model, torch.device(device)
         self.store: FeatureStore | None = None
         self.notes: list[str] = []
+        self.kept_freed_memory = cfg.resolved(self.device).keep_freed_memory and keep_freed_memory()
+        if cfg.keep_freed_memory and not self.kept_freed_memory:
+            self.notes.append("speed.keep_freed_memory is off: the C library is not glibc (nothing changed)")
         if cfg.frozen_visual:
             if feature_store is None:
                 raise CamimError(
@@ -140,7 +144,7 @@ class TrainingSpeed:
 
     def report(self) -> dict:
         """What the speed path did (graph captures, eager fallbacks, compiled regions, features computed)."""
-        out: dict = {"notes": list(self.notes)}
+        out: dict = {"notes": list(self.notes), "kept_freed_memory": self.kept_freed_memory}
         if self.step is not None:
             out["resolved"] = {k: getattr(self.step.cfg, k) for k in REPORTED_SWITCHES}
             out["compiled_regions"] = len(self.step.compiled_regions)

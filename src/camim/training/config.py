@@ -40,7 +40,13 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 CONFIG_DIR = PRESET_DIR.parent
 
 #: settings that do not change what a run computes: a run folder may be resumed or reused with others
-RUN_NEUTRAL_KEYS = ("trainer.progress_bar", "trainer.loggers", "data.num_workers", "speed.compile_cache_dir")
+RUN_NEUTRAL_KEYS = (
+    "trainer.progress_bar",
+    "trainer.loggers",
+    "data.num_workers",
+    "speed.compile_cache_dir",
+    "speed.keep_freed_memory",
+)
 
 #: keys that moved, old dotted key -> new one (an old key in a YAML file or --set is refused naming the new)
 MOVED_KEYS = {"data.max_objects": "model.max_objects"}
