@@ -46,6 +46,15 @@ def batches(preset: str, data_dir: Path, n: int, size: int) -> tuple[object, lis
     return cfg, model, [model.processor(examples[i : i + size]) for i in range(0, n * size, size)]
 
 
+def step_for(cfg, model, bf16: bool) -> FastStep:
+    """The presets' training step on ``model`` (the fast step, bf16 autocast or fp32, the released AdamW)."""
+    speed = SpeedConfig(fast=True, bf16=bf16, fused_optimizer=False)
+    apply_fast_mode(model.train(), speed, "cpu")
+    o = cfg.optim
+    opt = build_optimizer(model, o.lr, o.weight_decay, o.adam_eps, o.adam_bias_correction, o.multi_tensor)
+    return FastStep(model, opt, speed, "cpu")
+
+
 def timed(fn, items: list) -> float:
     start = time.perf_counter()
     for item in items:
@@ -58,12 +67,7 @@ def measure(cfg, model, items: list, rounds: int) -> dict:
     samples = sum(len(b.labels) for b in items)
     steps = {}
     for bf16 in (False, True):
-        m = copy.deepcopy(model).train()
-        speed = SpeedConfig(fast=True, bf16=bf16, fused_optimizer=False)
-        apply_fast_mode(m, speed, "cpu")
-        o = cfg.optim
-        opt = build_optimizer(m, o.lr, o.weight_decay, o.adam_eps, o.adam_bias_correction, o.multi_tensor)
-        steps[bf16] = FastStep(m, opt, speed, "cpu")
+        steps[bf16] = step_for(cfg, copy.deepcopy(model), bf16)
         steps[bf16](items[0])  # warm-up: first-call allocations, oneDNN primitive creation
     best: dict[str, float] = {}
     for _ in range(rounds):

@@ -23,21 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_bf16 import batches, missing, parser  # noqa: E402
+from cpu_bf16 import batches, missing, parser, step_for  # noqa: E402
 
-from camim.optim import build_optimizer  # noqa: E402
 from camim.speed import memory  # noqa: E402
-from camim.speed.config import SpeedConfig  # noqa: E402
-from camim.speed.fast import FastStep, apply_fast_mode  # noqa: E402
-
-
-def step_for(cfg, model) -> FastStep:
-    """The presets' training step (fast, bf16 autocast, the released AdamW) on ``model``."""
-    speed = SpeedConfig(fast=True, bf16=True, fused_optimizer=False)
-    apply_fast_mode(model.train(), speed, "cpu")
-    o = cfg.optim
-    opt = build_optimizer(model, o.lr, o.weight_decay, o.adam_eps, o.adam_bias_correction, o.multi_tensor)
-    return FastStep(model, opt, speed, "cpu")
+from camim.speed.fast import FastStep  # noqa: E402
 
 
 def alternate(step: FastStep, items: list, rounds: int) -> dict[str, list[float]]:
@@ -68,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for preset in args.presets:
         cfg, model, items = batches(preset, args.data_dir, args.batches, args.batch_size)
-        rounds = alternate(step_for(cfg, model), items, args.rounds)
+        rounds = alternate(step_for(cfg, model, bf16=True), items, args.rounds)
         default, keep = (statistics.median(rounds[k]) for k in ("default", "keep"))
         rows[preset] = {**rounds, "median_default": default, "median_keep": keep, "ratio": default / keep}
         print(f"{preset:<20} {default:>15.3f} {keep:>12.3f} {default / keep:>12.2f}x", flush=True)

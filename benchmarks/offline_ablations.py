@@ -320,7 +320,8 @@ def _table1(out: Path, r: Regime, seeds: list[int]) -> tuple[list[str], float | 
     paper1 = {row["label"]: (row["paper"] or {}).get("f1") for row in rows1}
     if r.text_rows and paper1.get("bert"):
         paper1["bert"] = f"{paper1['bert']} ({_other_text_rows()})"
-    noise = one_seed_noise([v for k, v in t1.items() if k != "bert"])
+    caption_rows = [v for k, v in t1.items() if k != "bert"]
+    noise = one_seed_noise(caption_rows)
     lines = [f"## {r.title} Table 1 (test micro-F1, mean ± std over seeds (each seed))", "",
              f"| row | ours | {r.paper_column} |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {cell(v)} | {paper1[k] or '-'} |" for k, v in t1.items()]
@@ -333,9 +334,8 @@ def _table1(out: Path, r: Regime, seeds: list[int]) -> tuple[list[str], float | 
         p = "-" if c is None or c["p"] is None else f"{c['p']:.3f}"
         needed = "-" if c is None or c["needed"] is None else f"± {c['needed']:.2f}"
         lines.append(f"| {text} | {diff} | {p} | {needed} | {verdict(sign, c, noise)} |")
-    df = pooled_df([v for k, v in t1.items() if k != "bert"])
     lines += ["", "One-seed comparisons below count as beyond noise when over t x sqrt(2) x the pooled seed-to-seed "
-              f"std of Table 1's caption rows (t: Student's 0.975 quantile at their {df} degrees of freedom; the 95% "
+              f"std of Table 1's caption rows (t: Student's 0.975 quantile at their {pooled_df(caption_rows)} degrees of freedom; the 95% "
               "range of the difference of two runs that differ only in their seed): "
               f"{'pending' if noise is None else f'{noise:.2f}'} F1.", ""]  # fmt: skip
     return lines, noise
