@@ -154,6 +154,20 @@ def test_resume_after_kill_gives_identical_weights_and_metrics(reference_run, ti
     assert sorted(joined) == list(range(12)) and joined == pytest.approx(ref)
 
 
+def test_last_ckpt_is_written_after_an_epoch_that_does_not_improve_dev_f1(tiny_mnre, tmp_path):
+    """Lightning 2.6 writes last.ckpt only beside a new best checkpoint: killed in epoch 3 after a second epoch no
+    better than the first, the run resumed from epoch 1 and trained epoch 2 again. lr 1e-12 keeps dev F1 flat, so
+    epoch 2 (index 1) ties epoch 1 and the first is kept (the released ``>``)."""
+    out = tmp_path / "flat"
+    flat = [*TINY, "optim.epochs=3", "optim.lr=1e-12"]
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_run("offline-bert", tiny_mnre, out, overrides=flat, callbacks=[Kill(at=12)])  # 6 steps an epoch
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 12)
+
+
 def test_an_empty_last_checkpoint_starts_the_run_afresh_with_a_warning(
     reference_run, tiny_mnre, tmp_path, caplog
 ):

@@ -8,7 +8,9 @@ Lightning's ``ModelCheckpoint`` compares with ``torch.gt`` for ``mode="max"`` an
 
 Both checkpoint callbacks of a run are :class:`RunCheckpoint`\ s, whose resume state follows a run folder that
 was moved or copied (issue 29): Lightning keeps the absolute paths of the best and last checkpoints in it. On
-resume they also remove the checkpoints a killed run saved after its ``last.ckpt`` (issue 29 §3).
+resume they also remove the checkpoints a killed run saved after its ``last.ckpt`` (issue 29 §3), and they write
+``last.ckpt`` after every epoch: Lightning 2.6 writes it only at a step that also saved a top-k checkpoint, so a
+run killed some epochs after its best dev F1 resumed from that best epoch and trained the epochs since again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ class RunCheckpoint(ModelCheckpoint):
         # the key ModelCheckpoint stores its resume state under, so that run folders written before these
         # subclasses existed resume with their best-so-far intact
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def _save_last_if_not_saved(self, trainer) -> None:
+        """``last.ckpt`` at this step when Lightning saved nothing here. Lightning before 2.6 saved it after every
+        epoch; 2.6 saves it only beside a new top-k checkpoint ("Only save last checkpoint if a checkpoint was
+        actually saved in this step"): an epoch that does not improve dev F1 was lost to a kill, and a 22-minute
+        MiniLM caption epoch with it (issue 37's runs). ``_should_skip_saving_checkpoint`` is Lightning's own
+        test: not fitting, sanity checking, fast_dev_run, or already saved at this global step."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def load_state_dict(self, state_dict: dict) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
