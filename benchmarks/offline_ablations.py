@@ -312,6 +312,16 @@ def report(
     return "\n".join(lines)
 
 
+def _noise_line(caption_rows: list[dict[int, float]], noise: float | None) -> str:
+    """What one-seed comparisons are held against: the value of :func:`one_seed_noise`, or pending."""
+    head = "One-seed comparisons below count as beyond noise when over t x sqrt(2) x the pooled seed-to-seed std of "
+    if noise is None:
+        return head + "Table 1's caption rows: pending (no caption row has two finished seeds yet)."
+    return (head + f"Table 1's caption rows (t: Student's 0.975 quantile at their {pooled_df(caption_rows)} degrees of "
+            "freedom; the 95% range of the difference of two runs that differ only in their seed): "
+            f"{noise:.2f} F1.")  # fmt: skip
+
+
 def _table1(out: Path, r: Regime, seeds: list[int]) -> tuple[list[str], float | None]:
     """Table 1 over ``seeds`` with the paired claims its rows allow, and the one-seed noise of its caption
     rows (:func:`one_seed_noise`)."""
@@ -334,10 +344,7 @@ def _table1(out: Path, r: Regime, seeds: list[int]) -> tuple[list[str], float | 
         p = "-" if c is None or c["p"] is None else f"{c['p']:.3f}"
         needed = "-" if c is None or c["needed"] is None else f"± {c['needed']:.2f}"
         lines.append(f"| {text} | {diff} | {p} | {needed} | {verdict(sign, c, noise)} |")
-    lines += ["", "One-seed comparisons below count as beyond noise when over t x sqrt(2) x the pooled seed-to-seed "
-              f"std of Table 1's caption rows (t: Student's 0.975 quantile at their {pooled_df(caption_rows)} degrees of freedom; the 95% "
-              "range of the difference of two runs that differ only in their seed): "
-              f"{'pending' if noise is None else f'{noise:.2f}'} F1.", ""]  # fmt: skip
+    lines += ["", _noise_line(caption_rows, noise), ""]
     return lines, noise
 
 
