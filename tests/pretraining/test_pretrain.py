@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tests.training.conftest import TINY, write_tiny_mnre
 
 from camim.errors import CamimError, DataError
-from camim.pretraining.pretrain import pretrain, pretrain_config, pretraining_corpus
+from camim.pretraining.pretrain import _masking_seed, pretrain, pretrain_config, pretraining_corpus
 
 # the compact BERT of the offline tests (TINY's offline.* keys, as pretraining settings)
 TINY_BERT = [o for o in TINY if o.startswith("offline.")]
@@ -173,6 +173,19 @@ def test_a_pretrained_encoder_fine_tunes_in_train_mode(pretrained, tiny_mnre, tm
     cont = pretrain_config([*SETTINGS, f"text_encoder={pretrained.output_dir}"], from_scratch=False)
     _, mlm, _ = _load_model(cont, tiny_mnre, tmp_path / "work")
     assert all(m.training for m in mlm.modules())
+
+
+def test_a_seed_is_refused_unless_lightning_and_every_batch_masking_seed_take_it():
+    """Lightning >= 2.5.3 raises a ValueError for a seed below 0 (a traceback; before, it seeded 0), and seed 10**9
+    overflowed the torch generator of a batch's masks, ``(seed * 100003 + epoch) * 1000003 + first``."""
+    top = 184461353  # with 20 epochs: (2**64 // 1000003 - 20) // 100003
+    assert pretrain_config(from_scratch=True, seed=top, epochs=20).seed == top
+    torch.Generator().manual_seed(_masking_seed(top, 19, 1_000_002))  # the largest masking seed of such a run
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.Generator().manual_seed(_masking_seed(top + 1, 19, 1_000_002))
+    for seed in (-1, top + 1, 10**9):
+        with pytest.raises(CamimError, match=rf"^seed must be in \[0, {top}\] with epochs 20, got {seed}$"):
+            pretrain_config(from_scratch=True, seed=seed, epochs=20)
 
 
 def test_the_corpus_holds_each_distinct_text_once(tmp_path):

@@ -10,6 +10,7 @@ from camim.experiments.grids import grid_rows, load_grids
 from camim.training.config import (
     RunConfig,
     config_from_dict,
+    epoch_seed,
     list_presets,
     load_config,
     load_paper_results,
@@ -84,6 +85,21 @@ def test_overrides_are_typed_and_dotted():
 def test_bad_configs_are_clear_errors(overrides, message):
     with pytest.raises(CamimError, match=message):
         load_config("tmr", overrides)
+
+
+def test_a_seed_is_refused_unless_every_epoch_seed_is_one_lightning_takes():
+    """Lightning >= 2.5.3 raises a ValueError for a seed outside [0, 2**32 - 1] (`camim train` crashed with a
+    traceback at the first batch; before 2.5.3 it seeded 0 instead): epoch e seeds with seed * 1000 + e."""
+    from lightning.fabric.utilities.seed import max_seed_value
+
+    cfg = load_config("tmr", ["optim.seed=4294967", "optim.epochs=296"])  # epoch 295: the largest seed
+    assert epoch_seed(cfg.optim.seed, cfg.optim.epochs - 1) == max_seed_value
+    for overrides, top in (
+        (["optim.seed=4294967", "optim.epochs=297"], 4294966),
+        (["optim.seed=-1"], 4294967),
+    ):
+        with pytest.raises(CamimError, match=rf"^optim\.seed must be in \[0, {top}\] with optim\.epochs"):
+            load_config("tmr", overrides)
 
 
 def test_yaml_file_with_base_and_bad_yaml(tmp_path):

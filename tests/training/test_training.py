@@ -168,6 +168,23 @@ def test_last_ckpt_is_written_after_an_epoch_that_does_not_improve_dev_f1(tiny_m
     assert (last["epoch"], last["global_step"]) == (1, 12)
 
 
+def test_last_ckpt_is_written_after_an_epoch_that_does_not_lower_the_training_loss(tiny_mnre, tmp_path):
+    """``optim.select_on: train_loss`` saves at the training epoch's end (no validation runs), under the same
+    Lightning 2.6 rule: killed in epoch 3, last.ckpt was epoch 1's. lr 1 makes epoch 2's loss the higher."""
+    from camim.reports import read_run_logs
+
+    out = tmp_path / "loss"
+    rising = [*TINY, "optim.select_on=train_loss", "optim.epochs=3", "optim.lr=1"]
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_run("offline-bert", tiny_mnre, out, overrides=rising, callbacks=[Kill(at=12)])
+    losses = [r["train/loss_epoch"] for r in read_run_logs(out / "logs") if "train/loss_epoch" in r]
+    assert len(losses) == 2 and losses[1] > losses[0]  # epoch 2 did not improve
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 12)
+
+
 def test_an_empty_last_checkpoint_starts_the_run_afresh_with_a_warning(
     reference_run, tiny_mnre, tmp_path, caplog
 ):

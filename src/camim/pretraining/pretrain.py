@@ -116,6 +116,19 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         check_encoding(cfg.encoding)
     except CamimError as exc:
         raise CamimError(f"encoding: {exc}") from None
+    _check_seed(cfg)
+
+
+def _check_seed(cfg: PretrainConfig) -> None:
+    """``seed`` that Lightning's ``seed_everything`` takes (>= 2.5.3 raises a ValueError outside [0, 2**32 - 1],
+    a traceback; before, it seeded 0) and whose every batch's masking seed a torch generator takes (64 bits)."""
+    from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+
+    top = min(max_seed_value, ((_SEED64 + 1) // _MASK_STRIDE - cfg.epochs) // _EPOCH_STRIDE)
+    if not min_seed_value <= cfg.seed <= top:
+        raise CamimError(
+            f"seed must be in [{min_seed_value}, {top}] with epochs {cfg.epochs}, got {cfg.seed}"
+        )
 
 
 def pretraining_corpus(
@@ -149,6 +162,15 @@ def pretraining_corpus(
     return corpus, counts, files
 
 
+_SEED64 = 2**64 - 1  # the largest seed of a torch generator
+_EPOCH_STRIDE, _MASK_STRIDE = 100_003, 1_000_003
+
+
+def _masking_seed(seed: int, epoch: int, first: int) -> int:
+    """The seed of the masks of the batch whose first sample is ``first`` (of a corpus under 1,000,003 texts)."""
+    return (seed * _EPOCH_STRIDE + epoch) * _MASK_STRIDE + first
+
+
 class _EpochShuffle(torch.utils.data.Sampler):
     """A permutation seeded by (seed, epoch): Lightning calls ``set_epoch``, so a resumed run sees the same
     order as an uninterrupted one."""
@@ -163,7 +185,7 @@ class _EpochShuffle(torch.utils.data.Sampler):
         return self.n
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
@@ -192,7 +214,7 @@ class _WholeWordMasking:
         padded = [
             {k: list(v) + [self.fill[k]] * (width - len(v)) for k, v in enc.items()} for _, enc in items
         ]
-        self.collator.seed = (self.seed * 100_003 + self.sampler.epoch) * 1_000_003 + items[0][0]
+        self.collator.seed = _masking_seed(self.seed, self.sampler.epoch, items[0][0])
         self.collator.generator = None  # a fresh generator from the seed above
         return dict(self.collator(padded))
 
@@ -237,7 +259,7 @@ class MLMModule(L.LightningModule):
         self._sum, self._n = 0.0, 0
 
     def on_train_epoch_start(self) -> None:
-        torch.manual_seed(self.cfg.seed * 100_003 + self.current_epoch)  # dropout: same on resume
+        torch.manual_seed(self.cfg.seed * _EPOCH_STRIDE + self.current_epoch)  # dropout: same on resume
         self._sum, self._n = 0.0, 0
 
     def training_step(self, batch: dict, batch_idx: int):

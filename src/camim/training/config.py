@@ -194,6 +194,28 @@ def config_from_dict(raw: dict) -> RunConfig:
     return cfg
 
 
+#: epoch ``e`` resets the global RNGs to ``seed * EPOCH_SEED_STRIDE + e`` (:func:`epoch_seed`)
+EPOCH_SEED_STRIDE = 1000
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of the global RNGs in 0-based ``epoch`` (``MRELightningModule`` resets them at its first batch)."""
+    return seed * EPOCH_SEED_STRIDE + epoch
+
+
+def _check_seed(o: OptimConfig) -> None:
+    """``optim.seed`` whose every epoch seed ``seed_everything`` takes: Lightning >= 2.5.3 raises a ValueError
+    (a traceback at the first batch) for one outside [0, 2**32 - 1], and before that it seeded 0 instead."""
+    from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+
+    top = (max_seed_value - (o.epochs - 1)) // EPOCH_SEED_STRIDE
+    if not min_seed_value <= o.seed <= top:
+        raise CamimError(
+            f"optim.seed must be in [{min_seed_value}, {top}] with optim.epochs {o.epochs} (epoch e seeds the RNGs "
+            f"with seed * {EPOCH_SEED_STRIDE} + e, at most {max_seed_value}), got {o.seed}"
+        )
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Reject inconsistent settings with a message naming the key (types are checked by the loader)."""
     o = cfg.optim
@@ -212,6 +234,7 @@ def validate_config(cfg: RunConfig) -> None:
         raise CamimError("optim.eval_begin_epoch is 1-based and must be >= 1")
     if o.eval_begin_epoch > o.epochs:
         raise CamimError(f"optim.eval_begin_epoch {o.eval_begin_epoch} is after the last epoch {o.epochs}")
+    _check_seed(o)
     try:
         check_encoding(cfg.data.encoding)
     except CamimError as exc:

@@ -18,7 +18,7 @@ from lightning.fabric.utilities.seed import seed_everything
 from camim.models.batch import MREBatch
 from camim.optim import build_optimizer, build_scheduler, left_out, warmup_steps_for
 from camim.speed.training import TrainingSpeed  # camim.speed's one entry point for training
-from camim.training.config import RunConfig
+from camim.training.config import RunConfig, epoch_seed
 from camim.training.metrics import MREMetrics
 
 NOT_EVALUATED = -1.0  # val/f1 logged for epochs before eval_begin_epoch
@@ -86,7 +86,7 @@ class MRELightningModule(L.LightningModule):
     # ------------------------------------------------------------------ train
     def on_train_batch_start(self, batch: MREBatch, batch_idx: int) -> None:
         if batch_idx == 0:  # after the epoch's DataLoader iterator exists, on every path (fresh or resumed)
-            seed_everything(self.cfg.optim.seed * 1000 + self.current_epoch, workers=True, verbose=False)
+            seed_everything(epoch_seed(self.cfg.optim.seed, self.current_epoch), workers=True, verbose=False)
 
     def training_step(self, batch: MREBatch, batch_idx: int) -> torch.Tensor:
         out = self.speed.forward_backward(batch) if self._owns_backward() else self(batch)
