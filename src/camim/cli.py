@@ -10,7 +10,7 @@ import os
 import sys
 
 from camim import __version__
-from camim.errors import CamimError
+from camim.errors import CamimError, Terminated
 from camim.io import NO_SPACE, no_space_message
 
 # (command module, help) pairs; each module defines register(subparsers).
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``camim`` command; 1 on a :class:`CamimError` (one line), 130 on Ctrl-C (also while the command
-    modules are still importing), 141 when stdout's reader went away, 1 with one line on a full disk."""
+    modules are still importing), 143 on SIGTERM in a
+    training loop, 141 when stdout's reader went away, 1 with one line on a full disk."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"camim: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # camim.errors.Interrupted says where a rerun resumes
-        print("camim: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
-        return 130
+        word, rc = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"camim: {word}" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
+        return rc
     except BrokenPipeError:
         # The reader went away (e.g. `camim evaluate --json | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit flush

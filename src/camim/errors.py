@@ -43,6 +43,12 @@ class Interrupted(KeyboardInterrupt):
     ``camim: interrupted; <message>`` and exits 130."""
 
 
+class Terminated(Interrupted):
+    """SIGTERM (a scheduler's preemption, ``docker stop``, ``kill``) stopped a training or pretraining run;
+    Lightning's loops end on it with a ``SystemExit`` that carries no status, which read as success. The CLI
+    prints ``camim: terminated; <message>`` and exits 143 (128 + 15, what a shell reports for SIGTERM)."""
+
+
 class Cancelled(CamimError):
     """Work stopped because nobody waits for its result any more (a served request answered 504, or whose
     client left); raised between steps and by helpers that take a ``stop`` event."""

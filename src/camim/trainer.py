@@ -25,8 +25,9 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from camim.errors import Interrupted
+from camim.errors import Interrupted, Terminated
 from camim.io import atomic_path, failpoint
 from camim.progress import EVERY_S, duration, on_terminal
 
@@ -67,7 +68,8 @@ def interruptible(resume: Callable[[], str]) -> Iterator[None]:
     (where running the command again picks up). Lightning catches the ``KeyboardInterrupt`` inside ``fit`` /
     ``validate`` / ``test``, shuts down gracefully, ignores further Ctrl-C and calls ``sys.exit(1)``: that
     ``SystemExit``, raised while handling the interrupt, is turned back into it, and the SIGINT handler found
-    on entry is restored."""
+    on entry is restored. SIGTERM inside Lightning's loops (which raise ``SIGTERMException``, a ``SystemExit``
+    without a status: exit 0, nothing printed) ends as :class:`~camim.errors.Terminated`, with the same message."""
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if main else None
     try:
@@ -76,6 +78,8 @@ def interruptible(resume: Callable[[], str]) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         raise Interrupted(resume()) from None
+    except SIGTERMException:
+        raise Terminated(resume()) from None
     except SystemExit as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's exit(1) after an interrupt
             raise Interrupted(resume()) from None

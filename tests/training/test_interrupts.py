@@ -83,6 +83,28 @@ def test_ctrl_c_in_camim_train_prints_one_line_exits_130_and_the_rerun_resumes(
     assert _outputs(run) == uninterrupted
 
 
+def test_sigterm_in_camim_train_prints_one_line_and_exits_143_not_0(tiny_mnre, tmp_path):
+    """A scheduler's preemption or ``docker stop``: Lightning's loops end on SIGTERM with a status-less
+    ``SystemExit`` (``SIGTERMException``), so ``camim train`` exited 0 printing nothing, as if it had finished."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "camim", "train", "--config", "offline-bert", "--data-dir", str(tiny_mnre)]
+    cmd += ["--output", str(run), *[x for o in [*ARGS, "optim.epochs=30"] for x in ("--set", o)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err.splitlines()) == (
+        143,
+        [f"camim: terminated; run the same command again to resume from {run}/checkpoints/last.ckpt"],
+    )
+    assert not (run / "metrics.json").exists()
+
+
 class _StopAtStart(L.Callback):
     def on_train_start(self, trainer, pl_module):
         raise KeyboardInterrupt
