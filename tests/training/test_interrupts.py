@@ -45,34 +45,30 @@ def uninterrupted(tiny_mnre, tmp_path_factory):
     return _outputs(run)
 
 
-def test_ctrl_c_in_camim_train_prints_one_line_exits_130_and_the_rerun_resumes(
-    tiny_mnre, tmp_path, uninterrupted
-):
-    run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "camim",
-        "train",
-        "--config",
-        "offline-tmr-cam-mi",
-        "--data-dir",
-        str(tiny_mnre),
-    ]
+def _signalled_run(tiny_mnre, run, preset: str, sig: int) -> tuple[int, list[str]]:
+    """``camim train`` of a 30-epoch run sent ``sig`` once its first last.ckpt exists: (exit status, stderr lines)."""
+    cmd = [sys.executable, "-m", "camim", "train", "--config", preset, "--data-dir", str(tiny_mnre)]
     cmd += ["--output", str(run), *[x for o in [*ARGS, "optim.epochs=30"] for x in ("--set", o)]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130
-    assert err.splitlines() == [
-        f"camim: interrupted; run the same command again to resume from {run}/checkpoints/last.ckpt"
-    ]
+    return proc.returncode, err.splitlines()
+
+
+def test_ctrl_c_in_camim_train_prints_one_line_exits_130_and_the_rerun_resumes(
+    tiny_mnre, tmp_path, uninterrupted
+):
+    run = tmp_path / "run"
+    assert _signalled_run(tiny_mnre, run, "offline-tmr-cam-mi", signal.SIGINT) == (
+        130,
+        [f"camim: interrupted; run the same command again to resume from {run}/checkpoints/last.ckpt"],
+    )
     assert not (run / "metrics.json").exists()
     # the interrupted 30-epoch run, resumed with the 3 epochs of the reference, gives the reference's results
     shutil.rmtree(run)
@@ -87,18 +83,7 @@ def test_sigterm_in_camim_train_prints_one_line_and_exits_143_not_0(tiny_mnre, t
     """A scheduler's preemption or ``docker stop``: Lightning's loops end on SIGTERM with a status-less
     ``SystemExit`` (``SIGTERMException``), so ``camim train`` exited 0 printing nothing, as if it had finished."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "camim", "train", "--config", "offline-bert", "--data-dir", str(tiny_mnre)]
-    cmd += ["--output", str(run), *[x for o in [*ARGS, "optim.epochs=30"] for x in ("--set", o)]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert (proc.returncode, err.splitlines()) == (
+    assert _signalled_run(tiny_mnre, run, "offline-bert", signal.SIGTERM) == (
         143,
         [f"camim: terminated; run the same command again to resume from {run}/checkpoints/last.ckpt"],
     )
