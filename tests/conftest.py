@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ def mnre_dir() -> Path:
     if not (SHARED_MNRE / "ours_rel2id.json").exists():
         pytest.skip("../shared/data/mnre not present")
     return SHARED_MNRE
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the test processes and the commands they start. A shell without job control starts a
+    background job (``nohup .ci/run &``, a script's ``&``) with SIGINT ignored, which its children inherit through
+    exec: the tests that press Ctrl-C in a ``camim`` subprocess then saw it exit 0 untouched (4 failures, none
+    of camim's). A handler installed here is reset to the default in every child at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
