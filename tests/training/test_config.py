@@ -102,6 +102,19 @@ def test_a_seed_is_refused_unless_every_epoch_seed_is_one_lightning_takes():
             load_config("tmr", overrides)
 
 
+def test_a_finished_runs_config_with_a_seed_out_of_range_still_reads_but_does_not_train(tmp_path):
+    """A run trained under Lightning 2.4 - 2.5.2 with ``optim.seed`` 5000000 finished (it seeded 0): its folder
+    still evaluates, predicts and is compared (``load_run_config``), while training with it is refused."""
+    from camim.training.config import load_run_config
+
+    d = load_config("tmr").to_dict()
+    d["optim"]["seed"] = 5_000_000
+    (tmp_path / "config.yaml").write_text(yaml_dump(d))
+    assert load_run_config(tmp_path / "config.yaml").optim.seed == 5_000_000
+    with pytest.raises(CamimError, match=r"^optim\.seed must be in \[0, 4294967\] with optim\.epochs 8 "):
+        load_config(tmp_path / "config.yaml")
+
+
 def test_yaml_file_with_base_and_bad_yaml(tmp_path):
     good = tmp_path / "mine.yaml"
     good.write_text("base: tmr-cam-mi\nname: mine\noptim:\n  epochs: 2\n")

@@ -176,8 +176,9 @@ def _resolve_raw(preset_or_yaml: str | Path, _seen: tuple = ()) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict) -> RunConfig:
-    """Parse a raw mapping into a :class:`RunConfig` (every section by its declared types) and validate it."""
+def config_from_dict(raw: dict, *, to_train: bool = True) -> RunConfig:
+    """Parse a raw mapping into a :class:`RunConfig` (every section by its declared types) and validate it;
+    ``to_train=False`` (a run folder's ``config.yaml`` read back) leaves out what only training needs."""
     raw = dict(raw)
     raw.pop("base", None)
     for old, new in MOVED_KEYS.items():
@@ -190,7 +191,7 @@ def config_from_dict(raw: dict) -> RunConfig:
             f"config section 'model' must be a mapping with a 'name' ({' | '.join(model_names())})"
         )
     cfg = from_mapping(RunConfig, raw)
-    validate_config(cfg)
+    validate_config(cfg, to_train=to_train)
     return cfg
 
 
@@ -216,8 +217,10 @@ def _check_seed(o: OptimConfig) -> None:
         )
 
 
-def validate_config(cfg: RunConfig) -> None:
-    """Reject inconsistent settings with a message naming the key (types are checked by the loader)."""
+def validate_config(cfg: RunConfig, *, to_train: bool = True) -> None:
+    """Reject inconsistent settings with a message naming the key (types are checked by the loader).
+    ``to_train=False``: not ``optim.seed``'s range, which only the epochs' ``seed_everything`` needs (a run
+    trained before the check, under a Lightning that seeded 0 instead, still evaluates and compares)."""
     o = cfg.optim
     if o.warmup_steps is not None and o.warmup_ratio is not None:
         raise CamimError("set either optim.warmup_steps or optim.warmup_ratio (the other to null), not both")
@@ -234,7 +237,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise CamimError("optim.eval_begin_epoch is 1-based and must be >= 1")
     if o.eval_begin_epoch > o.epochs:
         raise CamimError(f"optim.eval_begin_epoch {o.eval_begin_epoch} is after the last epoch {o.epochs}")
-    _check_seed(o)
+    if to_train:
+        _check_seed(o)
     try:
         check_encoding(cfg.data.encoding)
     except CamimError as exc:
@@ -296,7 +300,8 @@ def load_run_config(path: str | Path) -> RunConfig:
     """A run folder's ``config.yaml``; errors name the file. One written before ``data.max_objects`` moved
     to ``model.max_objects`` is read when the two agreed (the data key is dropped); one whose text-only
     model has ``cam`` / ``mi`` on, from before extractors declared their capabilities, is read with them off
-    (``unsupported_switches_off``: logged)."""
+    (``unsupported_switches_off``: logged); one whose ``optim.seed`` is out of today's training range is read
+    (``to_train=False``: evaluating, predicting and comparing it do not seed)."""
     raw = read_yaml_mapping(Path(path))
     data, model = raw.get("data"), raw.get("model")
     if isinstance(data, dict) and isinstance(model, dict) and "max_objects" in data:
@@ -305,7 +310,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     if isinstance(model, dict):
         raw["model"] = unsupported_switches_off(model, str(path))
     try:
-        return _anchored(config_from_dict(raw), Path(path).parent)
+        return _anchored(config_from_dict(raw, to_train=False), Path(path).parent)
     except CamimError as exc:
         raise CamimError(f"{path}: {exc}") from None
 
