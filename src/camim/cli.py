@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``camim`` command; 1 on a :class:`CamimError` (one line), 130 on Ctrl-C (also while the command
     modules are still importing), 143 on SIGTERM in a
-    training loop, 141 when stdout's reader went away, 1 with one line on a full disk."""
+    Lightning loop (train, pretrain, evaluate), 141 when stdout's reader went away, 1 with one line on a full disk."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -127,6 +127,41 @@ def test_saved_model_reloads_with_same_predictions(reference_run, tiny_mnre):
     assert val["f1"] == pytest.approx(reference_run.metrics["val"]["f1"]) and val["split"] == "val"
 
 
+class _SigtermAtFirstTestBatch(L.Callback):
+    """What Lightning's SIGTERM handler does (``received_sigterm``), after the first test batch."""
+
+    def on_test_batch_end(self, trainer, *args):
+        trainer._signal_connector.received_sigterm = True
+
+
+def test_sigterm_in_camim_evaluate_prints_one_line_and_exits_143_not_0(
+    reference_run, tiny_mnre, monkeypatch, capsys
+):
+    """Lightning's test loop ends on SIGTERM with a status-less ``SystemExit`` (``SIGTERMException``): ``camim
+    evaluate`` stopped by a scheduler or ``docker stop`` exited 0 printing nothing, read as a finished scoring."""
+    import camim.training.api as api
+
+    trainer = api._trainer
+    monkeypatch.setattr(
+        api,
+        "_trainer",
+        lambda cfg, out, cbs, *a, **k: trainer(cfg, out, [*cbs, _SigtermAtFirstTestBatch()], *a, **k),
+    )
+    argv = [
+        "evaluate",
+        "--model",
+        str(reference_run.output_dir),
+        "--data-dir",
+        str(tiny_mnre),
+        "--batch-size",
+        "1",
+    ]
+    assert main(argv) == 143
+    assert capsys.readouterr().err.splitlines() == [
+        "camim: terminated; nothing was written; run the same command again"
+    ]
+
+
 def test_resume_after_kill_gives_identical_weights_and_metrics(reference_run, tiny_mnre, tmp_path):
     out = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="simulated kill"):

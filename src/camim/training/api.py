@@ -442,7 +442,8 @@ def _test_split(
     )
     dm.dataset(split)  # a missing or empty split: DataError naming it and its file, before Lightning starts
     trainer = _trainer(cfg, folder.model_dir, [], False)
-    trainer.test(module, datamodule=dm, verbose=False)
+    with interruptible(lambda: "nothing was written; run the same command again"):  # SIGTERM: not exit 0
+        trainer.test(module, datamodule=dm, verbose=False)
     return module, dm, model, labels, cfg
 
 
