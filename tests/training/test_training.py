@@ -134,18 +134,26 @@ class _SigtermAtFirstTestBatch(L.Callback):
         trainer._signal_connector.received_sigterm = True
 
 
-def test_sigterm_in_camim_evaluate_prints_one_line_and_exits_143_not_0(
-    reference_run, tiny_mnre, monkeypatch, capsys
+class _CtrlCAtFirstTestBatch(L.Callback):
+    def on_test_batch_end(self, trainer, *args):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "stop, status, word",
+    [(_SigtermAtFirstTestBatch, 143, "terminated"), (_CtrlCAtFirstTestBatch, 130, "interrupted")],
+)
+def test_sigterm_or_ctrl_c_in_camim_evaluate_prints_one_line_and_exits_143_or_130(
+    reference_run, tiny_mnre, monkeypatch, capsys, stop, status, word
 ):
-    """Lightning's test loop ends on SIGTERM with a status-less ``SystemExit`` (``SIGTERMException``): ``camim
-    evaluate`` stopped by a scheduler or ``docker stop`` exited 0 printing nothing, read as a finished scoring."""
+    """Lightning's test loop ends on SIGTERM with a status-less ``SystemExit`` (``SIGTERMException``), and on
+    Ctrl-C in ``sys.exit(1)``: ``camim evaluate`` stopped by a scheduler or ``docker stop`` exited 0 printing
+    nothing, read as a finished scoring; Ctrl-C exited 1."""
     import camim.training.api as api
 
     trainer = api._trainer
     monkeypatch.setattr(
-        api,
-        "_trainer",
-        lambda cfg, out, cbs, *a, **k: trainer(cfg, out, [*cbs, _SigtermAtFirstTestBatch()], *a, **k),
+        api, "_trainer", lambda cfg, out, cbs, *a, **k: trainer(cfg, out, [*cbs, stop()], *a, **k)
     )
     argv = [
         "evaluate",
@@ -156,9 +164,9 @@ def test_sigterm_in_camim_evaluate_prints_one_line_and_exits_143_not_0(
         "--batch-size",
         "1",
     ]
-    assert main(argv) == 143
+    assert main(argv) == status
     assert capsys.readouterr().err.splitlines() == [
-        "camim: terminated; nothing was written; run the same command again"
+        f"camim: {word}; nothing was written; run the same command again"
     ]
 
 
