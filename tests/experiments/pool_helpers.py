@@ -35,6 +35,19 @@ def fail_or_die(job):
     return worker.JobOutcome(job, scores={"f1": float(job.seed)})
 
 
+def terminated_or_done(job):
+    """A run whose process alone got SIGTERM 0.2 s in (job "terminated": what ``train_job`` raises then, from
+    ``camim.trainer.interruptible``), or a run that succeeds after 1 s (any other job)."""
+    from camim.errors import Terminated
+    from camim.experiments import worker
+
+    if job.label == "terminated":
+        time.sleep(0.2)
+        raise Terminated(f"run the same command again to resume from {job.output}/checkpoints/last.ckpt")
+    time.sleep(1.0)
+    return worker.JobOutcome(job, scores={"f1": float(job.seed)})
+
+
 def train_until_stopped(job):
     """A run that trains (sleeps) for a minute after writing its pid to ``<job.output>.pid``; job "stubborn"
     ignores SIGTERM, as a run stuck in a long step would, and must be killed."""

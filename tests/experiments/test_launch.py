@@ -208,6 +208,23 @@ def test_pool_names_a_failed_run_and_a_dead_worker_and_the_others_finish():
     assert outcomes["ok2"].ok and outcomes["ok2"].scores == {"f1": 3.0}
 
 
+def test_pool_run_terminated_alone_fails_alone_and_the_others_finish():
+    """SIGTERM to one run's process (``kill``, a memory guard) ends that run in ``Terminated``, which used to
+    stop the whole grid (exit 143, the runs beside it terminated mid-epoch): it fails alone, like a killed one,
+    saying where a rerun resumes."""
+    from tests.experiments.pool_helpers import terminated_or_done
+
+    jobs = [
+        RunJob(label, seed, "p", "d", label, ()) for seed, label in enumerate(["ok1", "terminated", "ok2"])
+    ]
+    outcomes = {o.job.output: o for o in launch._pool(jobs, 2, [], lambda o: None, task=terminated_or_done)}
+    assert outcomes["terminated"].error == (
+        "its process was terminated (SIGTERM); run the same command again to resume from "
+        "terminated/checkpoints/last.ckpt"
+    )
+    assert outcomes["ok1"].scores == {"f1": 0.0} and outcomes["ok2"].scores == {"f1": 2.0}
+
+
 def test_pool_gives_each_worker_its_own_gpu():
     """Four runs on two GPUs: a fresh process per run, each seeing one GPU through CUDA_VISIBLE_DEVICES, and
     runs that overlap in time never share one."""

@@ -5,7 +5,7 @@ local process pool (``--jobs N``: one run per GPU when there are GPUs, else CPU 
 Every mode trains each run through :func:`camim.experiments.worker.train_job` with the same number of torch
 threads (``--threads-per-run``), so a run's result does not depend on how it was scheduled. The pool is
 ``concurrent.futures.ProcessPoolExecutor``, one spawned process per run (so a run killed by the system
-fails alone); Ray schedules its own tasks, each sent its paths absolute (:meth:`RunJob.absolute`: a task's
+fails alone, as does one sent SIGTERM alone); Ray schedules its own tasks, each sent its paths absolute (:meth:`RunJob.absolute`: a task's
 working directory is its own). A run that fails is an outcome with a one-line reason; the others go on.
 Interrupted, the pool terminates its runs' processes (then kills them, :data:`STOP_GRACE_S`) and Ray cancels
 its tasks before the interrupt goes on: an interrupt that reached this process alone leaves no run training.
@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from camim.errors import CamimError
+from camim.errors import CamimError, Terminated
 from camim.experiments.worker import JobOutcome, RunJob, init_pool_worker, one_line, train_job
 
 Report = Callable[[JobOutcome], None]
@@ -162,6 +162,8 @@ def _outcome(job: RunJob, future) -> JobOutcome:
         return future.result()
     except BrokenProcessPool as exc:  # its process was killed (out of memory, a signal)
         return JobOutcome(job, error=f"its process died ({one_line(exc)}); rerun to resume it")
+    except Terminated as exc:  # SIGTERM to its process alone (kill, an OOM guard): it fails alone, as killed
+        return JobOutcome(job, error=f"its process was terminated (SIGTERM); {exc}")
     except Exception as exc:  # noqa: BLE001 - e.g. a job that could not be sent to the worker
         return JobOutcome(job, error=one_line(exc))
 
