@@ -175,6 +175,26 @@ def test_a_pretrained_encoder_fine_tunes_in_train_mode(pretrained, tiny_mnre, tm
     assert all(m.training for m in mlm.modules())
 
 
+def test_sigterm_ends_a_pretraining_in_terminated_naming_where_the_rerun_resumes(tiny_mnre, tmp_path):
+    """Lightning's loops end on SIGTERM (a scheduler's preemption) with a status-less ``SystemExit``, which
+    ``camim pretrain`` exited 0 on; it is :class:`Terminated` (exit 143) naming the last.ckpt the rerun takes."""
+    from lightning.pytorch.callbacks import Callback
+
+    from camim.errors import Terminated
+
+    class Sigterm(Callback):  # what Lightning's SIGTERM handler does, in the second epoch
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.current_epoch == 1:
+                trainer._signal_connector.received_sigterm = True
+
+    cfg, out = _scratch(["epochs=2"]), tmp_path / "enc"
+    last = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(Terminated, match=rf"^run the same command again to resume from {last}$"):
+        pretrain(cfg, tiny_mnre, out, callbacks=[Sigterm()])
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 7  # the first epoch
+    assert pretrain(cfg, tiny_mnre, out).card["steps"] == 14
+
+
 def test_a_seed_is_refused_unless_lightning_and_every_batch_masking_seed_take_it():
     """Lightning >= 2.5.3 raises a ValueError for a seed below 0 (a traceback; before, it seeded 0), and seed 10**9
     overflowed the torch generator of a batch's masks, ``(seed * 100003 + epoch) * 1000003 + first``."""
