@@ -156,6 +156,16 @@ def test_a_seed_listed_twice_is_refused_before_anything_trains(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_seed_out_of_range_is_refused_naming_seeds_before_anything_trains(tmp_path):
+    """optim.seed's range (Lightning's seed_everything takes seed * 1000 + epoch up to 2**32 - 1) named as the
+    option the user gave: --seeds."""
+    with pytest.raises(
+        CamimError, match=r"^--seeds: seed 5000000: optim.seed must be in \[0, 4294967\] with optim.epochs 2 "
+    ):
+        grids.plan_seeds("offline-bert", "d", tmp_path / "exp", [1, 5000000], TINY, False, "x")
+    assert not (tmp_path / "exp").exists()
+
+
 def test_a_run_with_an_empty_metrics_json_is_planned_again_with_a_warning(tiny_mnre, tmp_path, caplog):
     """Issue 36: after a power loss a first-time metrics.json can be empty; the plan reused it as finished
     and crashed on invalid JSON. Now that seed trains again (resuming from its last.ckpt when there is one)."""

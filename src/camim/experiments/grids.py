@@ -201,7 +201,12 @@ def plan_seeds(
     for seed in seeds:
         folder = RunFolder(out / f"seed{seed}")
         run_overrides = [*overrides, f"optim.seed={seed}"]
-        cfg = resolve_run_config(preset, run_overrides, data_dir, folder.path)
+        try:
+            cfg = resolve_run_config(preset, run_overrides, data_dir, folder.path)
+        except CamimError as exc:  # a seed out of range names the option it came from
+            raise CamimError(
+                f"--seeds: seed {seed}: {exc}" if str(exc).startswith("optim.seed") else str(exc)
+            ) from None
         if plan is None:
             plan = SeedPlan(label, str(preset), list(overrides), seeds, out, cfg)
         differences = differences_from(cfg)
