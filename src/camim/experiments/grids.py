@@ -28,7 +28,7 @@ from camim.io import atomic_write_text
 from camim.progress import duration
 from camim.reports import aggregate, comparison_table, mean_std_text, plot_bars
 from camim.runs import SCORE_KEYS, RunFolder, format_scores
-from camim.training.config import CONFIG_DIR, RunConfig, load_config, load_paper_results
+from camim.training.config import CONFIG_DIR, RunConfig, check_seed, load_config, load_paper_results
 from camim.typed import parse, read_yaml_mapping, yaml_value
 
 GRIDS_FILE = CONFIG_DIR / "grids.yaml"
@@ -197,16 +197,16 @@ def plan_seeds(
     twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
     if twice is not None:  # two processes would train one folder
         raise CamimError(f"--seeds: seed {twice} is listed twice")
+    for seed in seeds:  # the range optim.seed's check has, named as the option the seed came from
+        try:
+            check_seed(seed, base.optim.epochs)
+        except CamimError as exc:
+            raise CamimError(f"--seeds: seed {seed}: {exc}") from None
     plan: SeedPlan | None = None
     for seed in seeds:
         folder = RunFolder(out / f"seed{seed}")
         run_overrides = [*overrides, f"optim.seed={seed}"]
-        try:
-            cfg = resolve_run_config(preset, run_overrides, data_dir, folder.path)
-        except CamimError as exc:  # a seed out of range names the option it came from
-            raise CamimError(
-                f"--seeds: seed {seed}: {exc}" if str(exc).startswith("optim.seed") else str(exc)
-            ) from None
+        cfg = resolve_run_config(preset, run_overrides, data_dir, folder.path)
         if plan is None:
             plan = SeedPlan(label, str(preset), list(overrides), seeds, out, cfg)
         differences = differences_from(cfg)

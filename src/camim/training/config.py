@@ -204,16 +204,16 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * EPOCH_SEED_STRIDE + epoch
 
 
-def _check_seed(o: OptimConfig) -> None:
+def check_seed(seed: int, epochs: int) -> None:
     """``optim.seed`` whose every epoch seed ``seed_everything`` takes: Lightning >= 2.5.3 raises a ValueError
     (a traceback at the first batch) for one outside [0, 2**32 - 1], and before that it seeded 0 instead."""
     from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 
-    top = (max_seed_value - (o.epochs - 1)) // EPOCH_SEED_STRIDE
-    if not min_seed_value <= o.seed <= top:
+    top = (max_seed_value - (epochs - 1)) // EPOCH_SEED_STRIDE
+    if not min_seed_value <= seed <= top:
         raise CamimError(
-            f"optim.seed must be in [{min_seed_value}, {top}] with optim.epochs {o.epochs} (epoch e seeds the RNGs "
-            f"with seed * {EPOCH_SEED_STRIDE} + e, at most {max_seed_value}), got {o.seed}"
+            f"optim.seed must be in [{min_seed_value}, {top}] with optim.epochs {epochs} (epoch e seeds the RNGs "
+            f"with seed * {EPOCH_SEED_STRIDE} + e, at most {max_seed_value}), got {seed}"
         )
 
 
@@ -238,7 +238,7 @@ def validate_config(cfg: RunConfig, *, to_train: bool = True) -> None:
     if o.eval_begin_epoch > o.epochs:
         raise CamimError(f"optim.eval_begin_epoch {o.eval_begin_epoch} is after the last epoch {o.epochs}")
     if to_train:
-        _check_seed(o)
+        check_seed(o.seed, o.epochs)
     try:
         check_encoding(cfg.data.encoding)
     except CamimError as exc:
