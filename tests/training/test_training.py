@@ -197,17 +197,22 @@ def test_resume_after_kill_gives_identical_weights_and_metrics(reference_run, ti
     assert sorted(joined) == list(range(12)) and joined == pytest.approx(ref)
 
 
+def _killed_in_epoch_3(tiny_mnre, out, overrides) -> tuple[list[str], dict]:
+    """offline-bert killed at the start of epoch 3 (6 steps an epoch): its checkpoint files and last.ckpt."""
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_run("offline-bert", tiny_mnre, out, overrides=overrides, callbacks=[Kill(at=12)])
+    ckpts = out / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    return sorted(p.name for p in ckpts.iterdir()), last
+
+
 def test_last_ckpt_is_written_after_an_epoch_that_does_not_improve_dev_f1(tiny_mnre, tmp_path):
     """Lightning 2.6 writes last.ckpt only beside a new best checkpoint: killed in epoch 3 after a second epoch no
     better than the first, the run resumed from epoch 1 and trained epoch 2 again. lr 1e-12 keeps dev F1 flat, so
     epoch 2 (index 1) ties epoch 1 and the first is kept (the released ``>``)."""
     out = tmp_path / "flat"
-    flat = [*TINY, "optim.epochs=3", "optim.lr=1e-12"]
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train_run("offline-bert", tiny_mnre, out, overrides=flat, callbacks=[Kill(at=12)])  # 6 steps an epoch
-    ckpts = out / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0.ckpt", "last.ckpt"]
-    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    names, last = _killed_in_epoch_3(tiny_mnre, out, [*TINY, "optim.epochs=3", "optim.lr=1e-12"])
+    assert names == ["best-epoch0.ckpt", "last.ckpt"]
     assert (last["epoch"], last["global_step"]) == (1, 12)
 
 
@@ -218,13 +223,10 @@ def test_last_ckpt_is_written_after_an_epoch_that_does_not_lower_the_training_lo
 
     out = tmp_path / "loss"
     rising = [*TINY, "optim.select_on=train_loss", "optim.epochs=3", "optim.lr=1"]
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        train_run("offline-bert", tiny_mnre, out, overrides=rising, callbacks=[Kill(at=12)])
+    names, last = _killed_in_epoch_3(tiny_mnre, out, rising)
     losses = [r["train/loss_epoch"] for r in read_run_logs(out / "logs") if "train/loss_epoch" in r]
     assert len(losses) == 2 and losses[1] > losses[0]  # epoch 2 did not improve
-    ckpts = out / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0.ckpt", "last.ckpt"]
-    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert names == ["best-epoch0.ckpt", "last.ckpt"]
     assert (last["epoch"], last["global_step"]) == (1, 12)
 
 
